@@ -1,0 +1,176 @@
+"""The composition root: the one place that wires settings, stores, proxy and listeners."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from proxy.cache import Cache
+from proxy.config import Settings, parse_hostport
+from proxy.control import build_control_app
+from proxy.filler import Filler
+from proxy.forwarding import ForwardingRules
+from proxy.handler import ProxyHandler
+from proxy.metrics import ProxyMetrics
+from proxy.observe import EventHub
+from proxy.origin import OriginClient
+from proxy.policy import CachePolicyConfig
+from proxy.store.base import CacheStore
+from proxy.store.memory import MemoryStore
+from proxy.store.redis import RedisStore
+from proxy.tasks import BackgroundTasks
+
+log = logging.getLogger(__name__)
+
+HEALTH_INTERVAL_OK = 5.0
+HEALTH_INTERVAL_FAILING = 1.0
+
+
+def build_store(settings: Settings) -> tuple[CacheStore, MemoryStore | None]:
+    """The configured store and, in front of Redis, the optional L1 tier."""
+    cache = settings.cache
+    if cache.store == "redis":
+        store: CacheStore = RedisStore(
+            cache.redis_url,
+            prefix=cache.redis_prefix,
+            max_entry_bytes=cache.max_entry_bytes,
+            socket_timeout=cache.redis_timeout,
+            connect_timeout=cache.redis_timeout,
+        )
+        l1 = None
+        if cache.l1_max_bytes > 0 and cache.l1_ttl > 0:
+            l1 = MemoryStore(
+                max_bytes=cache.l1_max_bytes,
+                max_entry_bytes=min(cache.max_entry_bytes, cache.l1_max_bytes),
+            )
+        return store, l1
+    return MemoryStore(max_bytes=cache.max_bytes, max_entry_bytes=cache.max_entry_bytes), None
+
+
+class Warmproxy:
+    """A running proxy: the proxy listener, the control listener and what they share."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = ProxyMetrics()
+        self.hub = EventHub()
+        self.metrics.hub = self.hub
+        self.tasks = BackgroundTasks()
+        store, l1 = build_store(settings)
+        self.cache = Cache(store, self.metrics, l1=l1, l1_ttl=settings.cache.l1_ttl)
+        self.origin = OriginClient(settings.proxy, self.metrics)
+        self.rules = ForwardingRules.build(
+            origin_authority=urlsplit(settings.proxy.origin).netloc,
+            preserve_host=settings.proxy.preserve_host,
+            trusted=settings.proxy.trusted_proxies,
+            via=f"1.1 {settings.proxy.via_name}",
+        )
+        policy_config = CachePolicyConfig(
+            heuristic_fraction=settings.cache.heuristic_fraction,
+            heuristic_max_seconds=settings.cache.heuristic_max_seconds,
+            revalidation_retention_seconds=settings.cache.revalidation_retention,
+            store_set_cookie=settings.cache.store_set_cookie,
+            via=f"1.1 {settings.proxy.via_name}",
+        )
+        self.filler = Filler(
+            origin=self.origin,
+            cache=self.cache,
+            rules=self.rules,
+            config=policy_config,
+            metrics=self.metrics,
+            max_entry_bytes=settings.cache.max_entry_bytes,
+            tasks=self.tasks,
+        )
+        self.handler = ProxyHandler(
+            cache=self.cache,
+            filler=self.filler,
+            origin=self.origin,
+            rules=self.rules,
+            hub=self.hub,
+            metrics=self.metrics,
+            client_id_header=settings.proxy.client_id_header,
+            cache_name=settings.proxy.via_name,
+        )
+        self.ready = False
+        self._proxy_runner: web.ServerRunner | None = None
+        self._control_runner: web.AppRunner | None = None
+        self.proxy_port = 0
+        self.control_port = 0
+        self._stats_at = 0.0
+
+    async def start(self) -> None:
+        """Open the listeners; the proxy answers even if the store is down."""
+        await self.origin.start()
+        self.tasks.spawn(self.hub.run(), name="event delivery")
+        self.tasks.spawn(self._watch_store(), name="store health")
+        await self.cache.check_health()
+        p = self.settings.proxy
+        server = web.Server(
+            self.handler.handle,
+            max_line_size=p.max_request_line,
+            max_field_size=p.max_header_size,
+            max_headers=p.max_headers,
+            keepalive_timeout=p.keepalive_timeout,
+            access_log=None,
+        )
+        self._proxy_runner = web.ServerRunner(server, handle_signals=False)
+        await self._proxy_runner.setup()
+        host, port = parse_hostport(p.listen, what="proxy.listen")
+        site = web.TCPSite(self._proxy_runner, host, port, reuse_address=True)
+        await site.start()
+        self.proxy_port = _bound_port(self._proxy_runner, port)
+
+        control_app = build_control_app(self)
+        self._control_runner = web.AppRunner(control_app, handle_signals=False, access_log=None)
+        await self._control_runner.setup()
+        chost, cport = parse_hostport(self.settings.control.listen, what="control.listen")
+        await web.TCPSite(self._control_runner, chost, cport, reuse_address=True).start()
+        self.control_port = _bound_port(self._control_runner, cport)
+        self.ready = True
+        log.info(
+            "warmproxy listening",
+            extra={"proxy": p.listen, "control": self.settings.control.listen, "origin": p.origin},
+        )
+
+    async def stop(self) -> None:
+        """Not-ready first, then close listeners (in-flight requests finish), then the rest."""
+        self.ready = False
+        if self._proxy_runner is not None:
+            await self._proxy_runner.cleanup()
+        if self._control_runner is not None:
+            await self._control_runner.cleanup()
+        await self.tasks.close()
+        self.hub.drain()
+        await self.origin.close()
+        await self.cache.store.close()
+
+    async def refresh_store_gauges(self) -> None:
+        """Update the entries/bytes gauges; Redis is counted at most every 15 s."""
+        interval = 15.0 if self.settings.cache.store == "redis" else 0.0
+        now = time.monotonic()
+        if now - self._stats_at < interval:
+            return
+        self._stats_at = now
+        with contextlib.suppress(Exception):
+            stats = await asyncio.wait_for(self.cache.store.stats(), timeout=5.0)
+            self.metrics.store_entries.set(stats.entries)
+            self.metrics.store_bytes.set(stats.bytes)
+            self.metrics.store_evictions.set(stats.evictions)
+
+    async def _watch_store(self) -> None:
+        """Ping the store so a failed one is noticed, and a recovered one used again."""
+        while True:
+            healthy = await self.cache.check_health()
+            await asyncio.sleep(HEALTH_INTERVAL_OK if healthy else HEALTH_INTERVAL_FAILING)
+
+
+def _bound_port(runner: web.BaseRunner, configured: int) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple):
+            return int(address[1])
+    return configured

@@ -1,0 +1,184 @@
+"""The cache as the proxy sees it: an optional in-process L1 over the store.
+
+Handles what the stores need not know about: secondary keys for ``Vary``
+(RFC 9111 §4.1), invalidation of every variant of a URL, the L1 tier, and
+turning store failures into misses (counted, never raised to the request).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from proxy import policy
+from proxy.entry import CacheEntry, StoredItem, VaryIndex
+from proxy.metrics import ProxyMetrics
+from proxy.policy import HeaderSource
+from proxy.store.base import CacheStore, StoreError
+from proxy.store.memory import MemoryStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Lookup:
+    """What the cache holds for a request."""
+
+    entry: CacheEntry | None
+    # The URL is cached, but not for this request's Vary field values.
+    vary_miss: bool = False
+    # The store failed: the request is answered from the origin.
+    store_failed: bool = False
+
+
+class Cache:
+    """Lookups, writes and invalidation over a store (and an L1 before Redis)."""
+
+    def __init__(
+        self,
+        store: CacheStore,
+        metrics: ProxyMetrics,
+        *,
+        l1: MemoryStore | None = None,
+        l1_ttl: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self._metrics = metrics
+        self._clock = clock
+        # With the memory store, the store itself is the in-process tier.
+        self._local: MemoryStore | None = store if isinstance(store, MemoryStore) else l1
+        self._l1_only_mirror = self._local is not store
+        self._l1_ttl = l1_ttl
+        self.healthy = True
+
+    def peek(self, key: str) -> StoredItem | None:
+        """The in-process item under ``key``, without awaiting (the hit path)."""
+        if self._local is None:
+            return None
+        return self._local.get_nowait(key)
+
+    async def _get(self, key: str) -> StoredItem | None:
+        item = self.peek(key)
+        if item is not None or not self._l1_only_mirror:
+            return item
+        try:
+            item = await self.store.get(key)
+        except StoreError as exc:
+            self._failed("get", exc)
+            raise
+        self._succeeded()
+        if item is not None and self._local is not None and self._l1_ttl > 0:
+            ttl = min(self._l1_ttl, item.expires_at - self._clock())
+            if ttl > 0:
+                self._local.put_nowait(key, item, ttl)
+        return item
+
+    async def lookup(self, key: str, request_headers: HeaderSource) -> Lookup:
+        """The entry for this request, following a Vary index to the variant."""
+        if not self.healthy and self._l1_only_mirror:
+            # Known down: pass through at once instead of waiting for a timeout
+            # per request; the health watcher notices when it is back.
+            return Lookup(None, store_failed=True)
+        try:
+            item = await self._get(key)
+            if isinstance(item, VaryIndex):
+                values = policy.request_vary_values(item.names, request_headers)
+                variant = await self._get(policy.variant_key(key, item.generation, values))
+                if isinstance(variant, CacheEntry) and variant.vary_values == values:
+                    return Lookup(variant)
+                return Lookup(None, vary_miss=True)
+        except StoreError:
+            return Lookup(None, store_failed=True)
+        if item is not None and not policy.vary_matches(item, request_headers):
+            return Lookup(None, vary_miss=True)
+        return Lookup(item)
+
+    async def put(self, key: str, entry: CacheEntry) -> bool:
+        """Store ``entry`` under ``key`` (or its variant key); False on failure."""
+        now = self._clock()
+        ttl = entry.expires_at - now
+        if ttl <= 0 or not self.healthy:
+            return False
+        try:
+            if entry.vary:
+                await self._put_variant(key, entry, ttl, now)
+            else:
+                await self._put_item(key, entry, ttl)
+        except StoreError as exc:
+            self._failed("put", exc)
+            return False
+        self._succeeded()
+        self._metrics.stored.inc()
+        return True
+
+    async def _put_item(self, key: str, item: StoredItem, ttl: float) -> None:
+        if self._l1_only_mirror:
+            await self.store.put(key, item, ttl)
+            if self._local is not None:
+                self._local.delete_nowait(key)
+        else:
+            await self.store.put(key, item, ttl)
+
+    async def _put_variant(self, key: str, entry: CacheEntry, ttl: float, now: float) -> None:
+        current = await self._get(key)
+        if isinstance(current, VaryIndex) and current.names == entry.vary:
+            index = current
+        else:
+            # New or changed Vary: a new generation orphans the old variants.
+            index = VaryIndex(names=entry.vary, generation=secrets.token_hex(4), expires_at=0.0)
+        vkey = policy.variant_key(key, index.generation, entry.vary_values)
+        if vkey not in index.variant_keys:
+            index.variant_keys.append(vkey)
+            # Bound the index: the oldest variants fall out of reach first.
+            del index.variant_keys[:-64]
+        index.expires_at = max(index.expires_at, entry.expires_at)
+        await self._put_item(vkey, entry, ttl)
+        await self._put_item(key, index, index.expires_at - now)
+
+    async def invalidate(self, key: str) -> None:
+        """Drop ``key`` and every variant of it (RFC 9111 §4.4)."""
+        try:
+            item = await self._get(key)
+            keys = [key]
+            if isinstance(item, VaryIndex):
+                keys.extend(item.variant_keys)
+            for k in keys:
+                await self.store.delete(k)
+                if self._l1_only_mirror and self._local is not None:
+                    self._local.delete_nowait(k)
+        except StoreError as exc:
+            self._failed("delete", exc)
+            return
+        self._succeeded()
+        self._metrics.invalidations.inc()
+
+    async def keys(self, pattern: str) -> AsyncIterator[str]:
+        """Primary keys in the store matching a glob (variant keys left out)."""
+        async for key in self.store.scan(pattern):
+            if "#v" not in key:
+                yield key
+
+    async def check_health(self) -> bool:
+        healthy = await self.store.health()
+        if healthy != self.healthy:
+            log.warning("cache store %s", "recovered" if healthy else "is unreachable")
+        self.healthy = healthy
+        self._metrics.store_up.set(1 if healthy else 0)
+        return healthy
+
+    def _failed(self, operation: str, exc: StoreError) -> None:
+        self._metrics.store_errors.labels(operation).inc()
+        if self.healthy:
+            log.warning("cache store %s failed: %s", operation, exc)
+        self.healthy = False
+        self._metrics.store_up.set(0)
+
+    def _succeeded(self) -> None:
+        if not self.healthy:
+            log.warning("cache store recovered")
+            self.healthy = True
+            self._metrics.store_up.set(1)

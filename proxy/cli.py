@@ -1,0 +1,180 @@
+"""The ``warmproxy`` command: serve, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from proxy import __version__
+from proxy.app import Warmproxy
+from proxy.config import ConfigError, Settings, load_settings
+from proxy.logs import configure
+
+log = logging.getLogger("warmproxy")
+
+DEFAULT_CONFIG_ENV = "WARMPROXY_CONFIG"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="warmproxy", description="A caching reverse proxy that keeps its cache warm."
+    )
+    parser.add_argument("--version", action="version", version=f"warmproxy {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--config",
+            type=Path,
+            default=None,
+            help=f"TOML config file (default: ${DEFAULT_CONFIG_ENV} if set)",
+        )
+        p.add_argument("--listen", help="proxy listener host:port (proxy.listen)")
+        p.add_argument("--control", help="control listener host:port (control.listen)")
+        p.add_argument("--store", choices=["memory", "redis"], help="cache store (cache.store)")
+        p.add_argument("--redis-url", help="Redis URL (cache.redis_url)")
+        p.add_argument("--redis-prefix", help="Redis key prefix (cache.redis_prefix)")
+        p.add_argument("--max-bytes", help="memory store size, e.g. 256MiB (cache.max_bytes)")
+        p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+        p.add_argument("--log-format", choices=["auto", "json", "console"])
+
+    serve = commands.add_parser("serve", help="run the proxy in front of an origin")
+    serve.add_argument("--origin", help="origin URL, e.g. http://127.0.0.1:9000 (proxy.origin)")
+    common(serve)
+    demo = commands.add_parser("demo", help="run a demo origin with the proxy in front of it")
+    demo.add_argument("--origin-port", type=int, default=9000, help="demo origin port")
+    common(demo)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """CLI flags as a settings overlay (only the flags that were given)."""
+    mapping = {
+        "origin": ("proxy", "origin"),
+        "listen": ("proxy", "listen"),
+        "control": ("control", "listen"),
+        "store": ("cache", "store"),
+        "redis_url": ("cache", "redis_url"),
+        "redis_prefix": ("cache", "redis_prefix"),
+        "max_bytes": ("cache", "max_bytes"),
+        "log_level": ("logging", "level"),
+        "log_format": ("logging", "format"),
+    }
+    out: dict[str, dict[str, Any]] = {}
+    for attr, (section, key) in mapping.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            out.setdefault(section, {})[key] = value
+    return out
+
+
+def load(args: argparse.Namespace, extra: dict[str, dict[str, Any]] | None = None) -> Settings:
+    path = args.config
+    if path is None and os.environ.get(DEFAULT_CONFIG_ENV):
+        path = Path(os.environ[DEFAULT_CONFIG_ENV])
+    overrides = _overrides(args)
+    for section, values in (extra or {}).items():
+        overrides.setdefault(section, {}).update(values)
+    return load_settings(path, overrides)
+
+
+async def _run_until_signalled(proxy: Warmproxy, on_started: str | None = None) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await proxy.start()
+    if on_started:
+        print(on_started, flush=True)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await proxy.stop()
+
+
+async def _serve(settings: Settings) -> None:
+    proxy = Warmproxy(settings)
+    await _run_until_signalled(
+        proxy,
+        f"warmproxy {__version__}: proxy on http://{settings.proxy.listen} -> "
+        f"{settings.proxy.origin}, control on http://{settings.control.listen}, "
+        f"store {settings.cache.store}",
+    )
+
+
+async def _demo(settings: Settings, origin_port: int) -> None:
+    from proxy.demo_origin import start_demo_origin
+
+    runner = await start_demo_origin("127.0.0.1", origin_port)
+    try:
+        proxy = Warmproxy(settings)
+        p, c = settings.proxy.listen, settings.control.listen
+        await _run_until_signalled(proxy, _demo_banner(settings.proxy.origin, p, c))
+    finally:
+        await runner.cleanup()
+
+
+def _demo_banner(origin: str, listen: str, control: str) -> str:
+    base = f"http://{listen}"
+    return f"""
+warmproxy demo: origin {origin}, proxy {base}, control http://{control}
+
+Try:
+  curl -si {base}/products/1 | grep -iE '^(HTTP|age|cache-status|etag)'   # miss, then hit
+  curl -si {base}/products/1 -H 'If-None-Match: "p1-v1"' | head -1         # 304 from cache
+  curl -si {base}/articles/3 | grep -i cache-status                        # heuristic freshness
+  curl -si {base}/account | grep -i cache-status                           # no-store: never cached
+  curl -si -X POST {base}/products/1 | head -1                             # invalidates /products/1
+  curl -s  {base}/big/32 -o /dev/null -w '%{{size_download}} bytes\\n'      # streamed, not cached
+  curl -si {base}/slow/20 | grep -i cache-status                           # slow origin
+  curl -s  http://{control}/metrics | grep ^warmproxy_requests              # hits and misses
+  curl -s  http://{control}/readyz
+
+Ctrl-C stops it.
+"""
+
+
+def _install_uvloop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            settings = load(
+                args, {"proxy": {"origin": f"http://127.0.0.1:{args.origin_port}"}}
+            )
+        else:
+            settings = load(args)
+    except ConfigError as exc:
+        print(f"warmproxy: {exc}", file=sys.stderr)
+        return 2
+    configure(settings.logging.level, settings.logging.format)
+    _install_uvloop()
+    try:
+        if args.command == "demo":
+            asyncio.run(_demo(settings, args.origin_port))
+        else:
+            asyncio.run(_serve(settings))
+    except OSError as exc:
+        print(f"warmproxy: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""The control listener: Prometheus metrics and health (the warming API joins it later)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from proxy.metrics import CONTENT_TYPE
+
+if TYPE_CHECKING:
+    from proxy.app import Warmproxy
+
+WARMPROXY_KEY: web.AppKey[Warmproxy] = web.AppKey("warmproxy")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    proxy = request.app[WARMPROXY_KEY]
+    await proxy.refresh_store_gauges()
+    return web.Response(body=proxy.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process serves requests."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: listening, not shutting down, and the cache store answers.
+
+    With the store down the proxy still passes requests through, but a load
+    balancer should prefer a replica whose cache works.
+    """
+    proxy = request.app[WARMPROXY_KEY]
+    store_ok = proxy.cache.healthy
+    ready = proxy.ready and store_ok
+    body = {
+        "status": "ready" if ready else "not ready",
+        "accepting": proxy.ready,
+        "store": proxy.settings.cache.store,
+        "store_healthy": store_ok,
+    }
+    return web.json_response(body, status=200 if ready else 503)
+
+
+def build_control_app(proxy: Warmproxy) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024)
+    app[WARMPROXY_KEY] = proxy
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app

@@ -1,0 +1,174 @@
+"""What the cache stores: a response with every decision made at store time.
+
+DESIGN rule 3: the hit path is a lookup, a time comparison and a write, so
+everything that can be decided when a response is stored (freshness lifetime,
+stale windows, Vary names, validators, the header list to send) is decided by
+the policy then and kept here.  ``encode``/``decode`` give the byte form used by
+stores that live outside the process (Redis).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import orjson
+
+# Bump when the encoded layout changes: an entry of another version decodes to
+# a miss instead of a wrong response.
+FORMAT_VERSION = 1
+_MAGIC = b"WP"
+_HEAD = struct.Struct("!2sBI")  # magic, version, length of the JSON metadata
+
+
+@dataclass(slots=True)
+class CacheEntry:
+    """A stored response plus the times and flags the hit path needs."""
+
+    url: str
+    status: int
+    # End-to-end response headers as stored (hop-by-hop, Age and excluded
+    # fields already removed), in origin order.
+    headers: list[tuple[str, str]]
+    body: bytes
+    # Wall-clock second at which the response's age was zero: the response time
+    # minus the corrected initial age of RFC 9111 §4.2.3.  Age = now - born.
+    born: float
+    # When the response reached us (RFC 9111 §4.2.3 response_time).
+    stored_at: float
+    fresh_until: float
+    # Ends of the RFC 5861 windows; equal to fresh_until when absent.
+    stale_while_revalidate_until: float
+    stale_if_error_until: float
+    # The store may drop the entry after this (fresh + stale windows, plus the
+    # retention for revalidation when the entry has validators).
+    expires_at: float
+    etag: str | None = None
+    last_modified: float | None = None
+    # Lower-cased names of the Vary header (RFC 9111 §4.1) and the request's
+    # values for them when the response was stored.
+    vary: tuple[str, ...] = ()
+    vary_values: tuple[str | None, ...] = ()
+    # must-revalidate / proxy-revalidate / s-maxage (§5.2.2.2, §5.2.2.8,
+    # §5.2.2.10): never served stale, not even under stale-if-error.
+    must_revalidate: bool = False
+    # Response no-cache (§5.2.2.4): every use needs a successful validation.
+    no_cache: bool = False
+    # May answer a request carrying Authorization (§3.5).
+    shareable_with_auth: bool = False
+    # How long the origin took to produce it, for "time saved" accounting.
+    fetch_seconds: float = 0.0
+    # Set when a warm fetch stored it; cleared by nothing (the ledger reads it).
+    warmed: bool = False
+
+    @property
+    def size(self) -> int:
+        """Approximate bytes the entry occupies, for byte-bounded stores."""
+        return len(self.body) + sum(len(k) + len(v) + 4 for k, v in self.headers) + 256
+
+
+@dataclass(slots=True)
+class VaryIndex:
+    """Marks a primary key whose responses vary: where the variants live.
+
+    Variants are stored under secondary keys derived from the request's values
+    of the ``names`` headers.  ``generation`` is part of every secondary key, so
+    invalidating the primary key (replacing this record) makes all old variants
+    unreachable at once, without scanning for them.
+    """
+
+    names: tuple[str, ...]
+    generation: str
+    expires_at: float
+    variant_keys: list[str] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return 128 + sum(len(n) for n in self.names) + sum(len(k) for k in self.variant_keys)
+
+
+StoredItem = CacheEntry | VaryIndex
+
+
+class DecodeError(ValueError):
+    """Bytes from a store are not an entry of this format version."""
+
+
+def encode(item: StoredItem) -> bytes:
+    """Serialize an item for an out-of-process store."""
+    if isinstance(item, VaryIndex):
+        meta = {
+            "k": "vary",
+            "names": list(item.names),
+            "generation": item.generation,
+            "expires_at": item.expires_at,
+            "variant_keys": item.variant_keys,
+        }
+        body = b""
+    else:
+        meta = {
+            "k": "entry",
+            "url": item.url,
+            "status": item.status,
+            "headers": item.headers,
+            "born": item.born,
+            "stored_at": item.stored_at,
+            "fresh_until": item.fresh_until,
+            "swr_until": item.stale_while_revalidate_until,
+            "sie_until": item.stale_if_error_until,
+            "expires_at": item.expires_at,
+            "etag": item.etag,
+            "last_modified": item.last_modified,
+            "vary": list(item.vary),
+            "vary_values": list(item.vary_values),
+            "must_revalidate": item.must_revalidate,
+            "no_cache": item.no_cache,
+            "shareable_with_auth": item.shareable_with_auth,
+            "fetch_seconds": item.fetch_seconds,
+            "warmed": item.warmed,
+        }
+        body = item.body
+    meta_bytes = orjson.dumps(meta)
+    return _HEAD.pack(_MAGIC, FORMAT_VERSION, len(meta_bytes)) + meta_bytes + body
+
+
+def decode(data: bytes) -> StoredItem:
+    """Inverse of :func:`encode`; raises :class:`DecodeError` on foreign bytes."""
+    if len(data) < _HEAD.size:
+        raise DecodeError("too short")
+    magic, version, meta_len = _HEAD.unpack_from(data)
+    if magic != _MAGIC or version != FORMAT_VERSION:
+        raise DecodeError(f"unknown format {magic!r} v{version}")
+    start = _HEAD.size
+    try:
+        meta = orjson.loads(data[start : start + meta_len])
+        if meta["k"] == "vary":
+            return VaryIndex(
+                names=tuple(meta["names"]),
+                generation=meta["generation"],
+                expires_at=meta["expires_at"],
+                variant_keys=list(meta["variant_keys"]),
+            )
+        return CacheEntry(
+            url=meta["url"],
+            status=meta["status"],
+            headers=[(k, v) for k, v in meta["headers"]],
+            body=data[start + meta_len :],
+            born=meta["born"],
+            stored_at=meta["stored_at"],
+            fresh_until=meta["fresh_until"],
+            stale_while_revalidate_until=meta["swr_until"],
+            stale_if_error_until=meta["sie_until"],
+            expires_at=meta["expires_at"],
+            etag=meta["etag"],
+            last_modified=meta["last_modified"],
+            vary=tuple(meta["vary"]),
+            vary_values=tuple(meta["vary_values"]),
+            must_revalidate=meta["must_revalidate"],
+            no_cache=meta["no_cache"],
+            shareable_with_auth=meta["shareable_with_auth"],
+            fetch_seconds=meta["fetch_seconds"],
+            warmed=meta["warmed"],
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise DecodeError(str(exc)) from exc

@@ -1,0 +1,302 @@
+"""The one fill path (DESIGN rule 1): origin fetch -> RFC 9111 decision -> store.
+
+A client's miss, a stale entry's revalidation, a stale-while-revalidate
+background refresh and every warm fetch come through :meth:`Filler.fetch`, so
+they share the cache key, the storability decision, the TTL and the store
+write.  Concurrent fetches of one key are coalesced into one origin request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from proxy import policy
+from proxy.cache import Cache
+from proxy.entry import CacheEntry
+from proxy.forwarding import ForwardingRules
+from proxy.metrics import ProxyMetrics
+from proxy.origin import OriginClient, OriginError, read_body
+from proxy.policy import CacheControl, CachePolicyConfig, HeaderSource
+from proxy.tasks import BackgroundTasks
+
+log = logging.getLogger(__name__)
+
+# After a response turned out not to be shareable, requests for its key skip
+# coalescing for this long (Varnish calls it hit-for-pass), so they do not
+# queue behind each other only to fetch one by one anyway.
+PASS_MEMORY_SECONDS = 30.0
+PASS_MEMORY_KEYS = 10_000
+
+
+@dataclass(slots=True)
+class Streaming:
+    """An origin response too large (or not storable) to buffer: stream it on."""
+
+    response: aiohttp.ClientResponse
+    prefix: bytes  # bytes already read from it
+
+    def release(self) -> None:
+        self.response.release()
+
+
+@dataclass(slots=True)
+class FillResult:
+    """What one fetch produced."""
+
+    status: int = 0
+    entry: CacheEntry | None = None  # the full response, stored or not
+    stream: Streaming | None = None  # set instead of entry for pass-through
+    error: OriginError | None = None
+    stored: bool = False
+    shareable: bool = False  # other requests may be answered with ``entry``
+    revalidated: bool = False  # a 304 refreshed the stale entry
+    collapsed: bool = False  # this request waited for another's fetch
+
+
+class Filler:
+    """Fetches from the origin and writes what may be stored."""
+
+    def __init__(
+        self,
+        *,
+        origin: OriginClient,
+        cache: Cache,
+        rules: ForwardingRules,
+        config: CachePolicyConfig,
+        metrics: ProxyMetrics,
+        max_entry_bytes: int,
+        tasks: BackgroundTasks,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._origin = origin
+        self._cache = cache
+        self._rules = rules
+        self._config = config
+        self._metrics = metrics
+        self._max_entry_bytes = max_entry_bytes
+        self._tasks = tasks
+        self._clock = clock
+        self._inflight: dict[str, asyncio.Future[FillResult]] = {}
+        self._pass_until: OrderedDict[str, float] = OrderedDict()
+
+    async def fill(self, path_qs: str) -> FillResult:
+        """Warm ``path_qs`` (a path on the origin) the way a client miss would.
+
+        A stale entry with validators is revalidated; a fresh one is refetched
+        (the caller decides whether that is wanted).  Streams are closed.
+        """
+        headers = CIMultiDict(self._rules.warm_request_headers())
+        proxy_headers = CIMultiDictProxy(headers)
+        lookup = await self._cache.lookup(path_qs, proxy_headers)
+        result = await self.fetch(
+            key=path_qs,
+            path_qs=path_qs,
+            send_headers=list(headers.items()),
+            request_headers=proxy_headers,
+            request_cc={},
+            stale=lookup.entry,
+            coalesce=True,
+            warm=True,
+        )
+        if result.stream is not None:
+            result.stream.release()
+        return result
+
+    async def fetch(
+        self,
+        *,
+        key: str,
+        path_qs: str,
+        send_headers: list[tuple[str, str]],
+        request_headers: HeaderSource,
+        request_cc: CacheControl,
+        stale: CacheEntry | None,
+        coalesce: bool,
+        warm: bool = False,
+    ) -> FillResult:
+        """Fetch ``path_qs``, coalesced with concurrent fetches of ``key``."""
+        if coalesce and self._passing(key):
+            coalesce = False
+        if not coalesce:
+            return await self._fetch(
+                key, path_qs, send_headers, request_headers, request_cc, stale, warm
+            )
+        leader = self._inflight.get(key)
+        if leader is not None:
+            self._metrics.coalesced.inc()
+            result = await asyncio.shield(leader)
+            if (
+                result.entry is not None
+                and result.shareable
+                and policy.vary_matches(result.entry, request_headers)
+            ):
+                return replace(result, collapsed=True, stream=None)
+            return await self._fetch(
+                key, path_qs, send_headers, request_headers, request_cc, stale, warm
+            )
+        future: asyncio.Future[FillResult] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        result = FillResult()
+        try:
+            result = await self._fetch(
+                key, path_qs, send_headers, request_headers, request_cc, stale, warm
+            )
+            return result
+        finally:
+            del self._inflight[key]
+            # Waiters never see the leader's stream: it belongs to one client.
+            future.set_result(replace(result, stream=None))
+            if not result.shareable and result.error is None:
+                self._remember_pass(key)
+
+    def refresh_in_background(
+        self,
+        *,
+        key: str,
+        path_qs: str,
+        send_headers: list[tuple[str, str]],
+        request_headers: HeaderSource,
+        stale: CacheEntry,
+    ) -> None:
+        """RFC 5861 §3: revalidate while the stale entry is being served."""
+        if key in self._inflight:
+            return
+
+        async def refresh() -> None:
+            result = await self.fetch(
+                key=key,
+                path_qs=path_qs,
+                send_headers=send_headers,
+                request_headers=request_headers,
+                request_cc={},
+                stale=stale,
+                coalesce=True,
+            )
+            if result.stream is not None:
+                result.stream.release()
+
+        self._tasks.spawn(refresh(), name=f"refresh {key}")
+
+    async def _fetch(
+        self,
+        key: str,
+        path_qs: str,
+        send_headers: list[tuple[str, str]],
+        request_headers: HeaderSource,
+        request_cc: CacheControl,
+        stale: CacheEntry | None,
+        warm: bool,
+    ) -> FillResult:
+        headers = list(send_headers)
+        conditional = stale is not None and policy.has_validators(stale)
+        if stale is not None and conditional:
+            headers.extend(policy.revalidation_headers(stale).items())
+        request_time = self._clock()
+        started = time.perf_counter()
+        try:
+            response = await self._origin.request(
+                "GET", path_qs, headers, purpose="warm" if warm else "fill"
+            )
+        except OriginError as exc:
+            return FillResult(error=exc)
+        response_time = self._clock()
+        response_headers = list(response.headers.items())
+
+        if response.status == 304 and stale is not None and conditional:
+            response.release()
+            if not policy.not_modified_selects(stale, response_headers):
+                # §4.3.4: the 304 is about another response; get a full one.
+                return await self._fetch(
+                    key, path_qs, send_headers, request_headers, request_cc, None, warm
+                )
+            entry = policy.build_entry(
+                url=path_qs,
+                status=stale.status,
+                headers=policy.merge_not_modified(stale.headers, response_headers),
+                body=stale.body,
+                request_headers=request_headers,
+                request_time=request_time,
+                response_time=response_time,
+                fetch_seconds=time.perf_counter() - started,
+                config=self._config,
+                warmed=warm,
+            )
+            stored = await self._store(key, entry)
+            return FillResult(
+                status=304, entry=entry, stored=stored, shareable=True, revalidated=True
+            )
+
+        response_cc = policy.parse_cache_control(
+            policy.header_values(response_headers, "cache-control")
+        )
+        decision = policy.storability(
+            method="GET",
+            status=response.status,
+            request_cc=request_cc,
+            response_cc=response_cc,
+            request_has_authorization=bool(request_headers.getall("authorization", [])),
+            response_headers=response_headers,
+            config=self._config,
+        )
+        if not decision.storable:
+            self._metrics.not_stored.labels(decision.reason).inc()
+            return FillResult(status=response.status, stream=Streaming(response, b""))
+        length = response.content_length
+        if length is not None and length > self._max_entry_bytes:
+            self._metrics.not_stored.labels("too large").inc()
+            return FillResult(status=response.status, stream=Streaming(response, b""))
+        try:
+            body, complete = await read_body(response, self._max_entry_bytes)
+        except OriginError as exc:
+            response.release()
+            return FillResult(error=exc)
+        if not complete:
+            self._metrics.not_stored.labels("too large").inc()
+            return FillResult(status=response.status, stream=Streaming(response, body))
+        response.release()
+        entry = policy.build_entry(
+            url=path_qs,
+            status=response.status,
+            headers=response_headers,
+            body=body,
+            request_headers=request_headers,
+            request_time=request_time,
+            response_time=response_time,
+            fetch_seconds=time.perf_counter() - started,
+            config=self._config,
+            warmed=warm,
+        )
+        stored = await self._store(key, entry)
+        return FillResult(status=response.status, entry=entry, stored=stored, shareable=True)
+
+    async def _store(self, key: str, entry: CacheEntry) -> bool:
+        if not policy.worth_storing(entry, self._clock()):
+            self._metrics.not_stored.labels("no freshness").inc()
+            return False
+        if entry.size > self._max_entry_bytes:
+            self._metrics.not_stored.labels("too large").inc()
+            return False
+        return await self._cache.put(key, entry)
+
+    def _passing(self, key: str) -> bool:
+        until = self._pass_until.get(key)
+        if until is None:
+            return False
+        if until < self._clock():
+            del self._pass_until[key]
+            return False
+        return True
+
+    def _remember_pass(self, key: str) -> None:
+        self._pass_until[key] = self._clock() + PASS_MEMORY_SECONDS
+        self._pass_until.move_to_end(key)
+        while len(self._pass_until) > PASS_MEMORY_KEYS:
+            self._pass_until.popitem(last=False)

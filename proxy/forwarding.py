@@ -1,0 +1,118 @@
+"""Header rewriting of a reverse proxy (RFC 9110 §7.6): what crosses, what is added."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from multidict import CIMultiDictProxy
+
+from proxy.policy import CONDITIONAL_REQUEST_FIELDS, HOP_BY_HOP
+
+# Client-supplied forwarding fields: replaced by ours unless the peer is a
+# trusted proxy, so one client cannot make the origin build links (that the
+# cache then shares with everyone) from a host name of its choosing.
+FORWARDING_FIELDS = frozenset(
+    {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"}
+)
+
+
+def connection_named(values: Iterable[str]) -> set[str]:
+    """Field names listed in Connection (RFC 9110 §7.6.1): hop-by-hop too."""
+    return {token.strip().lower() for value in values for token in value.split(",") if token}
+
+
+def end_to_end(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``headers`` without hop-by-hop fields and the fields Connection names."""
+    items = list(headers)
+    drop = HOP_BY_HOP | connection_named(v for k, v in items if k.lower() == "connection")
+    return [(k, v) for k, v in items if k.lower() not in drop]
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardingRules:
+    """How requests are rewritten for the origin; fixed for the process."""
+
+    origin_authority: str
+    preserve_host: bool
+    trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    via: str
+    warm_header: str = "X-Warmproxy-Warm"
+
+    @classmethod
+    def build(
+        cls, *, origin_authority: str, preserve_host: bool, trusted: list[str], via: str
+    ) -> ForwardingRules:
+        return cls(
+            origin_authority=origin_authority,
+            preserve_host=preserve_host,
+            trusted_networks=tuple(ipaddress.ip_network(t, strict=False) for t in trusted),
+            via=via,
+        )
+
+    def is_trusted(self, peer: str | None) -> bool:
+        if peer is None or not self.trusted_networks:
+            return False
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted_networks)
+
+    def request_headers(
+        self,
+        headers: CIMultiDictProxy[str],
+        *,
+        peer: str | None,
+        scheme: str,
+        for_fill: bool,
+    ) -> list[tuple[str, str]]:
+        """Headers to send to the origin for a client's request.
+
+        ``for_fill`` drops the client's conditional and range fields: the
+        cache asks for the full response and evaluates those itself.
+        """
+        trusted = self.is_trusted(peer)
+        forwarded: list[tuple[str, str]] = []
+        prior_for: list[str] = []
+        prior_proto: str | None = None
+        prior_host: str | None = None
+        host = headers.get("Host", self.origin_authority)
+        for k, v in end_to_end(headers.items()):
+            lk = k.lower()
+            if lk in FORWARDING_FIELDS:
+                if trusted:
+                    if lk == "x-forwarded-for":
+                        prior_for.append(v)
+                    elif lk == "x-forwarded-proto":
+                        prior_proto = v
+                    elif lk == "x-forwarded-host":
+                        prior_host = v
+                    else:
+                        forwarded.append((k, v))
+                continue
+            if lk == "host" or lk == "via":
+                continue
+            if for_fill and (lk in CONDITIONAL_REQUEST_FIELDS or lk == "content-length"):
+                # A fill is a plain GET: no body (RFC 9110 §9.3.1 gives GET
+                # content no meaning), no client validators.
+                continue
+            forwarded.append((k, v))
+        chain = [*prior_for, peer] if peer else prior_for
+        if chain:
+            forwarded.append(("X-Forwarded-For", ", ".join(chain)))
+        forwarded.append(("X-Forwarded-Proto", prior_proto or scheme))
+        forwarded.append(("X-Forwarded-Host", prior_host or host))
+        vias = headers.getall("Via", [])
+        forwarded.append(("Via", ", ".join([*vias, self.via])))
+        forwarded.append(("Host", host if self.preserve_host else self.origin_authority))
+        return forwarded
+
+    def warm_request_headers(self) -> list[tuple[str, str]]:
+        """Headers of a fetch the warmer makes: marked so the origin can tell."""
+        return [
+            ("Host", self.origin_authority),
+            ("Via", self.via),
+            (self.warm_header, "1"),
+        ]

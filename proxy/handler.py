@@ -1,0 +1,349 @@
+"""The request handler: answer from the cache when RFC 9111 allows, else forward.
+
+The hit path (DESIGN rule 3) is the first branch of :meth:`ProxyHandler.handle`:
+a GET/HEAD without request directives, conditionals, credentials or ranges,
+whose entry is in process and fresh, is answered with one dict lookup, one time
+comparison and one write.  Everything else takes the full path below it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from proxy import policy
+from proxy.cache import Cache
+from proxy.entry import CacheEntry
+from proxy.filler import Filler, FillResult, Streaming
+from proxy.forwarding import ForwardingRules, end_to_end
+from proxy.metrics import ProxyMetrics
+from proxy.observe import AccessEvent, EventHub, Outcome
+from proxy.origin import OriginClient, OriginError, OriginFailure
+
+log = logging.getLogger(__name__)
+
+# Request fields that send a GET/HEAD off the hit path.
+_SLOW_PATH_FIELDS = (
+    "cache-control",
+    "pragma",
+    "authorization",
+    "if-none-match",
+    "if-modified-since",
+    "range",
+)
+
+_STREAM_CHUNK = 64 * 1024
+
+
+class ProxyHandler:
+    """Serves every request that reaches the proxy listener."""
+
+    def __init__(
+        self,
+        *,
+        cache: Cache,
+        filler: Filler,
+        origin: OriginClient,
+        rules: ForwardingRules,
+        hub: EventHub,
+        metrics: ProxyMetrics,
+        client_id_header: str = "",
+        cache_name: str = "warmproxy",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._cache = cache
+        self._filler = filler
+        self._origin = origin
+        self._rules = rules
+        self._hub = hub
+        self._metrics = metrics
+        self._client_id_header = client_id_header
+        self._name = cache_name
+        self._clock = clock
+
+    # ------------------------------------------------------------------ entry
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.perf_counter()
+        method = request.method
+        if method == "GET" or method == "HEAD":
+            headers = request.headers
+            for name in _SLOW_PATH_FIELDS:
+                if name in headers:
+                    break
+            else:
+                entry = self._cache.peek(request.raw_path)
+                if entry is not None and entry.__class__ is CacheEntry:
+                    assert isinstance(entry, CacheEntry)
+                    now = self._clock()
+                    if now < entry.fresh_until and not entry.no_cache:
+                        return self._respond_hit(request, entry, now, started)
+            return await self._handle_cacheable(request, started)
+        return await self._forward(request, started)
+
+    def _respond_hit(
+        self, request: web.BaseRequest, entry: CacheEntry, now: float, started: float
+    ) -> web.Response:
+        headers = CIMultiDict(entry.headers)
+        headers["Age"] = str(int(now - entry.born))
+        headers["Cache-Status"] = f"{self._name}; hit; ttl={int(entry.fresh_until - now)}"
+        response = web.Response(status=entry.status, body=entry.body, headers=headers)
+        self._emit(request, Outcome.HIT, entry.status, started, len(entry.body))
+        return response
+
+    # ------------------------------------------------------------- full path
+
+    async def _handle_cacheable(
+        self, request: web.BaseRequest, started: float
+    ) -> web.StreamResponse:
+        headers = request.headers
+        key = request.raw_path
+        if "range" in headers:
+            # Ranges are not assembled from stored responses: forward as is.
+            return await self._forward(request, started, fwd="bypass")
+        request_cc = policy.request_directives(
+            headers.getall("cache-control", []), headers.getall("pragma", [])
+        )
+        has_auth = "authorization" in headers
+        lookup = await self._cache.lookup(key, headers)
+        entry = lookup.entry
+        if entry is not None and has_auth and not entry.shareable_with_auth:
+            entry = None  # RFC 9111 §3.5
+        now = self._clock()
+        if entry is not None:
+            if policy.fresh_enough(entry, now, request_cc):
+                ttl = entry.fresh_until - now
+                status = policy.cache_status(hit=True, ttl=ttl, name=self._name)
+                return self._serve(request, entry, now, Outcome.HIT, status, started)
+            if policy.may_serve_stale_while_revalidating(entry, now, request_cc):
+                self._filler.refresh_in_background(
+                    key=key,
+                    path_qs=key,
+                    send_headers=self._fill_headers(request),
+                    request_headers=headers,
+                    stale=entry,
+                )
+                status = policy.cache_status(
+                    hit=True,
+                    ttl=entry.fresh_until - now,
+                    detail="stale-while-revalidate",
+                    name=self._name,
+                )
+                return self._serve(request, entry, now, Outcome.STALE, status, started)
+        if "only-if-cached" in request_cc:
+            # §5.2.1.7: nothing usable is stored; do not contact the origin.
+            status = policy.cache_status(fwd="miss", detail="only-if-cached", name=self._name)
+            return self._plain(
+                request, 504, "warmproxy: not in cache (only-if-cached)\n", status, started
+            )
+        if request.method == "HEAD" and entry is None:
+            return await self._forward(request, started, fwd="miss")
+        if entry is not None:
+            fwd = "request" if entry.fresh_until > now else "stale"
+        elif lookup.vary_miss:
+            fwd = "vary-miss"
+        else:
+            fwd = "uri-miss"
+        result = await self._filler.fetch(
+            key=key,
+            path_qs=key,
+            send_headers=self._fill_headers(request),
+            request_headers=headers,
+            request_cc=request_cc,
+            stale=entry,
+            # A request with credentials gets its own fetch (RFC 9111 §3.5).
+            coalesce=not has_auth,
+        )
+        return await self._answer_fill(request, result, entry, request_cc, fwd, started)
+
+    async def _answer_fill(
+        self,
+        request: web.BaseRequest,
+        result: FillResult,
+        stale: CacheEntry | None,
+        request_cc: policy.CacheControl,
+        fwd: str,
+        started: float,
+    ) -> web.StreamResponse:
+        now = self._clock()
+        failed = result.error is not None or policy.is_error_status(result.status)
+        if failed and stale is not None and policy.may_serve_stale_on_error(stale, now, request_cc):
+            # RFC 5861 §4: stale-if-error.
+            if result.stream is not None:
+                result.stream.release()
+            status = policy.cache_status(
+                fwd="stale",
+                fwd_status=result.status or None,
+                ttl=stale.fresh_until - now,
+                detail="stale-if-error",
+                name=self._name,
+            )
+            return self._serve(request, stale, now, Outcome.STALE, status, started)
+        if result.error is not None:
+            return self._origin_failed(request, result.error, fwd, started)
+        status = policy.cache_status(
+            fwd=fwd,
+            fwd_status=result.status,
+            stored=result.stored,
+            collapsed=result.collapsed,
+            name=self._name,
+        )
+        if result.stream is not None:
+            return await self._stream(request, result.stream, status, Outcome.MISS, started)
+        assert result.entry is not None
+        outcome = Outcome.REVALIDATED if result.revalidated else Outcome.MISS
+        return self._serve(request, result.entry, now, outcome, status, started)
+
+    def _serve(
+        self,
+        request: web.BaseRequest,
+        entry: CacheEntry,
+        now: float,
+        outcome: Outcome,
+        cache_status: str,
+        started: float,
+    ) -> web.Response:
+        """Answer from ``entry``, with a 304 when the client's validators match."""
+        headers = request.headers
+        if 200 <= entry.status < 300:
+            inm = ", ".join(headers.getall("if-none-match", [])) or None
+            ims = headers.get("if-modified-since")
+            if (inm is not None or ims is not None) and policy.client_condition_met(
+                entry, inm, ims
+            ):
+                not_modified = CIMultiDict(policy.not_modified_headers(entry))
+                not_modified["Age"] = str(int(policy.age_of(entry, now)))
+                not_modified["Cache-Status"] = cache_status
+                self._emit(request, outcome, 304, started, 0)
+                return web.Response(status=304, headers=not_modified)
+        out = CIMultiDict(entry.headers)
+        out["Age"] = str(int(policy.age_of(entry, now)))
+        out["Cache-Status"] = cache_status
+        self._emit(request, outcome, entry.status, started, len(entry.body))
+        return web.Response(status=entry.status, body=entry.body, headers=out)
+
+    # --------------------------------------------------------- pass-through
+
+    async def _forward(
+        self, request: web.BaseRequest, started: float, *, fwd: str = "method"
+    ) -> web.StreamResponse:
+        """Forward a request the cache cannot answer; invalidate after unsafe ones."""
+        method = request.method
+        send_headers = self._rules.request_headers(
+            request.headers, peer=request.remote, scheme=request.scheme, for_fill=False
+        )
+        body = request.content if request.body_exists else None
+        try:
+            upstream = await self._origin.request(
+                method, request.raw_path, send_headers, body=body, purpose="forward"
+            )
+        except OriginError as exc:
+            return self._origin_failed(request, exc, fwd, started)
+        if method not in policy.SAFE_METHODS:
+            # RFC 9111 §4.4: a non-error answer to an unsafe method invalidates
+            # the target URI and same-origin Location / Content-Location.
+            for path in policy.invalidated_paths(
+                request_path=request.raw_path,
+                status=upstream.status,
+                response_headers=list(upstream.headers.items()),
+                authority=self._origin.authority,
+            ):
+                await self._cache.invalidate(path)
+        status = policy.cache_status(fwd=fwd, fwd_status=upstream.status, name=self._name)
+        outcome = Outcome.BYPASS if fwd in ("method", "bypass") else Outcome.MISS
+        return await self._stream(request, Streaming(upstream, b""), status, outcome, started)
+
+    async def _stream(
+        self,
+        request: web.BaseRequest,
+        stream: Streaming,
+        cache_status: str,
+        outcome: Outcome,
+        started: float,
+    ) -> web.StreamResponse:
+        """Relay an origin response chunk by chunk: memory stays flat."""
+        upstream = stream.response
+        headers = CIMultiDict(end_to_end(upstream.headers.items()))
+        vias = headers.getall("Via", [])
+        headers.popall("Via", None)
+        headers["Via"] = ", ".join([*vias, self._rules.via])
+        headers["Cache-Status"] = cache_status
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response.headers.extend(headers)
+        sent = 0
+        try:
+            await response.prepare(request)
+            if stream.prefix:
+                await response.write(stream.prefix)
+                sent += len(stream.prefix)
+            async for chunk in upstream.content.iter_chunked(_STREAM_CHUNK):
+                await response.write(chunk)
+                sent += len(chunk)
+            await response.write_eof()
+        except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError) as exc:
+            # The head is already sent: the only honest signal left is to cut
+            # the connection so the client sees a truncated body.
+            log.warning("origin failed mid-body for %s: %s", request.raw_path, exc)
+            if request.transport is not None:
+                request.transport.close()
+        except ConnectionResetError:
+            pass  # the client went away
+        finally:
+            upstream.release()
+        self._emit(request, outcome, upstream.status, started, sent)
+        return response
+
+    # ---------------------------------------------------------------- helpers
+
+    def _fill_headers(self, request: web.BaseRequest) -> list[tuple[str, str]]:
+        return self._rules.request_headers(
+            request.headers, peer=request.remote, scheme=request.scheme, for_fill=True
+        )
+
+    def _origin_failed(
+        self, request: web.BaseRequest, error: OriginError, fwd: str, started: float
+    ) -> web.Response:
+        if error.kind is OriginFailure.TIMEOUT:
+            code, text = 504, "warmproxy: origin timed out\n"
+        else:
+            code, text = 502, "warmproxy: origin unreachable\n"
+        status = policy.cache_status(fwd=fwd, detail=f"origin-{error.kind}", name=self._name)
+        return self._plain(request, code, text, status, started)
+
+    def _plain(
+        self, request: web.BaseRequest, code: int, text: str, cache_status: str, started: float
+    ) -> web.Response:
+        self._emit(request, Outcome.BYPASS, code, started, len(text))
+        return web.Response(
+            status=code,
+            text=text,
+            headers={"Cache-Status": cache_status, "Cache-Control": "no-store"},
+        )
+
+    def _emit(
+        self, request: web.BaseRequest, outcome: Outcome, status: int, started: float, size: int
+    ) -> None:
+        self._metrics.requests[(outcome, request.method)] += 1
+        client = (
+            request.headers.get(self._client_id_header, "") if self._client_id_header else ""
+        ) or (request.remote or "")
+        path = request.raw_path
+        self._hub.emit(
+            AccessEvent(
+                ts=self._clock(),
+                key=path,
+                url=path,
+                method=request.method,
+                outcome=outcome,
+                status=status,
+                latency=time.perf_counter() - started,
+                bytes=size,
+                client=client,
+            )
+        )

@@ -1,0 +1,115 @@
+"""Prometheus metrics of the proxy, on a registry of its own (never the global one).
+
+Request counting is on the hit path, so it is a plain dict increment read by a
+collector at scrape time instead of a locked client-library counter.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from proxy.observe import EventHub
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _RequestCollector(Collector):
+    def __init__(self, metrics: ProxyMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        requests = CounterMetricFamily(
+            "warmproxy_requests",
+            "Proxied requests by cache outcome and method.",
+            labels=["outcome", "method"],
+        )
+        for (outcome, method), count in sorted(self._metrics.requests.items()):
+            requests.add_metric([outcome, method], count)
+        yield requests
+        hub = self._metrics.hub
+        if hub is not None:
+            yield CounterMetricFamily(
+                "warmproxy_events_dropped",
+                "Access events dropped because observers fell behind.",
+                value=hub.dropped,
+            )
+            yield CounterMetricFamily(
+                "warmproxy_observer_errors",
+                "Exceptions raised by access-event observers.",
+                value=hub.observer_errors,
+            )
+        for name, help_text, read in self._metrics.gauge_readers:
+            yield GaugeMetricFamily(name, help_text, value=read())
+
+
+class ProxyMetrics:
+    """Every metric the proxy exports."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.hub: EventHub | None = None
+        self.gauge_readers: list[tuple[str, str, Callable[[], float]]] = []
+        r = self.registry
+        self.origin_duration = Histogram(
+            "warmproxy_origin_request_duration_seconds",
+            "Time from sending a request to the origin until its response head arrived.",
+            ["purpose"],
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.origin_errors = Counter(
+            "warmproxy_origin_errors_total",
+            "Origin requests that failed without a response.",
+            ["reason"],
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "warmproxy_store_errors_total",
+            "Cache store operations that failed.",
+            ["operation"],
+            registry=r,
+        )
+        self.store_up = Gauge(
+            "warmproxy_store_up", "1 when the cache store answers, else 0.", registry=r
+        )
+        self.store_entries = Gauge(
+            "warmproxy_store_entries", "Items held by the cache store.", registry=r
+        )
+        self.store_bytes = Gauge(
+            "warmproxy_store_bytes", "Bytes held by the cache store.", registry=r
+        )
+        self.store_evictions = Gauge(
+            "warmproxy_store_evictions", "Items the store evicted to make room.", registry=r
+        )
+        self.coalesced = Counter(
+            "warmproxy_coalesced_requests_total",
+            "Requests that waited for another request's origin fetch instead of their own.",
+            registry=r,
+        )
+        self.stored = Counter(
+            "warmproxy_responses_stored_total", "Responses written to the cache.", registry=r
+        )
+        self.not_stored = Counter(
+            "warmproxy_responses_not_stored_total",
+            "Origin responses the cache did not store, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.invalidations = Counter(
+            "warmproxy_invalidations_total",
+            "Cache keys invalidated after unsafe requests (RFC 9111 §4.4).",
+            registry=r,
+        )
+        self.registry.register(_RequestCollector(self))
+
+    def count_request(self, outcome: str, method: str) -> None:
+        self.requests[(outcome, method)] += 1
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

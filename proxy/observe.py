@@ -1,0 +1,94 @@
+"""Access events and their delivery to observers (the warmer is the first).
+
+The proxy emits one :class:`AccessEvent` per request.  Emitting is an append to
+a bounded buffer: it never awaits, never calls an observer, and never fails.  A
+background task drains the buffer and hands events to each observer; an
+observer that raises is logged and counted, and one that is slow only delays
+later deliveries, so no response ever depends on an observer (DESIGN rule 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(StrEnum):
+    """How the cache answered a request."""
+
+    HIT = "hit"  # served from a fresh (or allowed-stale) entry, origin not asked
+    MISS = "miss"  # fetched from the origin
+    STALE = "stale"  # served stale: while revalidating, or because the origin failed
+    REVALIDATED = "revalidated"  # a stale entry confirmed by a 304 from the origin
+    BYPASS = "bypass"  # not cacheable by method or request (forwarded as is)
+
+
+@dataclass(slots=True, frozen=True)
+class AccessEvent:
+    """One proxied request, as the warmer sees it."""
+
+    ts: float  # wall-clock seconds when the request arrived
+    key: str  # cache key (the path and query on the origin)
+    url: str  # the path and query as requested
+    method: str
+    outcome: Outcome
+    status: int
+    latency: float  # seconds until the response head was ready
+    bytes: int  # body bytes sent (for streamed responses: as far as known)
+    client: str  # client id: the configured header's value, else the peer address
+    warm: bool = False  # produced by the warmer, not by a user
+
+
+Observer = Callable[[AccessEvent], None]
+
+
+class EventHub:
+    """Bounded buffer of events, drained to observers off the request path."""
+
+    def __init__(self, capacity: int = 65536) -> None:
+        self._buffer: deque[AccessEvent] = deque(maxlen=capacity)
+        self._observers: list[Observer] = []
+        self._wakeup = asyncio.Event()
+        self.emitted = 0
+        self.dropped = 0
+        self.observer_errors = 0
+
+    def subscribe(self, observer: Observer) -> None:
+        self._observers.append(observer)
+
+    def emit(self, event: AccessEvent) -> None:
+        """Record an event; O(1), never awaits, never raises."""
+        if len(self._buffer) == self._buffer.maxlen:
+            self.dropped += 1  # the oldest is pushed out: observers are behind
+        self._buffer.append(event)
+        self.emitted += 1
+        if not self._wakeup.is_set():
+            self._wakeup.set()
+
+    def drain(self, limit: int | None = None) -> int:
+        """Deliver up to ``limit`` buffered events (all when None); returns how many."""
+        delivered = 0
+        while self._buffer and (limit is None or delivered < limit):
+            event = self._buffer.popleft()
+            delivered += 1
+            for observer in self._observers:
+                try:
+                    observer(event)
+                except Exception:
+                    self.observer_errors += 1
+                    log.exception("observer %r failed", observer)
+        return delivered
+
+    async def run(self) -> None:
+        """Deliver events until cancelled, yielding to the loop between batches."""
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self.drain(limit=256):
+                await asyncio.sleep(0)

@@ -1,0 +1,118 @@
+"""The connection pool to the one origin, with its timeouts and failure kinds."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterable
+from enum import StrEnum
+from urllib.parse import urlsplit
+
+import aiohttp
+from yarl import URL
+
+from proxy.config import ProxySettings
+from proxy.metrics import ProxyMetrics
+
+
+class OriginFailure(StrEnum):
+    UNREACHABLE = "unreachable"  # answered 502
+    TIMEOUT = "timeout"  # answered 504
+
+
+class OriginError(Exception):
+    """The origin gave no usable response."""
+
+    def __init__(self, kind: OriginFailure, detail: str) -> None:
+        super().__init__(f"origin {kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+class OriginClient:
+    """Pooled keep-alive HTTP client for the configured origin."""
+
+    def __init__(self, settings: ProxySettings, metrics: ProxyMetrics) -> None:
+        parts = urlsplit(settings.origin)
+        self.origin = settings.origin
+        self.authority = parts.netloc
+        self._metrics = metrics
+        self._settings = settings
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self._settings.max_origin_connections, ttl_dns_cache=300
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=self._settings.connect_timeout,
+                sock_read=self._settings.read_timeout,
+            ),
+            # Bodies pass through byte for byte, compressed or not.
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            # Only the client's own headers go to the origin.
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def request(
+        self,
+        method: str,
+        path_qs: str,
+        headers: list[tuple[str, str]],
+        *,
+        body: AsyncIterable[bytes] | bytes | None = None,
+        purpose: str,
+    ) -> aiohttp.ClientResponse:
+        """Send a request; the caller reads the body and releases the response.
+
+        Raises OriginError when no response head arrives.
+        """
+        assert self._session is not None, "OriginClient.start() was not awaited"
+        url = URL(self.origin + path_qs, encoded=True)
+        started = time.perf_counter()
+        try:
+            response = await self._session.request(
+                method,
+                url,
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+            )
+        except (TimeoutError, asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            self._metrics.origin_errors.labels(OriginFailure.TIMEOUT).inc()
+            raise OriginError(OriginFailure.TIMEOUT, str(exc) or "no response in time") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            self._metrics.origin_errors.labels(OriginFailure.UNREACHABLE).inc()
+            raise OriginError(OriginFailure.UNREACHABLE, str(exc) or type(exc).__name__) from exc
+        self._metrics.origin_duration.labels(purpose).observe(time.perf_counter() - started)
+        return response
+
+
+async def read_body(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """Up to ``limit`` bytes of the body; ``complete`` False when more remain.
+
+    Raises OriginError when the origin stalls past the read timeout or drops
+    the connection mid-body.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in response.content.iter_any():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                return b"".join(chunks), False
+    except (TimeoutError, asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise OriginError(OriginFailure.TIMEOUT, "body read timed out") from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        raise OriginError(OriginFailure.UNREACHABLE, f"body read failed: {exc}") from exc
+    return b"".join(chunks), True

@@ -1,0 +1,665 @@
+"""HTTP caching rules for a shared cache: RFC 9111, RFC 5861 and RFC 9211.
+
+Pure functions, no I/O and no clock: the caller passes the times.  Everything
+the hit path needs is computed once, in :func:`build_entry`, when a response is
+stored (DESIGN rule 3).
+
+hishel's sans-I/O core was evaluated first (see docs/decisions.md): its state
+machine works on its own request/response/entry models, recomputes freshness
+from headers on every lookup, and does not serve stale-while-revalidate or
+stale-if-error, so this module keeps the rules in one place of our own.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from proxy.entry import CacheEntry
+
+# RFC 9111 §1.2.2: a delta-seconds too large to represent is 2^31.
+MAX_DELTA_SECONDS = 2147483648
+
+# RFC 9110 §15.1: status codes that are heuristically cacheable.
+HEURISTICALLY_CACHEABLE = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
+
+# RFC 9111 §3: we store any final status code whose semantics we understand.
+# 206 needs range combination and 304 is only a validation answer, so neither
+# is stored as a response of its own.
+NOT_STORED_STATUSES = frozenset({206, 304})
+
+# RFC 9110 §7.6.1: connection-specific fields never forwarded nor stored.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-authentication-info",
+    }
+)
+
+# Fields not kept with a stored response: recomputed when served (Age,
+# Content-Length) or excluded by RFC 9111 §3.1.
+NOT_STORED_FIELDS = HOP_BY_HOP | {"age", "content-length"}
+
+# RFC 9111 §3.2: when a 304 updates a stored response, these are not replaced.
+NOT_UPDATED_BY_304 = NOT_STORED_FIELDS | {"content-encoding", "content-type", "content-range"}
+
+# RFC 9110 §15.4.5: the fields a 304 carries when the 200 would have them.
+FIELDS_IN_304 = ("cache-control", "content-location", "date", "etag", "expires", "vary")
+
+# RFC 9110 §9.2.1: methods known to be safe; anything else invalidates (§4.4).
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+# Request fields the cache evaluates itself: never sent on a fill (RFC 9111 §4.3.1).
+CONDITIONAL_REQUEST_FIELDS = frozenset(
+    {"if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range", "range"}
+)
+
+CacheControl = dict[str, str | None]
+
+
+# --------------------------------------------------------------------------
+# Parsing
+# --------------------------------------------------------------------------
+
+
+def parse_cache_control(values: Iterable[str]) -> CacheControl:
+    """Directives of one or more Cache-Control field lines (RFC 9111 §5.2).
+
+    Names are lower-cased; arguments are unquoted.  For a repeated directive
+    the first occurrence wins (§4.2.1).
+    """
+    directives: CacheControl = {}
+    for value in values:
+        for name, arg in _split_directives(value):
+            if name and name not in directives:
+                directives[name] = arg
+    return directives
+
+
+def _split_directives(value: str) -> Iterable[tuple[str, str | None]]:
+    i, n = 0, len(value)
+    while i < n:
+        # skip separators and whitespace
+        while i < n and value[i] in " \t,":
+            i += 1
+        start = i
+        while i < n and value[i] not in "=,":
+            i += 1
+        name = value[start:i].strip().lower()
+        arg: str | None = None
+        if i < n and value[i] == "=":
+            i += 1
+            while i < n and value[i] in " \t":
+                i += 1
+            if i < n and value[i] == '"':
+                i += 1
+                chars: list[str] = []
+                while i < n and value[i] != '"':
+                    if value[i] == "\\" and i + 1 < n:
+                        i += 1
+                    chars.append(value[i])
+                    i += 1
+                i += 1  # closing quote
+                arg = "".join(chars)
+                while i < n and value[i] != ",":
+                    i += 1
+            else:
+                start = i
+                while i < n and value[i] != ",":
+                    i += 1
+                arg = value[start:i].strip()
+        if name:
+            yield name, arg
+
+
+def delta_seconds(arg: str | None) -> int | None:
+    """A delta-seconds argument (RFC 9111 §1.2.2), or None when invalid."""
+    if arg is None or not arg.isdigit() or not arg.isascii():
+        return None
+    return min(int(arg), MAX_DELTA_SECONDS)
+
+
+def parse_http_date(value: str | None) -> float | None:
+    """Seconds since the epoch of an HTTP-date (RFC 9110 §5.6.7), or None."""
+    if not value:
+        return None
+    try:
+        parsed = email.utils.parsedate_tz(value)
+        if parsed is None:
+            return None
+        return float(email.utils.mktime_tz(parsed))
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def format_http_date(ts: float) -> str:
+    return email.utils.formatdate(ts, usegmt=True)
+
+
+def parse_field_names(arg: str | None) -> list[str]:
+    """The field-name list of a qualified ``private``/``no-cache`` directive."""
+    if not arg:
+        return []
+    return [name.strip().lower() for name in arg.split(",") if name.strip()]
+
+
+def parse_age(values: list[str]) -> int:
+    """Age field value (RFC 9111 §5.1): first member of a list; invalid is ignored."""
+    if not values:
+        return 0
+    first = values[0].split(",")[0].strip()
+    age = delta_seconds(first)
+    return age if age is not None else 0
+
+
+def header_values(headers: Iterable[tuple[str, str]], name: str) -> list[str]:
+    """All values of ``name`` (lower-case) in a header list."""
+    return [v for k, v in headers if k.lower() == name]
+
+
+def header_value(headers: Iterable[tuple[str, str]], name: str) -> str | None:
+    values = header_values(headers, name)
+    return ", ".join(values) if values else None
+
+
+# --------------------------------------------------------------------------
+# Storing (RFC 9111 §3)
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicyConfig:
+    """The knobs of the rules that deployments choose."""
+
+    heuristic_fraction: float = 0.1
+    heuristic_max_seconds: float = 86400.0
+    # Stale entries with validators are kept this long for revalidation.
+    revalidation_retention_seconds: float = 3600.0
+    store_set_cookie: bool = False
+    via: str = "1.1 warmproxy"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreDecision:
+    storable: bool
+    reason: str
+
+
+def storability(
+    *,
+    method: str,
+    status: int,
+    request_cc: CacheControl,
+    response_cc: CacheControl,
+    request_has_authorization: bool,
+    response_headers: Iterable[tuple[str, str]],
+    config: CachePolicyConfig,
+) -> StoreDecision:
+    """May a shared cache store this response?  (RFC 9111 §3)."""
+    if method != "GET":
+        return StoreDecision(False, "method")
+    if status < 200 or status in NOT_STORED_STATUSES:
+        return StoreDecision(False, "status")
+    # §5.2.2.3: must-understand lets a cache that understands the status code
+    # ignore no-store; every status we store is one we understand.
+    must_understand = "must-understand" in response_cc
+    if "no-store" in request_cc:
+        return StoreDecision(False, "request no-store")
+    if "no-store" in response_cc and not must_understand:
+        return StoreDecision(False, "no-store")
+    # §5.2.2.7: unqualified private forbids a shared cache to store; the
+    # qualified form only excludes the named fields (handled in build_entry).
+    if "private" in response_cc and not response_cc["private"]:
+        return StoreDecision(False, "private")
+    # §3.5: Authorization needs an explicit permission to share the response.
+    if request_has_authorization and not (
+        "public" in response_cc or "s-maxage" in response_cc or "must-revalidate" in response_cc
+    ):
+        return StoreDecision(False, "authorization")
+    headers = list(response_headers)
+    if not config.store_set_cookie and header_values(headers, "set-cookie"):
+        return StoreDecision(False, "set-cookie")
+    vary = header_value(headers, "vary")
+    if vary is not None and "*" in [v.strip() for v in vary.split(",")]:
+        # §4.1: Vary: * never matches, so storing could never pay off.
+        return StoreDecision(False, "vary *")
+    explicit = (
+        "public" in response_cc
+        or "max-age" in response_cc
+        or "s-maxage" in response_cc
+        or header_values(headers, "expires")
+    )
+    if not explicit and status not in HEURISTICALLY_CACHEABLE:
+        return StoreDecision(False, "status not heuristically cacheable")
+    return StoreDecision(True, "ok")
+
+
+def freshness_lifetime(
+    *,
+    status: int,
+    response_cc: CacheControl,
+    headers: list[tuple[str, str]],
+    date: float,
+    config: CachePolicyConfig,
+) -> float:
+    """Freshness lifetime in seconds (RFC 9111 §4.2.1); 0 when none applies."""
+    # A shared cache prefers s-maxage, then max-age, then Expires.
+    for directive in ("s-maxage", "max-age"):
+        if directive in response_cc:
+            value = delta_seconds(response_cc[directive])
+            # §4.2.1: invalid freshness information means stale.
+            return float(value) if value is not None else 0.0
+    expires_values = header_values(headers, "expires")
+    if expires_values:
+        # §5.3: an invalid Expires (e.g. "0") means already expired; with
+        # several lines, use the first.
+        expires = parse_http_date(expires_values[0])
+        if expires is None:
+            return 0.0
+        return max(0.0, expires - date)
+    # §4.2.2: heuristic freshness, only from Last-Modified and only for
+    # heuristically cacheable statuses (or when public allows it).
+    if status in HEURISTICALLY_CACHEABLE or "public" in response_cc:
+        last_modified = parse_http_date(header_value(headers, "last-modified"))
+        if last_modified is not None and last_modified < date:
+            return min((date - last_modified) * config.heuristic_fraction, config.heuristic_max_seconds)
+    return 0.0
+
+
+def corrected_initial_age(
+    *, headers: list[tuple[str, str]], date: float | None, request_time: float, response_time: float
+) -> float:
+    """RFC 9111 §4.2.3: how old the response already is when it arrives."""
+    apparent_age = max(0.0, response_time - date) if date is not None else 0.0
+    response_delay = max(0.0, response_time - request_time)
+    corrected_age_value = parse_age(header_values(headers, "age")) + response_delay
+    return max(apparent_age, corrected_age_value)
+
+
+def _stored_headers(
+    headers: list[tuple[str, str]], response_cc: CacheControl, response_time: float, via: str
+) -> list[tuple[str, str]]:
+    connection_named = {
+        token.strip().lower()
+        for value in header_values(headers, "connection")
+        for token in value.split(",")
+    }
+    excluded = NOT_STORED_FIELDS | connection_named
+    # §5.2.2.7 / §5.2.2.4: qualified private and no-cache name fields a shared
+    # cache must not reuse; dropping them lets the rest be reused.
+    excluded |= set(parse_field_names(response_cc.get("private")))
+    excluded |= set(parse_field_names(response_cc.get("no-cache")))
+    stored = [(k, v) for k, v in headers if k.lower() not in excluded]
+    if not any(k.lower() == "date" for k, _ in stored):
+        # RFC 9110 §6.6.1: a recipient caching a response without Date adds one.
+        stored.append(("Date", format_http_date(response_time)))
+    # RFC 9110 §7.6.3: each proxy appends itself to Via.
+    vias = [v for k, v in stored if k.lower() == "via"]
+    stored = [(k, v) for k, v in stored if k.lower() != "via"]
+    stored.append(("Via", ", ".join([*vias, via])))
+    return stored
+
+
+def vary_names(headers: Iterable[tuple[str, str]]) -> tuple[str, ...]:
+    """Lower-cased field names of Vary (RFC 9111 §4.1), sorted and de-duplicated."""
+    names = {
+        name.strip().lower() for value in header_values(headers, "vary") for name in value.split(",")
+    }
+    names.discard("")
+    return tuple(sorted(names))
+
+
+class HeaderSource(Protocol):
+    """Case-insensitive request headers with repeated fields (a multidict)."""
+
+    def getall(self, key: str, default: list[str], /) -> list[str]: ...
+
+
+def request_vary_values(
+    names: tuple[str, ...], request_headers: HeaderSource
+) -> tuple[str | None, ...]:
+    """The request's values of the Vary fields, normalized for comparison."""
+    values: list[str | None] = []
+    for name in names:
+        found = request_headers.getall(name, [])
+        values.append(_normalize_vary_value(", ".join(found)) if found else None)
+    return tuple(values)
+
+
+def _normalize_vary_value(value: str) -> str:
+    # §4.1 allows normalizing whitespace and combining field lines.
+    return ",".join(part.strip() for part in value.split(","))
+
+
+def variant_key(primary: str, generation: str, values: tuple[str | None, ...]) -> str:
+    """Secondary cache key of one variant of ``primary``."""
+    digest = hashlib.blake2b(repr(values).encode(), digest_size=12).hexdigest()
+    return f"{primary}#v{generation}:{digest}"
+
+
+def build_entry(
+    *,
+    url: str,
+    status: int,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    request_headers: HeaderSource,
+    request_time: float,
+    response_time: float,
+    fetch_seconds: float,
+    config: CachePolicyConfig,
+    warmed: bool = False,
+) -> CacheEntry:
+    """A storable response turned into an entry with every decision made."""
+    response_cc = parse_cache_control(header_values(headers, "cache-control"))
+    date = parse_http_date(header_value(headers, "date"))
+    # RFC 9110 §6.6.1: a response without a (valid) Date is dated when received.
+    effective_date = date if date is not None else response_time
+    lifetime = freshness_lifetime(
+        status=status, response_cc=response_cc, headers=headers, date=effective_date, config=config
+    )
+    initial_age = corrected_initial_age(
+        headers=headers, date=date, request_time=request_time, response_time=response_time
+    )
+    born = response_time - initial_age
+    fresh_until = born + lifetime
+    # §4.2.4: must-revalidate, proxy-revalidate and s-maxage (for a shared
+    # cache) forbid serving stale; so does no-cache.
+    must_revalidate = (
+        "must-revalidate" in response_cc
+        or "proxy-revalidate" in response_cc
+        or "s-maxage" in response_cc
+    )
+    no_cache = "no-cache" in response_cc and not response_cc["no-cache"]
+    may_serve_stale = not (must_revalidate or no_cache)
+    swr = delta_seconds(response_cc.get("stale-while-revalidate")) if may_serve_stale else None
+    sie = delta_seconds(response_cc.get("stale-if-error")) if may_serve_stale else None
+    swr_until = fresh_until + (swr or 0)
+    sie_until = fresh_until + (sie or 0)
+    etag = header_value(headers, "etag")
+    last_modified_raw = header_value(headers, "last-modified")
+    last_modified = parse_http_date(last_modified_raw)
+    has_validators = etag is not None or last_modified is not None
+    expires_at = max(fresh_until, swr_until, sie_until)
+    if has_validators:
+        expires_at += config.revalidation_retention_seconds
+    names = vary_names(headers)
+    return CacheEntry(
+        url=url,
+        status=status,
+        headers=_stored_headers(headers, response_cc, response_time, config.via),
+        body=body,
+        born=born,
+        stored_at=response_time,
+        fresh_until=fresh_until,
+        stale_while_revalidate_until=swr_until,
+        stale_if_error_until=sie_until,
+        expires_at=expires_at,
+        etag=etag,
+        last_modified=last_modified,
+        vary=names,
+        vary_values=request_vary_values(names, request_headers),
+        must_revalidate=must_revalidate,
+        no_cache=no_cache,
+        shareable_with_auth=(
+            "public" in response_cc or "s-maxage" in response_cc or "must-revalidate" in response_cc
+        ),
+        fetch_seconds=fetch_seconds,
+        warmed=warmed,
+    )
+
+
+def worth_storing(entry: CacheEntry, now: float) -> bool:
+    """An entry that is already gone (stale, nothing to revalidate with) is not stored."""
+    return entry.expires_at > now
+
+
+# --------------------------------------------------------------------------
+# Reusing (RFC 9111 §4)
+# --------------------------------------------------------------------------
+
+
+def request_directives(cache_control: list[str], pragma: list[str]) -> CacheControl:
+    """Request directives; ``Pragma: no-cache`` counts only without Cache-Control (§5.4)."""
+    directives = parse_cache_control(cache_control)
+    if not cache_control and any("no-cache" in p.lower() for p in pragma):
+        directives["no-cache"] = None
+    return directives
+
+
+def age_of(entry: CacheEntry, now: float) -> float:
+    """Current age (RFC 9111 §4.2.3)."""
+    return max(0.0, now - entry.born)
+
+
+def fresh_enough(entry: CacheEntry, now: float, request_cc: CacheControl) -> bool:
+    """May the entry answer this request without contacting the origin?
+
+    Honors the request's max-age, min-fresh and max-stale (§5.2.1).
+    """
+    if entry.no_cache or "no-cache" in request_cc:
+        return False
+    age = age_of(entry, now)
+    if "max-age" in request_cc:
+        limit = delta_seconds(request_cc["max-age"])
+        if limit is None or age > limit:
+            return False
+    remaining = entry.fresh_until - now
+    if "min-fresh" in request_cc:
+        min_fresh = delta_seconds(request_cc["min-fresh"])
+        if min_fresh is not None and remaining < min_fresh:
+            return False
+    if remaining > 0:
+        return True
+    if "max-stale" in request_cc and not entry.must_revalidate:
+        # §5.2.1.2: without an argument any staleness is accepted.
+        max_stale = request_cc["max-stale"]
+        if max_stale is None:
+            return True
+        limit = delta_seconds(max_stale)
+        return limit is not None and -remaining <= limit
+    return False
+
+
+def may_serve_stale_while_revalidating(
+    entry: CacheEntry, now: float, request_cc: CacheControl
+) -> bool:
+    """RFC 5861 §3: within the stale-while-revalidate window."""
+    if "no-cache" in request_cc or "max-age" in request_cc or "min-fresh" in request_cc:
+        return False
+    return entry.fresh_until <= now < entry.stale_while_revalidate_until
+
+
+def may_serve_stale_on_error(entry: CacheEntry, now: float, request_cc: CacheControl) -> bool:
+    """RFC 5861 §4: the origin failed and the stale-if-error window allows it."""
+    if entry.must_revalidate or entry.no_cache:
+        return False
+    limit = entry.stale_if_error_until
+    if "stale-if-error" in request_cc:
+        request_limit = delta_seconds(request_cc["stale-if-error"])
+        if request_limit is not None:
+            limit = max(limit, entry.fresh_until + request_limit)
+    return now < limit
+
+
+def vary_matches(entry: CacheEntry, request_headers: HeaderSource) -> bool:
+    """§4.1: the stored request's Vary fields equal this request's."""
+    if not entry.vary:
+        return True
+    return request_vary_values(entry.vary, request_headers) == entry.vary_values
+
+
+def is_error_status(status: int) -> bool:
+    """Origin answers that make stale-if-error apply (RFC 5861 §4)."""
+    return status in (500, 502, 503, 504)
+
+
+# --------------------------------------------------------------------------
+# Validation (RFC 9111 §4.3, RFC 9110 §13)
+# --------------------------------------------------------------------------
+
+
+def _opaque_tag(tag: str) -> str:
+    tag = tag.strip()
+    return tag[2:] if tag.startswith("W/") else tag
+
+
+def etag_matches_weak(if_none_match: str, etag: str | None) -> bool:
+    """RFC 9110 §13.1.2: If-None-Match uses weak comparison."""
+    if if_none_match.strip() == "*":
+        return etag is not None
+    if etag is None:
+        return False
+    ours = _opaque_tag(etag)
+    return any(_opaque_tag(tag) == ours for tag in if_none_match.split(",") if tag.strip())
+
+
+def client_condition_met(
+    entry: CacheEntry, if_none_match: str | None, if_modified_since: str | None
+) -> bool:
+    """True when the client's conditional GET/HEAD is answered by a 304 (§4.3.2)."""
+    if if_none_match is not None:
+        # RFC 9110 §13.2.2: If-None-Match takes precedence over If-Modified-Since.
+        return etag_matches_weak(if_none_match, entry.etag)
+    if if_modified_since is not None:
+        since = parse_http_date(if_modified_since)
+        if since is None:
+            return False
+        modified = entry.last_modified
+        if modified is None:
+            return False
+        return modified <= since
+    return False
+
+
+def not_modified_headers(entry: CacheEntry) -> list[tuple[str, str]]:
+    """The stored fields a 304 built from the entry carries (RFC 9110 §15.4.5)."""
+    keep = {*FIELDS_IN_304, "last-modified", "via"}
+    return [(k, v) for k, v in entry.headers if k.lower() in keep]
+
+
+def revalidation_headers(entry: CacheEntry) -> dict[str, str]:
+    """Validators for a conditional fill of ``entry`` (§4.3.1)."""
+    headers: dict[str, str] = {}
+    if entry.etag is not None:
+        headers["If-None-Match"] = entry.etag
+    last_modified = header_value(entry.headers, "last-modified")
+    if last_modified is not None:
+        headers["If-Modified-Since"] = last_modified
+    return headers
+
+
+def has_validators(entry: CacheEntry) -> bool:
+    return entry.etag is not None or entry.last_modified is not None
+
+
+def merge_not_modified(
+    stored: list[tuple[str, str]], not_modified: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """Stored headers updated with a 304's fields (RFC 9111 §3.2, §4.3.4)."""
+    connection_named = {
+        token.strip().lower()
+        for value in header_values(not_modified, "connection")
+        for token in value.split(",")
+    }
+    updates: dict[str, list[tuple[str, str]]] = {}
+    for k, v in not_modified:
+        lk = k.lower()
+        if lk in NOT_UPDATED_BY_304 or lk in connection_named or lk == "via":
+            continue
+        updates.setdefault(lk, []).append((k, v))
+    merged = [(k, v) for k, v in stored if k.lower() not in updates]
+    for fields in updates.values():
+        merged.extend(fields)
+    return merged
+
+
+def not_modified_selects(entry: CacheEntry, not_modified: list[tuple[str, str]]) -> bool:
+    """§4.3.4: a 304 with a strong ETag updates only a response with that ETag."""
+    etag = header_value(not_modified, "etag")
+    if etag is None or etag.startswith("W/"):
+        return True
+    return entry.etag is not None and _opaque_tag(entry.etag) == _opaque_tag(etag)
+
+
+# --------------------------------------------------------------------------
+# Invalidation (RFC 9111 §4.4)
+# --------------------------------------------------------------------------
+
+
+def invalidated_paths(
+    *, request_path: str, status: int, response_headers: list[tuple[str, str]], authority: str
+) -> list[str]:
+    """Cache keys an unsafe request's non-error response invalidates."""
+    if not 200 <= status < 400:
+        return []
+    paths = [request_path]
+    for name in ("location", "content-location"):
+        value = header_value(response_headers, name)
+        if value:
+            path = same_origin_path(value, authority)
+            if path is not None and path not in paths:
+                paths.append(path)
+    return paths
+
+
+def same_origin_path(reference: str, authority: str) -> str | None:
+    """Path+query of ``reference`` when it names our origin, else None.
+
+    §4.4: a cache MUST NOT invalidate URIs of another host (cache poisoning).
+    """
+    parts = urlsplit(reference)
+    if parts.scheme or parts.netloc:
+        if parts.netloc.lower() != authority.lower():
+            return None
+    elif not reference.startswith("/"):
+        return None
+    path = parts.path or "/"
+    return f"{path}?{parts.query}" if parts.query else path
+
+
+# --------------------------------------------------------------------------
+# Cache-Status (RFC 9211)
+# --------------------------------------------------------------------------
+
+
+def cache_status(
+    *,
+    hit: bool = False,
+    fwd: str | None = None,
+    fwd_status: int | None = None,
+    ttl: float | None = None,
+    stored: bool = False,
+    collapsed: bool = False,
+    detail: str | None = None,
+    name: str = "warmproxy",
+) -> str:
+    """One Cache-Status member for this cache (RFC 9211 §2)."""
+    parts = [name]
+    if hit:
+        parts.append("hit")
+    if fwd is not None:
+        parts.append(f"fwd={fwd}")
+    if fwd_status is not None:
+        parts.append(f"fwd-status={fwd_status}")
+    if ttl is not None:
+        parts.append(f"ttl={int(ttl)}")
+    if stored:
+        parts.append("stored")
+    if collapsed:
+        parts.append("collapsed")
+    if detail is not None:
+        parts.append(f'detail="{detail}"' if not detail.isalnum() else f"detail={detail}")
+    return "; ".join(parts)

@@ -1,0 +1,62 @@
+"""The CacheStore protocol every backend implements."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from proxy.entry import StoredItem
+
+
+class StoreError(Exception):
+    """The backend failed (unreachable, timed out, refused).
+
+    Callers treat it as a miss and pass the request through to the origin: a
+    broken cache must never break the proxy.
+    """
+
+
+@dataclass(slots=True)
+class StoreStats:
+    """What a store holds, for metrics and the control API."""
+
+    entries: int
+    bytes: int
+    evictions: int = 0
+
+
+class CacheStore(Protocol):
+    """Where entries live.  Keys are opaque strings chosen by the cache layer."""
+
+    #: Largest item (``StoredItem.size``) the store accepts; bigger responses
+    #: are streamed through, never buffered.
+    max_entry_bytes: int
+
+    async def get(self, key: str) -> StoredItem | None:
+        """The item under ``key``, or None.  Raises StoreError on failure."""
+        ...
+
+    async def put(self, key: str, item: StoredItem, ttl: float) -> None:
+        """Store ``item`` for ``ttl`` seconds (> 0).  Raises StoreError."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key`` if present.  Raises StoreError."""
+        ...
+
+    def scan(self, pattern: str) -> AsyncIterator[str]:
+        """Keys matching the glob ``pattern`` (fnmatch syntax: ``*``, ``?``, ``[...]``)."""
+        ...
+
+    async def health(self) -> bool:
+        """True when the backend answers now."""
+        ...
+
+    async def stats(self) -> StoreStats:
+        """Entries and bytes held.  Raises StoreError."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...

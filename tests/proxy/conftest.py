@@ -1,0 +1,148 @@
+"""A programmable origin that counts requests, and the proxy in front of it on real ports."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from multidict import CIMultiDictProxy
+
+from proxy.app import Warmproxy
+from proxy.config import load_settings
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+
+@dataclass
+class Origin:
+    """An origin whose responses each test sets, recording every request it gets."""
+
+    url: str = ""
+    routes: dict[str, Handler] = field(default_factory=dict)
+    seen: list[Seen] = field(default_factory=list)
+
+    def set(
+        self,
+        path: str,
+        *,
+        status: int = 200,
+        headers: dict[str, str] | list[tuple[str, str]] | None = None,
+        body: bytes = b"hello",
+        delay: float = 0.0,
+    ) -> None:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            if delay:
+                await asyncio.sleep(delay)
+            return web.Response(status=status, body=body, headers=_multi(headers))
+
+        self.routes[path] = handler
+
+    def handle(self, path: str, handler: Handler) -> None:
+        self.routes[path] = handler
+
+    def count(self, path: str | None = None, method: str | None = None) -> int:
+        return sum(
+            1
+            for s in self.seen
+            if (path is None or s.path == path) and (method is None or s.method == method)
+        )
+
+    def last(self, path: str) -> Seen:
+        return [s for s in self.seen if s.path == path][-1]
+
+
+def _multi(headers: dict[str, str] | list[tuple[str, str]] | None) -> Any:
+    from multidict import CIMultiDict
+
+    if headers is None:
+        return CIMultiDict()
+    return CIMultiDict(headers.items() if isinstance(headers, dict) else headers)
+
+
+@pytest.fixture
+async def origin() -> AsyncIterator[Origin]:
+    state = Origin()
+
+    async def dispatch(request: web.Request) -> web.StreamResponse:
+        small = request.content_length is not None and request.content_length <= 65536
+        body = await request.read() if small else b""
+        state.seen.append(Seen(request.method, request.path_qs, request.headers, body))
+        handler = state.routes.get(request.path_qs) or state.routes.get(request.path)
+        if handler is None:
+            return web.Response(status=404, text="no such route")
+        return await handler(request)
+
+    server = web.Server(dispatch)
+    runner = web.ServerRunner(server)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    state.url = f"http://127.0.0.1:{port}"
+    yield state
+    await runner.cleanup()
+
+
+ProxyFactory = Callable[..., Awaitable[Warmproxy]]
+
+
+@pytest.fixture
+async def make_proxy() -> AsyncIterator[ProxyFactory]:
+    started: list[Warmproxy] = []
+
+    async def factory(origin_url: str, **sections: dict[str, Any]) -> Warmproxy:
+        overrides: dict[str, dict[str, Any]] = {
+            "proxy": {"origin": origin_url, "listen": "127.0.0.1:0"},
+            "control": {"listen": "127.0.0.1:0"},
+        }
+        for name, values in sections.items():
+            overrides.setdefault(name, {}).update(values)
+        proxy = Warmproxy(load_settings(None, overrides))
+        await proxy.start()
+        started.append(proxy)
+        return proxy
+
+    yield factory
+    for proxy in started:
+        await proxy.stop()
+
+
+@pytest.fixture
+async def proxy(origin: Origin, make_proxy: ProxyFactory) -> Warmproxy:
+    return await make_proxy(origin.url)
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        yield session
+
+
+def url(proxy: Warmproxy, path: str) -> str:
+    return f"http://127.0.0.1:{proxy.proxy_port}{path}"
+
+
+def control_url(proxy: Warmproxy, path: str) -> str:
+    return f"http://127.0.0.1:{proxy.control_port}{path}"
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll until ``predicate`` holds, failing after ``timeout`` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)

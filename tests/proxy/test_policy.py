@@ -1,0 +1,359 @@
+"""The RFC 9111 rules as pure functions, one test per rule, named after its section."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from proxy import policy
+from proxy.policy import CachePolicyConfig
+
+CONFIG = CachePolicyConfig()
+NOW = 1_700_000_000.0
+
+
+def hdrs(**fields: str) -> CIMultiDictProxy[str]:
+    return CIMultiDictProxy(CIMultiDict({k.replace("_", "-"): v for k, v in fields.items()}))
+
+
+def entry(headers: list[tuple[str, str]], *, status: int = 200, request=None, **times: float):
+    return policy.build_entry(
+        url="/x",
+        status=status,
+        headers=headers,
+        body=b"body",
+        request_headers=request or hdrs(),
+        request_time=times.get("request_time", NOW),
+        response_time=times.get("response_time", NOW),
+        fetch_seconds=0.01,
+        config=CONFIG,
+    )
+
+
+def storable(headers, *, status=200, method="GET", request_cc=None, auth=False, config=CONFIG):
+    return policy.storability(
+        method=method,
+        status=status,
+        request_cc=request_cc or {},
+        response_cc=policy.parse_cache_control(policy.header_values(headers, "cache-control")),
+        request_has_authorization=auth,
+        response_headers=headers,
+        config=config,
+    ).storable
+
+
+DATE = [("Date", policy.format_http_date(NOW))]
+
+
+# --- §5.2 parsing -------------------------------------------------------------
+
+
+def test_s5_2_directives_are_case_insensitive_and_unquoted() -> None:
+    cc = policy.parse_cache_control(['Max-Age="60", PUBLIC', "s-maxage=10"])
+    assert cc == {"max-age": "60", "public": None, "s-maxage": "10"}
+
+
+def test_s4_2_1_first_of_duplicate_directives_wins() -> None:
+    assert policy.parse_cache_control(["max-age=5, max-age=100"])["max-age"] == "5"
+
+
+def test_s5_2_qualified_private_field_list_in_quotes() -> None:
+    cc = policy.parse_cache_control(['private="Set-Cookie, X-Secret", max-age=5'])
+    assert policy.parse_field_names(cc["private"]) == ["set-cookie", "x-secret"]
+    assert cc["max-age"] == "5"
+
+
+def test_s1_2_2_delta_seconds_overflow_is_capped_and_invalid_is_none() -> None:
+    assert policy.delta_seconds("99999999999999999999") == policy.MAX_DELTA_SECONDS
+    assert policy.delta_seconds("-1") is None
+    assert policy.delta_seconds("1.5") is None
+    assert policy.delta_seconds("") is None
+
+
+@given(st.text(max_size=80))
+def test_parser_never_raises_on_any_input(value: str) -> None:
+    parsed = policy.parse_cache_control([value])
+    assert all(name == name.lower() for name in parsed)
+
+
+@given(st.integers(min_value=0, max_value=10**12))
+def test_max_age_round_trips(seconds: int) -> None:
+    cc = policy.parse_cache_control([f"public, max-age={seconds}"])
+    assert policy.delta_seconds(cc["max-age"]) == min(seconds, policy.MAX_DELTA_SECONDS)
+
+
+# --- §3 storing ---------------------------------------------------------------
+
+
+def test_s3_only_get_is_stored() -> None:
+    assert storable([("Cache-Control", "max-age=60")])
+    assert not storable([("Cache-Control", "max-age=60")], method="POST")
+
+
+def test_s3_no_store_response_and_request() -> None:
+    assert not storable([("Cache-Control", "max-age=60, no-store")])
+    assert not storable([("Cache-Control", "max-age=60")], request_cc={"no-store": None})
+
+
+def test_s5_2_2_3_must_understand_overrides_no_store_for_known_status() -> None:
+    assert storable([("Cache-Control", "max-age=60, no-store, must-understand")])
+
+
+def test_s5_2_2_7_private_is_not_stored_by_a_shared_cache() -> None:
+    assert not storable([("Cache-Control", "private, max-age=60")])
+    # Qualified private only strips the named fields.
+    assert storable([("Cache-Control", 'private="X-Secret", max-age=60')])
+    e = entry([*DATE, ("Cache-Control", 'private="X-Secret", max-age=60'), ("X-Secret", "1")])
+    assert all(k.lower() != "x-secret" for k, _ in e.headers)
+
+
+def test_s3_5_authorization_needs_explicit_permission() -> None:
+    assert not storable([("Cache-Control", "max-age=60")], auth=True)
+    for allowed in ("public", "s-maxage=60", "must-revalidate, max-age=60"):
+        assert storable([("Cache-Control", allowed)], auth=True)
+
+
+def test_set_cookie_not_stored_unless_configured() -> None:
+    headers = [("Cache-Control", "max-age=60"), ("Set-Cookie", "a=b")]
+    assert not storable(headers)
+    assert storable(headers, config=CachePolicyConfig(store_set_cookie=True))
+
+
+def test_s3_status_codes_need_explicit_freshness_unless_heuristically_cacheable() -> None:
+    assert storable([("Last-Modified", "Mon, 01 Jan 2024 00:00:00 GMT")], status=404)
+    assert not storable([], status=302)
+    assert storable([("Cache-Control", "max-age=60")], status=302)
+    assert storable([("Cache-Control", "max-age=60")], status=500)
+    assert not storable([("Cache-Control", "max-age=60")], status=206)
+
+
+def test_s4_1_vary_star_is_never_stored() -> None:
+    assert not storable([("Cache-Control", "max-age=60"), ("Vary", "Accept, *")])
+
+
+def test_s3_1_hop_by_hop_and_connection_named_fields_are_not_stored() -> None:
+    e = entry(
+        [
+            *DATE,
+            ("Cache-Control", "max-age=60"),
+            ("Connection", "X-Hop"),
+            ("X-Hop", "1"),
+            ("Keep-Alive", "timeout=5"),
+            ("X-End", "2"),
+            ("Age", "3"),
+        ]
+    )
+    names = {k.lower() for k, _ in e.headers}
+    assert "x-hop" not in names and "keep-alive" not in names and "age" not in names
+    assert "x-end" in names
+    assert ("Via", "1.1 warmproxy") in e.headers
+
+
+# --- §4.2 freshness -----------------------------------------------------------
+
+
+def test_s4_2_1_s_maxage_beats_max_age_beats_expires() -> None:
+    expires = ("Expires", policy.format_http_date(NOW + 1000))
+    assert entry([*DATE, ("Cache-Control", "max-age=10, s-maxage=20"), expires]).fresh_until == (
+        NOW + 20
+    )
+    assert entry([*DATE, ("Cache-Control", "max-age=10"), expires]).fresh_until == NOW + 10
+    assert entry([*DATE, expires]).fresh_until == NOW + 1000
+
+
+def test_s5_3_invalid_expires_means_already_expired() -> None:
+    e = entry([*DATE, ("Expires", "0"), ("ETag", '"a"')])
+    assert e.fresh_until == NOW
+
+
+def test_s4_2_2_heuristic_freshness_only_from_last_modified() -> None:
+    lm = ("Last-Modified", policy.format_http_date(NOW - 1000))
+    assert entry([*DATE, lm]).fresh_until == NOW + 100  # 10 % of 1000 s
+    assert entry([*DATE, ("ETag", '"a"')]).fresh_until == NOW
+
+
+def test_s4_2_2_heuristic_is_capped() -> None:
+    lm = ("Last-Modified", policy.format_http_date(NOW - 10 * 365 * 86400))
+    assert entry([*DATE, lm]).fresh_until == NOW + CONFIG.heuristic_max_seconds
+
+
+def test_s4_2_3_age_accounts_for_age_header_and_transit() -> None:
+    e = entry(
+        [*DATE, ("Cache-Control", "max-age=100"), ("Age", "30")],
+        request_time=NOW - 2,
+        response_time=NOW,
+    )
+    assert policy.age_of(e, NOW) == 32
+    assert e.fresh_until == NOW - 32 + 100
+
+
+def test_s4_2_3_apparent_age_from_an_old_date() -> None:
+    old_date = [("Date", policy.format_http_date(NOW - 50))]
+    e = entry([*old_date, ("Cache-Control", "max-age=100")])
+    assert policy.age_of(e, NOW) == 50
+
+
+def test_s5_1_invalid_age_is_ignored_and_lists_use_first_member() -> None:
+    assert policy.parse_age(["abc"]) == 0
+    assert policy.parse_age(["10, 20"]) == 10
+    assert policy.parse_age(["-5"]) == 0
+
+
+def test_s4_2_1_invalid_max_age_is_stale() -> None:
+    assert entry([*DATE, ("Cache-Control", "max-age=abc"), ("ETag", '"x"')]).fresh_until == NOW
+
+
+# --- §5.2.1 request directives --------------------------------------------------
+
+
+def test_s5_2_1_request_max_age_min_fresh_max_stale() -> None:
+    e = entry([*DATE, ("Cache-Control", "max-age=100")])
+    at = NOW + 50
+    assert policy.fresh_enough(e, at, {})
+    assert not policy.fresh_enough(e, at, {"max-age": "10"})
+    assert not policy.fresh_enough(e, at, {"min-fresh": "60"})
+    assert not policy.fresh_enough(e, NOW + 150, {})
+    assert policy.fresh_enough(e, NOW + 150, {"max-stale": "60"})
+    assert policy.fresh_enough(e, NOW + 150, {"max-stale": None})
+    assert not policy.fresh_enough(e, NOW + 150, {"max-stale": "10"})
+
+
+def test_s5_2_2_2_must_revalidate_forbids_max_stale() -> None:
+    e = entry([*DATE, ("Cache-Control", "max-age=100, must-revalidate")])
+    assert not policy.fresh_enough(e, NOW + 150, {"max-stale": None})
+
+
+def test_s5_4_pragma_no_cache_only_without_cache_control() -> None:
+    assert "no-cache" in policy.request_directives([], ["no-cache"])
+    assert "no-cache" not in policy.request_directives(["max-age=5"], ["no-cache"])
+
+
+def test_s5_2_2_4_no_cache_response_always_revalidates() -> None:
+    e = entry([*DATE, ("Cache-Control", "max-age=100, no-cache"), ("ETag", '"a"')])
+    assert not policy.fresh_enough(e, NOW + 1, {})
+
+
+# --- RFC 5861 -------------------------------------------------------------------
+
+
+def test_rfc5861_s3_stale_while_revalidate_window() -> None:
+    e = entry([*DATE, ("Cache-Control", "max-age=10, stale-while-revalidate=20")])
+    assert not policy.may_serve_stale_while_revalidating(e, NOW + 5, {})
+    assert policy.may_serve_stale_while_revalidating(e, NOW + 15, {})
+    assert not policy.may_serve_stale_while_revalidating(e, NOW + 31, {})
+    assert e.expires_at == NOW + 30
+
+
+def test_rfc5861_s4_stale_if_error_window_and_must_revalidate() -> None:
+    e = entry([*DATE, ("Cache-Control", "max-age=10, stale-if-error=60")])
+    assert policy.may_serve_stale_on_error(e, NOW + 50, {})
+    assert not policy.may_serve_stale_on_error(e, NOW + 80, {})
+    strict = entry([*DATE, ("Cache-Control", "max-age=10, stale-if-error=60, must-revalidate")])
+    assert not policy.may_serve_stale_on_error(strict, NOW + 50, {})
+
+
+# --- §4.1 Vary ------------------------------------------------------------------
+
+
+def test_s4_1_vary_matches_only_same_values() -> None:
+    e = entry(
+        [*DATE, ("Cache-Control", "max-age=60"), ("Vary", "Accept-Language")],
+        request=hdrs(Accept_Language="en"),
+    )
+    assert e.vary == ("accept-language",)
+    assert policy.vary_matches(e, hdrs(Accept_Language="en"))
+    assert not policy.vary_matches(e, hdrs(Accept_Language="de"))
+    assert not policy.vary_matches(e, hdrs())
+
+
+def test_s4_1_vary_normalizes_whitespace() -> None:
+    e = entry(
+        [*DATE, ("Cache-Control", "max-age=60"), ("Vary", "Accept")],
+        request=hdrs(Accept="a/b,  c/d"),
+    )
+    assert policy.vary_matches(e, hdrs(Accept="a/b, c/d"))
+
+
+# --- §4.3 validation -------------------------------------------------------------
+
+
+def test_s4_3_2_if_none_match_weak_comparison_and_star() -> None:
+    e = entry([*DATE, ("Cache-Control", "max-age=60"), ("ETag", 'W/"v1"')])
+    assert policy.client_condition_met(e, '"v1"', None)
+    assert policy.client_condition_met(e, '"v0", W/"v1"', None)
+    assert policy.client_condition_met(e, "*", None)
+    assert not policy.client_condition_met(e, '"v2"', None)
+
+
+def test_s4_3_2_if_modified_since() -> None:
+    lm = policy.format_http_date(NOW - 100)
+    e = entry([*DATE, ("Cache-Control", "max-age=60"), ("Last-Modified", lm)])
+    assert policy.client_condition_met(e, None, policy.format_http_date(NOW - 50))
+    assert not policy.client_condition_met(e, None, policy.format_http_date(NOW - 200))
+    assert not policy.client_condition_met(e, None, "garbage")
+
+
+def test_rfc9110_s13_2_2_if_none_match_takes_precedence() -> None:
+    lm = policy.format_http_date(NOW - 100)
+    e = entry([*DATE, ("ETag", '"a"'), ("Last-Modified", lm), ("Cache-Control", "max-age=9")])
+    assert not policy.client_condition_met(e, '"b"', policy.format_http_date(NOW))
+
+
+def test_s3_2_304_updates_headers_but_not_content_length() -> None:
+    stored = [("Content-Type", "text/plain"), ("X-A", "old"), ("Cache-Control", "max-age=1")]
+    merged = policy.merge_not_modified(
+        stored, [("X-A", "new"), ("Cache-Control", "max-age=99"), ("Content-Length", "0")]
+    )
+    assert ("X-A", "new") in merged and ("X-A", "old") not in merged
+    assert ("Cache-Control", "max-age=99") in merged
+    assert all(k != "Content-Length" for k, _ in merged)
+
+
+def test_s4_3_4_strong_etag_mismatch_does_not_select() -> None:
+    e = entry([*DATE, ("ETag", '"a"'), ("Cache-Control", "max-age=1")])
+    assert policy.not_modified_selects(e, [("ETag", '"a"')])
+    assert not policy.not_modified_selects(e, [("ETag", '"b"')])
+    assert policy.not_modified_selects(e, [])
+
+
+# --- §4.4 invalidation --------------------------------------------------------------
+
+
+def test_s4_4_invalidation_targets() -> None:
+    paths = policy.invalidated_paths(
+        request_path="/a",
+        status=201,
+        response_headers=[
+            ("Location", "http://origin:9000/b?x=1"),
+            ("Content-Location", "/c"),
+        ],
+        authority="origin:9000",
+    )
+    assert paths == ["/a", "/b?x=1", "/c"]
+
+
+def test_s4_4_other_hosts_and_errors_are_not_invalidated() -> None:
+    assert policy.invalidated_paths(
+        request_path="/a",
+        status=200,
+        response_headers=[("Location", "http://evil.example/b")],
+        authority="origin:9000",
+    ) == ["/a"]
+    assert policy.invalidated_paths(
+        request_path="/a", status=500, response_headers=[], authority="origin:9000"
+    ) == []
+
+
+# --- RFC 9211 --------------------------------------------------------------------------
+
+
+def test_rfc9211_cache_status_members() -> None:
+    assert policy.cache_status(hit=True, ttl=12.7) == "warmproxy; hit; ttl=12"
+    assert (
+        policy.cache_status(fwd="uri-miss", fwd_status=200, stored=True)
+        == "warmproxy; fwd=uri-miss; fwd-status=200; stored"
+    )
+    assert policy.cache_status(fwd="stale", detail="stale-if-error").endswith(
+        'detail="stale-if-error"'
+    )
