@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass, field
 
 import orjson
+from multidict import CIMultiDict
 
 # Bump when the encoded layout changes: an entry of another version decodes to
 # a miss instead of a wrong response.
@@ -60,6 +61,16 @@ class CacheEntry:
     fetch_seconds: float = 0.0
     # Set when a warm fetch stored it; cleared by nothing (the ledger reads it).
     warmed: bool = False
+    # The headers as a multidict, built on first use and copied per hit (a
+    # copy costs a quarter of building one); never serialized.
+    head: CIMultiDict[str] | None = field(default=None, compare=False, repr=False)
+
+    def response_head(self) -> CIMultiDict[str]:
+        """A fresh multidict of the stored headers, to add Age and Cache-Status to."""
+        head = self.head
+        if head is None:
+            head = self.head = CIMultiDict(self.headers)
+        return head.copy()
 
     @property
     def size(self) -> int:

@@ -90,11 +90,11 @@ class ProxyHandler:
     def _respond_hit(
         self, request: web.BaseRequest, entry: CacheEntry, now: float, started: float
     ) -> web.Response:
-        headers = CIMultiDict(entry.headers)
+        headers = entry.response_head()
         headers["Age"] = str(int(now - entry.born))
         headers["Cache-Status"] = f"{self._name}; hit; ttl={int(entry.fresh_until - now)}"
         response = web.Response(status=entry.status, body=entry.body, headers=headers)
-        self._emit(request, Outcome.HIT, entry.status, started, len(entry.body))
+        self._emit(request, Outcome.HIT, entry.status, started, len(entry.body), now)
         return response
 
     # ------------------------------------------------------------- full path
@@ -222,7 +222,7 @@ class ProxyHandler:
                 not_modified["Cache-Status"] = cache_status
                 self._emit(request, outcome, 304, started, 0)
                 return web.Response(status=304, headers=not_modified)
-        out = CIMultiDict(entry.headers)
+        out = entry.response_head()
         out["Age"] = str(int(policy.age_of(entry, now)))
         out["Cache-Status"] = cache_status
         self._emit(request, outcome, entry.status, started, len(entry.body))
@@ -327,7 +327,13 @@ class ProxyHandler:
         )
 
     def _emit(
-        self, request: web.BaseRequest, outcome: Outcome, status: int, started: float, size: int
+        self,
+        request: web.BaseRequest,
+        outcome: Outcome,
+        status: int,
+        started: float,
+        size: int,
+        now: float | None = None,
     ) -> None:
         self._metrics.requests[(outcome, request.method)] += 1
         client = (
@@ -336,7 +342,7 @@ class ProxyHandler:
         path = request.raw_path
         self._hub.emit(
             AccessEvent(
-                ts=self._clock(),
+                ts=now if now is not None else self._clock(),
                 key=path,
                 url=path,
                 method=request.method,
