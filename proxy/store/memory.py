@@ -1,0 +1,214 @@
+"""The embedded store: a byte-bounded, LRU-evicting, per-item-TTL map in this process.
+
+It is the default store (no server needed) and the optional L1 tier in front of
+Redis.  The proxy's hit path calls :meth:`MemoryStore.get_nowait` without
+awaiting, so that method is one dict lookup, one time comparison and an LRU
+touch; the async methods of the :class:`~proxy.store.base.CacheStore` protocol
+wrap the synchronous ones.
+
+Items are stored by reference, not copied: callers must not mutate an item after
+``put`` or after getting it back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import heapq
+import math
+import re
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from typing import NamedTuple
+
+from proxy.entry import StoredItem
+from proxy.store.base import StoreStats
+
+# scan() yields to the event loop this often so one big scan cannot stall the
+# proxy's hit path.
+_SCAN_YIELD_EVERY = 1024
+
+
+class _Slot(NamedTuple):
+    item: StoredItem
+    size: int
+    # Clock second from which the item is expired (``now >= deadline``).
+    deadline: float
+
+
+class MemoryStore:
+    """A CacheStore held in process memory, bounded by the sum of ``item.size``.
+
+    When a new item does not fit, every expired item is dropped first, then the
+    least recently used live items until it fits.  Items bigger than
+    ``max_entry_bytes`` (or than ``max_bytes``) are not stored; the ``rejected``
+    counter says how often that happened.  Expired items are never returned.
+    """
+
+    def __init__(
+        self,
+        max_bytes: int,
+        max_entry_bytes: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+        if max_entry_bytes <= 0:
+            raise ValueError(f"max_entry_bytes must be positive, got {max_entry_bytes}")
+        self.max_bytes = max_bytes
+        self.max_entry_bytes = max_entry_bytes
+        self._clock = clock
+        # Recency order: the first key is the least recently used.
+        self._items: OrderedDict[str, _Slot] = OrderedDict()
+        # Min-heap of (deadline, key) so making room can find expired items
+        # without walking the whole map.  Records go stale when a key is
+        # overwritten or dropped; they are recognised by their deadline no
+        # longer matching the slot's and skipped.
+        self._deadlines: list[tuple[float, str]] = []
+        self._bytes = 0
+        #: Live items dropped to make room for new ones.
+        self.evictions = 0
+        #: Items not stored because they were bigger than ``max_entry_bytes``.
+        self.rejected = 0
+        #: Expired items dropped (on access, or to make room).
+        self.expired = 0
+
+    # -- synchronous API (the hit path) ------------------------------------
+
+    def get_nowait(self, key: str) -> StoredItem | None:
+        """The live item under ``key``, or None; marks it most recently used."""
+        slot = self._items.get(key)
+        if slot is None:
+            return None
+        if self._clock() >= slot.deadline:
+            self._drop(key, slot)
+            self.expired += 1
+            return None
+        self._items.move_to_end(key)
+        return slot.item
+
+    def put_nowait(self, key: str, item: StoredItem, ttl: float) -> None:
+        """Store ``item`` under ``key`` for ``ttl`` seconds, evicting as needed.
+
+        A ``ttl`` of zero or less (already expired) or an item over
+        ``max_entry_bytes`` stores nothing, but still removes what ``key``
+        held, as any overwrite would.
+        """
+        if math.isnan(ttl):
+            raise ValueError("ttl is NaN")
+        old = self._items.get(key)
+        if old is not None:
+            # The new item supersedes the old one even when it is not stored
+            # itself: serving the old response would serve what the caller
+            # just replaced.
+            self._drop(key, old)
+        if ttl <= 0:
+            return
+        size = item.size
+        if size > self.max_entry_bytes or size > self.max_bytes:
+            self.rejected += 1
+            return
+        now = self._clock()
+        if self._bytes + size > self.max_bytes:
+            self._make_room(size, now)
+        deadline = now + ttl
+        self._items[key] = _Slot(item, size, deadline)
+        self._bytes += size
+        heapq.heappush(self._deadlines, (deadline, key))
+        self._compact_deadlines()
+
+    def delete_nowait(self, key: str) -> None:
+        """Remove ``key`` if present."""
+        slot = self._items.get(key)
+        if slot is not None:
+            self._drop(key, slot)
+
+    def purge_expired(self) -> int:
+        """Drop every expired item now; returns how many were dropped."""
+        return self._drop_expired(self._clock())
+
+    @property
+    def bytes_used(self) -> int:
+        """Sum of ``size`` of the items held (expired ones not yet dropped included)."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        """Items held, expired ones not yet dropped included."""
+        return len(self._items)
+
+    # -- CacheStore protocol -----------------------------------------------
+
+    async def get(self, key: str) -> StoredItem | None:
+        return self.get_nowait(key)
+
+    async def put(self, key: str, item: StoredItem, ttl: float) -> None:
+        self.put_nowait(key, item, ttl)
+
+    async def delete(self, key: str) -> None:
+        self.delete_nowait(key)
+
+    async def scan(self, pattern: str) -> AsyncIterator[str]:
+        """Live keys matching the fnmatch glob ``pattern`` (case-sensitive).
+
+        Iterates over a snapshot, so the store may change while the caller
+        consumes it; keys deleted or expired meanwhile are not yielded.
+        """
+        match = re.compile(fnmatch.translate(pattern)).match
+        for n, key in enumerate(list(self._items)):
+            if n and n % _SCAN_YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            if not match(key):
+                continue
+            slot = self._items.get(key)
+            if slot is not None and self._clock() < slot.deadline:
+                yield key
+
+    async def health(self) -> bool:
+        return True
+
+    async def stats(self) -> StoreStats:
+        """Live entries and their bytes (expired items are purged first)."""
+        self.purge_expired()
+        return StoreStats(entries=len(self._items), bytes=self._bytes, evictions=self.evictions)
+
+    async def close(self) -> None:
+        self._items.clear()
+        self._deadlines.clear()
+        self._bytes = 0
+
+    # -- internals -----------------------------------------------------------
+
+    def _drop(self, key: str, slot: _Slot) -> None:
+        # The key's heap record is left behind on purpose (removing it is
+        # O(n)); _compact_deadlines bounds how many such records accumulate.
+        del self._items[key]
+        self._bytes -= slot.size
+
+    def _drop_expired(self, now: float) -> int:
+        heap = self._deadlines
+        dropped = 0
+        while heap and heap[0][0] <= now:
+            deadline, key = heapq.heappop(heap)
+            slot = self._items.get(key)
+            if slot is not None and slot.deadline == deadline:
+                self._drop(key, slot)
+                dropped += 1
+        self.expired += dropped
+        return dropped
+
+    def _make_room(self, size: int, now: float) -> None:
+        """Drop expired items, then least recently used ones, until ``size`` fits."""
+        self._drop_expired(now)
+        items = self._items
+        while self._bytes + size > self.max_bytes:
+            _, slot = items.popitem(last=False)
+            self._bytes -= slot.size
+            self.evictions += 1
+
+    def _compact_deadlines(self) -> None:
+        # Stale heap records (from overwrites, deletes and evictions) would
+        # otherwise grow without bound under a churning workload.
+        if len(self._deadlines) > 2 * len(self._items) + 64:
+            self._deadlines = [(s.deadline, k) for k, s in self._items.items()]
+            heapq.heapify(self._deadlines)

@@ -1,0 +1,281 @@
+"""The shared store: one Redis key per item, on ``redis.asyncio`` (hiredis parser).
+
+Each item lives under ``prefix + key`` holding :func:`proxy.entry.encode` bytes,
+with a millisecond TTL (``SET ... PX``), so Redis itself drops what has expired
+and several proxy replicas can share one cache.  Every failure of the backend
+surfaces as :class:`~proxy.store.base.StoreError`, which the cache layer treats
+as a miss: the proxy keeps serving from the origin while Redis is away and picks
+Redis up again by itself when it returns (redis-py reconnects on the next
+command; nothing here latches a failed state).
+
+Never FLUSHDB, FLUSHALL or KEYS: the database may be shared with other
+deployments (other prefixes) and other applications.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import logging
+import math
+import re
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+
+from proxy.entry import DecodeError, StoredItem, decode, encode
+from proxy.store.base import StoreError, StoreStats
+
+log = logging.getLogger(__name__)
+
+# Errors from the client that mean "the backend failed".  OSError covers the
+# builtin TimeoutError (asyncio.timeout) and socket errors that escape redis-py.
+_BACKEND_ERRORS = (RedisError, OSError)
+
+_SCAN_COUNT = 500
+# PING before reusing a connection idle this long (seconds), so a connection
+# silently cut by a NAT or load balancer fails on the PING, not on a request.
+_HEALTH_CHECK_INTERVAL = 15
+
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+
+def escape_glob(text: str) -> str:
+    """``text`` as a Redis glob matching exactly itself."""
+    return _GLOB_SPECIAL.sub(r"\\\1", text)
+
+
+def redis_superset_glob(pattern: str) -> str:
+    """A Redis glob matching at least every key the fnmatch ``pattern`` matches.
+
+    Redis globs differ from fnmatch (``[^...]`` vs ``[!...]``, backslash
+    escapes, ``?`` matching one *byte* rather than one character), so only the
+    literal parts are passed on; every wildcard and character class becomes
+    ``*``, and the exact fnmatch test is done on the keys Redis returns.
+    """
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        i += 1
+        if c in "*?":
+            wildcard = True
+        elif c == "[":
+            # Same bracket parsing as fnmatch.translate: "[!" negates, a "]"
+            # right after "[" or "[!" is literal, an unclosed "[" is literal.
+            j = i
+            if j < n and pattern[j] == "!":
+                j += 1
+            if j < n and pattern[j] == "]":
+                j += 1
+            while j < n and pattern[j] != "]":
+                j += 1
+            wildcard = j < n
+            if wildcard:
+                i = j + 1
+        else:
+            wildcard = False
+        if wildcard:
+            if not out or out[-1] != "*":
+                out.append("*")
+        else:
+            out.append(escape_glob(c))
+    return "".join(out)
+
+
+def _as_bytes(value: bytes | str) -> bytes:
+    # redis-py types replies as bytes | str; they are bytes because the client
+    # is built without decode_responses.
+    return value if isinstance(value, bytes) else value.encode()
+
+
+class RedisStore:
+    """A CacheStore on Redis; constructing it does not connect.
+
+    ``socket_timeout`` bounds every reply and ``connect_timeout`` every
+    connection attempt, so a dead or hung Redis costs a request about their
+    sum before it is passed through to the origin.  At most
+    ``max_connections`` commands are in flight; more wait up to that same sum
+    for a free connection.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "warmproxy:",
+        max_entry_bytes: int,
+        socket_timeout: float = 0.5,
+        connect_timeout: float = 0.5,
+        max_connections: int = 100,
+    ) -> None:
+        if max_entry_bytes <= 0:
+            raise ValueError(f"max_entry_bytes must be positive, got {max_entry_bytes}")
+        self.prefix = prefix
+        self.max_entry_bytes = max_entry_bytes
+        self._prefix_bytes = prefix.encode()
+        self._socket_timeout = socket_timeout
+        self._connect_timeout = connect_timeout
+        #: Items not stored because they were bigger than ``max_entry_bytes``.
+        self.rejected = 0
+        #: Values under the prefix that did not decode (foreign or old format).
+        self.undecodable = 0
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            # With every connection busy a command waits for one this long,
+            # then fails like a slow Redis would.  (The non-blocking pool
+            # would fail at once, turning a burst of traffic into errors.)
+            timeout=connect_timeout + socket_timeout,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            health_check_interval=_HEALTH_CHECK_INTERVAL,
+            # One immediate retry on a connection error (a pooled connection
+            # the server closed, e.g. after a Redis restart) and none on a
+            # timeout: a hung Redis must cost one timeout, not several.  This
+            # is what ``retry_on_timeout=False`` meant; redis-py >= 6
+            # deprecates that flag in favour of the Retry object.  All our
+            # commands are idempotent, so retrying them is safe.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        )
+        self._client = aioredis.Redis.from_pool(pool)
+
+    def _key(self, key: str) -> str:
+        return self.prefix + key
+
+    async def get(self, key: str) -> StoredItem | None:
+        """The item under ``key``; undecodable bytes are a miss and are deleted."""
+        full = self._key(key)
+        try:
+            data = await self._client.get(full)
+        except ResponseError as exc:
+            if not str(exc).startswith("WRONGTYPE"):
+                raise StoreError(f"redis GET failed: {exc}") from exc
+            # Somebody else's hash/list/... under our prefix: not ours to keep.
+            await self._drop_foreign(key, str(exc))
+            return None
+        except _BACKEND_ERRORS as exc:
+            raise StoreError(f"redis GET failed: {exc}") from exc
+        if data is None:
+            return None
+        try:
+            return decode(_as_bytes(data))
+        except DecodeError as exc:
+            await self._drop_foreign(key, str(exc))
+            return None
+
+    async def _drop_foreign(self, key: str, why: str) -> None:
+        """Delete a value under ``key`` that is not an item of ours; it reads as a miss."""
+        self.undecodable += 1
+        log.warning("dropping undecodable cache value", extra={"key": key, "error": why})
+        # Still a miss if this fails; the next get or the key's TTL retries it.
+        with contextlib.suppress(*_BACKEND_ERRORS):
+            await self._client.unlink(self._key(key))
+
+    async def put(self, key: str, item: StoredItem, ttl: float) -> None:
+        """Store ``item`` for ``ttl`` seconds, rounded up to whole milliseconds.
+
+        An item bigger than ``max_entry_bytes``, or a ``ttl`` of zero or less,
+        is not stored, but what ``key`` held is removed: it was superseded.
+        """
+        if not math.isfinite(ttl):
+            raise ValueError(f"ttl must be finite, got {ttl}")
+        if ttl <= 0 or item.size > self.max_entry_bytes:
+            if ttl > 0:
+                self.rejected += 1
+            await self.delete(key)
+            return
+        ttl_ms = max(1, math.ceil(ttl * 1000))
+        data = encode(item)
+        try:
+            await self._client.set(self._key(key), data, px=ttl_ms)
+        except _BACKEND_ERRORS as exc:
+            raise StoreError(f"redis SET failed: {exc}") from exc
+
+    async def delete(self, key: str) -> None:
+        try:
+            await self._client.unlink(self._key(key))
+        except _BACKEND_ERRORS as exc:
+            raise StoreError(f"redis UNLINK failed: {exc}") from exc
+
+    async def scan(self, pattern: str) -> AsyncIterator[str]:
+        """Keys under this store's prefix matching the fnmatch glob ``pattern``.
+
+        Uses SCAN (never KEYS), so Redis stays responsive on big databases;
+        each key is yielded once even if SCAN reports it twice.  Keys added or
+        removed during the scan may or may not be seen (SCAN's guarantee).
+        """
+        match = re.compile(fnmatch.translate(pattern)).match
+        redis_match = escape_glob(self.prefix) + redis_superset_glob(pattern)
+        plen = len(self._prefix_bytes)
+        seen: set[str] = set()
+        cursor = 0
+        while True:
+            try:
+                cursor, raw_keys = await self._client.scan(
+                    cursor, match=redis_match, count=_SCAN_COUNT
+                )
+            except _BACKEND_ERRORS as exc:
+                raise StoreError(f"redis SCAN failed: {exc}") from exc
+            for raw in raw_keys:
+                try:
+                    key = _as_bytes(raw)[plen:].decode()
+                except UnicodeDecodeError:
+                    # Not written by us: our keys are str, stored as UTF-8.
+                    continue
+                if key not in seen and match(key):
+                    seen.add(key)
+                    yield key
+            if cursor == 0:
+                return
+
+    async def health(self) -> bool:
+        """True when Redis answers a PING now; never raises."""
+        try:
+            # redis-py bounds each step by its own timeouts; this bounds the
+            # whole (connect, PING, retry) so a probe cannot hang.
+            async with asyncio.timeout(2 * (self._connect_timeout + self._socket_timeout)):
+                return bool(await self._client.ping())
+        except Exception as exc:  # a health probe reports failure, whatever it is
+            log.debug("redis health check failed: %s", exc)
+            return False
+
+    async def stats(self) -> StoreStats:
+        """Keys under the prefix and the bytes of their values.
+
+        O(number of keys): SCAN over the prefix plus a pipelined STRLEN per
+        batch.  Meant for the periodic metrics refresh, never the hit path.
+        ``evictions`` is 0: Redis counts evictions per server, not per prefix.
+        """
+        match = escape_glob(self.prefix) + "*"
+        entries = 0
+        total = 0
+        cursor = 0
+        try:
+            while True:
+                cursor, raw_keys = await self._client.scan(cursor, match=match, count=_SCAN_COUNT)
+                if raw_keys:
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        for raw in raw_keys:
+                            pipe.strlen(raw)
+                        lengths = await pipe.execute(raise_on_error=False)
+                    for length in lengths:
+                        # 0: deleted or expired since SCAN saw it; an error:
+                        # a non-string value somebody else put under our prefix.
+                        if isinstance(length, int) and length > 0:
+                            entries += 1
+                            total += length
+                if cursor == 0:
+                    break
+        except _BACKEND_ERRORS as exc:
+            raise StoreError(f"redis stats scan failed: {exc}") from exc
+        return StoreStats(entries=entries, bytes=total, evictions=0)
+
+    async def close(self) -> None:
+        """Close the client and its connection pool."""
+        await self._client.aclose()

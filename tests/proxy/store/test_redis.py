@@ -1,0 +1,293 @@
+"""RedisStore beyond the contract: key layout, TTLs, foreign values, outages and recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import redis.asyncio as aioredis
+
+from proxy.entry import CacheEntry, encode
+from proxy.store import RedisStore, StoreError
+from proxy.store.redis import escape_glob, redis_superset_glob
+from tests.proxy.store.test_contract import make_entry, scan_all
+from tests.redis_server import RedisServer, free_port
+
+MAX_ENTRY = 1024 * 1024
+# Short timeouts keep the outage tests quick; production defaults are 0.5 s.
+TIMEOUT = 0.2
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A plain client on the same Redis, to look behind the store's back."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def store(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisStore]:
+    s = RedisStore(redis_url, prefix=redis_prefix, max_entry_bytes=MAX_ENTRY)
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
+    """Poll ``check`` until it is true, failing after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, f"condition not met within {within}s"
+        await asyncio.sleep(0.05)
+
+
+def outage_store(url: str) -> RedisStore:
+    return RedisStore(
+        url,
+        prefix="wp:",
+        max_entry_bytes=MAX_ENTRY,
+        socket_timeout=TIMEOUT,
+        connect_timeout=TIMEOUT,
+    )
+
+
+# -- key layout and TTL --------------------------------------------------------
+
+
+async def test_item_lives_under_prefix_plus_key_as_encoded_bytes(
+    store: RedisStore, raw: aioredis.Redis, redis_prefix: str
+) -> None:
+    entry = make_entry(body=b"\x00\xff" * 10)
+    await store.put("/products/1", entry, 60)
+    assert await raw.get(redis_prefix + "/products/1") == encode(entry)
+    assert [k async for k in raw.scan_iter(match=redis_prefix + "*")] == [
+        (redis_prefix + "/products/1").encode()
+    ]
+
+
+@pytest.mark.parametrize(
+    ("ttl", "low_ms", "high_ms"),
+    [(30, 29_000, 30_000), (10.5, 9_500, 10_500), (1.0004, 900, 1_001)],
+)
+async def test_put_sets_a_millisecond_ttl_rounded_up(
+    store: RedisStore,
+    raw: aioredis.Redis,
+    redis_prefix: str,
+    ttl: float,
+    low_ms: int,
+    high_ms: int,
+) -> None:
+    await store.put("/k", make_entry(), ttl)
+    pttl = await raw.pttl(redis_prefix + "/k")
+    assert low_ms < pttl <= high_ms
+
+
+async def test_tiny_ttl_becomes_one_millisecond_not_forever(
+    store: RedisStore, raw: aioredis.Redis, redis_prefix: str
+) -> None:
+    await store.put("/k", make_entry(), 0.00001)
+    # -2: already gone; never -1 (a key without expiry).
+    assert await raw.pttl(redis_prefix + "/k") in (-2, 0, 1)
+
+
+async def test_non_finite_ttl_is_refused(store: RedisStore) -> None:
+    with pytest.raises(ValueError):
+        await store.put("/k", make_entry(), float("inf"))
+    with pytest.raises(ValueError):
+        await store.put("/k", make_entry(), float("nan"))
+
+
+async def test_oversize_item_is_counted_as_rejected(
+    store: RedisStore, raw: aioredis.Redis, redis_prefix: str
+) -> None:
+    await store.put("/big", make_entry(body=b"x" * MAX_ENTRY), 60)
+    assert store.rejected == 1
+    assert await raw.exists(redis_prefix + "/big") == 0
+
+
+async def test_stats_bytes_are_the_stored_value_sizes(store: RedisStore) -> None:
+    entries = [make_entry(body=bytes([n]) * (100 * n)) for n in range(1, 6)]
+    for n, entry in enumerate(entries):
+        await store.put(f"/s/{n}", entry, 60)
+    stats = await store.stats()
+    assert stats.entries == len(entries)
+    assert stats.bytes == sum(len(encode(e)) for e in entries)
+
+
+# -- foreign values ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"",
+        b"garbage",
+        b"WP\x00\x00\x00\x00\x02{}",  # another format version
+        b"WP\x01\x00\x00\x00\x05{bad}",  # this version, broken metadata
+        b"WP\x01\x00\x00\x00\x02{}",  # this version, fields missing
+        encode(make_entry())[:20],  # cut short
+    ],
+)
+async def test_undecodable_value_is_a_miss_and_is_deleted(
+    store: RedisStore, raw: aioredis.Redis, redis_prefix: str, garbage: bytes
+) -> None:
+    await raw.set(redis_prefix + "/k", garbage)
+    assert await store.get("/k") is None
+    assert await raw.exists(redis_prefix + "/k") == 0
+    assert store.undecodable == 1
+
+
+async def test_value_of_another_type_is_a_miss_and_is_replaced(
+    store: RedisStore, raw: aioredis.Redis, redis_prefix: str
+) -> None:
+    await raw.hset(redis_prefix + "/k", mapping={"a": "1"})
+    await raw.rpush(redis_prefix + "/list", "x")
+    assert await store.get("/k") is None
+    assert await raw.exists(redis_prefix + "/k") == 0
+    # stats() skips what is not a string instead of failing.
+    await store.put("/ok", make_entry(), 60)
+    stats = await store.stats()
+    assert stats.entries == 1
+    await store.put("/list", make_entry(), 60)
+    assert isinstance(await store.get("/list"), CacheEntry)
+
+
+# -- prefixes and globs ---------------------------------------------------------
+
+
+async def test_prefix_with_glob_characters_matches_only_itself(
+    redis_url: str, redis_prefix: str
+) -> None:
+    # Unescaped, "[ab]*?\:" as a glob would also match "azz:" below.
+    odd = RedisStore(redis_url, prefix=redis_prefix + "[ab]*?\\:", max_entry_bytes=MAX_ENTRY)
+    plain = RedisStore(redis_url, prefix=redis_prefix + "azz:", max_entry_bytes=MAX_ENTRY)
+    try:
+        await odd.put("/mine", make_entry(), 60)
+        await plain.put("/theirs", make_entry(), 60)
+        assert await scan_all(odd, "*") == {"/mine"}
+        assert await scan_all(odd, "/*") == {"/mine"}
+        assert (await odd.stats()).entries == 1
+        assert await scan_all(plain, "*") == {"/theirs"}
+    finally:
+        await odd.close()
+        await plain.close()
+
+
+async def test_scan_walks_every_cursor_page_and_yields_each_key_once(store: RedisStore) -> None:
+    keys = {f"/many/{n}" for n in range(1_300)}
+    entry = make_entry()
+    await asyncio.gather(*(store.put(k, entry, 60) for k in keys))
+    await store.put("/other", entry, 60)
+    found = [k async for k in store.scan("/many/*")]
+    assert len(found) == len(keys)
+    assert set(found) == keys
+    assert (await store.stats()).entries == len(keys) + 1
+
+
+@pytest.mark.parametrize(
+    ("pattern", "glob"),
+    [
+        ("/products/*", "/products/*"),
+        ("/a?b", "/a*b"),
+        ("/p[!1]x", "/p*x"),
+        ("/p[]]x", "/p*x"),
+        ("/p[1", "/p\\[1"),
+        ("a]b", "a\\]b"),
+        ("/x/**?", "/x/*"),
+        ("a\\b", "a\\\\b"),
+    ],
+)
+def test_fnmatch_pattern_becomes_a_redis_superset_glob(pattern: str, glob: str) -> None:
+    assert redis_superset_glob(pattern) == glob
+
+
+def test_escape_glob() -> None:
+    assert escape_glob("wp:[a]*?\\x") == "wp:\\[a\\]\\*\\?\\\\x"
+
+
+# -- outages -------------------------------------------------------------------
+
+
+async def test_redis_down_at_construction_does_not_raise_and_ops_raise_store_error() -> None:
+    store = outage_store(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        with pytest.raises(StoreError):
+            await store.get("/k")
+        with pytest.raises(StoreError):
+            await store.put("/k", make_entry(), 60)
+        with pytest.raises(StoreError):
+            await store.delete("/k")
+        with pytest.raises(StoreError):
+            await scan_all(store, "*")
+        with pytest.raises(StoreError):
+            await store.stats()
+        assert await store.health() is False
+    finally:
+        await store.close()
+
+
+async def test_store_recovers_after_redis_restarts(throwaway_redis: RedisServer) -> None:
+    store = outage_store(throwaway_redis.url)
+    try:
+        await store.put("/k", make_entry(), 60)
+        assert await store.get("/k") == make_entry()
+        assert await store.health() is True
+
+        throwaway_redis.stop()
+        with pytest.raises(StoreError):
+            await store.get("/k")
+        with pytest.raises(StoreError):
+            await store.put("/k", make_entry(), 60)
+        assert await store.health() is False
+
+        throwaway_redis.start()
+        await eventually(store.health)
+        # The restarted server kept nothing (no persistence): a miss, not an error.
+        assert await store.get("/k") is None
+        await store.put("/k", make_entry(body=b"again"), 60)
+        got = await store.get("/k")
+        assert isinstance(got, CacheEntry)
+        assert got.body == b"again"
+    finally:
+        await store.close()
+
+
+async def test_dead_pooled_connections_do_not_fail_requests_after_restart(
+    throwaway_redis: RedisServer,
+) -> None:
+    store = outage_store(throwaway_redis.url)
+    try:
+        await store.put("/k", make_entry(), 60)
+        # Twenty concurrent commands leave twenty connections in the pool.
+        await asyncio.gather(*(store.get("/k") for _ in range(20)))
+        throwaway_redis.stop()
+        throwaway_redis.start()
+        # No command ran in between: every pooled connection is dead, yet the
+        # first requests after the restart succeed (a miss: nothing persisted).
+        results = await asyncio.gather(*(store.get("/k") for _ in range(20)))
+        assert results == [None] * 20
+    finally:
+        await store.close()
+
+
+async def test_hung_redis_times_out_and_store_recovers(throwaway_redis: RedisServer) -> None:
+    store = outage_store(throwaway_redis.url)
+    try:
+        await store.put("/k", make_entry(), 60)
+        throwaway_redis.pause()
+        try:
+            with pytest.raises(StoreError):
+                await store.get("/k")
+            assert await store.health() is False
+        finally:
+            throwaway_redis.resume()
+        await eventually(store.health)
+        assert await store.get("/k") == make_entry()
+    finally:
+        await store.close()
