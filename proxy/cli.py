@@ -155,9 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo":
-            settings = load(
-                args, {"proxy": {"origin": f"http://127.0.0.1:{args.origin_port}"}}
-            )
+            settings = load(args, {"proxy": {"origin": f"http://127.0.0.1:{args.origin_port}"}})
         else:
             settings = load(args)
     except ConfigError as exc:

@@ -40,10 +40,8 @@ def _parse_size(value: object) -> object:
         number, unit = match.groups()
         unit = (unit or "").lower()
         base = unit.replace("i", "").replace("b", "")
-        if "i" in unit and base:
-            multiplier = 1024 ** ("kmgt".index(base) + 1)
-        else:
-            multiplier = _UNITS[base]
+        binary = "i" in unit and base
+        multiplier = 1024 ** ("kmgt".index(base) + 1) if binary else _UNITS[base]
         return int(float(number) * multiplier)
     return value
 
@@ -181,7 +179,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # CLI flags (init kwargs) > environment > the TOML file of this load.
-        return init_settings, env_settings, _FileSource(settings_cls, _file_values.get())
+        return init_settings, env_settings, _FileSource(settings_cls, _file_values.get({}))
 
 
 class _FileSource(PydanticBaseSettingsSource):
@@ -198,7 +196,7 @@ class _FileSource(PydanticBaseSettingsSource):
         return dict(self._values)
 
 
-_file_values: ContextVar[dict[str, Any]] = ContextVar("warmproxy_config_file", default={})
+_file_values: ContextVar[dict[str, Any]] = ContextVar("warmproxy_config_file")
 
 
 def load_settings(

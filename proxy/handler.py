@@ -8,7 +8,6 @@ comparison and one write.  Everything else takes the full path below it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -286,7 +285,7 @@ class ProxyHandler:
                 await response.write(chunk)
                 sent += len(chunk)
             await response.write_eof()
-        except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             # The head is already sent: the only honest signal left is to cut
             # the connection so the client sees a truncated body.
             log.warning("origin failed mid-body for %s: %s", request.raw_path, exc)

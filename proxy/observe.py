@@ -92,5 +92,8 @@ class EventHub:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while self.drain(limit=256):
+            self.drain(limit=256)
+            if self._buffer:
+                # More than a batch is waiting: let requests run, then go on.
+                self._wakeup.set()
                 await asyncio.sleep(0)

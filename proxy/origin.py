@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterable
 from enum import StrEnum
@@ -87,7 +86,7 @@ class OriginClient:
                 data=body,
                 allow_redirects=False,
             )
-        except (TimeoutError, asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             self._metrics.origin_errors.labels(OriginFailure.TIMEOUT).inc()
             raise OriginError(OriginFailure.TIMEOUT, str(exc) or "no response in time") from exc
         except (aiohttp.ClientError, OSError) as exc:
@@ -111,7 +110,7 @@ async def read_body(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes
             size += len(chunk)
             if size > limit:
                 return b"".join(chunks), False
-    except (TimeoutError, asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         raise OriginError(OriginFailure.TIMEOUT, "body read timed out") from exc
     except (aiohttp.ClientError, OSError) as exc:
         raise OriginError(OriginFailure.UNREACHABLE, f"body read failed: {exc}") from exc

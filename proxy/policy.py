@@ -274,7 +274,9 @@ def freshness_lifetime(
     if status in HEURISTICALLY_CACHEABLE or "public" in response_cc:
         last_modified = parse_http_date(header_value(headers, "last-modified"))
         if last_modified is not None and last_modified < date:
-            return min((date - last_modified) * config.heuristic_fraction, config.heuristic_max_seconds)
+            return min(
+                (date - last_modified) * config.heuristic_fraction, config.heuristic_max_seconds
+            )
     return 0.0
 
 
@@ -315,7 +317,9 @@ def _stored_headers(
 def vary_names(headers: Iterable[tuple[str, str]]) -> tuple[str, ...]:
     """Lower-cased field names of Vary (RFC 9111 §4.1), sorted and de-duplicated."""
     names = {
-        name.strip().lower() for value in header_values(headers, "vary") for name in value.split(",")
+        name.strip().lower()
+        for value in header_values(headers, "vary")
+        for name in value.split(",")
     }
     names.discard("")
     return tuple(sorted(names))

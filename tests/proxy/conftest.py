@@ -139,9 +139,9 @@ def control_url(proxy: Warmproxy, path: str) -> str:
     return f"http://127.0.0.1:{proxy.control_port}{path}"
 
 
-async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll until ``predicate`` holds, failing after ``timeout`` seconds."""
-    deadline = asyncio.get_running_loop().time() + timeout
+async def eventually(predicate: Callable[[], bool], within: float = 5.0) -> None:
+    """Poll until ``predicate`` holds, failing after ``within`` seconds."""
+    deadline = asyncio.get_running_loop().time() + within
     while not predicate():
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not reached in time")

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from proxy.app import Warmproxy
 from proxy.policy import format_http_date
-from tests.proxy.conftest import Origin, ProxyFactory, eventually, url
+from tests.proxy.conftest import Origin, eventually, url
 
 
 async def get(
@@ -52,9 +52,7 @@ async def test_s4_2_3_age_includes_the_origins_age(origin, proxy, client) -> Non
     assert 100 <= int(response.headers["Age"]) <= 102
 
 
-async def test_s4_2_1_expired_by_age_header_is_not_served_from_cache(
-    origin, proxy, client
-) -> None:
+async def test_s4_2_1_expired_by_age_header_is_not_served_from_cache(origin, proxy, client) -> None:
     origin.set("/old", headers={"Cache-Control": "max-age=60", "Age": "120"})
     await get(client, proxy, "/old")
     await get(client, proxy, "/old")

@@ -340,9 +340,12 @@ def test_s4_4_other_hosts_and_errors_are_not_invalidated() -> None:
         response_headers=[("Location", "http://evil.example/b")],
         authority="origin:9000",
     ) == ["/a"]
-    assert policy.invalidated_paths(
-        request_path="/a", status=500, response_headers=[], authority="origin:9000"
-    ) == []
+    assert (
+        policy.invalidated_paths(
+            request_path="/a", status=500, response_headers=[], authority="origin:9000"
+        )
+        == []
+    )
 
 
 # --- RFC 9211 --------------------------------------------------------------------------

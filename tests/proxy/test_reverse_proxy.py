@@ -88,9 +88,7 @@ async def test_slow_origin_answers_504(origin, make_proxy, client) -> None:
         assert "origin timed out" in await response.text()
 
 
-async def test_large_response_streams_through_with_flat_memory(
-    origin, make_proxy, client
-) -> None:
+async def test_large_response_streams_through_with_flat_memory(origin, make_proxy, client) -> None:
     chunk = bytes(range(256)) * 256  # 64 KiB
     chunks = 512  # 32 MiB
 
