@@ -87,13 +87,19 @@ class Processes:
         self.pin = pin
         self.running: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def start(self, name: str, argv: Sequence[str], cpu: int | None) -> subprocess.Popen[bytes]:
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        cpu: int | None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
         if self.pin and cpu is not None:
             argv = ["taskset", "-c", str(cpu), *argv]
         with open(self.log_path(name), "wb") as log:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=self.workdir,
+                cwd=self.workdir, env={**os.environ, **(env or {})},
             )  # fmt: skip
         self.running.append((name, proc))
         return proc
@@ -249,10 +255,15 @@ def start_warmproxy(
         "--control", f"127.0.0.1:{control}",
         "--store", store,
     ]  # fmt: skip
+    env: dict[str, str] = {}
     if redis_url is not None:
         argv += ["--redis-url", redis_url, "--redis-prefix", REDIS_PREFIX]
+    if store == "redis-no-l1":
+        # Every hit goes to Redis: the in-process tier is switched off.
+        argv[argv.index("--store") + 1] = "redis"
+        env["WARMPROXY_CACHE__L1_MAX_BYTES"] = "0"
     name = f"warmproxy-{store}"
-    proc = procs.start(name, argv, cpu)
+    proc = procs.start(name, argv, cpu, env)
     wait_ready(
         procs,
         name,
@@ -370,7 +381,7 @@ def bench_one(
         if kind == "nginx":
             target = start_nginx(procs, origin_port, server_cpu)
         else:
-            if kind == "redis":
+            if kind.startswith("redis"):
                 url = args.redis_url
                 if not redis_ready(url):
                     if shutil.which("redis-server") is None:
@@ -500,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
 
             kinds = ["nginx"] if run_nginx else []
-            kinds += ["memory"] if args.skip_redis else ["memory", "redis"]
+            kinds += ["memory"] if args.skip_redis else ["memory", "redis", "redis-no-l1"]
             for kind in kinds:
                 name = "nginx" if kind == "nginx" else f"warmproxy/{kind}"
                 try:
