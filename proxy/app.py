@@ -76,6 +76,7 @@ class Warmproxy:
             revalidation_retention_seconds=settings.cache.revalidation_retention,
             store_set_cookie=settings.cache.store_set_cookie,
             via=f"1.1 {settings.proxy.via_name}",
+            targeted_fields=tuple(n.lower() for n in settings.cache.targeted_cache_control),
         )
         self.filler = Filler(
             origin=self.origin,

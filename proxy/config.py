@@ -127,6 +127,15 @@ class CacheSettings(_Section):
     heuristic_max_seconds: float = Field(86400.0, ge=0)
     revalidation_retention: float = Field(3600.0, ge=0)
     store_set_cookie: bool = False
+    targeted_cache_control: list[str] = Field(default_factory=lambda: ["CDN-Cache-Control"])
+
+    @field_validator("targeted_cache_control")
+    @classmethod
+    def _field_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", name):
+                raise ValueError(f"not a header field name: {name!r}")
+        return value
 
     @field_validator("redis_url")
     @classmethod

@@ -59,6 +59,9 @@ class FillResult:
     shareable: bool = False  # other requests may be answered with ``entry``
     revalidated: bool = False  # a 304 refreshed the stale entry
     collapsed: bool = False  # this request waited for another's fetch
+    # The origin's header fields as relayed to the client that caused the
+    # fetch; the stored entry may lack some (qualified private / no-cache).
+    relayed: list[tuple[str, str]] | None = None
 
 
 class Filler:
@@ -138,7 +141,7 @@ class Filler:
                 and result.shareable
                 and policy.vary_matches(result.entry, request_headers)
             ):
-                return replace(result, collapsed=True, stream=None)
+                return replace(result, collapsed=True, stream=None, relayed=None)
             return await self._fetch(
                 key, path_qs, send_headers, request_headers, request_cc, stale, warm
             )
@@ -221,6 +224,7 @@ class Filler:
                 url=path_qs,
                 status=stale.status,
                 headers=policy.merge_not_modified(stale.headers, response_headers),
+                already_stored=True,
                 body=stale.body,
                 request_headers=request_headers,
                 request_time=request_time,
@@ -234,14 +238,10 @@ class Filler:
                 status=304, entry=entry, stored=stored, shareable=True, revalidated=True
             )
 
-        response_cc = policy.parse_cache_control(
-            policy.header_values(response_headers, "cache-control")
-        )
         decision = policy.storability(
             method="GET",
             status=response.status,
             request_cc=request_cc,
-            response_cc=response_cc,
             request_has_authorization=bool(request_headers.getall("authorization", [])),
             response_headers=response_headers,
             config=self._config,
@@ -275,7 +275,12 @@ class Filler:
             warmed=warm,
         )
         stored = await self._store(key, entry)
-        return FillResult(status=response.status, entry=entry, stored=stored, shareable=True)
+        relayed = policy.relayed_headers(
+            response_headers, response_time=response_time, via=self._config.via
+        )
+        return FillResult(
+            status=response.status, entry=entry, stored=stored, shareable=True, relayed=relayed
+        )
 
     async def _store(self, key: str, entry: CacheEntry) -> bool:
         if not policy.worth_storing(entry, self._clock()):

@@ -38,6 +38,7 @@ _SLOW_PATH_FIELDS = (
 )
 
 _STREAM_CHUNK = 64 * 1024
+_RETRYABLE_BODY_BYTES = 64 * 1024
 
 
 class ProxyHandler:
@@ -103,9 +104,6 @@ class ProxyHandler:
     ) -> web.StreamResponse:
         headers = request.headers
         key = request.raw_path
-        if "range" in headers:
-            # Ranges are not assembled from stored responses: forward as is.
-            return await self._forward(request, started, fwd="bypass")
         request_cc = policy.request_directives(
             headers.getall("cache-control", []), headers.getall("pragma", [])
         )
@@ -143,6 +141,10 @@ class ProxyHandler:
             )
         if request.method == "HEAD" and entry is None:
             return await self._forward(request, started, fwd="miss")
+        if "range" in headers:
+            # Ranges are cut from fresh complete entries (above); anything
+            # else goes to the origin as asked, without filling the cache.
+            return await self._forward(request, started, fwd="bypass")
         if entry is not None:
             fwd = "request" if entry.fresh_until > now else "stale"
         elif lookup.vary_miss:
@@ -197,7 +199,7 @@ class ProxyHandler:
             return await self._stream(request, result.stream, status, Outcome.MISS, started)
         assert result.entry is not None
         outcome = Outcome.REVALIDATED if result.revalidated else Outcome.MISS
-        return self._serve(request, result.entry, now, outcome, status, started)
+        return self._serve(request, result.entry, now, outcome, status, started, result.relayed)
 
     def _serve(
         self,
@@ -207,8 +209,13 @@ class ProxyHandler:
         outcome: Outcome,
         cache_status: str,
         started: float,
+        relayed: list[tuple[str, str]] | None = None,
     ) -> web.Response:
-        """Answer from ``entry``, with a 304 when the client's validators match."""
+        """Answer from ``entry``, with a 304 when the client's validators match.
+
+        ``relayed``: the origin's own header fields, when this request caused
+        the fetch (they may include fields the stored entry leaves out).
+        """
         headers = request.headers
         if 200 <= entry.status < 300:
             inm = ", ".join(headers.getall("if-none-match", [])) or None
@@ -221,11 +228,33 @@ class ProxyHandler:
                 not_modified["Cache-Status"] = cache_status
                 self._emit(request, outcome, 304, started, 0)
                 return web.Response(status=304, headers=not_modified)
-        out = entry.response_head()
+        out = CIMultiDict(relayed) if relayed is not None else entry.response_head()
         out["Age"] = str(int(policy.age_of(entry, now)))
         out["Cache-Status"] = cache_status
-        self._emit(request, outcome, entry.status, started, len(entry.body))
-        return web.Response(status=entry.status, body=entry.body, headers=out)
+        status, body = entry.status, entry.body
+        range_value = headers.get("range")
+        if range_value is not None and status == 200:
+            status, body = self._cut_range(entry, range_value, headers.get("if-range"), out)
+        self._emit(request, outcome, status, started, len(body))
+        return web.Response(status=status, body=body, headers=out)
+
+    @staticmethod
+    def _cut_range(
+        entry: CacheEntry, range_value: str, if_range: str | None, out: CIMultiDict[str]
+    ) -> tuple[int, bytes]:
+        """RFC 9110 §14.2: a single byte range of a stored complete response."""
+        if if_range is not None and not policy.if_range_matches(entry, if_range):
+            return entry.status, entry.body
+        length = len(entry.body)
+        span = policy.parse_byte_range(range_value, length)
+        if span is None:
+            return entry.status, entry.body  # not a single bytes range: ignore it
+        if span == policy.UNSATISFIABLE:
+            out["Content-Range"] = f"bytes */{length}"
+            return 416, b""
+        first, last = span
+        out["Content-Range"] = f"bytes {first}-{last}/{length}"
+        return 206, entry.body[first : last + 1]
 
     # --------------------------------------------------------- pass-through
 
@@ -237,7 +266,15 @@ class ProxyHandler:
         send_headers = self._rules.request_headers(
             request.headers, peer=request.remote, scheme=request.scheme, for_fill=False
         )
-        body = request.content if request.body_exists else None
+        body: bytes | aiohttp.StreamReader | None = None
+        if request.body_exists:
+            length = request.content_length
+            # Small bodies are read first: the origin client retries an
+            # idempotent request once when a pooled keep-alive connection turns
+            # out closed (RFC 9110 §9.2.2), which needs a body it can resend.
+            # Larger bodies stream.
+            small = length is not None and length <= _RETRYABLE_BODY_BYTES
+            body = await request.read() if small else request.content
         try:
             upstream = await self._origin.request(
                 method, request.raw_path, send_headers, body=body, purpose="forward"

@@ -12,8 +12,11 @@ stale-if-error, so this module keeps the rules in one place of our own.
 
 from __future__ import annotations
 
+import calendar
 import email.utils
 import hashlib
+import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -27,10 +30,19 @@ MAX_DELTA_SECONDS = 2147483648
 # RFC 9110 §15.1: status codes that are heuristically cacheable.
 HEURISTICALLY_CACHEABLE = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
 
-# RFC 9111 §3: we store any final status code whose semantics we understand.
-# 206 needs range combination and 304 is only a validation answer, so neither
-# is stored as a response of its own.
+# RFC 9111 §3: 206 needs range combination and 304 is only a validation
+# answer, so neither is stored as a response of its own.
 NOT_STORED_STATUSES = frozenset({206, 304})
+
+# The final status codes RFC 9110 §15 defines: the ones this cache
+# "understands" for must-understand (RFC 9111 §5.2.2.3).
+UNDERSTOOD_STATUSES = frozenset(
+    {200, 201, 202, 203, 204, 205}
+    | {300, 301, 302, 303, 304, 305, 307, 308}
+    | set(range(400, 418))
+    | {421, 422, 426}
+    | {500, 501, 502, 503, 504, 505}
+)
 
 # RFC 9110 §7.6.1: connection-specific fields never forwarded nor stored.
 HOP_BY_HOP = frozenset(
@@ -52,8 +64,9 @@ HOP_BY_HOP = frozenset(
 # Content-Length) or excluded by RFC 9111 §3.1.
 NOT_STORED_FIELDS = HOP_BY_HOP | {"age", "content-length"}
 
-# RFC 9111 §3.2: when a 304 updates a stored response, these are not replaced.
-NOT_UPDATED_BY_304 = NOT_STORED_FIELDS | {"content-encoding", "content-type", "content-range"}
+# RFC 9111 §3.2: when a 304 updates a stored response, every field it carries
+# replaces the stored one except fields never stored and Content-Length.
+NOT_UPDATED_BY_304 = NOT_STORED_FIELDS
 
 # RFC 9110 §15.4.5: the fields a 304 carries when the 200 would have them.
 FIELDS_IN_304 = ("cache-control", "content-location", "date", "etag", "expires", "vary")
@@ -131,16 +144,52 @@ def delta_seconds(arg: str | None) -> int | None:
     return min(int(arg), MAX_DELTA_SECONDS)
 
 
+_MONTHS = {m: i for i, m in enumerate(calendar.month_abbr) if m}
+_IMF_FIXDATE = re.compile(
+    r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), (\d{2}) ([A-Z][a-z]{2}) (\d{4}) "
+    r"(\d{2}):(\d{2}):(\d{2}) GMT"
+)
+_RFC850_DATE = re.compile(
+    r"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), "
+    r"(\d{2})-([A-Z][a-z]{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2}) GMT"
+)
+_ASCTIME_DATE = re.compile(
+    r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) ([A-Z][a-z]{2}) ([ \d]\d) "
+    r"(\d{2}):(\d{2}):(\d{2}) (\d{4})"
+)
+
+
 def parse_http_date(value: str | None) -> float | None:
-    """Seconds since the epoch of an HTTP-date (RFC 9110 §5.6.7), or None."""
+    """Seconds since the epoch of an HTTP-date (RFC 9110 §5.6.7), or None.
+
+    Only the three formats the RFC defines are accepted; anything else (other
+    time zones, missing commas, one-digit hours, ...) is invalid, which for
+    Expires means "already expired" (RFC 9111 §5.3).
+    """
     if not value:
         return None
+    if match := _IMF_FIXDATE.fullmatch(value):
+        day, month, year, hh, mm, ss = match.groups()
+    elif match := _RFC850_DATE.fullmatch(value):
+        day, month, yy, hh, mm, ss = match.groups()
+        # §5.6.7: a two-digit year more than 50 years in the future is in the past.
+        this_year = time.gmtime().tm_year
+        year_int = this_year - this_year % 100 + int(yy)
+        if year_int > this_year + 50:
+            year_int -= 100
+        year = str(year_int)
+    elif match := _ASCTIME_DATE.fullmatch(value):
+        month, day, hh, mm, ss, year = match.groups()
+    else:
+        return None
+    month_number = _MONTHS.get(month)
+    if month_number is None:
+        return None
     try:
-        parsed = email.utils.parsedate_tz(value)
-        if parsed is None:
-            return None
-        return float(email.utils.mktime_tz(parsed))
-    except (TypeError, ValueError, OverflowError):
+        return float(
+            calendar.timegm((int(year), month_number, int(day), int(hh), int(mm), int(ss), 0, 0, 0))
+        )
+    except (ValueError, OverflowError):
         return None
 
 
@@ -189,6 +238,58 @@ class CachePolicyConfig:
     revalidation_retention_seconds: float = 3600.0
     store_set_cookie: bool = False
     via: str = "1.1 warmproxy"
+    # RFC 9213 targeted fields this cache obeys, in priority order (lower-case).
+    targeted_fields: tuple[str, ...] = ("cdn-cache-control",)
+
+
+_SF_MEMBER = re.compile(
+    r'[a-z*][a-z0-9_\-.*]*(?:=(?:-?\d{1,15}(?:\.\d{1,3})?|"(?:[^"\\]|\\.)*"|[A-Za-z*][^,;\s]*))?'
+)
+
+
+_INTEGER_DIRECTIVES = frozenset({"max-age", "s-maxage", "stale-while-revalidate", "stale-if-error"})
+
+
+def _targeted_directives(values: list[str]) -> CacheControl | None:
+    """A targeted field's directives, or None when it is not a valid dictionary.
+
+    RFC 9213 §2.1: targeted fields are Structured Field Dictionaries; an
+    invalid one is ignored as if absent.
+    """
+    members = [m.strip() for m in ",".join(values).split(",")]
+    if not any(members) or not all(_SF_MEMBER.fullmatch(m) for m in members if m):
+        return None
+    for member in members:
+        name, _, value = member.partition("=")
+        # Delta-seconds directives are Integers there: a String is the wrong
+        # type, which makes the whole field invalid.
+        if name in _INTEGER_DIRECTIVES and value.startswith('"'):
+            return None
+    return parse_cache_control(values)
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseDirectives:
+    """The directives that govern how a response is cached."""
+
+    cc: CacheControl
+    # From an RFC 9213 targeted field: Cache-Control and Expires are ignored.
+    targeted: bool
+
+
+def response_directives(
+    headers: list[tuple[str, str]], config: CachePolicyConfig
+) -> ResponseDirectives:
+    """The first valid targeted field this cache obeys (RFC 9213 §2.1), else Cache-Control."""
+    for name in config.targeted_fields:
+        values = header_values(headers, name)
+        if values:
+            directives = _targeted_directives(values)
+            if directives is not None:
+                return ResponseDirectives(directives, targeted=True)
+    return ResponseDirectives(
+        parse_cache_control(header_values(headers, "cache-control")), targeted=False
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,22 +303,25 @@ def storability(
     method: str,
     status: int,
     request_cc: CacheControl,
-    response_cc: CacheControl,
     request_has_authorization: bool,
-    response_headers: Iterable[tuple[str, str]],
+    response_headers: list[tuple[str, str]],
     config: CachePolicyConfig,
 ) -> StoreDecision:
     """May a shared cache store this response?  (RFC 9111 §3)."""
+    directives = response_directives(response_headers, config)
+    response_cc = directives.cc
     if method != "GET":
         return StoreDecision(False, "method")
     if status < 200 or status in NOT_STORED_STATUSES:
         return StoreDecision(False, "status")
-    # §5.2.2.3: must-understand lets a cache that understands the status code
-    # ignore no-store; every status we store is one we understand.
-    must_understand = "must-understand" in response_cc
     if "no-store" in request_cc:
         return StoreDecision(False, "request no-store")
-    if "no-store" in response_cc and not must_understand:
+    # §5.2.2.3: with must-understand, a status code the cache does not
+    # understand is never stored, and one it does overrides no-store.
+    if "must-understand" in response_cc:
+        if status not in UNDERSTOOD_STATUSES:
+            return StoreDecision(False, "must-understand")
+    elif "no-store" in response_cc:
         return StoreDecision(False, "no-store")
     # §5.2.2.7: unqualified private forbids a shared cache to store; the
     # qualified form only excludes the named fields (handled in build_entry).
@@ -228,7 +332,7 @@ def storability(
         "public" in response_cc or "s-maxage" in response_cc or "must-revalidate" in response_cc
     ):
         return StoreDecision(False, "authorization")
-    headers = list(response_headers)
+    headers = response_headers
     if not config.store_set_cookie and header_values(headers, "set-cookie"):
         return StoreDecision(False, "set-cookie")
     vary = header_value(headers, "vary")
@@ -239,7 +343,7 @@ def storability(
         "public" in response_cc
         or "max-age" in response_cc
         or "s-maxage" in response_cc
-        or header_values(headers, "expires")
+        or (not directives.targeted and header_values(headers, "expires"))
     )
     if not explicit and status not in HEURISTICALLY_CACHEABLE:
         return StoreDecision(False, "status not heuristically cacheable")
@@ -253,6 +357,7 @@ def freshness_lifetime(
     headers: list[tuple[str, str]],
     date: float,
     config: CachePolicyConfig,
+    ignore_expires: bool = False,
 ) -> float:
     """Freshness lifetime in seconds (RFC 9111 §4.2.1); 0 when none applies."""
     # A shared cache prefers s-maxage, then max-age, then Expires.
@@ -261,10 +366,12 @@ def freshness_lifetime(
             value = delta_seconds(response_cc[directive])
             # §4.2.1: invalid freshness information means stale.
             return float(value) if value is not None else 0.0
-    expires_values = header_values(headers, "expires")
+    expires_values = [] if ignore_expires else header_values(headers, "expires")
     if expires_values:
-        # §5.3: an invalid Expires (e.g. "0") means already expired; with
-        # several lines, use the first.
+        # §5.3: an invalid Expires (e.g. "0") means already expired; several
+        # field lines count as invalid (§4.2.1 allows treating them as stale).
+        if len(expires_values) > 1:
+            return 0.0
         expires = parse_http_date(expires_values[0])
         if expires is None:
             return 0.0
@@ -290,28 +397,42 @@ def corrected_initial_age(
     return max(apparent_age, corrected_age_value)
 
 
-def _stored_headers(
-    headers: list[tuple[str, str]], response_cc: CacheControl, response_time: float, via: str
+def relayed_headers(
+    headers: list[tuple[str, str]],
+    *,
+    response_time: float,
+    via: str,
+    excluded: frozenset[str] | set[str] = frozenset(),
 ) -> list[tuple[str, str]]:
+    """An origin response's header fields as this proxy passes them on.
+
+    Without hop-by-hop fields (RFC 9110 §7.6.1), Age and Content-Length (set
+    when served), and ``excluded``; with a Date (RFC 9110 §6.6.1: a recipient
+    caching a response without one adds it) and this proxy appended to Via
+    (RFC 9110 §7.6.3).
+    """
     connection_named = {
         token.strip().lower()
         for value in header_values(headers, "connection")
         for token in value.split(",")
     }
-    excluded = NOT_STORED_FIELDS | connection_named
+    drop = NOT_STORED_FIELDS | connection_named | excluded | {"via"}
+    relayed = [(k, v) for k, v in headers if k.lower() not in drop]
+    if not any(k.lower() == "date" for k, _ in relayed):
+        relayed.append(("Date", format_http_date(response_time)))
+    vias = header_values(headers, "via")
+    relayed.append(("Via", ", ".join([*vias, via])))
+    return relayed
+
+
+def _stored_headers(
+    headers: list[tuple[str, str]], response_cc: CacheControl, response_time: float, via: str
+) -> list[tuple[str, str]]:
     # §5.2.2.7 / §5.2.2.4: qualified private and no-cache name fields a shared
     # cache must not reuse; dropping them lets the rest be reused.
-    excluded |= set(parse_field_names(response_cc.get("private")))
+    excluded = set(parse_field_names(response_cc.get("private")))
     excluded |= set(parse_field_names(response_cc.get("no-cache")))
-    stored = [(k, v) for k, v in headers if k.lower() not in excluded]
-    if not any(k.lower() == "date" for k, _ in stored):
-        # RFC 9110 §6.6.1: a recipient caching a response without Date adds one.
-        stored.append(("Date", format_http_date(response_time)))
-    # RFC 9110 §7.6.3: each proxy appends itself to Via.
-    vias = [v for k, v in stored if k.lower() == "via"]
-    stored = [(k, v) for k, v in stored if k.lower() != "via"]
-    stored.append(("Via", ", ".join([*vias, via])))
-    return stored
+    return relayed_headers(headers, response_time=response_time, via=via, excluded=excluded)
 
 
 def vary_names(headers: Iterable[tuple[str, str]]) -> tuple[str, ...]:
@@ -365,14 +486,25 @@ def build_entry(
     fetch_seconds: float,
     config: CachePolicyConfig,
     warmed: bool = False,
+    already_stored: bool = False,
 ) -> CacheEntry:
-    """A storable response turned into an entry with every decision made."""
-    response_cc = parse_cache_control(header_values(headers, "cache-control"))
+    """A storable response turned into an entry with every decision made.
+
+    ``already_stored``: ``headers`` are a stored entry's (updated by a 304), so
+    they are kept as they are instead of being relayed once more.
+    """
+    directives = response_directives(headers, config)
+    response_cc = directives.cc
     date = parse_http_date(header_value(headers, "date"))
     # RFC 9110 §6.6.1: a response without a (valid) Date is dated when received.
     effective_date = date if date is not None else response_time
     lifetime = freshness_lifetime(
-        status=status, response_cc=response_cc, headers=headers, date=effective_date, config=config
+        status=status,
+        response_cc=response_cc,
+        headers=headers,
+        date=effective_date,
+        config=config,
+        ignore_expires=directives.targeted,
     )
     initial_age = corrected_initial_age(
         headers=headers, date=date, request_time=request_time, response_time=response_time
@@ -403,7 +535,11 @@ def build_entry(
     return CacheEntry(
         url=url,
         status=status,
-        headers=_stored_headers(headers, response_cc, response_time, config.via),
+        headers=(
+            list(headers)
+            if already_stored
+            else _stored_headers(headers, response_cc, response_time, config.via)
+        ),
         body=body,
         born=born,
         stored_at=response_time,
@@ -596,6 +732,56 @@ def not_modified_selects(entry: CacheEntry, not_modified: list[tuple[str, str]])
     if etag is None or etag.startswith("W/"):
         return True
     return entry.etag is not None and _opaque_tag(entry.etag) == _opaque_tag(etag)
+
+
+# --------------------------------------------------------------------------
+# Ranges (RFC 9110 §14)
+# --------------------------------------------------------------------------
+
+UNSATISFIABLE = (-1, -1)
+_BYTE_RANGE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*")
+
+
+def parse_byte_range(value: str, length: int) -> tuple[int, int] | None:
+    """The inclusive span of a single byte range (§14.1.2) within ``length``.
+
+    None when the field is not one syntactically valid bytes range (the cache
+    then ignores it and sends the whole response, §14.2); ``UNSATISFIABLE``
+    when it does not overlap the representation (answered 416).
+    """
+    match = _BYTE_RANGE.fullmatch(value)
+    if match is None:
+        return None
+    first_text, last_text = match.groups()
+    if not first_text:
+        if not last_text:
+            return None
+        suffix = int(last_text)
+        if suffix == 0 or length == 0:
+            return UNSATISFIABLE
+        return max(0, length - suffix), length - 1
+    first = int(first_text)
+    last = int(last_text) if last_text else length - 1
+    if last_text and last < first:
+        return None
+    if first >= length:
+        return UNSATISFIABLE
+    return first, min(last, length - 1)
+
+
+def if_range_matches(entry: CacheEntry, if_range: str) -> bool:
+    """§13.1.5: the stored response is still the one the client's range is about."""
+    value = if_range.strip()
+    if value.startswith('"') or value.startswith("W/"):
+        # A strong comparison: weak tags never match.
+        return (
+            not value.startswith("W/")
+            and entry.etag is not None
+            and not entry.etag.startswith("W/")
+            and entry.etag == value
+        )
+    since = parse_http_date(value)
+    return since is not None and entry.last_modified == since
 
 
 # --------------------------------------------------------------------------

@@ -449,3 +449,95 @@ async def test_status_codes_with_explicit_freshness_are_cached(origin, proxy, cl
         response, _ = await get(client, proxy, f"/st{status}")
         assert response.status == status
         assert origin.count(f"/st{status}") == 1, status
+
+
+async def test_rfc9110_s14_ranges_are_cut_from_a_cached_complete_response(
+    origin, proxy, client
+) -> None:
+    origin.set("/rg", headers={"Cache-Control": "max-age=60", "ETag": '"r1"'}, body=b"0123456789")
+    await get(client, proxy, "/rg")
+    cases = {
+        "bytes=0-1": (206, b"01", "bytes 0-1/10"),
+        "bytes=7-": (206, b"789", "bytes 7-9/10"),
+        "bytes=-3": (206, b"789", "bytes 7-9/10"),
+        "bytes=5-100": (206, b"56789", "bytes 5-9/10"),
+    }
+    for value, (status, body, content_range) in cases.items():
+        response, got = await get(client, proxy, "/rg", Range=value)
+        assert (response.status, got, response.headers["Content-Range"]) == (
+            status,
+            body,
+            content_range,
+        ), value
+        assert "hit" in response.headers["Cache-Status"]
+    response, _ = await get(client, proxy, "/rg", Range="bytes=20-")
+    assert response.status == 416 and response.headers["Content-Range"] == "bytes */10"
+    # Several ranges, or a syntax we do not cut: the whole response.
+    response, body = await get(client, proxy, "/rg", Range="bytes=0-1,3-4")
+    assert response.status == 200 and body == b"0123456789"
+    assert origin.count("/rg") == 1
+
+
+async def test_rfc9110_s13_1_5_if_range_mismatch_sends_the_whole_response(
+    origin, proxy, client
+) -> None:
+    origin.set("/ir", headers={"Cache-Control": "max-age=60", "ETag": '"new"'}, body=b"abcdef")
+    await get(client, proxy, "/ir")
+    response, body = await get(client, proxy, "/ir", Range="bytes=0-1", If_Range='"old"')
+    assert response.status == 200 and body == b"abcdef"
+    response, body = await get(client, proxy, "/ir", Range="bytes=0-1", If_Range='"new"')
+    assert response.status == 206 and body == b"ab"
+
+
+async def test_range_request_on_a_miss_goes_to_the_origin_as_asked(origin, proxy, client) -> None:
+    async def ranged(request: web.Request) -> web.Response:
+        assert request.headers["Range"] == "bytes=0-1"
+        return web.Response(status=206, body=b"01", headers={"Content-Range": "bytes 0-1/10"})
+
+    origin.handle("/rm", ranged)
+    response, body = await get(client, proxy, "/rm", Range="bytes=0-1")
+    assert response.status == 206 and body == b"01"
+    assert "fwd=bypass" in response.headers["Cache-Status"]
+
+
+async def test_rfc9213_cdn_cache_control_governs_this_cache(origin, proxy, client) -> None:
+    origin.set("/cdn", headers={"CDN-Cache-Control": "max-age=60", "Cache-Control": "no-store"})
+    await get(client, proxy, "/cdn")
+    response, _ = await get(client, proxy, "/cdn")
+    assert "hit" in response.headers["Cache-Status"]
+    assert response.headers["Cache-Control"] == "no-store"  # passed on for the browser
+    origin.set("/cdn2", headers={"CDN-Cache-Control": "no-store", "Cache-Control": "max-age=60"})
+    await get(client, proxy, "/cdn2")
+    await get(client, proxy, "/cdn2")
+    assert origin.count("/cdn") == 1 and origin.count("/cdn2") == 2
+
+
+async def test_s5_3_invalid_expires_is_not_reused(origin, proxy, client) -> None:
+    origin.set("/badexp", headers={"Expires": "Thu, 01 Jan 2099 00:00:00 UTC"})
+    await get(client, proxy, "/badexp")
+    await get(client, proxy, "/badexp")
+    assert origin.count("/badexp") == 2
+
+
+async def test_s5_2_2_7_qualified_private_fields_reach_the_first_client_but_are_not_stored(
+    origin, proxy, client
+) -> None:
+    origin.set(
+        "/qp",
+        headers={"Cache-Control": 'max-age=60, private="X-User"', "X-User": "alice"},
+    )
+    first, _ = await get(client, proxy, "/qp")
+    assert first.headers["X-User"] == "alice"
+    second, _ = await get(client, proxy, "/qp")
+    assert "hit" in second.headers["Cache-Status"]
+    assert "X-User" not in second.headers
+
+
+async def test_s4_3_4_revalidation_keeps_a_single_via(origin, proxy, client) -> None:
+    origin.set("/via", headers={"Cache-Control": "no-cache", "ETag": '"v"'})
+    await get(client, proxy, "/via")
+    origin.set("/via", status=304, headers={"ETag": '"v"'})
+    response, _ = await get(client, proxy, "/via")
+    assert response.headers["Via"] == "1.1 warmproxy"
+    response, _ = await get(client, proxy, "/via")
+    assert response.headers["Via"] == "1.1 warmproxy"

@@ -36,7 +36,6 @@ def storable(headers, *, status=200, method="GET", request_cc=None, auth=False, 
         method=method,
         status=status,
         request_cc=request_cc or {},
-        response_cc=policy.parse_cache_control(policy.header_values(headers, "cache-control")),
         request_has_authorization=auth,
         response_headers=headers,
         config=config,
@@ -360,3 +359,69 @@ def test_rfc9211_cache_status_members() -> None:
     assert policy.cache_status(fwd="stale", detail="stale-if-error").endswith(
         'detail="stale-if-error"'
     )
+
+
+# --- RFC 9110 §5.6.7 HTTP-date ----------------------------------------------------------
+
+
+def test_rfc9110_s5_6_7_the_three_date_formats_are_accepted() -> None:
+    expected = 784111777.0
+    assert policy.parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT") == expected
+    assert policy.parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT") == expected
+    assert policy.parse_http_date("Sun Nov  6 08:49:37 1994") == expected
+
+
+def test_rfc9110_s5_6_7_other_date_forms_are_invalid() -> None:
+    for value in (
+        "Sun, 06 Nov 1994 8:49:37 GMT",  # one-digit hour
+        "Sun, 06 Nov 94 08:49:37 GMT",  # two-digit year in IMF-fixdate
+        "Sun, 06 Nov 1994 08:49:37 UTC",
+        "Sun, 06 Nov 1994 08:49:37 AEST",
+        "Sun 06 Nov 1994 08:49:37 GMT",  # no comma
+        "Sun, 06-Nov-1994 08:49:37 GMT",  # dashes
+        "Sun, 06 Nov 1994 08.49.37 GMT",
+        "Sun,  06 Nov 1994 08:49:37 GMT",
+        "0",
+        "",
+    ):
+        assert policy.parse_http_date(value) is None, value
+
+
+def test_s4_2_1_several_expires_lines_mean_stale() -> None:
+    future = policy.format_http_date(NOW + 1000)
+    assert entry([*DATE, ("Expires", future), ("Expires", future)]).fresh_until == NOW
+
+
+def test_s5_2_2_3_must_understand_with_an_unknown_status_is_not_stored() -> None:
+    assert not storable([("Cache-Control", "max-age=60, no-store, must-understand")], status=599)
+    assert storable([("Cache-Control", "max-age=60")], status=599)
+
+
+# --- RFC 9213 targeted cache control ------------------------------------------------------
+
+
+def test_rfc9213_targeted_field_replaces_cache_control_and_expires() -> None:
+    expires = ("Expires", policy.format_http_date(NOW + 1000))
+    e = entry([*DATE, ("CDN-Cache-Control", "max-age=5"), ("Cache-Control", "max-age=600")])
+    assert e.fresh_until == NOW + 5
+    e = entry([*DATE, ("CDN-Cache-Control", "max-age=0"), expires, ("ETag", '"a"')])
+    assert e.fresh_until == NOW
+    assert storable([("CDN-Cache-Control", "max-age=60"), ("Cache-Control", "no-store")])
+    assert not storable([("CDN-Cache-Control", "no-store"), ("Cache-Control", "max-age=60")])
+    assert not storable([("CDN-Cache-Control", "private"), ("Cache-Control", "max-age=60")])
+
+
+def test_rfc9213_invalid_targeted_field_is_ignored() -> None:
+    e = entry([*DATE, ("CDN-Cache-Control", "max-age=5 garbage"), ("Cache-Control", "max-age=60")])
+    assert e.fresh_until == NOW + 60
+
+
+def test_rfc9213_targeting_can_be_switched_off() -> None:
+    off = CachePolicyConfig(targeted_fields=())
+    assert not storable(
+        [("CDN-Cache-Control", "max-age=60"), ("Cache-Control", "no-store")], config=off
+    )
+
+
+def test_rfc9213_a_string_where_an_integer_belongs_invalidates_the_field() -> None:
+    assert not storable([("CDN-Cache-Control", 'max-age="10000"'), ("Cache-Control", "no-store")])

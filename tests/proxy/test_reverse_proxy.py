@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import tracemalloc
 
@@ -211,3 +212,40 @@ async def test_compressed_bodies_pass_through_byte_for_byte(origin, proxy, clien
 
 
 _ = (aiohttp, Origin, ProxyFactory)
+
+
+async def test_idempotent_request_retried_when_a_pooled_connection_was_closed(
+    make_proxy, client
+) -> None:
+    """An origin that drops a kept-alive connection as it is reused costs no 502."""
+    served = 0
+
+    async def read_request(reader: asyncio.StreamReader) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                await reader.readexactly(int(line.split(b":")[1]))
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal served
+        # One response per connection; the next request on it finds it closed.
+        await read_request(reader)
+        served += 1
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nCache-Control: no-store\r\n\r\nok")
+        await writer.drain()
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            await read_request(reader)
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        proxy = await make_proxy(f"http://127.0.0.1:{port}")
+        for method in ("GET", "PUT", "DELETE", "GET", "PUT"):
+            async with client.request(method, url(proxy, "/k"), data=b"x") as response:
+                assert response.status == 200, method
+                assert await response.read() == b"ok"
+        assert served == 5
+    finally:
+        server.close()
+        await server.wait_closed()
