@@ -144,18 +144,21 @@ def delta_seconds(arg: str | None) -> int | None:
     return min(int(arg), MAX_DELTA_SECONDS)
 
 
-_MONTHS = {m: i for i, m in enumerate(calendar.month_abbr) if m}
+_MONTHS = {m.lower(): i for i, m in enumerate(calendar.month_abbr) if m}
 _IMF_FIXDATE = re.compile(
     r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), (\d{2}) ([A-Z][a-z]{2}) (\d{4}) "
-    r"(\d{2}):(\d{2}):(\d{2}) GMT"
+    r"(\d{2}):(\d{2}):(\d{2}) GMT",
+    re.IGNORECASE,
 )
 _RFC850_DATE = re.compile(
     r"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), "
-    r"(\d{2})-([A-Z][a-z]{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2}) GMT"
+    r"(\d{2})-([A-Z][a-z]{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2}) GMT",
+    re.IGNORECASE,
 )
 _ASCTIME_DATE = re.compile(
     r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) ([A-Z][a-z]{2}) ([ \d]\d) "
-    r"(\d{2}):(\d{2}):(\d{2}) (\d{4})"
+    r"(\d{2}):(\d{2}):(\d{2}) (\d{4})",
+    re.IGNORECASE,
 )
 
 
@@ -182,7 +185,9 @@ def parse_http_date(value: str | None) -> float | None:
         month, day, hh, mm, ss, year = match.groups()
     else:
         return None
-    month_number = _MONTHS.get(month)
+    # Names are case-sensitive in the grammar; being lenient about case only
+    # keeps a response fresh that the origin meant to be fresh.
+    month_number = _MONTHS.get(month.lower())
     if month_number is None:
         return None
     try:
@@ -677,10 +682,11 @@ def client_condition_met(
         since = parse_http_date(if_modified_since)
         if since is None:
             return False
+        # RFC 9111 §4.3.2: without Last-Modified, the stored response's Date.
         modified = entry.last_modified
         if modified is None:
-            return False
-        return modified <= since
+            modified = parse_http_date(header_value(entry.headers, "date"))
+        return modified is not None and modified <= since
     return False
 
 

@@ -425,3 +425,13 @@ def test_rfc9213_targeting_can_be_switched_off() -> None:
 
 def test_rfc9213_a_string_where_an_integer_belongs_invalidates_the_field() -> None:
     assert not storable([("CDN-Cache-Control", 'max-age="10000"'), ("Cache-Control", "no-store")])
+
+
+def test_rfc9110_s5_6_7_case_of_names_is_forgiven() -> None:
+    assert policy.parse_http_date("sun, 06 NOV 1994 08:49:37 gmt") == 784111777.0
+
+
+def test_s4_3_2_if_modified_since_uses_date_without_last_modified() -> None:
+    e = entry([*DATE, ("Cache-Control", "max-age=60")])
+    assert policy.client_condition_met(e, None, policy.format_http_date(NOW + 10))
+    assert not policy.client_condition_met(e, None, policy.format_http_date(NOW - 10))
