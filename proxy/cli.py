@@ -131,7 +131,8 @@ warmproxy demo: origin {origin}, proxy {base}, control http://{control}
 
 Try:
   curl -si {base}/products/1 | grep -iE '^(HTTP|age|cache-status|etag)'   # miss, then hit
-  curl -si {base}/products/1 -H 'If-None-Match: "p1-v1"' | head -1         # 304 from cache
+  ETAG=$(curl -sI {base}/products/1 | grep -i '^etag' | cut -d' ' -f2 | tr -d '\\r')
+  curl -si {base}/products/1 -H "If-None-Match: $ETAG" | head -1            # 304 from cache
   curl -si {base}/articles/3 | grep -i cache-status                        # heuristic freshness
   curl -si {base}/account | grep -i cache-status                           # no-store: never cached
   curl -si -X POST {base}/products/1 | head -1                             # invalidates /products/1
