@@ -249,3 +249,21 @@ async def test_idempotent_request_retried_when_a_pooled_connection_was_closed(
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_client_dribbling_its_request_head_is_cut_off(origin, make_proxy) -> None:
+    proxy = await make_proxy(origin.url, proxy={"keepalive_timeout": 1.0})
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.proxy_port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    # Keep dribbling header lines until the proxy hangs up (or 10 s pass).
+    with contextlib.suppress(ConnectionError):
+        while loop.time() - started < 10:
+            writer.write(b"X-Slow: 1\r\n")
+            await writer.drain()
+            with contextlib.suppress(TimeoutError):
+                if await asyncio.wait_for(reader.read(1024), 0.2) == b"":
+                    break
+    writer.close()
+    assert loop.time() - started < 5, "the proxy kept a dribbling client connected"
