@@ -435,3 +435,33 @@ def test_s4_3_2_if_modified_since_uses_date_without_last_modified() -> None:
     e = entry([*DATE, ("Cache-Control", "max-age=60")])
     assert policy.client_condition_met(e, None, policy.format_http_date(NOW + 10))
     assert not policy.client_condition_met(e, None, policy.format_http_date(NOW - 10))
+
+
+@given(
+    st.integers(min_value=0, max_value=5000), st.text(alphabet="bytes=-0123456789, ", max_size=20)
+)
+def test_byte_range_parser_stays_within_the_representation(length: int, value: str) -> None:
+    span = policy.parse_byte_range(value, length)
+    if span is not None and span != policy.UNSATISFIABLE:
+        first, last = span
+        assert 0 <= first <= last < length
+
+
+@given(st.integers(min_value=1, max_value=5000), st.data())
+def test_byte_range_parser_matches_python_slicing(length: int, data: st.DataObject) -> None:
+    first = data.draw(st.integers(min_value=0, max_value=length - 1))
+    last = data.draw(st.integers(min_value=first, max_value=length + 10))
+    body = bytes(range(256)) * (length // 256 + 1)
+    body = body[:length]
+    span = policy.parse_byte_range(f"bytes={first}-{last}", length)
+    assert span is not None and span != policy.UNSATISFIABLE
+    assert body[span[0] : span[1] + 1] == body[first : last + 1]
+    suffix = data.draw(st.integers(min_value=1, max_value=length + 10))
+    span = policy.parse_byte_range(f"bytes=-{suffix}", length)
+    assert span is not None and span != policy.UNSATISFIABLE
+    assert body[span[0] : span[1] + 1] == body[-suffix:]
+
+
+@given(st.floats(min_value=0, max_value=4_000_000_000, allow_nan=False))
+def test_http_date_round_trips(ts: float) -> None:
+    assert policy.parse_http_date(policy.format_http_date(ts)) == float(int(ts))
