@@ -464,13 +464,23 @@ def request_vary_values(
     values: list[str | None] = []
     for name in names:
         found = request_headers.getall(name, [])
-        values.append(_normalize_vary_value(", ".join(found)) if found else None)
+        values.append(_normalize_vary_value(name, ", ".join(found)) if found else None)
     return tuple(values)
 
 
-def _normalize_vary_value(value: str) -> str:
-    # §4.1 allows normalizing whitespace and combining field lines.
-    return ",".join(part.strip() for part in value.split(","))
+# Fields whose members are case-insensitive tokens with q-values, where the
+# order of members carries no meaning (RFC 9110 §12.5): two requests that list
+# the same members select the same response.
+_UNORDERED_TOKEN_LISTS = frozenset({"accept-encoding", "accept-language", "accept-charset"})
+
+
+def _normalize_vary_value(name: str, value: str) -> str:
+    # §4.1 allows normalizing whitespace, combining field lines, and other
+    # normalization that the header's semantics permit.
+    members = [part.strip() for part in value.split(",")]
+    if name in _UNORDERED_TOKEN_LISTS:
+        members = sorted({";".join(p.strip() for p in m.lower().split(";")) for m in members if m})
+    return ",".join(members)
 
 
 def variant_key(primary: str, generation: str, values: tuple[str | None, ...]) -> str:

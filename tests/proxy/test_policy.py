@@ -462,6 +462,23 @@ def test_byte_range_parser_matches_python_slicing(length: int, data: st.DataObje
     assert body[span[0] : span[1] + 1] == body[-suffix:]
 
 
-@given(st.floats(min_value=0, max_value=4_000_000_000, allow_nan=False))
-def test_http_date_round_trips(ts: float) -> None:
-    assert policy.parse_http_date(policy.format_http_date(ts)) == float(int(ts))
+@given(st.integers(min_value=0, max_value=4_000_000_000))
+def test_http_date_round_trips(ts: int) -> None:
+    assert policy.parse_http_date(policy.format_http_date(ts)) == float(ts)
+
+
+def test_s4_1_accept_language_and_encoding_normalized_by_case_and_order() -> None:
+    e = entry(
+        [*DATE, ("Cache-Control", "max-age=60"), ("Vary", "Accept-Language, Accept-Encoding")],
+        request=hdrs(Accept_Language="en-US, de;q=0.5", Accept_Encoding="gzip, br"),
+    )
+    assert policy.vary_matches(
+        e, hdrs(Accept_Language="de; q=0.5,EN-us", Accept_Encoding="br,gzip")
+    )
+    assert not policy.vary_matches(e, hdrs(Accept_Language="de", Accept_Encoding="br,gzip"))
+    # Other fields keep their order and case.
+    e = entry(
+        [*DATE, ("Cache-Control", "max-age=60"), ("Vary", "X-Flavour")],
+        request=hdrs(X_Flavour="a, B"),
+    )
+    assert not policy.vary_matches(e, hdrs(X_Flavour="B, a"))
