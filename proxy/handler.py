@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy import policy
+from proxy import policy, websocket
 from proxy.cache import Cache
 from proxy.entry import CacheEntry
 from proxy.filler import Filler, FillResult, Streaming
@@ -74,6 +74,8 @@ class ProxyHandler:
         method = request.method
         if method == "GET" or method == "HEAD":
             headers = request.headers
+            if "upgrade" in headers and websocket.is_upgrade(request):
+                return await self._websocket(request, started)
             for name in _SLOW_PATH_FIELDS:
                 if name in headers:
                     break
@@ -334,6 +336,24 @@ class ProxyHandler:
             upstream.release()
         self._emit(request, outcome, upstream.status, started, sent)
         return response
+
+    async def _websocket(self, request: web.BaseRequest, started: float) -> web.StreamResponse:
+        """Relay a WebSocket to the origin (never cached)."""
+        send_headers = [
+            (k, v)
+            for k, v in self._rules.request_headers(
+                request.headers, peer=request.remote, scheme=request.scheme, for_fill=False
+            )
+            if k.lower() not in websocket.HANDSHAKE_FIELDS and k.lower() != "sec-websocket-protocol"
+        ]
+        try:
+            upstream = await self._origin.websocket(
+                request.raw_path, send_headers, websocket.requested_protocols(request)
+            )
+        except OriginError as exc:
+            return self._origin_failed(request, exc, "bypass", started)
+        self._emit(request, Outcome.BYPASS, 101, started, 0)
+        return await websocket.relay(request, upstream)
 
     # ---------------------------------------------------------------- helpers
 

@@ -95,6 +95,35 @@ class OriginClient:
         self._metrics.origin_duration.labels(purpose).observe(time.perf_counter() - started)
         return response
 
+    async def websocket(
+        self, path_qs: str, headers: list[tuple[str, str]], protocols: list[str]
+    ) -> aiohttp.ClientWebSocketResponse:
+        """A WebSocket to the origin for a client's upgrade request.
+
+        Raises OriginError when the origin cannot be reached or refuses the upgrade.
+        """
+        assert self._session is not None, "OriginClient.start() was not awaited"
+        url = URL(self.origin + path_qs, encoded=True)
+        try:
+            return await self._session.ws_connect(
+                url,
+                headers=headers,
+                protocols=protocols,
+                # Idle sockets are normal for WebSockets: no read timeout once open;
+                # pings keep dead peers from holding them forever.
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
+                heartbeat=30.0,
+                autoclose=False,
+                autoping=True,
+                compress=0,
+            )
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise OriginError(OriginFailure.TIMEOUT, "websocket handshake timed out") from exc
+        except aiohttp.WSServerHandshakeError as exc:
+            raise OriginError(OriginFailure.UNREACHABLE, f"upgrade refused: {exc.status}") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise OriginError(OriginFailure.UNREACHABLE, str(exc) or type(exc).__name__) from exc
+
 
 async def read_body(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
     """Up to ``limit`` bytes of the body; ``complete`` False when more remain.
