@@ -98,9 +98,10 @@ class Filler:
         """
         headers = CIMultiDict(self._rules.warm_request_headers())
         proxy_headers = CIMultiDictProxy(headers)
-        lookup = await self._cache.lookup(path_qs, proxy_headers)
+        key = self._rules.cache_key(path_qs, None)
+        lookup = await self._cache.lookup(key, proxy_headers)
         result = await self.fetch(
-            key=path_qs,
+            key=key,
             path_qs=path_qs,
             send_headers=list(headers.items()),
             request_headers=proxy_headers,

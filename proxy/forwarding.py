@@ -51,6 +51,17 @@ class ForwardingRules:
             via=via,
         )
 
+    def cache_key(self, path_qs: str, host: str | None) -> str:
+        """The cache key of a request for ``path_qs``.
+
+        With ``preserve_host`` the origin may answer differently per Host, so
+        the host is part of the key; otherwise every request targets the one
+        origin authority and the path and query are enough.
+        """
+        if not self.preserve_host:
+            return path_qs
+        return f"//{(host or self.origin_authority).lower()}{path_qs}"
+
     def is_trusted(self, peer: str | None) -> bool:
         if peer is None or not self.trusted_networks:
             return False

@@ -66,6 +66,10 @@ class ProxyHandler:
         self._client_id_header = client_id_header
         self._name = cache_name
         self._clock = clock
+        self._keyed_by_host = rules.preserve_host
+
+    def _key(self, request: web.BaseRequest) -> str:
+        return self._rules.cache_key(request.raw_path, request.headers.get("Host"))
 
     # ------------------------------------------------------------------ entry
 
@@ -80,7 +84,9 @@ class ProxyHandler:
                 if name in headers:
                     break
             else:
-                entry = self._cache.peek(request.raw_path)
+                entry = self._cache.peek(
+                    self._key(request) if self._keyed_by_host else request.raw_path
+                )
                 if entry is not None and entry.__class__ is CacheEntry:
                     assert isinstance(entry, CacheEntry)
                     now = self._clock()
@@ -105,7 +111,7 @@ class ProxyHandler:
         self, request: web.BaseRequest, started: float
     ) -> web.StreamResponse:
         headers = request.headers
-        key = request.raw_path
+        key = self._key(request)
         request_cc = policy.request_directives(
             headers.getall("cache-control", []), headers.getall("pragma", [])
         )
@@ -123,7 +129,7 @@ class ProxyHandler:
             if policy.may_serve_stale_while_revalidating(entry, now, request_cc):
                 self._filler.refresh_in_background(
                     key=key,
-                    path_qs=key,
+                    path_qs=request.raw_path,
                     send_headers=self._fill_headers(request),
                     request_headers=headers,
                     stale=entry,
@@ -155,7 +161,7 @@ class ProxyHandler:
             fwd = "uri-miss"
         result = await self._filler.fetch(
             key=key,
-            path_qs=key,
+            path_qs=request.raw_path,
             send_headers=self._fill_headers(request),
             request_headers=headers,
             request_cc=request_cc,
@@ -292,7 +298,7 @@ class ProxyHandler:
                 response_headers=list(upstream.headers.items()),
                 authority=self._origin.authority,
             ):
-                await self._cache.invalidate(path)
+                await self._cache.invalidate(self._rules.cache_key(path, request.host))
         status = policy.cache_status(fwd=fwd, fwd_status=upstream.status, name=self._name)
         outcome = Outcome.BYPASS if fwd in ("method", "bypass") else Outcome.MISS
         return await self._stream(request, Streaming(upstream, b""), status, outcome, started)
@@ -399,7 +405,7 @@ class ProxyHandler:
         self._hub.emit(
             AccessEvent(
                 ts=now if now is not None else self._clock(),
-                key=path,
+                key=self._key(request) if self._keyed_by_host else path,
                 url=path,
                 method=request.method,
                 outcome=outcome,

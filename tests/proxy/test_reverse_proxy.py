@@ -267,3 +267,26 @@ async def test_a_client_dribbling_its_request_head_is_cut_off(origin, make_proxy
                     break
     writer.close()
     assert loop.time() - started < 5, "the proxy kept a dribbling client connected"
+
+
+async def test_preserve_host_keeps_hosts_apart_in_the_cache(origin, make_proxy, client) -> None:
+    async def by_host(request: web.Request) -> web.Response:
+        return web.Response(text=request.host, headers={"Cache-Control": "max-age=60"})
+
+    origin.handle("/site", by_host)
+    proxy = await make_proxy(origin.url, proxy={"preserve_host": True})
+    bodies = []
+    for host in ("a.example", "b.example", "a.example", "B.EXAMPLE"):
+        async with client.get(url(proxy, "/site"), headers={"Host": host}) as response:
+            bodies.append(await response.text())
+    assert bodies == ["a.example", "b.example", "a.example", "b.example"]
+    assert origin.count("/site") == 2
+
+
+async def test_without_preserve_host_the_origin_authority_is_sent(origin, proxy, client) -> None:
+    origin.set("/h", headers={"Cache-Control": "max-age=60"})
+    for host in ("a.example", "b.example"):
+        async with client.get(url(proxy, "/h"), headers={"Host": host}) as response:
+            await response.read()
+    assert origin.count("/h") == 1
+    assert origin.last("/h").headers["Host"] == origin.url.removeprefix("http://")
