@@ -103,7 +103,8 @@ class ForwardingRules:
                     else:
                         forwarded.append((k, v))
                 continue
-            if lk == "host" or lk == "via":
+            if lk in ("host", "via", "expect"):
+                # Expect is answered by this proxy (RFC 9110 §10.1.1).
                 continue
             if for_fill and (lk in CONDITIONAL_REQUEST_FIELDS or lk == "content-length"):
                 # A fill is a plain GET: no body (RFC 9110 §9.3.1 gives GET

@@ -276,6 +276,7 @@ class ProxyHandler:
         )
         body: bytes | aiohttp.StreamReader | None = None
         if request.body_exists:
+            await self._continue(request)
             length = request.content_length
             # Small bodies are read first: the origin client retries an
             # idempotent request once when a pooled keep-alive connection turns
@@ -362,6 +363,21 @@ class ProxyHandler:
         return await websocket.relay(request, upstream)
 
     # ---------------------------------------------------------------- helpers
+
+    @staticmethod
+    async def _continue(request: web.BaseRequest) -> None:
+        """RFC 9110 §10.1.1: tell a client waiting on ``Expect: 100-continue`` to send.
+
+        The proxy answers the expectation itself (it forwards the body as it
+        arrives), so the client does not stall waiting for it.
+        """
+        if (
+            request.version >= aiohttp.HttpVersion11
+            and request.headers.get("Expect", "").lower() == "100-continue"
+        ):
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            # The interim response is not part of the final one's size.
+            request.writer.output_size = 0
 
     def _fill_headers(self, request: web.BaseRequest) -> list[tuple[str, str]]:
         return self._rules.request_headers(

@@ -290,3 +290,23 @@ async def test_without_preserve_host_the_origin_authority_is_sent(origin, proxy,
             await response.read()
     assert origin.count("/h") == 1
     assert origin.last("/h").headers["Host"] == origin.url.removeprefix("http://")
+
+
+async def test_rfc9110_s10_1_1_expect_100_continue_is_answered(origin, proxy) -> None:
+    async def sink(request: web.Request) -> web.Response:
+        assert "Expect" not in request.headers
+        return web.Response(text=str(len(await request.read())))
+
+    origin.handle("/put", sink)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.proxy_port)
+    writer.write(
+        b"PUT /put HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+    )
+    await writer.drain()
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert interim.startswith(b"HTTP/1.1 100 Continue")
+    writer.write(b"hello")
+    await writer.drain()
+    final = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert final.startswith(b"HTTP/1.1 200")
+    writer.close()
