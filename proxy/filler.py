@@ -137,6 +137,10 @@ class Filler:
         if leader is not None:
             self._metrics.coalesced.inc()
             result = await asyncio.shield(leader)
+            if result.error is not None:
+                # The origin just failed this fetch: share the failure instead
+                # of sending every waiter to a struggling origin again.
+                return replace(result, collapsed=True)
             if (
                 result.entry is not None
                 and result.shareable
@@ -158,7 +162,7 @@ class Filler:
             del self._inflight[key]
             # Waiters never see the leader's stream: it belongs to one client.
             future.set_result(replace(result, stream=None))
-            if not result.shareable and result.error is None:
+            if result.status and not result.shareable:
                 self._remember_pass(key)
 
     def refresh_in_background(

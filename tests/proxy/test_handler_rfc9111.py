@@ -541,3 +541,11 @@ async def test_s4_3_4_revalidation_keeps_a_single_via(origin, proxy, client) -> 
     assert response.headers["Via"] == "1.1 warmproxy"
     response, _ = await get(client, proxy, "/via")
     assert response.headers["Via"] == "1.1 warmproxy"
+
+
+async def test_coalesced_requests_share_an_origin_failure(origin, make_proxy, client) -> None:
+    origin.set("/timeout", delay=1.0)
+    proxy = await make_proxy(origin.url, proxy={"read_timeout": 0.3})
+    results = await asyncio.gather(*(get(client, proxy, "/timeout") for _ in range(10)))
+    assert [r.status for r, _ in results] == [504] * 10
+    assert origin.count("/timeout") == 1
