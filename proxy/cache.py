@@ -51,7 +51,8 @@ class Cache:
         self._clock = clock
         # With the memory store, the store itself is the in-process tier.
         self._local: MemoryStore | None = store if isinstance(store, MemoryStore) else l1
-        self._l1_only_mirror = self._local is not store
+        # The store is out of process (Redis): L1, when configured, mirrors it.
+        self._remote = self._local is not store
         self._l1_ttl = l1_ttl
         self.healthy = True
 
@@ -63,7 +64,7 @@ class Cache:
 
     async def _get(self, key: str) -> StoredItem | None:
         item = self.peek(key)
-        if item is not None or not self._l1_only_mirror:
+        if item is not None or not self._remote:
             return item
         try:
             item = await self.store.get(key)
@@ -79,7 +80,7 @@ class Cache:
 
     async def lookup(self, key: str, request_headers: HeaderSource) -> Lookup:
         """The entry for this request, following a Vary index to the variant."""
-        if not self.healthy and self._l1_only_mirror:
+        if not self.healthy and self._remote:
             # Known down: pass through at once instead of waiting for a timeout
             # per request; the health watcher notices when it is back.
             return Lookup(None, store_failed=True)
@@ -116,7 +117,7 @@ class Cache:
         return True
 
     async def _put_item(self, key: str, item: StoredItem, ttl: float) -> None:
-        if self._l1_only_mirror:
+        if self._remote:
             await self.store.put(key, item, ttl)
             if self._local is not None:
                 self._local.delete_nowait(key)
@@ -148,7 +149,7 @@ class Cache:
                 keys.extend(item.variant_keys)
             for k in keys:
                 await self.store.delete(k)
-                if self._l1_only_mirror and self._local is not None:
+                if self._remote and self._local is not None:
                     self._local.delete_nowait(k)
         except StoreError as exc:
             self._failed("delete", exc)
