@@ -8,6 +8,10 @@ as a miss: the proxy keeps serving from the origin while Redis is away and picks
 Redis up again by itself when it returns (redis-py reconnects on the next
 command; nothing here latches a failed state).
 
+Gets are batched (:class:`_GetBatcher`): concurrent gets go to Redis together
+as one MGET, because redis-py's per-command overhead, not Redis, was what a hit
+cost.
+
 Never FLUSHDB, FLUSHALL or KEYS: the database may be shared with other
 deployments (other prefixes) and other applications.
 """
@@ -17,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import functools
 import logging
 import math
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -38,6 +43,9 @@ log = logging.getLogger(__name__)
 _BACKEND_ERRORS = (RedisError, OSError)
 
 _SCAN_COUNT = 500
+# Most distinct keys per batched GET: big enough to amortize redis-py's
+# per-command cost, small enough that one reply never stalls the loop or Redis.
+_MAX_BATCH_KEYS = 256
 # PING before reusing a connection idle this long (seconds), so a connection
 # silently cut by a NAT or load balancer fails on the PING, not on a request.
 _HEALTH_CHECK_INTERVAL = 15
@@ -94,12 +102,124 @@ def _as_bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
 
 
+# What Redis answered for one key: its value, nothing, or the error a GET of
+# that key alone gets (WRONGTYPE for a hash, list... under the key).
+_Reply = bytes | ResponseError | None
+# Gets of a batch: key -> the futures of the callers waiting for its reply.
+_Waiters = dict[str, list[asyncio.Future[_Reply]]]
+
+
+def _get_failed(exc: BaseException) -> StoreError:
+    # One StoreError per caller: they are raised in different tasks.
+    error = StoreError(f"redis GET failed: {str(exc) or type(exc).__name__}")
+    error.__cause__ = exc
+    return error
+
+
+class _GetBatcher:
+    """Sends concurrent gets to Redis together and hands each caller its own reply.
+
+    A get issued while no batch is in flight starts one, which goes out on
+    the next event-loop iteration with every get issued until then; gets
+    issued while a batch is in flight wait for it to be answered, then go out
+    together.  So batches grow with the load, and a burst costs a few round
+    trips instead of one per get.  A batch holds at most ``max_keys`` distinct
+    keys and goes out as soon as it is full, whatever is in flight.  Callers
+    asking for the same key share one slot.
+
+    A get waits for at most the batch ahead of it and then its own, each
+    bounded by the timeouts.  When the batch ahead fails for an outage, the
+    gets waiting behind it fail with it at once rather than each wait for a
+    timeout of their own.
+    """
+
+    def __init__(
+        self, fetch: Callable[[list[str]], Awaitable[list[_Reply]]], max_keys: int
+    ) -> None:
+        self._fetch = fetch
+        self._max_keys = max_keys
+        # Gets not in a batch yet.
+        self._waiting: _Waiters = {}
+        # Batches started and not done (referenced here: the loop holds tasks weakly).
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    async def get(self, key: str) -> _Reply:
+        """The reply for ``key``; StoreError when its batch failed."""
+        future: asyncio.Future[_Reply] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(key, []).append(future)
+        if len(self._waiting) >= self._max_keys:
+            self._start(self._take())
+        elif not self._in_flight:
+            self._start({})  # takes what waits when it first runs
+        return await future
+
+    def _take(self) -> _Waiters:
+        batch, self._waiting = self._waiting, {}
+        return batch
+
+    def _start(self, batch: _Waiters) -> None:
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._in_flight.add(task)
+        task.add_done_callback(functools.partial(self._sent, batch))
+
+    async def _send(self, batch: _Waiters) -> None:
+        if not batch:
+            batch.update(self._take())
+        # A cancelled caller's future is done: its key is not asked for unless
+        # somebody else still waits for it, and its future is never set.
+        keys = [key for key, futures in batch.items() if not all(f.done() for f in futures)]
+        try:
+            replies = await self._fetch(keys) if keys else []
+        except Exception as exc:
+            _fail(batch, exc)
+            if isinstance(exc, _BACKEND_ERRORS):
+                _fail(self._take(), exc)
+            return
+        for key, reply in zip(keys, replies, strict=True):
+            for future in batch[key]:
+                if not future.done():
+                    future.set_result(reply)
+
+    def _sent(self, batch: _Waiters, task: asyncio.Task[None]) -> None:
+        # A done callback, so that no caller is left waiting however the task
+        # ended: cancelled (the loop shutting down: nothing more goes out) or
+        # with a bug's exception.
+        self._in_flight.discard(task)
+        if task.cancelled():
+            _fail(batch, asyncio.CancelledError())
+            _fail(self._take(), asyncio.CancelledError())
+            return
+        if (error := task.exception()) is not None:
+            _fail(batch, error)
+        if self._waiting and not self._in_flight:
+            self._start({})  # the gets that waited for this batch, and any until it runs
+
+    async def drain(self) -> None:
+        """Wait until every get issued so far has been answered (or has failed)."""
+        # Not cancelled: the timeouts bound this wait.
+        while self._in_flight:
+            await asyncio.gather(*self._in_flight)
+
+
+def _fail(waiters: _Waiters, exc: BaseException) -> None:
+    """Hand ``exc`` to every caller in ``waiters`` still waiting."""
+    # An outage (or the batch cancelled) is a StoreError for each caller,
+    # which the cache takes as a miss; anything else is a bug, and the callers
+    # see it as it is.
+    outage = isinstance(exc, (*_BACKEND_ERRORS, asyncio.CancelledError))
+    for futures in waiters.values():
+        for future in futures:
+            if not future.done():
+                future.set_exception(_get_failed(exc) if outage else exc)
+
+
 class RedisStore:
     """A CacheStore on Redis; constructing it does not connect.
 
     ``socket_timeout`` bounds every reply and ``connect_timeout`` every
     connection attempt, so a dead or hung Redis costs a request about their
-    sum before it is passed through to the origin.  At most
+    sum before it is passed through to the origin (a get queued behind a
+    batch fails with that batch, not after a timeout of its own).  At most
     ``max_connections`` commands are in flight; more wait up to that same sum
     for a free connection.
     """
@@ -144,30 +264,59 @@ class RedisStore:
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         self._client = aioredis.Redis.from_pool(pool)
+        self._gets = _GetBatcher(self._fetch, _MAX_BATCH_KEYS)
 
     def _key(self, key: str) -> str:
         return self.prefix + key
 
     async def get(self, key: str) -> StoredItem | None:
         """The item under ``key``; undecodable bytes are a miss and are deleted."""
-        full = self._key(key)
-        try:
-            data = await self._client.get(full)
-        except ResponseError as exc:
-            if not str(exc).startswith("WRONGTYPE"):
-                raise StoreError(f"redis GET failed: {exc}") from exc
+        reply = await self._gets.get(self._key(key))
+        if isinstance(reply, ResponseError):
+            if not str(reply).startswith("WRONGTYPE"):
+                raise StoreError(f"redis GET failed: {reply}") from reply
             # Somebody else's hash/list/... under our prefix: not ours to keep.
-            await self._drop_foreign(key, str(exc))
+            await self._drop_foreign(key, str(reply))
             return None
-        except _BACKEND_ERRORS as exc:
-            raise StoreError(f"redis GET failed: {exc}") from exc
-        if data is None:
+        if reply is None:
             return None
         try:
-            return decode(_as_bytes(data))
+            return decode(reply)
         except DecodeError as exc:
             await self._drop_foreign(key, str(exc))
             return None
+
+    async def _fetch(self, keys: list[str]) -> list[_Reply]:
+        """What a GET of each of ``keys`` would answer, in one round trip.
+
+        MGET reads a hash, list... as nil where GET fails with WRONGTYPE, and
+        such a value must be dropped (see :meth:`get`).  So EXISTS rides along:
+        when it counts more keys than MGET found values, the missing keys are
+        read again with one GET each.  That is rare (or a key written between
+        the two commands) and costs a second round trip only then.
+        """
+        if len(keys) == 1:
+            # Alone (a light load), a plain GET is cheaper than the pipeline.
+            try:
+                value = await self._client.get(keys[0])
+            except ResponseError as exc:
+                return [exc]
+            return [None if value is None else _as_bytes(value)]
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.mget(keys)
+            pipe.exists(*keys)
+            values, existing = await pipe.execute()
+        replies: list[_Reply] = [None if v is None else _as_bytes(v) for v in values]
+        if existing == len(keys) - replies.count(None):
+            return replies
+        missing = [i for i, reply in enumerate(replies) if reply is None]
+        async with self._client.pipeline(transaction=False) as pipe:
+            for i in missing:
+                pipe.get(keys[i])
+            again = await pipe.execute(raise_on_error=False)
+        for i, reply in zip(missing, again, strict=True):
+            replies[i] = reply if isinstance(reply, ResponseError | None) else _as_bytes(reply)
+        return replies
 
     async def _drop_foreign(self, key: str, why: str) -> None:
         """Delete a value under ``key`` that is not an item of ours; it reads as a miss."""
@@ -277,5 +426,6 @@ class RedisStore:
         return StoreStats(entries=entries, bytes=total, evictions=0)
 
     async def close(self) -> None:
-        """Close the client and its connection pool."""
+        """Close the client and its connection pool, after the gets in flight."""
+        await self._gets.drain()
         await self._client.aclose()

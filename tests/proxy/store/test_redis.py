@@ -1,4 +1,4 @@
-"""RedisStore beyond the contract: key layout, TTLs, foreign values, outages and recovery."""
+"""RedisStore beyond the contract: key layout, TTLs, foreign values, outages, batching."""
 
 from __future__ import annotations
 
@@ -291,3 +291,182 @@ async def test_hung_redis_times_out_and_store_recovers(throwaway_redis: RedisSer
         assert await store.get("/k") == make_entry()
     finally:
         await store.close()
+
+
+# -- batched gets ----------------------------------------------------------------
+
+
+async def command_calls(client: aioredis.Redis, *commands: str) -> int:
+    """How many times the server ran ``commands`` since its stats were reset."""
+    stats = await client.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in commands)
+
+
+async def test_concurrent_gets_each_get_their_own_reply(
+    store: RedisStore, raw: aioredis.Redis, redis_prefix: str
+) -> None:
+    present = {f"/p/{n}": make_entry(body=f"body {n}".encode()) for n in range(60)}
+    for key, entry in present.items():
+        await store.put(key, entry, 60)
+    garbage = [f"/g/{n}" for n in range(10)]
+    for n, key in enumerate(garbage):
+        await raw.set(redis_prefix + key, b"garbage %d" % n)
+    foreign = [f"/h/{n}" for n in range(3)]
+    for key in foreign:
+        await raw.hset(redis_prefix + key, mapping={"a": "1"})
+    absent = [f"/a/{n}" for n in range(40)]
+    # Every present key asked for three times, in an order mixing the kinds.
+    keys = [*present, *absent, *garbage, *present, *foreign, *present]
+    keys = keys[::2] + keys[1::2]
+
+    results = await asyncio.gather(*(store.get(key) for key in keys))
+
+    for key, got in zip(keys, results, strict=True):
+        assert got == present.get(key), key
+    for key in garbage + foreign:
+        assert await raw.exists(redis_prefix + key) == 0
+    assert store.undecodable == len(garbage) + len(foreign)
+    assert set(present) <= await scan_all(store, "*")
+
+
+async def test_concurrent_gets_go_out_in_few_bounded_batches(
+    throwaway_redis: RedisServer,
+) -> None:
+    store = outage_store(throwaway_redis.url)
+    raw = aioredis.Redis.from_url(throwaway_redis.url)
+    try:
+        for n in range(0, 600, 3):
+            await store.put(f"/k/{n}", make_entry(), 60)
+        await raw.config_resetstat()
+        results = await asyncio.gather(*(store.get(f"/k/{n}") for n in range(600)))
+        assert [r is not None for r in results] == [n % 3 == 0 for n in range(600)]
+        reads = await command_calls(raw, "mget", "get")
+        # At most 256 keys per batch, so at least three batches; one GET each
+        # would have been 600.
+        assert 3 <= reads <= 10
+
+        # Callers asking for the same key share its slot in the batch.
+        await raw.config_resetstat()
+        same = await asyncio.gather(*(store.get("/k/0") for _ in range(300)))
+        assert same == [make_entry()] * 300
+        assert await command_calls(raw, "mget", "get") == 1
+    finally:
+        await raw.aclose()
+        await store.close()
+
+
+async def test_failed_batch_is_a_store_error_for_every_caller() -> None:
+    store = outage_store(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        results = await asyncio.gather(
+            *(store.get(f"/k/{n % 40}") for n in range(100)), return_exceptions=True
+        )
+        assert all(isinstance(r, StoreError) for r in results), results
+        # One exception object per caller: each is raised in its own task.
+        assert len({id(r) for r in results}) == len(results)
+    finally:
+        await store.close()
+
+
+async def test_command_error_fails_the_batch_as_store_error(
+    throwaway_redis: RedisServer,
+) -> None:
+    store = outage_store(throwaway_redis.url)
+    raw = aioredis.Redis.from_url(throwaway_redis.url)
+    try:
+        await store.put("/k", make_entry(), 60)
+        # Not an outage: Redis answers every batch, with an error.
+        reads = ["-get", "-mget"]
+        await raw.acl_setuser("default", enabled=True, nopass=True, commands=reads)
+        results = await asyncio.gather(
+            *(store.get(f"/k{n}") for n in range(20)), return_exceptions=True
+        )
+        assert all(isinstance(r, StoreError) for r in results), results
+        assert "permission" in str(results[0]).lower()
+        await raw.acl_setuser("default", enabled=True, nopass=True, commands=["+@all"])
+        assert await store.get("/k") == make_entry()
+    finally:
+        await raw.aclose()
+        await store.close()
+
+
+async def test_gets_queued_behind_a_failing_batch_fail_with_it(
+    throwaway_redis: RedisServer,
+) -> None:
+    store = RedisStore(
+        throwaway_redis.url,
+        prefix="wp:",
+        max_entry_bytes=MAX_ENTRY,
+        socket_timeout=0.5,
+        connect_timeout=0.5,
+    )
+    try:
+        await store.put("/k", make_entry(), 60)  # a pooled connection, idle
+        throwaway_redis.pause()
+        try:
+            started = time.monotonic()
+            first = asyncio.gather(
+                *(store.get(f"/a/{n}") for n in range(10)), return_exceptions=True
+            )
+            await asyncio.sleep(0.1)  # the first batch is in flight now
+            second = asyncio.gather(
+                *(store.get(f"/b/{n}") for n in range(10)), return_exceptions=True
+            )
+            results = [*await first, *await second]
+            elapsed = time.monotonic() - started
+        finally:
+            throwaway_redis.resume()
+        assert all(isinstance(r, StoreError) for r in results), results
+        # One socket timeout (0.5 s) for both groups, not one after the other.
+        assert elapsed < 0.9
+        await eventually(store.health)
+        assert await store.get("/k") == make_entry()
+    finally:
+        await store.close()
+
+
+async def test_cancelled_caller_does_not_disturb_the_others(
+    throwaway_redis: RedisServer,
+) -> None:
+    store = outage_store(throwaway_redis.url)
+    raw = aioredis.Redis.from_url(throwaway_redis.url)
+    try:
+        entries = {f"/k/{n}": make_entry(body=b"%d" % n) for n in range(10)}
+        for key, entry in entries.items():
+            await store.put(key, entry, 60)
+        # Hold every command for a moment, so the first batch stays in flight.
+        await raw.client_pause(150, all=True)
+        in_flight = {key: asyncio.create_task(store.get(key)) for key in entries}
+        twin = asyncio.create_task(store.get("/k/0"))
+        await asyncio.sleep(0.05)
+        queued = {key: asyncio.create_task(store.get(key)) for key in entries}
+        await asyncio.sleep(0)  # they wait behind the batch in flight now
+        cancelled = [in_flight.pop("/k/1"), twin, queued.pop("/k/2"), queued.pop("/k/0")]
+        for task in cancelled:
+            task.cancel()
+
+        for tasks in (in_flight, queued):
+            for key, task in tasks.items():
+                assert await task == entries[key], key
+        for task in cancelled:
+            assert task.cancelled()
+        assert await store.get("/k/1") == entries["/k/1"]
+    finally:
+        await raw.aclose()
+        await store.close()
+
+
+async def test_close_waits_for_the_gets_in_flight(
+    throwaway_redis: RedisServer,
+) -> None:
+    store = outage_store(throwaway_redis.url)
+    raw = aioredis.Redis.from_url(throwaway_redis.url)
+    try:
+        await store.put("/k", make_entry(), 60)
+        await raw.client_pause(100, all=True)
+        gets = [asyncio.create_task(store.get("/k")) for _ in range(5)]
+        await asyncio.sleep(0)
+        await store.close()
+        assert [t.result() for t in gets] == [make_entry()] * 5
+    finally:
+        await raw.aclose()
