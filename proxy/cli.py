@@ -89,8 +89,8 @@ def load(args: argparse.Namespace, extra: dict[str, dict[str, Any]] | None = Non
 async def _run_until_signalled(proxy: Warmproxy, on_started: str | None = None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
+    if sys.platform != "win32":  # the loop has no signal handlers there
+        for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
     await proxy.start()
     if on_started:

@@ -28,6 +28,20 @@ def requested_protocols(request: web.BaseRequest) -> list[str]:
     return [p.strip() for p in value.split(",") if p.strip()]
 
 
+async def _pump(
+    source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+) -> None:
+    """Copy data messages from ``source`` to ``sink`` until ``source`` closes."""
+    async for message in source:
+        if message.type is aiohttp.WSMsgType.TEXT:
+            await sink.send_str(message.data)
+        elif message.type is aiohttp.WSMsgType.BINARY:
+            await sink.send_bytes(message.data)
+        elif message.type is aiohttp.WSMsgType.CLOSE:
+            break
+
+
 async def relay(
     request: web.BaseRequest, upstream: aiohttp.ClientWebSocketResponse
 ) -> web.WebSocketResponse:
@@ -38,21 +52,11 @@ async def relay(
     await downstream.prepare(request)
 
     async def client_to_origin() -> None:
-        async for message in downstream:
-            if message.type is aiohttp.WSMsgType.TEXT:
-                await upstream.send_str(message.data)
-            elif message.type is aiohttp.WSMsgType.BINARY:
-                await upstream.send_bytes(message.data)
+        await _pump(downstream, upstream)
         await upstream.close(code=downstream.close_code or aiohttp.WSCloseCode.OK)
 
     async def origin_to_client() -> None:
-        async for message in upstream:
-            if message.type is aiohttp.WSMsgType.TEXT:
-                await downstream.send_str(message.data)
-            elif message.type is aiohttp.WSMsgType.BINARY:
-                await downstream.send_bytes(message.data)
-            elif message.type is aiohttp.WSMsgType.CLOSE:
-                break
+        await _pump(upstream, downstream)
         await downstream.close(code=upstream.close_code or aiohttp.WSCloseCode.OK)
 
     pumps = [asyncio.ensure_future(client_to_origin()), asyncio.ensure_future(origin_to_client())]
