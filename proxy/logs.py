@@ -6,6 +6,24 @@ import logging
 import sys
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
+
+
+class _MalformedRequestFilter(logging.Filter):
+    """Turn aiohttp's traceback for a malformed request into one warning line.
+
+    The client already got its 400; a traceback per bad request would let any
+    client flood the logs.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "malformed request rejected: %s", (exc.message,)
+            record.exc_info = None
+            record.exc_text = None
+        return True
 
 
 def configure(level: str = "info", fmt: str = "auto") -> None:
@@ -38,6 +56,9 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
     root.setLevel(level.upper())
     # aiohttp's per-request access log would sit on the hit path.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _MalformedRequestFilter) for f in server_log.filters):
+        server_log.addFilter(_MalformedRequestFilter())
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

@@ -158,3 +158,39 @@ def test_the_documented_default_config_is_valid_and_complete() -> None:
     for section, values in defaults.items():
         assert set(documented[section]) == set(values), section
     assert loaded.model_dump() == defaults
+
+
+def test_a_malformed_request_is_one_log_line_not_a_traceback(tmp_path: Path) -> None:
+    origin, listen, control = free_port(), free_port(), free_port()
+    err = (tmp_path / "stderr").open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "proxy.cli",
+            "demo",
+            "--origin-port",
+            str(origin),
+            "--listen",
+            f"127.0.0.1:{listen}",
+            "--control",
+            f"127.0.0.1:{control}",
+            "--log-format",
+            "json",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=err,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{control}/healthz")
+        with socket.create_connection(("127.0.0.1", listen), timeout=5) as sock:
+            sock.sendall(b"GET /\x00bad HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(100).split(b" ")[1] == b"400"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(15)
+        err.close()
+    log = (tmp_path / "stderr").read_text()
+    assert "malformed request rejected" in log
+    assert "Traceback" not in log
