@@ -67,6 +67,7 @@ class Warmproxy:
         self.rules = ForwardingRules.build(
             origin_authority=urlsplit(settings.proxy.origin).netloc,
             preserve_host=settings.proxy.preserve_host,
+            public_host=settings.proxy.public_host,
             trusted=settings.proxy.trusted_proxies,
             via=f"1.1 {settings.proxy.via_name}",
         )

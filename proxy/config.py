@@ -80,6 +80,7 @@ class ProxySettings(_Section):
     read_timeout: float = Field(30.0, gt=0)
     max_origin_connections: int = Field(100, ge=1)
     preserve_host: bool = False
+    public_host: str = ""
     trusted_proxies: list[str] = Field(default_factory=list)
     client_id_header: str = ""
     max_request_line: int = Field(8190, ge=256)
@@ -103,6 +104,15 @@ class ProxySettings(_Section):
     def _listen_is_hostport(cls, value: str) -> str:
         parse_hostport(value, what="listen")
         return value
+
+    @field_validator("public_host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if value and not re.fullmatch(
+            r"[A-Za-z0-9.\-]+(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?", value
+        ):
+            raise ValueError(f"must be a host[:port] such as shop.example.com, got {value!r}")
+        return value.lower()
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -90,15 +90,19 @@ class Filler:
         self._inflight: dict[str, asyncio.Future[FillResult]] = {}
         self._pass_until: OrderedDict[str, float] = OrderedDict()
 
-    async def fill(self, path_qs: str) -> FillResult:
+    async def fill(self, path_qs: str, host: str | None = None) -> FillResult:
         """Warm ``path_qs`` (a path on the origin) the way a client miss would.
 
-        A stale entry with validators is revalidated; a fresh one is refetched
-        (the caller decides whether that is wanted).  Streams are closed.
+        ``host`` is the host clients ask for (default: ``proxy.public_host``,
+        else the origin's authority); it decides the cache key as it does for
+        clients.  A stale entry with validators is revalidated; a fresh one is
+        refetched (the caller decides whether that is wanted).  Streams are
+        closed.
         """
-        headers = CIMultiDict(self._rules.warm_request_headers())
+        host = host or self._rules.default_host
+        headers = CIMultiDict(self._rules.warm_request_headers(host))
         proxy_headers = CIMultiDictProxy(headers)
-        key = self._rules.cache_key(path_qs, None)
+        key = self._rules.cache_key(path_qs, host)
         lookup = await self._cache.lookup(key, proxy_headers)
         result = await self.fetch(
             key=key,

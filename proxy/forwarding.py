@@ -32,35 +32,66 @@ def end_to_end(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
 
 @dataclass(frozen=True, slots=True)
 class ForwardingRules:
-    """How requests are rewritten for the origin; fixed for the process."""
+    """How requests are rewritten for the origin, and how they are keyed in the cache.
+
+    The origin may build links from the host it is told (``X-Forwarded-Host``,
+    or ``Host`` with ``preserve_host``).  Whatever host it is told is part of
+    the cache key, so no client can make a shared entry carry a host of its
+    choosing.  With ``public_host`` configured the origin is always told that
+    one host, and the path and query alone are the key.
+    """
 
     origin_authority: str
     preserve_host: bool
     trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     via: str
+    public_host: str = ""
     warm_header: str = "X-Warmproxy-Warm"
 
     @classmethod
     def build(
-        cls, *, origin_authority: str, preserve_host: bool, trusted: list[str], via: str
+        cls,
+        *,
+        origin_authority: str,
+        preserve_host: bool,
+        trusted: list[str],
+        via: str,
+        public_host: str = "",
     ) -> ForwardingRules:
         return cls(
             origin_authority=origin_authority,
             preserve_host=preserve_host,
             trusted_networks=tuple(ipaddress.ip_network(t, strict=False) for t in trusted),
             via=via,
+            public_host=public_host,
         )
 
-    def cache_key(self, path_qs: str, host: str | None) -> str:
-        """The cache key of a request for ``path_qs``.
+    @property
+    def single_host(self) -> bool:
+        """The origin is told one host whatever the client sends: keys are paths."""
+        return bool(self.public_host) and not self.preserve_host and not self.trusted_networks
 
-        With ``preserve_host`` the origin may answer differently per Host, so
-        the host is part of the key; otherwise every request targets the one
-        origin authority and the path and query are enough.
-        """
-        if not self.preserve_host:
+    def forwarded_host(self, headers: CIMultiDictProxy[str], peer: str | None) -> str:
+        """The host the origin is told the client asked for."""
+        if self.trusted_networks and self.is_trusted(peer):
+            prior = headers.get("X-Forwarded-Host")
+            if prior:
+                return prior
+        if self.public_host and not self.preserve_host:
+            return self.public_host
+        return headers.get("Host") or self.public_host or self.origin_authority
+
+    def cache_key(self, path_qs: str, host: str) -> str:
+        """The cache key of a request for ``path_qs`` told to the origin as ``host``."""
+        if self.single_host:
             return path_qs
-        return f"//{(host or self.origin_authority).lower()}{path_qs}"
+        return f"//{host.lower()}{path_qs}"
+
+    def key_of(self, headers: CIMultiDictProxy[str], peer: str | None, path_qs: str) -> str:
+        """The cache key of a client's request."""
+        if self.single_host:
+            return path_qs
+        return f"//{self.forwarded_host(headers, peer).lower()}{path_qs}"
 
     def is_trusted(self, peer: str | None) -> bool:
         if peer is None or not self.trusted_networks:
@@ -88,8 +119,6 @@ class ForwardingRules:
         forwarded: list[tuple[str, str]] = []
         prior_for: list[str] = []
         prior_proto: str | None = None
-        prior_host: str | None = None
-        host = headers.get("Host", self.origin_authority)
         for k, v in end_to_end(headers.items()):
             lk = k.lower()
             if lk in FORWARDING_FIELDS:
@@ -98,13 +127,12 @@ class ForwardingRules:
                         prior_for.append(v)
                     elif lk == "x-forwarded-proto":
                         prior_proto = v
-                    elif lk == "x-forwarded-host":
-                        prior_host = v
-                    else:
+                    elif lk == "forwarded":
                         forwarded.append((k, v))
                 continue
             if lk in ("host", "via", "expect"):
-                # Expect is answered by this proxy (RFC 9110 §10.1.1).
+                # Host and Via are set below; Expect is answered by this proxy
+                # (RFC 9110 §10.1.1).
                 continue
             if for_fill and (lk in CONDITIONAL_REQUEST_FIELDS or lk == "content-length"):
                 # A fill is a plain GET: no body (RFC 9110 §9.3.1 gives GET
@@ -115,16 +143,23 @@ class ForwardingRules:
         if chain:
             forwarded.append(("X-Forwarded-For", ", ".join(chain)))
         forwarded.append(("X-Forwarded-Proto", prior_proto or scheme))
-        forwarded.append(("X-Forwarded-Host", prior_host or host))
+        forwarded.append(("X-Forwarded-Host", self.forwarded_host(headers, peer)))
         vias = headers.getall("Via", [])
         forwarded.append(("Via", ", ".join([*vias, self.via])))
+        host = headers.get("Host", self.origin_authority)
         forwarded.append(("Host", host if self.preserve_host else self.origin_authority))
         return forwarded
 
-    def warm_request_headers(self) -> list[tuple[str, str]]:
-        """Headers of a fetch the warmer makes: marked so the origin can tell."""
+    def warm_request_headers(self, host: str) -> list[tuple[str, str]]:
+        """Headers of a fetch the warmer makes for ``host``: marked so the origin can tell."""
         return [
-            ("Host", self.origin_authority),
+            ("Host", host if self.preserve_host else self.origin_authority),
+            ("X-Forwarded-Host", host),
             ("Via", self.via),
             (self.warm_header, "1"),
         ]
+
+    @property
+    def default_host(self) -> str:
+        """The host warm fetches are made for when none is named."""
+        return self.public_host or self.origin_authority

@@ -66,10 +66,12 @@ class ProxyHandler:
         self._client_id_header = client_id_header
         self._name = cache_name
         self._clock = clock
-        self._keyed_by_host = rules.preserve_host
+        self._keys_are_paths = rules.single_host
 
     def _key(self, request: web.BaseRequest) -> str:
-        return self._rules.cache_key(request.raw_path, request.headers.get("Host"))
+        if self._keys_are_paths:
+            return request.raw_path
+        return self._rules.key_of(request.headers, request.remote, request.raw_path)
 
     # ------------------------------------------------------------------ entry
 
@@ -84,9 +86,7 @@ class ProxyHandler:
                 if name in headers:
                     break
             else:
-                entry = self._cache.peek(
-                    self._key(request) if self._keyed_by_host else request.raw_path
-                )
+                entry = self._cache.peek(self._key(request))
                 if entry is not None and entry.__class__ is CacheEntry:
                     assert isinstance(entry, CacheEntry)
                     now = self._clock()
@@ -299,7 +299,11 @@ class ProxyHandler:
                 response_headers=list(upstream.headers.items()),
                 authority=self._origin.authority,
             ):
-                await self._cache.invalidate(self._rules.cache_key(path, request.host))
+                await self._cache.invalidate(
+                    self._rules.cache_key(
+                        path, self._rules.forwarded_host(request.headers, request.remote)
+                    )
+                )
         status = policy.cache_status(fwd=fwd, fwd_status=upstream.status, name=self._name)
         outcome = Outcome.BYPASS if fwd in ("method", "bypass") else Outcome.MISS
         return await self._stream(request, Streaming(upstream, b""), status, outcome, started)
@@ -421,7 +425,7 @@ class ProxyHandler:
         self._hub.emit(
             AccessEvent(
                 ts=now if now is not None else self._clock(),
-                key=self._key(request) if self._keyed_by_host else path,
+                key=self._key(request),
                 url=path,
                 method=request.method,
                 outcome=outcome,

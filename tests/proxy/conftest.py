@@ -135,6 +135,16 @@ def url(proxy: Warmproxy, path: str) -> str:
     return f"http://127.0.0.1:{proxy.proxy_port}{path}"
 
 
+def client_host(proxy: Warmproxy) -> str:
+    """The Host a test client sends to ``proxy``."""
+    return f"127.0.0.1:{proxy.proxy_port}"
+
+
+def key(proxy: Warmproxy, path: str) -> str:
+    """The cache key of a test client's request for ``path``."""
+    return proxy.rules.cache_key(path, client_host(proxy))
+
+
 def control_url(proxy: Warmproxy, path: str) -> str:
     return f"http://127.0.0.1:{proxy.control_port}{path}"
 

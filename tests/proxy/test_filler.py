@@ -8,23 +8,24 @@ from aiohttp import web
 
 from proxy.entry import CacheEntry
 from proxy.observe import AccessEvent
-from tests.proxy.conftest import url
+from tests.proxy.conftest import client_host, key, url
 
 
 async def test_warm_fill_stores_what_a_client_then_hits(origin, proxy, client) -> None:
     events: list[AccessEvent] = []
     proxy.hub.subscribe(events.append)
     origin.set("/w", headers={"Cache-Control": "max-age=60"}, body=b"warm")
-    result = await proxy.filler.fill("/w")
+    result = await proxy.filler.fill("/w", client_host(proxy))
     assert result.stored and result.status == 200
     seen = origin.last("/w").headers
     assert seen["X-Warmproxy-Warm"] == "1"
     assert seen["Host"] == origin.url.removeprefix("http://")
+    assert seen["X-Forwarded-Host"] == client_host(proxy)
     async with client.get(url(proxy, "/w")) as response:
         assert await response.read() == b"warm"
         assert "hit" in response.headers["Cache-Status"]
     assert origin.count("/w") == 1
-    entry = proxy.cache.peek("/w")
+    entry = proxy.cache.peek(key(proxy, "/w"))
     assert isinstance(entry, CacheEntry) and entry.warmed
     proxy.hub.drain()
     assert [e.url for e in events] == ["/w"]  # the client's hit only: warm fetches are not users
@@ -39,7 +40,7 @@ async def test_warm_fill_revalidates_a_stale_entry(origin, proxy, client) -> Non
     origin.handle("/stale", resource)
     async with client.get(url(proxy, "/stale")) as response:
         await response.read()
-    result = await proxy.filler.fill("/stale")
+    result = await proxy.filler.fill("/stale", client_host(proxy))
     assert result.revalidated and result.stored
     async with client.get(url(proxy, "/stale")) as response:
         assert "hit" in response.headers["Cache-Status"]
@@ -52,7 +53,7 @@ async def test_warm_fill_and_client_miss_share_one_origin_fetch(origin, proxy, c
         async with client.get(url(proxy, "/both")) as response:
             return await response.read()
 
-    warm, body = await asyncio.gather(proxy.filler.fill("/both"), client_get())
+    warm, body = await asyncio.gather(proxy.filler.fill("/both", client_host(proxy)), client_get())
     assert body == b"B" and warm.entry is not None
     assert origin.count("/both") == 1
 
@@ -61,10 +62,23 @@ async def test_warm_fill_of_an_uncacheable_url_stores_nothing(origin, proxy) -> 
     origin.set("/private", headers={"Cache-Control": "private"})
     result = await proxy.filler.fill("/private")
     assert not result.stored and result.status == 200
-    assert proxy.cache.peek("/private") is None
+    assert proxy.cache.peek(key(proxy, "/private")) is None
 
 
 async def test_warm_fill_reports_an_unreachable_origin(make_proxy) -> None:
     proxy = await make_proxy("http://127.0.0.1:9")
     result = await proxy.filler.fill("/x")
     assert result.error is not None and not result.stored
+
+
+async def test_warm_fill_for_the_public_host_is_hit_by_every_client(
+    origin, make_proxy, client
+) -> None:
+    proxy = await make_proxy(origin.url, proxy={"public_host": "shop.example"})
+    origin.set("/p", headers={"Cache-Control": "max-age=60"})
+    await proxy.filler.fill("/p")
+    assert origin.last("/p").headers["X-Forwarded-Host"] == "shop.example"
+    for host in ("shop.example", "other.example"):
+        async with client.get(url(proxy, "/p"), headers={"Host": host}) as response:
+            assert "hit" in response.headers["Cache-Status"]
+    assert origin.count("/p") == 1

@@ -8,7 +8,7 @@ import time
 from aiohttp import web
 
 from proxy.observe import AccessEvent, EventHub, Outcome
-from tests.proxy.conftest import control_url, eventually, url
+from tests.proxy.conftest import control_url, eventually, key, url
 
 
 async def test_every_request_produces_an_access_event(origin, make_proxy, client) -> None:
@@ -24,7 +24,7 @@ async def test_every_request_produces_an_access_event(origin, make_proxy, client
     await eventually(lambda: len(events) == 3)
     miss, hit, post = events
     assert (miss.outcome, hit.outcome, post.outcome) == (Outcome.MISS, Outcome.HIT, Outcome.BYPASS)
-    assert hit.key == "/e?q=1" and hit.url == "/e?q=1" and hit.method == "GET"
+    assert hit.key == key(proxy, "/e?q=1") and hit.url == "/e?q=1" and hit.method == "GET"
     assert hit.client == "alice" and post.client == "127.0.0.1"
     assert hit.bytes == 5 and hit.status == 200
     assert 0 <= hit.latency < 5 and abs(hit.ts - time.time()) < 60

@@ -6,7 +6,7 @@ import asyncio
 
 import redis.asyncio as aioredis
 
-from tests.proxy.conftest import control_url, url
+from tests.proxy.conftest import control_url, key, url
 
 
 async def fetch(client, proxy, path: str) -> tuple[int, bytes, str]:
@@ -28,7 +28,7 @@ async def test_entries_live_in_redis_under_the_prefix_with_a_ttl(
     assert origin.count("/r1") == 1
     r = aioredis.from_url(redis_url)
     try:
-        ttl = await r.pttl(f"{redis_prefix}/r1")
+        ttl = await r.pttl(redis_prefix + key(proxy, "/r1"))
         assert 85_000 < ttl <= 90_000  # fresh 60 s + stale-while-revalidate 30 s
     finally:
         await r.aclose()
@@ -38,8 +38,10 @@ async def test_two_proxies_share_one_redis_cache(
     origin, make_proxy, client, redis_url, redis_prefix
 ) -> None:
     cache = {"store": "redis", "redis_url": redis_url, "redis_prefix": redis_prefix}
-    first = await make_proxy(origin.url, cache=cache)
-    second = await make_proxy(origin.url, cache=cache)
+    # Replicas behind one load balancer: clients ask for one public host.
+    public = {"public_host": "shop.example"}
+    first = await make_proxy(origin.url, cache=cache, proxy=public)
+    second = await make_proxy(origin.url, cache=cache, proxy=public)
     origin.set("/shared", headers={"Cache-Control": "max-age=60"})
     await fetch(client, first, "/shared")
     _, _, cache_status = await fetch(client, second, "/shared")
@@ -51,8 +53,9 @@ async def test_invalidation_reaches_redis(
     origin, make_proxy, client, redis_url, redis_prefix
 ) -> None:
     cache = {"store": "redis", "redis_url": redis_url, "redis_prefix": redis_prefix, "l1_ttl": 0}
-    first = await make_proxy(origin.url, cache=cache)
-    second = await make_proxy(origin.url, cache=cache)
+    public = {"public_host": "shop.example"}
+    first = await make_proxy(origin.url, cache=cache, proxy=public)
+    second = await make_proxy(origin.url, cache=cache, proxy=public)
     origin.set("/inv", headers={"Cache-Control": "max-age=60"})
     await fetch(client, first, "/inv")
     async with client.post(url(second, "/inv")) as response:

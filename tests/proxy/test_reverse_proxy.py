@@ -283,13 +283,28 @@ async def test_preserve_host_keeps_hosts_apart_in_the_cache(origin, make_proxy, 
     assert origin.count("/site") == 2
 
 
-async def test_without_preserve_host_the_origin_authority_is_sent(origin, proxy, client) -> None:
+async def test_a_spoofed_host_cannot_poison_other_clients_entries(origin, proxy, client) -> None:
+    async def links(request: web.Request) -> web.Response:
+        host = request.headers["X-Forwarded-Host"]
+        return web.Response(text=f"https://{host}/x", headers={"Cache-Control": "max-age=60"})
+
+    origin.handle("/links", links)
+    async with client.get(url(proxy, "/links"), headers={"Host": "evil.example"}) as response:
+        assert await response.text() == "https://evil.example/x"
+    async with client.get(url(proxy, "/links")) as response:
+        assert await response.text() == f"https://127.0.0.1:{proxy.proxy_port}/x"
+    assert origin.last("/links").headers["Host"] == origin.url.removeprefix("http://")
+    assert origin.count("/links") == 2
+
+
+async def test_public_host_is_all_the_origin_is_told(origin, make_proxy, client) -> None:
     origin.set("/h", headers={"Cache-Control": "max-age=60"})
+    proxy = await make_proxy(origin.url, proxy={"public_host": "shop.example"})
     for host in ("a.example", "b.example"):
         async with client.get(url(proxy, "/h"), headers={"Host": host}) as response:
             await response.read()
     assert origin.count("/h") == 1
-    assert origin.last("/h").headers["Host"] == origin.url.removeprefix("http://")
+    assert origin.last("/h").headers["X-Forwarded-Host"] == "shop.example"
 
 
 async def test_rfc9110_s10_1_1_expect_100_continue_is_answered(origin, proxy) -> None:
