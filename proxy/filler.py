@@ -229,10 +229,11 @@ class Filler:
                 return await self._fetch(
                     key, path_qs, send_headers, request_headers, request_cc, None, warm
                 )
+            merged = policy.merge_not_modified(stale.headers, response_headers)
             entry = policy.build_entry(
                 url=path_qs,
                 status=stale.status,
-                headers=policy.merge_not_modified(stale.headers, response_headers),
+                headers=merged,
                 already_stored=True,
                 body=stale.body,
                 request_headers=request_headers,
@@ -242,6 +243,21 @@ class Filler:
                 config=self._config,
                 warmed=warm,
             )
+            decision = policy.storability(
+                method="GET",
+                status=stale.status,
+                request_cc=request_cc,
+                request_has_authorization=bool(request_headers.getall("authorization", [])),
+                response_headers=merged,
+                config=self._config,
+            )
+            if not decision.storable:
+                # The updated response may no longer be shared (the 304 added
+                # Set-Cookie, private, no-store...): only this client gets it,
+                # and the stored one goes.
+                self._metrics.not_stored.labels(decision.reason).inc()
+                await self._cache.invalidate(key)
+                return FillResult(status=304, entry=entry, revalidated=True)
             stored = await self._store(key, entry)
             return FillResult(
                 status=304, entry=entry, stored=stored, shareable=True, revalidated=True

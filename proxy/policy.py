@@ -431,12 +431,18 @@ def relayed_headers(
 
 
 def _stored_headers(
-    headers: list[tuple[str, str]], response_cc: CacheControl, response_time: float, via: str
+    headers: list[tuple[str, str]],
+    response_cc: CacheControl,
+    response_time: float,
+    via: str | None,
 ) -> list[tuple[str, str]]:
+    """The fields kept with a stored response; ``via`` None: already relayed once."""
     # §5.2.2.7 / §5.2.2.4: qualified private and no-cache name fields a shared
     # cache must not reuse; dropping them lets the rest be reused.
     excluded = set(parse_field_names(response_cc.get("private")))
     excluded |= set(parse_field_names(response_cc.get("no-cache")))
+    if via is None:
+        return [(k, v) for k, v in headers if k.lower() not in excluded]
     return relayed_headers(headers, response_time=response_time, via=via, excluded=excluded)
 
 
@@ -550,10 +556,8 @@ def build_entry(
     return CacheEntry(
         url=url,
         status=status,
-        headers=(
-            list(headers)
-            if already_stored
-            else _stored_headers(headers, response_cc, response_time, config.via)
+        headers=_stored_headers(
+            headers, response_cc, response_time, None if already_stored else config.via
         ),
         body=body,
         born=born,

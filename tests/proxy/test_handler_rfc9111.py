@@ -549,3 +549,41 @@ async def test_coalesced_requests_share_an_origin_failure(origin, make_proxy, cl
     results = await asyncio.gather(*(get(client, proxy, "/timeout") for _ in range(10)))
     assert [r.status for r, _ in results] == [504] * 10
     assert origin.count("/timeout") == 1
+
+
+async def test_s3_2_a_304_adding_set_cookie_does_not_share_the_cookie(
+    origin, proxy, client
+) -> None:
+    calls = {"n": 0}
+
+    async def resource(request: web.Request) -> web.Response:
+        calls["n"] += 1
+        if request.headers.get("If-None-Match") == '"s"':
+            return web.Response(
+                status=304, headers={"ETag": '"s"', "Set-Cookie": f"sid=user{calls['n']}"}
+            )
+        return web.Response(body=b"page", headers={"ETag": '"s"', "Cache-Control": "no-cache"})
+
+    origin.handle("/sc", resource)
+    await get(client, proxy, "/sc")
+    response, body = await get(client, proxy, "/sc")
+    assert body == b"page" and response.headers["Set-Cookie"] == "sid=user2"
+    response, body = await get(client, proxy, "/sc")
+    assert body == b"page"
+    assert response.headers.get("Set-Cookie") != "sid=user2"
+
+
+async def test_s3_2_a_304_making_the_response_private_drops_the_entry(
+    origin, proxy, client
+) -> None:
+    async def resource(request: web.Request) -> web.Response:
+        if request.headers.get("If-None-Match") == '"p"':
+            return web.Response(status=304, headers={"Cache-Control": "private, max-age=60"})
+        return web.Response(body=b"x", headers={"ETag": '"p"', "Cache-Control": "max-age=0"})
+
+    origin.handle("/mp", resource)
+    await get(client, proxy, "/mp")
+    await get(client, proxy, "/mp")
+    response, _ = await get(client, proxy, "/mp")
+    assert "hit" not in response.headers["Cache-Status"]
+    assert origin.count("/mp") == 3
