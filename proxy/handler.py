@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
+from yarl import URL
 
 from proxy import policy, websocket
 from proxy.cache import Cache
@@ -39,6 +41,23 @@ _SLOW_PATH_FIELDS = (
 
 _STREAM_CHUNK = 64 * 1024
 _RETRYABLE_BODY_BYTES = 64 * 1024
+
+
+def _to_origin_form(request: web.BaseRequest) -> web.BaseRequest | None:
+    """The request with an absolute-form target rewritten to origin-form.
+
+    RFC 9112 §3.2.2: a server must accept absolute-form; its authority
+    replaces Host.  Any other form (asterisk, authority, garbage) is refused,
+    and no target is ever pasted onto the origin URL as it came.
+    """
+    parts = urlsplit(request.raw_path)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        return None
+    path = parts.path if parts.path.startswith("/") else "/" + parts.path
+    target = f"{path}?{parts.query}" if parts.query else path
+    headers = CIMultiDict(request.headers)
+    headers["Host"] = parts.netloc
+    return request.clone(rel_url=URL(target, encoded=True), headers=headers)
 
 
 class ProxyHandler:
@@ -77,6 +96,12 @@ class ProxyHandler:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
+        if request.raw_path[:1] != "/":
+            origin_form = _to_origin_form(request)
+            if origin_form is None:
+                status = policy.cache_status(fwd="bypass", detail="bad-target", name=self._name)
+                return self._plain(request, 400, "warmproxy: bad request target\n", status, started)
+            request = origin_form
         method = request.method
         if method == "GET" or method == "HEAD":
             headers = request.headers

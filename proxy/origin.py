@@ -39,6 +39,13 @@ class OriginClient:
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
 
+    def _url(self, path_qs: str) -> URL:
+        # Only origin-form targets reach here (the handler rewrites or refuses
+        # others); anything else would let a client pick the host we connect to.
+        if not path_qs.startswith("/"):
+            raise ValueError(f"not an origin-form target: {path_qs!r}")
+        return URL(self.origin + path_qs, encoded=True)
+
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
             limit=self._settings.max_origin_connections, ttl_dns_cache=300
@@ -76,7 +83,7 @@ class OriginClient:
         Raises OriginError when no response head arrives.
         """
         assert self._session is not None, "OriginClient.start() was not awaited"
-        url = URL(self.origin + path_qs, encoded=True)
+        url = self._url(path_qs)
         started = time.perf_counter()
         try:
             response = await self._session.request(
@@ -103,7 +110,7 @@ class OriginClient:
         Raises OriginError when the origin cannot be reached or refuses the upgrade.
         """
         assert self._session is not None, "OriginClient.start() was not awaited"
-        url = URL(self.origin + path_qs, encoded=True)
+        url = self._url(path_qs)
         try:
             return await self._session.ws_connect(
                 url,

@@ -325,3 +325,27 @@ async def test_rfc9110_s10_1_1_expect_100_continue_is_answered(origin, proxy) ->
     final = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     assert final.startswith(b"HTTP/1.1 200")
     writer.close()
+
+
+async def _raw(proxy, request: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.proxy_port)
+    writer.write(request)
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    writer.close()
+    return head
+
+
+async def test_rfc9112_s3_2_2_absolute_form_target_is_accepted(origin, proxy) -> None:
+    origin.set("/abs", headers={"Cache-Control": "no-store"}, body=b"abs")
+    head = await _raw(proxy, b"GET http://shop.example/abs HTTP/1.1\r\nHost: other\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    seen = origin.last("/abs").headers
+    assert seen["X-Forwarded-Host"] == "shop.example"
+
+
+async def test_other_request_target_forms_are_refused(origin, proxy) -> None:
+    for target in (b"t://x/secret", b"x.evil.com://p", b"*", b"example.com:443"):
+        head = await _raw(proxy, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert head.split(b" ")[1] == b"400", target
+    assert origin.seen == []
