@@ -101,6 +101,23 @@ class VaryIndex:
 StoredItem = CacheEntry | VaryIndex
 
 
+def _text(value: str) -> str:
+    """A header string as JSON-safe text, lossless for any bytes the origin sent.
+
+    aiohttp decodes header bytes as UTF-8 with surrogate escapes; JSON cannot
+    hold those surrogates, so the original bytes travel as Latin-1 text.
+    """
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("latin-1")
+
+
+def _untext(value: str) -> str:
+    if value.isascii():
+        return value
+    return value.encode("latin-1").decode("utf-8", "surrogateescape")
+
+
 class DecodeError(ValueError):
     """Bytes from a store are not an entry of this format version."""
 
@@ -121,7 +138,7 @@ def encode(item: StoredItem) -> bytes:
             "k": "entry",
             "url": item.url,
             "status": item.status,
-            "headers": item.headers,
+            "headers": [(_text(k), _text(v)) for k, v in item.headers],
             "born": item.born,
             "stored_at": item.stored_at,
             "fresh_until": item.fresh_until,
@@ -163,7 +180,7 @@ def decode(data: bytes) -> StoredItem:
         return CacheEntry(
             url=meta["url"],
             status=meta["status"],
-            headers=[(k, v) for k, v in meta["headers"]],
+            headers=[(_untext(k), _untext(v)) for k, v in meta["headers"]],
             body=data[start + meta_len :],
             born=meta["born"],
             stored_at=meta["stored_at"],

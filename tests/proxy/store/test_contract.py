@@ -305,3 +305,24 @@ async def test_another_deployment_is_invisible(subject: Subject) -> None:
     assert isinstance(got, CacheEntry)
     assert got.body == b"theirs"
     assert await scan_all(subject.neighbour, "*") == set(theirs)
+
+
+async def test_header_bytes_that_are_not_utf8_round_trip(subject: Subject) -> None:
+    store = subject.store
+    odd = b"attachment; filename=caf\xe9.txt".decode("utf-8", "surrogateescape")
+    entry = CacheEntry(
+        url="/odd",
+        status=200,
+        headers=[("Content-Disposition", odd), ("X-Utf8", "café")],
+        body=b"x",
+        born=0.0,
+        stored_at=0.0,
+        fresh_until=9e9,
+        stale_while_revalidate_until=9e9,
+        stale_if_error_until=9e9,
+        expires_at=9e9,
+    )
+    await store.put("/odd", entry, 60)
+    got = await store.get("/odd")
+    assert isinstance(got, CacheEntry)
+    assert got.headers == [("Content-Disposition", odd), ("X-Utf8", "café")]
