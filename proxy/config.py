@@ -79,6 +79,7 @@ class ProxySettings(_Section):
     connect_timeout: float = Field(2.0, gt=0)
     read_timeout: float = Field(30.0, gt=0)
     max_origin_connections: int = Field(100, ge=1)
+    pool_timeout: float = Field(5.0, gt=0)
     preserve_host: bool = False
     public_host: str = ""
     trusted_proxies: list[str] = Field(default_factory=list)

@@ -38,6 +38,7 @@ class OriginClient:
         self._metrics = metrics
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
+        self._ws_session: aiohttp.ClientSession | None = None
 
     def _url(self, path_qs: str) -> URL:
         # Only origin-form targets reach here (the handler rewrites or refuses
@@ -47,15 +48,22 @@ class OriginClient:
         return URL(self.origin + path_qs, encoded=True)
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self._settings.max_origin_connections, ttl_dns_cache=300
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
+        self._session = self._new_session(limit=self._settings.max_origin_connections)
+        # WebSockets hold a connection for their whole life: they get their own
+        # pool, so open sockets can never starve ordinary requests.
+        self._ws_session = self._new_session(limit=0)
+
+    def _new_session(self, *, limit: int) -> aiohttp.ClientSession:
+        settings = self._settings
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=limit, ttl_dns_cache=300),
             timeout=aiohttp.ClientTimeout(
                 total=None,
-                sock_connect=self._settings.connect_timeout,
-                sock_read=self._settings.read_timeout,
+                # Waiting for a free pooled connection plus connecting: a full
+                # pool ends in a 504 instead of an endless wait.
+                connect=settings.pool_timeout + settings.connect_timeout,
+                sock_connect=settings.connect_timeout,
+                sock_read=settings.read_timeout,
             ),
             # Bodies pass through byte for byte, compressed or not.
             auto_decompress=False,
@@ -65,9 +73,10 @@ class OriginClient:
         )
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._ws_session):
+            if session is not None:
+                await session.close()
+        self._session = self._ws_session = None
 
     async def request(
         self,
@@ -109,10 +118,10 @@ class OriginClient:
 
         Raises OriginError when the origin cannot be reached or refuses the upgrade.
         """
-        assert self._session is not None, "OriginClient.start() was not awaited"
+        assert self._ws_session is not None, "OriginClient.start() was not awaited"
         url = self._url(path_qs)
         try:
-            return await self._session.ws_connect(
+            return await self._ws_session.ws_connect(
                 url,
                 headers=headers,
                 protocols=protocols,

@@ -10,7 +10,7 @@ import tracemalloc
 import aiohttp
 from aiohttp import web
 
-from tests.proxy.conftest import Origin, ProxyFactory, url
+from tests.proxy.conftest import Origin, ProxyFactory, eventually, url
 
 
 async def test_every_method_path_and_query_is_forwarded(origin, proxy, client) -> None:
@@ -349,3 +349,27 @@ async def test_other_request_target_forms_are_refused(origin, proxy) -> None:
         head = await _raw(proxy, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
         assert head.split(b" ")[1] == b"400", target
     assert origin.seen == []
+
+
+async def test_a_full_origin_pool_ends_in_504_not_an_endless_wait(
+    origin, make_proxy, client
+) -> None:
+    release = asyncio.Event()
+
+    async def hold(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(text="late", headers={"Cache-Control": "no-store"})
+
+    origin.handle("/hold", hold)
+    origin.set("/quick", headers={"Cache-Control": "no-store"})
+    proxy = await make_proxy(
+        origin.url,
+        proxy={"max_origin_connections": 1, "pool_timeout": 0.3, "read_timeout": 10},
+    )
+    held = asyncio.ensure_future(client.get(url(proxy, "/hold")))
+    await eventually(lambda: origin.count("/hold") == 1)  # it holds the only connection
+    async with client.get(url(proxy, "/quick")) as response:
+        assert response.status == 504
+    release.set()
+    async with await held as response:
+        assert await response.text() == "late"
