@@ -62,6 +62,9 @@ class FillResult:
     # The origin's header fields as relayed to the client that caused the
     # fetch; the stored entry may lack some (qualified private / no-cache).
     relayed: list[tuple[str, str]] | None = None
+    # The response itself can never be stored (private, no-store, too large...),
+    # whoever asks: later requests for the key need not wait for each other.
+    uncacheable: bool = False
 
 
 class Filler:
@@ -141,16 +144,31 @@ class Filler:
         if leader is not None:
             self._metrics.coalesced.inc()
             result = await asyncio.shield(leader)
+            now = self._clock()
             if result.error is not None:
                 # The origin just failed this fetch: share the failure instead
                 # of sending every waiter to a struggling origin again.
                 return replace(result, collapsed=True)
             if (
-                result.entry is not None
-                and result.shareable
-                and policy.vary_matches(result.entry, request_headers)
+                policy.is_error_status(result.status)
+                and stale is not None
+                and policy.may_serve_stale_on_error(stale, now, request_cc)
             ):
-                return replace(result, collapsed=True, stream=None, relayed=None)
+                # Same for an error answer when this waiter has a stale entry
+                # to fall back on (RFC 5861 §4).
+                return FillResult(status=result.status, collapsed=True)
+            entry = result.entry
+            if (
+                entry is not None
+                and result.shareable
+                and policy.vary_matches(entry, request_headers)
+            ):
+                # Reuse it only as the rules allow reusing a stored response:
+                # a no-cache or already stale one is revalidated for this
+                # request (cheaply: with the fresh entry's validators).
+                if policy.fresh_enough(entry, now, request_cc):
+                    return replace(result, collapsed=True, stream=None, relayed=None)
+                stale = entry
             return await self._fetch(
                 key, path_qs, send_headers, request_headers, request_cc, stale, warm
             )
@@ -166,7 +184,7 @@ class Filler:
             del self._inflight[key]
             # Waiters never see the leader's stream: it belongs to one client.
             future.set_result(replace(result, stream=None))
-            if result.status and not result.shareable:
+            if result.uncacheable and not policy.is_error_status(result.status):
                 self._remember_pass(key)
 
     def refresh_in_background(
@@ -273,11 +291,17 @@ class Filler:
         )
         if not decision.storable:
             self._metrics.not_stored.labels(decision.reason).inc()
-            return FillResult(status=response.status, stream=Streaming(response, b""))
+            return FillResult(
+                status=response.status,
+                stream=Streaming(response, b""),
+                uncacheable=decision.reason not in policy.REQUEST_CAUSED_REASONS,
+            )
         length = response.content_length
         if length is not None and length > self._max_entry_bytes:
             self._metrics.not_stored.labels("too large").inc()
-            return FillResult(status=response.status, stream=Streaming(response, b""))
+            return FillResult(
+                status=response.status, stream=Streaming(response, b""), uncacheable=True
+            )
         try:
             body, complete = await read_body(response, self._max_entry_bytes)
         except OriginError as exc:
@@ -285,7 +309,9 @@ class Filler:
             return FillResult(error=exc)
         if not complete:
             self._metrics.not_stored.labels("too large").inc()
-            return FillResult(status=response.status, stream=Streaming(response, body))
+            return FillResult(
+                status=response.status, stream=Streaming(response, body), uncacheable=True
+            )
         response.release()
         entry = policy.build_entry(
             url=path_qs,

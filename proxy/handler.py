@@ -230,7 +230,19 @@ class ProxyHandler:
         )
         if result.stream is not None:
             return await self._stream(request, result.stream, status, Outcome.MISS, started)
-        assert result.entry is not None
+        if result.entry is None:
+            # A shared error answer this request cannot fall back from after
+            # all (its stale window just closed): fetch for it alone.
+            result = await self._filler.fetch(
+                key=self._key(request),
+                path_qs=request.raw_path,
+                send_headers=self._fill_headers(request),
+                request_headers=request.headers,
+                request_cc=request_cc,
+                stale=stale,
+                coalesce=False,
+            )
+            return await self._answer_fill(request, result, None, request_cc, fwd, started)
         outcome = Outcome.REVALIDATED if result.revalidated else Outcome.MISS
         return self._serve(request, result.entry, now, outcome, status, started, result.relayed)
 

@@ -297,6 +297,11 @@ def response_directives(
     )
 
 
+# Reasons not to store that come from the request, not the response: another
+# request for the same URL may well be stored.
+REQUEST_CAUSED_REASONS = frozenset({"request no-store", "authorization", "method"})
+
+
 @dataclass(frozen=True, slots=True)
 class StoreDecision:
     storable: bool

@@ -587,3 +587,40 @@ async def test_s3_2_a_304_making_the_response_private_drops_the_entry(
     response, _ = await get(client, proxy, "/mp")
     assert "hit" not in response.headers["Cache-Status"]
     assert origin.count("/mp") == 3
+
+
+async def test_s5_2_2_4_coalesced_waiters_do_not_share_a_no_cache_response(
+    origin, proxy, client
+) -> None:
+    async def personal(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.2)
+        if request.headers.get("If-None-Match") == '"nc"':
+            return web.Response(status=304, headers={"ETag": '"nc"'})
+        return web.Response(text="full", headers={"Cache-Control": "no-cache", "ETag": '"nc"'})
+
+    origin.handle("/ncw", personal)
+    results = await asyncio.gather(*(get(client, proxy, "/ncw") for _ in range(4)))
+    assert all(body == b"full" for _, body in results)
+    # One full fetch; every other request was validated with the origin.
+    assert origin.count("/ncw") == 4
+    conditional = [s for s in origin.seen if s.headers.get("If-None-Match") == '"nc"']
+    assert len(conditional) == 3
+
+
+async def test_5xx_does_not_switch_coalescing_off(origin, proxy, client) -> None:
+    origin.set("/flap", status=503, delay=0.2)
+    await asyncio.gather(*(get(client, proxy, "/flap") for _ in range(3)))
+    first_burst = origin.count("/flap")
+    origin.set("/flap", headers={"Cache-Control": "max-age=60"}, body=b"ok", delay=0.2)
+    results = await asyncio.gather(*(get(client, proxy, "/flap") for _ in range(5)))
+    assert all(body == b"ok" for _, body in results)
+    assert origin.count("/flap") == first_burst + 1
+
+
+async def test_rfc5861_s4_waiters_fall_back_to_stale_together(origin, proxy, client) -> None:
+    origin.set("/sw", headers={"Cache-Control": "max-age=0, stale-if-error=60", "Age": "1"})
+    await get(client, proxy, "/sw")
+    origin.set("/sw", status=503, delay=0.2)
+    results = await asyncio.gather(*(get(client, proxy, "/sw") for _ in range(5)))
+    assert all(r.status == 200 and body == b"hello" for r, body in results)
+    assert origin.count("/sw") == 2
