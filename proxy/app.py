@@ -106,7 +106,18 @@ class Warmproxy:
         self._stats_at = 0.0
 
     async def start(self) -> None:
-        """Open the listeners; the proxy answers even if the store is down."""
+        """Open the listeners; the proxy answers even if the store is down.
+
+        When a listener cannot open, what was started is closed again before
+        the error propagates.
+        """
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         await self.origin.start()
         self.tasks.spawn(self.hub.run(), name="event delivery")
         self.tasks.spawn(self._watch_store(), name="store health")

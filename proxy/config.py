@@ -127,8 +127,8 @@ class CacheSettings(_Section):
     """Where and how responses are stored."""
 
     store: Literal["memory", "redis"] = "memory"
-    max_bytes: ByteSize = 256 * 1024 * 1024
-    max_entry_bytes: ByteSize = 8 * 1024 * 1024
+    max_bytes: Annotated[ByteSize, Field(gt=0)] = 256 * 1024 * 1024
+    max_entry_bytes: Annotated[ByteSize, Field(gt=0)] = 8 * 1024 * 1024
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "warmproxy:"
     redis_timeout: float = Field(0.5, gt=0)

@@ -107,6 +107,10 @@ class ProxyHandler:
             headers = request.headers
             if "upgrade" in headers and websocket.is_upgrade(request):
                 return await self._websocket(request, started)
+            if request.body_exists:
+                # The body may select the response (search APIs): a cache
+                # keyed by URL must not answer it (RFC 9110 §9.3.1).
+                return await self._forward(request, started, fwd="bypass")
             for name in _SLOW_PATH_FIELDS:
                 if name in headers:
                     break
@@ -372,14 +376,14 @@ class ProxyHandler:
                 await response.write(chunk)
                 sent += len(chunk)
             await response.write_eof()
+        except ConnectionResetError:
+            pass  # the client went away (aiohttp's reset error is also a ClientError)
         except (aiohttp.ClientError, TimeoutError) as exc:
             # The head is already sent: the only honest signal left is to cut
             # the connection so the client sees a truncated body.
             log.warning("origin failed mid-body for %s: %s", request.raw_path, exc)
             if request.transport is not None:
                 request.transport.close()
-        except ConnectionResetError:
-            pass  # the client went away
         finally:
             upstream.release()
         self._emit(request, outcome, upstream.status, started, sent)

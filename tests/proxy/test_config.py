@@ -27,7 +27,7 @@ def test_sizes_accept_units(text: str, expected: int) -> None:
     assert load_settings(None, {"cache": {"max_bytes": text}}).cache.max_bytes == expected
 
 
-@given(st.integers(min_value=0, max_value=2**40))
+@given(st.integers(min_value=1, max_value=2**40))
 def test_integer_sizes_pass_through(size: int) -> None:
     assert load_settings(None, {"cache": {"max_bytes": size}}).cache.max_bytes == size
 
@@ -53,6 +53,9 @@ def test_precedence_cli_over_environment_over_file(
         ({"proxy": {"connect_timeout": -1}}, "proxy.connect_timeout"),
         ({"proxy": {"trusted_proxies": ["not-a-network"]}}, "proxy.trusted_proxies"),
         ({"cache": {"store": "disk"}}, "cache.store"),
+        ({"cache": {"max_bytes": 0}}, "cache.max_bytes"),
+        ({"cache": {"max_entry_bytes": "0MiB"}}, "cache.max_entry_bytes"),
+        ({"proxy": {"public_host": "bad host/"}}, "proxy.public_host"),
         ({"cache": {"redis_url": "http://x"}}, "cache.redis_url"),
         ({"cache": {"targeted_cache_control": ["bad name"]}}, "cache.targeted_cache_control"),
         ({"control": {"listen": "x:99999"}}, "control.listen"),

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import socket
 import tracemalloc
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from tests.proxy.conftest import Origin, ProxyFactory, eventually, url
@@ -373,3 +375,39 @@ async def test_a_full_origin_pool_ends_in_504_not_an_endless_wait(
     release.set()
     async with await held as response:
         assert await response.text() == "late"
+
+
+async def test_get_with_a_body_is_forwarded_with_it_and_not_cached(origin, proxy, client) -> None:
+    async def search(request: web.Request) -> web.Response:
+        query = await request.text()
+        return web.Response(text=f"results for {query}", headers={"Cache-Control": "max-age=60"})
+
+    origin.handle("/_search", search)
+    for query in ("cats", "dogs"):
+        async with client.request("GET", url(proxy, "/_search"), data=query.encode()) as r:
+            assert await r.text() == f"results for {query}"
+            assert "fwd=bypass" in r.headers["Cache-Status"]
+
+
+async def test_a_failed_start_closes_what_it_opened(origin) -> None:
+    from proxy.app import Warmproxy
+    from proxy.config import load_settings
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proxy = Warmproxy(
+            load_settings(
+                None,
+                {
+                    "proxy": {"origin": origin.url, "listen": "127.0.0.1:0"},
+                    "control": {"listen": f"127.0.0.1:{port}"},
+                },
+            )
+        )
+        with pytest.raises(OSError):
+            await proxy.start()
+    assert proxy.origin._session is None
+    assert len(proxy.tasks) == 0
+    assert not proxy.ready
