@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -20,7 +18,7 @@ from proxy.metrics import ProxyMetrics
 from proxy.observe import EventHub
 from proxy.origin import OriginClient
 from proxy.policy import CachePolicyConfig
-from proxy.store.base import CacheStore
+from proxy.store.base import CacheStore, StoreError
 from proxy.store.memory import MemoryStore
 from proxy.store.redis import RedisStore
 from proxy.tasks import BackgroundTasks
@@ -103,7 +101,6 @@ class Warmproxy:
         self._control_runner: web.AppRunner | None = None
         self.proxy_port = 0
         self.control_port = 0
-        self._stats_at = 0.0
 
     async def start(self) -> None:
         """Open the listeners; the proxy answers even if the store is down.
@@ -121,6 +118,9 @@ class Warmproxy:
         await self.origin.start()
         self.tasks.spawn(self.hub.run(), name="event delivery")
         self.tasks.spawn(self._watch_store(), name="store health")
+        interval = self.settings.cache.redis_stats_interval
+        if self.settings.cache.store == "redis" and interval > 0:
+            self.tasks.spawn(self._count_redis(interval), name="redis stats")
         await self.cache.check_health()
         p = self.settings.proxy
         server = web.Server(
@@ -162,18 +162,19 @@ class Warmproxy:
         await self.origin.close()
         await self.cache.store.close()
 
-    async def refresh_store_gauges(self) -> None:
-        """Update the entries/bytes gauges; Redis is counted at most every 15 s."""
-        interval = 15.0 if self.settings.cache.store == "redis" else 0.0
-        now = time.monotonic()
-        if now - self._stats_at < interval:
-            return
-        self._stats_at = now
-        with contextlib.suppress(Exception):
-            stats = await asyncio.wait_for(self.cache.store.stats(), timeout=5.0)
-            self.metrics.store_entries.set(stats.entries)
-            self.metrics.store_bytes.set(stats.bytes)
-            self.metrics.store_evictions.set(stats.evictions)
+    async def refresh_store_stats(self) -> None:
+        """Count what the memory store holds (cheap); Redis is counted in the background."""
+        if isinstance(self.cache.store, MemoryStore):
+            self.metrics.store_stats = await self.cache.store.stats()
+
+    async def _count_redis(self, interval: float) -> None:
+        """Count the entries under our Redis prefix now and then (a SCAN: O(keys))."""
+        while True:
+            try:
+                self.metrics.store_stats = await self.cache.store.stats()
+            except StoreError as exc:
+                log.debug("counting the Redis store failed: %s", exc)
+            await asyncio.sleep(interval)
 
     async def _watch_store(self) -> None:
         """Ping the store so a failed one is noticed, and a recovered one used again."""

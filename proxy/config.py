@@ -132,6 +132,7 @@ class CacheSettings(_Section):
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "warmproxy:"
     redis_timeout: float = Field(0.5, gt=0)
+    redis_stats_interval: float = Field(300.0, ge=0)
     l1_max_bytes: ByteSize = 32 * 1024 * 1024
     l1_ttl: float = Field(1.0, ge=0)
     heuristic_fraction: float = Field(0.1, ge=0, le=1)

@@ -16,7 +16,7 @@ WARMPROXY_KEY: web.AppKey[Warmproxy] = web.AppKey("warmproxy")
 
 async def metrics(request: web.Request) -> web.Response:
     proxy = request.app[WARMPROXY_KEY]
-    await proxy.refresh_store_gauges()
+    await proxy.refresh_store_stats()
     return web.Response(body=proxy.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
 

@@ -7,13 +7,14 @@ collector at scrape time instead of a locked client-library counter.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from proxy.observe import EventHub
+from proxy.store.base import StoreStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -43,8 +44,19 @@ class _RequestCollector(Collector):
                 "Exceptions raised by access-event observers.",
                 value=hub.observer_errors,
             )
-        for name, help_text, read in self._metrics.gauge_readers:
-            yield GaugeMetricFamily(name, help_text, value=read())
+        stats = self._metrics.store_stats
+        if stats is not None:
+            yield GaugeMetricFamily(
+                "warmproxy_store_entries", "Items held by the cache store.", value=stats.entries
+            )
+            yield GaugeMetricFamily(
+                "warmproxy_store_bytes", "Bytes held by the cache store.", value=stats.bytes
+            )
+            yield CounterMetricFamily(
+                "warmproxy_store_evictions",
+                "Items the store evicted to make room (memory store).",
+                value=stats.evictions,
+            )
 
 
 class ProxyMetrics:
@@ -54,7 +66,8 @@ class ProxyMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.hub: EventHub | None = None
-        self.gauge_readers: list[tuple[str, str, Callable[[], float]]] = []
+        # The store's last counted contents (see Warmproxy.refresh_store_stats).
+        self.store_stats: StoreStats | None = None
         r = self.registry
         self.origin_duration = Histogram(
             "warmproxy_origin_request_duration_seconds",
@@ -78,15 +91,6 @@ class ProxyMetrics:
         self.store_up = Gauge(
             "warmproxy_store_up", "1 when the cache store answers, else 0.", registry=r
         )
-        self.store_entries = Gauge(
-            "warmproxy_store_entries", "Items held by the cache store.", registry=r
-        )
-        self.store_bytes = Gauge(
-            "warmproxy_store_bytes", "Bytes held by the cache store.", registry=r
-        )
-        self.store_evictions = Gauge(
-            "warmproxy_store_evictions", "Items the store evicted to make room.", registry=r
-        )
         self.coalesced = Counter(
             "warmproxy_coalesced_requests_total",
             "Requests that waited for another request's origin fetch instead of their own.",
@@ -107,9 +111,6 @@ class ProxyMetrics:
             registry=r,
         )
         self.registry.register(_RequestCollector(self))
-
-    def count_request(self, outcome: str, method: str) -> None:
-        self.requests[(outcome, method)] += 1
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -120,3 +120,31 @@ async def test_proxy_starts_with_redis_unreachable(origin, make_proxy, client) -
     assert (status, body) == (200, b"hello")
     async with client.get(control_url(proxy, "/readyz")) as response:
         assert response.status == 503
+
+
+async def test_redis_store_is_counted_in_the_background(
+    origin, make_proxy, client, redis_url, redis_prefix
+) -> None:
+    proxy = await make_proxy(
+        origin.url,
+        cache={
+            "store": "redis",
+            "redis_url": redis_url,
+            "redis_prefix": redis_prefix,
+            "redis_stats_interval": 0.1,
+        },
+    )
+    origin.set("/counted", headers={"Cache-Control": "max-age=60"})
+    await fetch(client, proxy, "/counted")
+
+    async def entries() -> str:
+        async with client.get(control_url(proxy, "/metrics")) as response:
+            text = await response.text()
+        return next(
+            (ln for ln in text.splitlines() if ln.startswith("warmproxy_store_entries")), ""
+        )
+
+    deadline = asyncio.get_running_loop().time() + 5
+    while await entries() != "warmproxy_store_entries 1.0":
+        assert asyncio.get_running_loop().time() < deadline, await entries()
+        await asyncio.sleep(0.05)
