@@ -134,7 +134,7 @@ class Filler:
         warm: bool = False,
     ) -> FillResult:
         """Fetch ``path_qs``, coalesced with concurrent fetches of ``key``."""
-        if coalesce and self._passing(key):
+        if coalesce and self.known_uncacheable(key):
             coalesce = False
         if not coalesce:
             return await self._fetch(
@@ -342,7 +342,8 @@ class Filler:
             return False
         return await self._cache.put(key, entry)
 
-    def _passing(self, key: str) -> bool:
+    def known_uncacheable(self, key: str) -> bool:
+        """The key's last response could not be stored, whoever asked (hit-for-pass)."""
         until = self._pass_until.get(key)
         if until is None:
             return False

@@ -182,6 +182,10 @@ class ProxyHandler:
             # Ranges are cut from fresh complete entries (above); anything
             # else goes to the origin as asked, without filling the cache.
             return await self._forward(request, started, fwd="bypass")
+        if entry is None and self._filler.known_uncacheable(key):
+            # Nothing will be stored: forward the request as it came (its
+            # validators too) and stream the answer from the first byte.
+            return await self._forward(request, started, fwd="miss")
         if entry is not None:
             fwd = "request" if entry.fresh_until > now else "stale"
         elif lookup.vary_miss:

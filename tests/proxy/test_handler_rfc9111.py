@@ -624,3 +624,18 @@ async def test_rfc5861_s4_waiters_fall_back_to_stale_together(origin, proxy, cli
     results = await asyncio.gather(*(get(client, proxy, "/sw") for _ in range(5)))
     assert all(r.status == 200 and body == b"hello" for r, body in results)
     assert origin.count("/sw") == 2
+
+
+async def test_known_uncacheable_urls_are_forwarded_as_asked(origin, proxy, client) -> None:
+    async def private(request: web.Request) -> web.Response:
+        if request.headers.get("If-None-Match") == '"me"':
+            return web.Response(status=304, headers={"ETag": '"me"'})
+        return web.Response(body=b"mine", headers={"Cache-Control": "private", "ETag": '"me"'})
+
+    origin.handle("/mine", private)
+    response, body = await get(client, proxy, "/mine")
+    assert body == b"mine"
+    # Next time the client's own validator reaches the origin and its 304 comes back.
+    response, body = await get(client, proxy, "/mine", If_None_Match='"me"')
+    assert response.status == 304 and body == b""
+    assert origin.last("/mine").headers["If-None-Match"] == '"me"'
