@@ -30,8 +30,6 @@ class Lookup:
     entry: CacheEntry | None
     # The URL is cached, but not for this request's Vary field values.
     vary_miss: bool = False
-    # The store failed: the request is answered from the origin.
-    store_failed: bool = False
 
 
 class Cache:
@@ -83,7 +81,7 @@ class Cache:
         if not self.healthy and self._remote:
             # Known down: pass through at once instead of waiting for a timeout
             # per request; the health watcher notices when it is back.
-            return Lookup(None, store_failed=True)
+            return Lookup(None)
         try:
             item = await self._get(key)
             if isinstance(item, VaryIndex):
@@ -93,7 +91,7 @@ class Cache:
                     return Lookup(variant)
                 return Lookup(None, vary_miss=True)
         except StoreError:
-            return Lookup(None, store_failed=True)
+            return Lookup(None)
         if item is not None and not policy.vary_matches(item, request_headers):
             return Lookup(None, vary_miss=True)
         return Lookup(item)

@@ -58,15 +58,6 @@ def parse_hostport(value: str, *, what: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -161,7 +152,6 @@ class ControlSettings(_Section):
     """The operator listener: metrics, health, and the control API."""
 
     listen: str = "127.0.0.1:8081"
-    token: str = ""
 
     @field_validator("listen")
     @classmethod

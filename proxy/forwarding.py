@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from multidict import CIMultiDictProxy
 
-from proxy.policy import CONDITIONAL_REQUEST_FIELDS, HOP_BY_HOP
+from proxy.policy import CONDITIONAL_REQUEST_FIELDS, HOP_BY_HOP, connection_named
 
 # Client-supplied forwarding fields: replaced by ours unless the peer is a
 # trusted proxy, so one client cannot make the origin build links (that the
@@ -18,15 +18,10 @@ FORWARDING_FIELDS = frozenset(
 )
 
 
-def connection_named(values: Iterable[str]) -> set[str]:
-    """Field names listed in Connection (RFC 9110 §7.6.1): hop-by-hop too."""
-    return {token.strip().lower() for value in values for token in value.split(",") if token}
-
-
 def end_to_end(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """``headers`` without hop-by-hop fields and the fields Connection names."""
     items = list(headers)
-    drop = HOP_BY_HOP | connection_named(v for k, v in items if k.lower() == "connection")
+    drop = HOP_BY_HOP | connection_named(items)
     return [(k, v) for k, v in items if k.lower() not in drop]
 
 

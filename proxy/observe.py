@@ -36,12 +36,12 @@ class AccessEvent:
     """One proxied request, as the warmer sees it."""
 
     ts: float  # wall-clock seconds when the request arrived
-    key: str  # cache key (the path and query on the origin)
+    key: str  # cache key: the path and query, prefixed by the host unless public_host is set
     url: str  # the path and query as requested
     method: str
     outcome: Outcome
     status: int
-    latency: float  # seconds until the response head was ready
+    latency: float  # seconds until the response was handed over (streamed: relayed whole)
     bytes: int  # body bytes sent (for streamed responses: as far as known)
     client: str  # client id: the configured header's value, else the peer address
     warm: bool = False  # produced by the warmer, not by a user

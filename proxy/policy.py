@@ -64,9 +64,6 @@ HOP_BY_HOP = frozenset(
 # Content-Length) or excluded by RFC 9111 §3.1.
 NOT_STORED_FIELDS = HOP_BY_HOP | {"age", "content-length"}
 
-# RFC 9111 §3.2: when a 304 updates a stored response, every field it carries
-# replaces the stored one except fields never stored and Content-Length.
-NOT_UPDATED_BY_304 = NOT_STORED_FIELDS
 
 # RFC 9110 §15.4.5: the fields a 304 carries when the 200 would have them.
 FIELDS_IN_304 = ("cache-control", "content-location", "date", "etag", "expires", "vary")
@@ -218,6 +215,16 @@ def parse_age(values: list[str]) -> int:
     return age if age is not None else 0
 
 
+def connection_named(headers: Iterable[tuple[str, str]]) -> set[str]:
+    """Field names listed in Connection (RFC 9110 §7.6.1): hop-by-hop too."""
+    return {
+        token.strip().lower()
+        for value in header_values(headers, "connection")
+        for token in value.split(",")
+        if token.strip()
+    }
+
+
 def header_values(headers: Iterable[tuple[str, str]], name: str) -> list[str]:
     """All values of ``name`` (lower-case) in a header list."""
     return [v for k, v in headers if k.lower() == name]
@@ -297,6 +304,11 @@ def response_directives(
     )
 
 
+def shareable_with_authorization(response_cc: CacheControl) -> bool:
+    """§3.5: directives that let a shared cache reuse a response to an authorized request."""
+    return "public" in response_cc or "s-maxage" in response_cc or "must-revalidate" in response_cc
+
+
 # Reasons not to store that come from the request, not the response: another
 # request for the same URL may well be stored.
 REQUEST_CAUSED_REASONS = frozenset({"request no-store", "authorization", "method"})
@@ -338,9 +350,7 @@ def storability(
     if "private" in response_cc and not response_cc["private"]:
         return StoreDecision(False, "private")
     # §3.5: Authorization needs an explicit permission to share the response.
-    if request_has_authorization and not (
-        "public" in response_cc or "s-maxage" in response_cc or "must-revalidate" in response_cc
-    ):
+    if request_has_authorization and not shareable_with_authorization(response_cc):
         return StoreDecision(False, "authorization")
     headers = response_headers
     if not config.store_set_cookie and header_values(headers, "set-cookie"):
@@ -421,12 +431,7 @@ def relayed_headers(
     caching a response without one adds it) and this proxy appended to Via
     (RFC 9110 §7.6.3).
     """
-    connection_named = {
-        token.strip().lower()
-        for value in header_values(headers, "connection")
-        for token in value.split(",")
-    }
-    drop = NOT_STORED_FIELDS | connection_named | excluded | {"via"}
+    drop = NOT_STORED_FIELDS | connection_named(headers) | excluded | {"via"}
     relayed = [(k, v) for k, v in headers if k.lower() not in drop]
     if not any(k.lower() == "date" for k, _ in relayed):
         relayed.append(("Date", format_http_date(response_time)))
@@ -577,9 +582,7 @@ def build_entry(
         vary_values=request_vary_values(names, request_headers),
         must_revalidate=must_revalidate,
         no_cache=no_cache,
-        shareable_with_auth=(
-            "public" in response_cc or "s-maxage" in response_cc or "must-revalidate" in response_cc
-        ),
+        shareable_with_auth=shareable_with_authorization(response_cc),
         fetch_seconds=fetch_seconds,
         warmed=warmed,
     )
@@ -734,15 +737,13 @@ def merge_not_modified(
     stored: list[tuple[str, str]], not_modified: list[tuple[str, str]]
 ) -> list[tuple[str, str]]:
     """Stored headers updated with a 304's fields (RFC 9111 §3.2, §4.3.4)."""
-    connection_named = {
-        token.strip().lower()
-        for value in header_values(not_modified, "connection")
-        for token in value.split(",")
-    }
+    hop_by_hop = connection_named(not_modified)
+    # §3.2: every field of the 304 replaces the stored one, except fields
+    # never stored (hop-by-hop, Age, Content-Length) and our own Via.
     updates: dict[str, list[tuple[str, str]]] = {}
     for k, v in not_modified:
         lk = k.lower()
-        if lk in NOT_UPDATED_BY_304 or lk in connection_named or lk == "via":
+        if lk in NOT_STORED_FIELDS or lk in hop_by_hop or lk == "via":
             continue
         updates.setdefault(lk, []).append((k, v))
     merged = [(k, v) for k, v in stored if k.lower() not in updates]
