@@ -115,23 +115,23 @@ class ProxyHandler:
                 if name in headers:
                     break
             else:
-                entry = self._cache.peek(self._key(request))
-                if entry is not None and entry.__class__ is CacheEntry:
-                    assert isinstance(entry, CacheEntry)
+                key = self._key(request)
+                entry = self._cache.peek(key)
+                if isinstance(entry, CacheEntry):
                     now = self._clock()
                     if now < entry.fresh_until and not entry.no_cache:
-                        return self._respond_hit(request, entry, now, started)
+                        return self._respond_hit(request, entry, now, started, key)
             return await self._handle_cacheable(request, started)
         return await self._forward(request, started)
 
     def _respond_hit(
-        self, request: web.BaseRequest, entry: CacheEntry, now: float, started: float
+        self, request: web.BaseRequest, entry: CacheEntry, now: float, started: float, key: str
     ) -> web.Response:
         headers = entry.response_head()
         headers["Age"] = str(int(now - entry.born))
         headers["Cache-Status"] = f"{self._name}; hit; ttl={int(entry.fresh_until - now)}"
         response = web.Response(status=entry.status, body=entry.body, headers=headers)
-        self._emit(request, Outcome.HIT, entry.status, started, len(entry.body), now)
+        self._emit(request, Outcome.HIT, entry.status, started, len(entry.body), now, key)
         return response
 
     # ------------------------------------------------------------- full path
@@ -461,6 +461,7 @@ class ProxyHandler:
         started: float,
         size: int,
         now: float | None = None,
+        key: str | None = None,
     ) -> None:
         self._metrics.requests[(outcome, request.method)] += 1
         client = (
@@ -470,7 +471,7 @@ class ProxyHandler:
         self._hub.emit(
             AccessEvent(
                 ts=now if now is not None else self._clock(),
-                key=self._key(request),
+                key=key if key is not None else self._key(request),
                 url=path,
                 method=request.method,
                 outcome=outcome,
