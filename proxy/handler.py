@@ -338,17 +338,14 @@ class ProxyHandler:
         if method not in policy.SAFE_METHODS:
             # RFC 9111 §4.4: a non-error answer to an unsafe method invalidates
             # the target URI and same-origin Location / Content-Location.
+            host = self._rules.forwarded_host(request.headers, request.remote)
             for path in policy.invalidated_paths(
                 request_path=request.raw_path,
                 status=upstream.status,
                 response_headers=list(upstream.headers.items()),
-                authority=self._origin.authority,
+                authorities=(host, self._origin.authority),
             ):
-                await self._cache.invalidate(
-                    self._rules.cache_key(
-                        path, self._rules.forwarded_host(request.headers, request.remote)
-                    )
-                )
+                await self._cache.invalidate(self._rules.cache_key(path, host))
         status = policy.cache_status(fwd=fwd, fwd_status=upstream.status, name=self._name)
         outcome = Outcome.BYPASS if fwd in ("method", "bypass") else Outcome.MISS
         return await self._stream(request, Streaming(upstream, b""), status, outcome, started)

@@ -816,29 +816,37 @@ def if_range_matches(entry: CacheEntry, if_range: str) -> bool:
 
 
 def invalidated_paths(
-    *, request_path: str, status: int, response_headers: list[tuple[str, str]], authority: str
+    *,
+    request_path: str,
+    status: int,
+    response_headers: list[tuple[str, str]],
+    authorities: tuple[str, ...],
 ) -> list[str]:
-    """Cache keys an unsafe request's non-error response invalidates."""
+    """Paths an unsafe request's non-error response invalidates.
+
+    ``authorities``: the host names that denote the target's own origin (the
+    host the client asked for, and the origin's own authority).
+    """
     if not 200 <= status < 400:
         return []
     paths = [request_path]
     for name in ("location", "content-location"):
         value = header_value(response_headers, name)
         if value:
-            path = same_origin_path(value, authority)
+            path = same_origin_path(value, authorities)
             if path is not None and path not in paths:
                 paths.append(path)
     return paths
 
 
-def same_origin_path(reference: str, authority: str) -> str | None:
-    """Path+query of ``reference`` when it names our origin, else None.
+def same_origin_path(reference: str, authorities: tuple[str, ...]) -> str | None:
+    """Path+query of ``reference`` when it names the target's origin, else None.
 
     §4.4: a cache MUST NOT invalidate URIs of another host (cache poisoning).
     """
     parts = urlsplit(reference)
     if parts.scheme or parts.netloc:
-        if parts.netloc.lower() != authority.lower():
+        if parts.netloc.lower() not in {a.lower() for a in authorities}:
             return None
     elif not reference.startswith("/"):
         return None

@@ -639,3 +639,16 @@ async def test_known_uncacheable_urls_are_forwarded_as_asked(origin, proxy, clie
     response, body = await get(client, proxy, "/mine", If_None_Match='"me"')
     assert response.status == 304 and body == b""
     assert origin.last("/mine").headers["If-None-Match"] == '"me"'
+
+
+async def test_s4_4_location_naming_the_host_the_client_used_is_invalidated(
+    origin, proxy, client
+) -> None:
+    origin.set("/listing", headers={"Cache-Control": "max-age=60"})
+    public = f"http://127.0.0.1:{proxy.proxy_port}"
+    origin.handle("/create", lambda r: _respond(303, {"Location": f"{public}/listing"}))
+    await get(client, proxy, "/listing")
+    async with client.post(url(proxy, "/create"), allow_redirects=False) as response:
+        assert response.status == 303
+    await get(client, proxy, "/listing")
+    assert origin.count("/listing") == 2

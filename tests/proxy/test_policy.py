@@ -325,9 +325,9 @@ def test_s4_4_invalidation_targets() -> None:
         status=201,
         response_headers=[
             ("Location", "http://origin:9000/b?x=1"),
-            ("Content-Location", "/c"),
+            ("Content-Location", "https://SHOP.example/c"),
         ],
-        authority="origin:9000",
+        authorities=("shop.example", "origin:9000"),
     )
     assert paths == ["/a", "/b?x=1", "/c"]
 
@@ -337,11 +337,11 @@ def test_s4_4_other_hosts_and_errors_are_not_invalidated() -> None:
         request_path="/a",
         status=200,
         response_headers=[("Location", "http://evil.example/b")],
-        authority="origin:9000",
+        authorities=("shop.example", "origin:9000"),
     ) == ["/a"]
     assert (
         policy.invalidated_paths(
-            request_path="/a", status=500, response_headers=[], authority="origin:9000"
+            request_path="/a", status=500, response_headers=[], authorities=("origin:9000",)
         )
         == []
     )
