@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 # queue behind each other only to fetch one by one anyway.
 PASS_MEMORY_SECONDS = 30.0
 PASS_MEMORY_KEYS = 10_000
+TOO_LARGE = "too large"
 
 
 @dataclass(slots=True)
@@ -64,7 +65,8 @@ class FillResult:
     relayed: list[tuple[str, str]] | None = None
     # The response itself can never be stored (private, no-store, too large...),
     # whoever asks: later requests for the key need not wait for each other.
-    uncacheable: bool = False
+    # Why, when it is so ("too large", "private", "set-cookie", ...).
+    uncacheable: str | None = None
 
 
 class Filler:
@@ -91,7 +93,8 @@ class Filler:
         self._tasks = tasks
         self._clock = clock
         self._inflight: dict[str, asyncio.Future[FillResult]] = {}
-        self._pass_until: OrderedDict[str, float] = OrderedDict()
+        # key -> (until when, why its response could not be stored)
+        self._pass_until: OrderedDict[str, tuple[float, str]] = OrderedDict()
 
     async def fill(self, path_qs: str, host: str | None = None) -> FillResult:
         """Warm ``path_qs`` (a path on the origin) the way a client miss would.
@@ -185,7 +188,7 @@ class Filler:
             # Waiters never see the leader's stream: it belongs to one client.
             future.set_result(replace(result, stream=None))
             if result.uncacheable and not policy.is_error_status(result.status):
-                self._remember_pass(key)
+                self._remember_pass(key, result.uncacheable)
 
     def refresh_in_background(
         self,
@@ -270,11 +273,13 @@ class Filler:
                 config=self._config,
             )
             if not decision.storable:
-                # The updated response may no longer be shared (the 304 added
-                # Set-Cookie, private, no-store...): only this client gets it,
-                # and the stored one goes.
+                # Only this client gets the updated response.  When the 304
+                # itself made it unshareable (Set-Cookie, private, no-store...)
+                # the stored one goes too; a reason of this request's own
+                # (its no-store) leaves the shared entry alone.
                 self._metrics.not_stored.labels(decision.reason).inc()
-                await self._cache.invalidate(key)
+                if decision.reason not in policy.REQUEST_CAUSED_REASONS:
+                    await self._cache.invalidate(key)
                 return FillResult(status=304, entry=entry, revalidated=True)
             stored = await self._store(key, entry)
             return FillResult(
@@ -294,13 +299,17 @@ class Filler:
             return FillResult(
                 status=response.status,
                 stream=Streaming(response, b""),
-                uncacheable=decision.reason not in policy.REQUEST_CAUSED_REASONS,
+                uncacheable=(
+                    None if decision.reason in policy.REQUEST_CAUSED_REASONS else decision.reason
+                ),
             )
         length = response.content_length
         if length is not None and length > self._max_entry_bytes:
-            self._metrics.not_stored.labels("too large").inc()
+            self._metrics.not_stored.labels(TOO_LARGE).inc()
             return FillResult(
-                status=response.status, stream=Streaming(response, b""), uncacheable=True
+                status=response.status,
+                stream=Streaming(response, b""),
+                uncacheable=TOO_LARGE,
             )
         try:
             body, complete = await read_body(response, self._max_entry_bytes)
@@ -308,9 +317,11 @@ class Filler:
             response.release()
             return FillResult(error=exc)
         if not complete:
-            self._metrics.not_stored.labels("too large").inc()
+            self._metrics.not_stored.labels(TOO_LARGE).inc()
             return FillResult(
-                status=response.status, stream=Streaming(response, body), uncacheable=True
+                status=response.status,
+                stream=Streaming(response, body),
+                uncacheable=TOO_LARGE,
             )
         response.release()
         entry = policy.build_entry(
@@ -338,22 +349,27 @@ class Filler:
             self._metrics.not_stored.labels("no freshness").inc()
             return False
         if entry.size > self._max_entry_bytes:
-            self._metrics.not_stored.labels("too large").inc()
+            self._metrics.not_stored.labels(TOO_LARGE).inc()
             return False
         return await self._cache.put(key, entry)
 
-    def known_uncacheable(self, key: str) -> bool:
-        """The key's last response could not be stored, whoever asked (hit-for-pass)."""
-        until = self._pass_until.get(key)
-        if until is None:
-            return False
+    def known_uncacheable(self, key: str) -> str | None:
+        """Why the key's last response could not be stored, whoever asked (or None).
+
+        Requests for such a key skip coalescing for a while (hit-for-miss):
+        they still fill, since the next response may be storable.
+        """
+        remembered = self._pass_until.get(key)
+        if remembered is None:
+            return None
+        until, why = remembered
         if until < self._clock():
             del self._pass_until[key]
-            return False
-        return True
+            return None
+        return why
 
-    def _remember_pass(self, key: str) -> None:
-        self._pass_until[key] = self._clock() + PASS_MEMORY_SECONDS
+    def _remember_pass(self, key: str, why: str) -> None:
+        self._pass_until[key] = (self._clock() + PASS_MEMORY_SECONDS, why)
         self._pass_until.move_to_end(key)
         while len(self._pass_until) > PASS_MEMORY_KEYS:
             self._pass_until.popitem(last=False)

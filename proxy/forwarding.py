@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -16,6 +18,37 @@ from proxy.policy import CONDITIONAL_REQUEST_FIELDS, HOP_BY_HOP, connection_name
 FORWARDING_FIELDS = frozenset(
     {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"}
 )
+
+
+class BadHost(ValueError):
+    """A Host (or trusted X-Forwarded-Host) that is not a host[:port]."""
+
+
+_HOST_NAME = re.compile(
+    r"[a-z0-9_](?:[a-z0-9_\-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_\-]*[a-z0-9_])?)*"
+)
+_IP_LITERAL = re.compile(r"\[[0-9a-f:.]+\]")
+
+
+@functools.lru_cache(maxsize=1024)
+def normalize_host(value: str) -> str:
+    """``value`` as one canonical host[:port], or BadHost.
+
+    Hosts enter cache keys, so anything that is not a host name or address
+    (a "/" or "?" could make two URLs share a key) is refused, and spellings
+    of one host (case, a trailing dot, a default port) are made one.
+    """
+    host = value.strip().lower()
+    if host.endswith("]") or ":" not in host:
+        name, port = host, ""
+    else:
+        name, _, port = host.rpartition(":")
+        if not port.isdigit() or len(port) > 5:
+            raise BadHost(value)
+    name = name.removesuffix(".")
+    if not (_HOST_NAME.fullmatch(name) or _IP_LITERAL.fullmatch(name)):
+        raise BadHost(value)
+    return name if port in ("", "80", "443") else f"{name}:{port}"
 
 
 def end_to_end(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -67,26 +100,31 @@ class ForwardingRules:
         return bool(self.public_host) and not self.preserve_host and not self.trusted_networks
 
     def forwarded_host(self, headers: CIMultiDictProxy[str], peer: str | None) -> str:
-        """The host the origin is told the client asked for."""
+        """The host the origin is told the client asked for, normalized.
+
+        Raises BadHost when the client's (or a trusted proxy's) value is not a
+        host[:port]; the request is then refused.
+        """
         if self.trusted_networks and self.is_trusted(peer):
             prior = headers.get("X-Forwarded-Host")
             if prior:
-                return prior
+                return normalize_host(prior.split(",")[0])
         if self.public_host and not self.preserve_host:
             return self.public_host
-        return headers.get("Host") or self.public_host or self.origin_authority
+        host = headers.get("Host")
+        return normalize_host(host) if host else (self.public_host or self.origin_authority)
 
     def cache_key(self, path_qs: str, host: str) -> str:
         """The cache key of a request for ``path_qs`` told to the origin as ``host``."""
         if self.single_host:
             return path_qs
-        return f"//{host.lower()}{path_qs}"
+        return f"//{normalize_host(host)}{path_qs}"
 
     def key_of(self, headers: CIMultiDictProxy[str], peer: str | None, path_qs: str) -> str:
-        """The cache key of a client's request."""
+        """The cache key of a client's request (BadHost for an unusable host)."""
         if self.single_host:
             return path_qs
-        return f"//{self.forwarded_host(headers, peer).lower()}{path_qs}"
+        return f"//{self.forwarded_host(headers, peer)}{path_qs}"
 
     def is_trusted(self, peer: str | None) -> bool:
         if peer is None or not self.trusted_networks:

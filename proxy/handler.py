@@ -21,8 +21,8 @@ from yarl import URL
 from proxy import policy, websocket
 from proxy.cache import Cache
 from proxy.entry import CacheEntry
-from proxy.filler import Filler, FillResult, Streaming
-from proxy.forwarding import ForwardingRules, end_to_end
+from proxy.filler import TOO_LARGE, Filler, FillResult, Streaming
+from proxy.forwarding import BadHost, ForwardingRules, end_to_end
 from proxy.metrics import ProxyMetrics
 from proxy.observe import AccessEvent, EventHub, Outcome
 from proxy.origin import OriginClient, OriginError, OriginFailure
@@ -56,7 +56,7 @@ def _to_origin_form(request: web.BaseRequest) -> web.BaseRequest | None:
     path = parts.path if parts.path.startswith("/") else "/" + parts.path
     target = f"{path}?{parts.query}" if parts.query else path
     headers = CIMultiDict(request.headers)
-    headers["Host"] = parts.netloc
+    headers["Host"] = parts.netloc.rpartition("@")[2]  # never userinfo
     return request.clone(rel_url=URL(target, encoded=True), headers=headers)
 
 
@@ -92,6 +92,12 @@ class ProxyHandler:
             return request.raw_path
         return self._rules.key_of(request.headers, request.remote, request.raw_path)
 
+    def _event_key(self, request: web.BaseRequest) -> str:
+        try:
+            return self._key(request)
+        except BadHost:
+            return request.raw_path  # a refused request: it has no cache key
+
     # ------------------------------------------------------------------ entry
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -102,6 +108,12 @@ class ProxyHandler:
                 status = policy.cache_status(fwd="bypass", detail="bad-target", name=self._name)
                 return self._plain(request, 400, "warmproxy: bad request target\n", status, started)
             request = origin_form
+        if not self._keys_are_paths:
+            try:
+                self._rules.forwarded_host(request.headers, request.remote)
+            except BadHost:
+                status = policy.cache_status(fwd="bypass", detail="bad-host", name=self._name)
+                return self._plain(request, 400, "warmproxy: bad Host\n", status, started)
         method = request.method
         if method == "GET" or method == "HEAD":
             headers = request.headers
@@ -182,9 +194,13 @@ class ProxyHandler:
             # Ranges are cut from fresh complete entries (above); anything
             # else goes to the origin as asked, without filling the cache.
             return await self._forward(request, started, fwd="bypass")
-        if entry is None and self._filler.known_uncacheable(key):
-            # Nothing will be stored: forward the request as it came (its
-            # validators too) and stream the answer from the first byte.
+        why = self._filler.known_uncacheable(key) if entry is None else None
+        if why is not None and (
+            why == TOO_LARGE or "if-none-match" in headers or "if-modified-since" in headers
+        ):
+            # The last answer could not be stored: forward this request as it
+            # came (its validators too) and stream from the first byte.  Other
+            # requests still fill, since the next answer may be storable.
             return await self._forward(request, started, fwd="miss")
         if entry is not None:
             fwd = "request" if entry.fresh_until > now else "stale"
@@ -468,7 +484,7 @@ class ProxyHandler:
         self._hub.emit(
             AccessEvent(
                 ts=now if now is not None else self._clock(),
-                key=key if key is not None else self._key(request),
+                key=key if key is not None else self._event_key(request),
                 url=path,
                 method=request.method,
                 outcome=outcome,

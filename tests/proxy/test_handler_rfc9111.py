@@ -652,3 +652,35 @@ async def test_s4_4_location_naming_the_host_the_client_used_is_invalidated(
         assert response.status == 303
     await get(client, proxy, "/listing")
     assert origin.count("/listing") == 2
+
+
+async def test_a_requests_own_no_store_does_not_evict_the_shared_entry(
+    origin, proxy, client
+) -> None:
+    async def resource(request: web.Request) -> web.Response:
+        if request.headers.get("If-None-Match") == '"k"':
+            return web.Response(status=304, headers={"ETag": '"k"'})
+        return web.Response(body=b"kept", headers={"ETag": '"k"', "Cache-Control": "max-age=60"})
+
+    origin.handle("/keep304", resource)
+    await get(client, proxy, "/keep304")
+    response, body = await get(client, proxy, "/keep304", Cache_Control="no-cache, no-store")
+    assert body == b"kept"
+    response, _ = await get(client, proxy, "/keep304")
+    assert "hit" in response.headers["Cache-Status"]
+
+
+async def test_one_private_answer_does_not_stop_caching_the_public_one(
+    origin, proxy, client
+) -> None:
+    async def page(request: web.Request) -> web.Response:
+        if "session" in request.headers.get("Cookie", ""):
+            return web.Response(text="yours", headers={"Cache-Control": "private"})
+        return web.Response(text="everyone's", headers={"Cache-Control": "public, max-age=60"})
+
+    origin.handle("/home", page)
+    await get(client, proxy, "/home", Cookie="session=1")
+    for _ in range(5):
+        _, body = await get(client, proxy, "/home")
+        assert body == b"everyone's"
+    assert origin.count("/home") == 2

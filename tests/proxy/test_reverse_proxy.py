@@ -411,3 +411,20 @@ async def test_a_failed_start_closes_what_it_opened(origin) -> None:
     assert proxy.origin._session is None
     assert len(proxy.tasks) == 0
     assert not proxy.ready
+
+
+async def test_a_host_that_is_not_a_host_is_refused(origin, proxy, client) -> None:
+    origin.set("/b/c", headers={"Cache-Control": "max-age=60"}, body=b"c")
+    for bad in (f"127.0.0.1:{proxy.proxy_port}/a", "x?y", "user@host", "host:port"):
+        async with client.get(url(proxy, "/b/c"), headers={"Host": bad}) as response:
+            assert response.status == 400, bad
+    assert origin.count("/b/c") == 0
+
+
+async def test_spellings_of_one_host_share_entries(origin, proxy, client) -> None:
+    origin.set("/same", headers={"Cache-Control": "max-age=60"})
+    for host in ("Shop.Example", "shop.example.", "shop.example:80"):
+        async with client.get(url(proxy, "/same"), headers={"Host": host}) as response:
+            await response.read()
+    assert origin.count("/same") == 1
+    assert origin.last("/same").headers["X-Forwarded-Host"] == "shop.example"
