@@ -189,7 +189,11 @@ def test_a_malformed_request_is_one_log_line_not_a_traceback(tmp_path: Path) -> 
             assert sock.recv(100).split(b" ")[1] == b"400"
     finally:
         process.send_signal(signal.SIGTERM)
-        process.wait(15)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
         err.close()
     log = (tmp_path / "stderr").read_text()
     assert "malformed request rejected" in log

@@ -42,8 +42,13 @@ class Origin:
         headers: dict[str, str] | list[tuple[str, str]] | None = None,
         body: bytes = b"hello",
         delay: float = 0.0,
+        gate: Callable[[], bool] | None = None,
     ) -> None:
+        """Answer ``path`` so; with ``gate``, only once it holds (e.g. all requests arrived)."""
+
         async def handler(request: web.Request) -> web.StreamResponse:
+            if gate is not None:
+                await eventually(gate, within=10)
             if delay:
                 await asyncio.sleep(delay)
             return web.Response(status=status, body=body, headers=_multi(headers))
@@ -143,6 +148,12 @@ def client_host(proxy: Warmproxy) -> str:
 def key(proxy: Warmproxy, path: str) -> str:
     """The cache key of a test client's request for ``path``."""
     return proxy.rules.cache_key(path, client_host(proxy))
+
+
+def coalesced(proxy: Warmproxy) -> float:
+    """How many requests so far waited for another request's origin fetch."""
+    value = proxy.metrics.registry.get_sample_value("warmproxy_coalesced_requests_total")
+    return value or 0.0
 
 
 def control_url(proxy: Warmproxy, path: str) -> str:

@@ -58,11 +58,14 @@ async def test_warm_fill_and_client_miss_share_one_origin_fetch(origin, proxy, c
     assert origin.count("/both") == 1
 
 
-async def test_warm_fill_of_an_uncacheable_url_stores_nothing(origin, proxy) -> None:
-    origin.set("/private", headers={"Cache-Control": "private"})
-    result = await proxy.filler.fill("/private")
+async def test_warm_fill_of_an_uncacheable_url_stores_nothing(origin, proxy, client) -> None:
+    origin.set("/private", headers={"Cache-Control": "private, max-age=60"})
+    result = await proxy.filler.fill("/private", client_host(proxy))
     assert not result.stored and result.status == 200
     assert proxy.cache.peek(key(proxy, "/private")) is None
+    async with client.get(url(proxy, "/private")) as response:
+        assert "hit" not in response.headers["Cache-Status"]
+    assert origin.count("/private") == 2
 
 
 async def test_warm_fill_reports_an_unreachable_origin(make_proxy) -> None:

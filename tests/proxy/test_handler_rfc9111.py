@@ -13,7 +13,7 @@ from aiohttp import web
 
 from proxy.app import Warmproxy
 from proxy.policy import format_http_date
-from tests.proxy.conftest import Origin, eventually, url
+from tests.proxy.conftest import Origin, coalesced, eventually, url
 
 
 async def get(
@@ -393,7 +393,13 @@ async def test_stale_if_error_when_origin_is_down(make_proxy, client) -> None:
 async def test_request_coalescing_one_origin_fetch_for_concurrent_misses(
     origin, proxy, client
 ) -> None:
-    origin.set("/slow", headers={"Cache-Control": "max-age=60"}, body=b"S", delay=0.3)
+    # The origin answers once all 19 others are waiting on the first fetch.
+    origin.set(
+        "/slow",
+        headers={"Cache-Control": "max-age=60"},
+        body=b"S",
+        gate=lambda: coalesced(proxy) >= 19,
+    )
     results = await asyncio.gather(*(get(client, proxy, "/slow") for _ in range(20)))
     assert all(body == b"S" for _, body in results)
     assert origin.count("/slow") == 1
@@ -544,8 +550,9 @@ async def test_s4_3_4_revalidation_keeps_a_single_via(origin, proxy, client) -> 
 
 
 async def test_coalesced_requests_share_an_origin_failure(origin, make_proxy, client) -> None:
-    origin.set("/timeout", delay=1.0)
-    proxy = await make_proxy(origin.url, proxy={"read_timeout": 0.3})
+    proxy = await make_proxy(origin.url, proxy={"read_timeout": 1.0})
+    # The origin stays silent past the read timeout once all 10 requests are in.
+    origin.set("/timeout", gate=lambda: coalesced(proxy) >= 9, delay=3.0)
     results = await asyncio.gather(*(get(client, proxy, "/timeout") for _ in range(10)))
     assert [r.status for r, _ in results] == [504] * 10
     assert origin.count("/timeout") == 1
@@ -593,7 +600,7 @@ async def test_s5_2_2_4_coalesced_waiters_do_not_share_a_no_cache_response(
     origin, proxy, client
 ) -> None:
     async def personal(request: web.Request) -> web.Response:
-        await asyncio.sleep(0.2)
+        await eventually(lambda: coalesced(proxy) >= 3, within=10)
         if request.headers.get("If-None-Match") == '"nc"':
             return web.Response(status=304, headers={"ETag": '"nc"'})
         return web.Response(text="full", headers={"Cache-Control": "no-cache", "ETag": '"nc"'})
@@ -608,10 +615,16 @@ async def test_s5_2_2_4_coalesced_waiters_do_not_share_a_no_cache_response(
 
 
 async def test_5xx_does_not_switch_coalescing_off(origin, proxy, client) -> None:
-    origin.set("/flap", status=503, delay=0.2)
+    origin.set("/flap", status=503, gate=lambda: coalesced(proxy) >= 2)
     await asyncio.gather(*(get(client, proxy, "/flap") for _ in range(3)))
     first_burst = origin.count("/flap")
-    origin.set("/flap", headers={"Cache-Control": "max-age=60"}, body=b"ok", delay=0.2)
+    before = coalesced(proxy)
+    origin.set(
+        "/flap",
+        headers={"Cache-Control": "max-age=60"},
+        body=b"ok",
+        gate=lambda: coalesced(proxy) >= before + 4,
+    )
     results = await asyncio.gather(*(get(client, proxy, "/flap") for _ in range(5)))
     assert all(body == b"ok" for _, body in results)
     assert origin.count("/flap") == first_burst + 1
@@ -620,7 +633,7 @@ async def test_5xx_does_not_switch_coalescing_off(origin, proxy, client) -> None
 async def test_rfc5861_s4_waiters_fall_back_to_stale_together(origin, proxy, client) -> None:
     origin.set("/sw", headers={"Cache-Control": "max-age=0, stale-if-error=60", "Age": "1"})
     await get(client, proxy, "/sw")
-    origin.set("/sw", status=503, delay=0.2)
+    origin.set("/sw", status=503, gate=lambda: coalesced(proxy) >= 4)
     results = await asyncio.gather(*(get(client, proxy, "/sw") for _ in range(5)))
     assert all(r.status == 200 and body == b"hello" for r, body in results)
     assert origin.count("/sw") == 2

@@ -15,7 +15,7 @@ async def fetch(client, proxy, path: str) -> tuple[int, bytes, str]:
 
 
 async def test_entries_live_in_redis_under_the_prefix_with_a_ttl(
-    origin, make_proxy, client, redis_url, redis_prefix
+    redis_url, redis_prefix, origin, make_proxy, client
 ) -> None:
     proxy = await make_proxy(
         origin.url,
@@ -35,7 +35,7 @@ async def test_entries_live_in_redis_under_the_prefix_with_a_ttl(
 
 
 async def test_two_proxies_share_one_redis_cache(
-    origin, make_proxy, client, redis_url, redis_prefix
+    redis_url, redis_prefix, origin, make_proxy, client
 ) -> None:
     cache = {"store": "redis", "redis_url": redis_url, "redis_prefix": redis_prefix}
     # Replicas behind one load balancer: clients ask for one public host.
@@ -50,7 +50,7 @@ async def test_two_proxies_share_one_redis_cache(
 
 
 async def test_invalidation_reaches_redis(
-    origin, make_proxy, client, redis_url, redis_prefix
+    redis_url, redis_prefix, origin, make_proxy, client
 ) -> None:
     cache = {"store": "redis", "redis_url": redis_url, "redis_prefix": redis_prefix, "l1_ttl": 0}
     public = {"public_host": "shop.example"}
@@ -123,7 +123,7 @@ async def test_proxy_starts_with_redis_unreachable(origin, make_proxy, client) -
 
 
 async def test_redis_store_is_counted_in_the_background(
-    origin, make_proxy, client, redis_url, redis_prefix
+    redis_url, redis_prefix, origin, make_proxy, client
 ) -> None:
     proxy = await make_proxy(
         origin.url,
