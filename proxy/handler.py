@@ -98,6 +98,12 @@ class ProxyHandler:
         except BadHost:
             return request.raw_path  # a refused request: it has no cache key
 
+    def _event_host(self, request: web.BaseRequest) -> str:
+        try:
+            return self._rules.forwarded_host(request.headers, request.remote)
+        except BadHost:
+            return ""
+
     # ------------------------------------------------------------------ entry
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -492,5 +498,6 @@ class ProxyHandler:
                 latency=time.perf_counter() - started,
                 bytes=size,
                 client=client,
+                host=self._event_host(request),
             )
         )

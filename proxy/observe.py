@@ -44,6 +44,7 @@ class AccessEvent:
     latency: float  # seconds until the response was handed over (streamed: relayed whole)
     bytes: int  # body bytes sent (for streamed responses: as far as known)
     client: str  # client id: the configured header's value, else the peer address
+    host: str = ""  # the host the origin was told (what a warm fill of ``url`` needs)
     warm: bool = False  # produced by the warmer, not by a user
 
 
