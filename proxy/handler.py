@@ -114,9 +114,11 @@ class ProxyHandler:
                 status = policy.cache_status(fwd="bypass", detail="bad-target", name=self._name)
                 return self._plain(request, 400, "warmproxy: bad request target\n", status, started)
             request = origin_form
-        if not self._keys_are_paths:
+        if self._keys_are_paths:
+            host = self._rules.public_host
+        else:
             try:
-                self._rules.forwarded_host(request.headers, request.remote)
+                host = self._rules.forwarded_host(request.headers, request.remote)
             except BadHost:
                 status = policy.cache_status(fwd="bypass", detail="bad-host", name=self._name)
                 return self._plain(request, 400, "warmproxy: bad Host\n", status, started)
@@ -133,23 +135,29 @@ class ProxyHandler:
                 if name in headers:
                     break
             else:
-                key = self._key(request)
+                key = self._rules.cache_key(request.raw_path, host)
                 entry = self._cache.peek(key)
                 if isinstance(entry, CacheEntry):
                     now = self._clock()
                     if now < entry.fresh_until and not entry.no_cache:
-                        return self._respond_hit(request, entry, now, started, key)
+                        return self._respond_hit(request, entry, now, started, key, host)
             return await self._handle_cacheable(request, started)
         return await self._forward(request, started)
 
     def _respond_hit(
-        self, request: web.BaseRequest, entry: CacheEntry, now: float, started: float, key: str
+        self,
+        request: web.BaseRequest,
+        entry: CacheEntry,
+        now: float,
+        started: float,
+        key: str,
+        host: str,
     ) -> web.Response:
         headers = entry.response_head()
         headers["Age"] = str(int(now - entry.born))
         headers["Cache-Status"] = f"{self._name}; hit; ttl={int(entry.fresh_until - now)}"
         response = web.Response(status=entry.status, body=entry.body, headers=headers)
-        self._emit(request, Outcome.HIT, entry.status, started, len(entry.body), now, key)
+        self._emit(request, Outcome.HIT, entry.status, started, len(entry.body), now, key, host)
         return response
 
     # ------------------------------------------------------------- full path
@@ -481,6 +489,7 @@ class ProxyHandler:
         size: int,
         now: float | None = None,
         key: str | None = None,
+        host: str | None = None,
     ) -> None:
         self._metrics.requests[(outcome, request.method)] += 1
         client = (
@@ -498,6 +507,6 @@ class ProxyHandler:
                 latency=time.perf_counter() - started,
                 bytes=size,
                 client=client,
-                host=self._event_host(request),
+                host=host if host is not None else self._event_host(request),
             )
         )
