@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -55,47 +56,58 @@ def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str,
         return exc.code, dict(exc.headers), exc.read()
 
 
+@dataclass
+class Demo:
+    """A running ``warmproxy demo``: its ports and where its stderr goes."""
+
+    listen: int
+    control: int
+    stderr: Path
+
+
 @pytest.fixture
-def demo(tmp_path: Path) -> Iterator[tuple[int, int]]:
-    """``warmproxy demo`` on free ports: the demo origin with the proxy in front."""
+def demo(tmp_path: Path) -> Iterator[Demo]:
+    """``warmproxy demo`` on free ports: the demo origin with the proxy in front.
+
+    It must stop cleanly (exit 0) on SIGTERM.
+    """
     origin, listen, control = free_port(), free_port(), free_port()
-    out, err = (tmp_path / "stdout").open("wb"), (tmp_path / "stderr").open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "proxy.cli",
-            "demo",
-            "--origin-port",
-            str(origin),
-            "--listen",
-            f"127.0.0.1:{listen}",
-            "--control",
-            f"127.0.0.1:{control}",
-            "--log-format",
-            "json",
-        ],
-        cwd=ROOT,
-        stdout=out,
-        stderr=err,
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{control}/healthz")
-        yield listen, control
-    finally:
-        process.send_signal(signal.SIGTERM)
+    stderr = tmp_path / "stderr"
+    with stderr.open("wb") as err:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "proxy.cli",
+                "demo",
+                "--origin-port",
+                str(origin),
+                "--listen",
+                f"127.0.0.1:{listen}",
+                "--control",
+                f"127.0.0.1:{control}",
+                "--log-format",
+                "json",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
         try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        out.close()
-        err.close()
-    assert process.returncode == 0, (tmp_path / "stderr").read_text()
+            wait_http(f"http://127.0.0.1:{control}/healthz")
+            yield Demo(listen, control, stderr)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    assert process.returncode == 0, stderr.read_text()
 
 
-def test_demo_serves_a_miss_then_a_hit_and_counts_them(demo: tuple[int, int]) -> None:
-    listen, control = demo
+def test_demo_serves_a_miss_then_a_hit_and_counts_them(demo: Demo) -> None:
+    listen, control = demo.listen, demo.control
     status, headers, body = get(f"http://127.0.0.1:{listen}/products/1")
     assert status == 200 and body
     assert "fwd=uri-miss" in headers["Cache-Status"]
@@ -160,41 +172,12 @@ def test_the_documented_default_config_is_valid_and_complete() -> None:
     assert loaded.model_dump() == defaults
 
 
-def test_a_malformed_request_is_one_log_line_not_a_traceback(tmp_path: Path) -> None:
-    origin, listen, control = free_port(), free_port(), free_port()
-    err = (tmp_path / "stderr").open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "proxy.cli",
-            "demo",
-            "--origin-port",
-            str(origin),
-            "--listen",
-            f"127.0.0.1:{listen}",
-            "--control",
-            f"127.0.0.1:{control}",
-            "--log-format",
-            "json",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=err,
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{control}/healthz")
-        with socket.create_connection(("127.0.0.1", listen), timeout=5) as sock:
-            sock.sendall(b"GET /\x00bad HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert sock.recv(100).split(b" ")[1] == b"400"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        err.close()
-    log = (tmp_path / "stderr").read_text()
-    assert "malformed request rejected" in log
+def test_a_malformed_request_is_one_log_line_not_a_traceback(demo: Demo) -> None:
+    with socket.create_connection(("127.0.0.1", demo.listen), timeout=5) as sock:
+        sock.sendall(b"GET /\x00bad HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(100).split(b" ")[1] == b"400"
+    deadline = time.monotonic() + 10
+    while "malformed request rejected" not in (log := demo.stderr.read_text()):
+        assert time.monotonic() < deadline, log
+        time.sleep(0.05)
     assert "Traceback" not in log
