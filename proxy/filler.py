@@ -264,14 +264,7 @@ class Filler:
                 config=self._config,
                 warmed=warm,
             )
-            decision = policy.storability(
-                method="GET",
-                status=stale.status,
-                request_cc=request_cc,
-                request_has_authorization=bool(request_headers.getall("authorization", [])),
-                response_headers=merged,
-                config=self._config,
-            )
+            decision = self._storability(stale.status, merged, request_headers, request_cc)
             if not decision.storable:
                 # Only this client gets the updated response.  When the 304
                 # itself made it unshareable (Set-Cookie, private, no-store...)
@@ -286,14 +279,7 @@ class Filler:
                 status=304, entry=entry, stored=stored, shareable=True, revalidated=True
             )
 
-        decision = policy.storability(
-            method="GET",
-            status=response.status,
-            request_cc=request_cc,
-            request_has_authorization=bool(request_headers.getall("authorization", [])),
-            response_headers=response_headers,
-            config=self._config,
-        )
+        decision = self._storability(response.status, response_headers, request_headers, request_cc)
         if not decision.storable:
             self._metrics.not_stored.labels(decision.reason).inc()
             return FillResult(
@@ -342,6 +328,23 @@ class Filler:
         )
         return FillResult(
             status=response.status, entry=entry, stored=stored, shareable=True, relayed=relayed
+        )
+
+    def _storability(
+        self,
+        status: int,
+        response_headers: list[tuple[str, str]],
+        request_headers: HeaderSource,
+        request_cc: CacheControl,
+    ) -> policy.StoreDecision:
+        """RFC 9111 §3 for a fill (always a GET) of this request."""
+        return policy.storability(
+            method="GET",
+            status=status,
+            request_cc=request_cc,
+            request_has_authorization=bool(request_headers.getall("authorization", [])),
+            response_headers=response_headers,
+            config=self._config,
         )
 
     async def _store(self, key: str, entry: CacheEntry) -> bool:
