@@ -187,7 +187,25 @@ async def test_prefix_with_glob_characters_matches_only_itself(
         await plain.close()
 
 
-async def test_scan_walks_every_cursor_page_and_yields_each_key_once(store: RedisStore) -> None:
+async def test_scan_walks_every_cursor_page_and_yields_each_key_once(
+    redis_url: str, redis_prefix: str
+) -> None:
+    # Timeouts roomier than production's: a hundred new connections at once
+    # on a loaded two-core machine can take longer than half a second.
+    store = RedisStore(
+        redis_url,
+        prefix=redis_prefix,
+        max_entry_bytes=MAX_ENTRY,
+        socket_timeout=5.0,
+        connect_timeout=5.0,
+    )
+    try:
+        await _scan_every_page(store)
+    finally:
+        await store.close()
+
+
+async def _scan_every_page(store: RedisStore) -> None:
     keys = {f"/many/{n}" for n in range(1_300)}
     entry = make_entry()
     ordered = sorted(keys)
