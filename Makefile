@@ -16,18 +16,18 @@ demo: $(STAMP)
 	$(BIN)/warmproxy demo
 
 test: $(STAMP)
-	$(BIN)/ruff check proxy tests bench
-	$(BIN)/ruff format --check proxy tests bench
+	$(BIN)/ruff check proxy warmer tests bench
+	$(BIN)/ruff format --check proxy warmer tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check proxy tests bench
+	$(BIN)/ruff check proxy warmer tests bench
 	$(BIN)/mypy
 
 fmt: $(STAMP)
-	$(BIN)/ruff format proxy tests bench
-	$(BIN)/ruff check --fix proxy tests bench
+	$(BIN)/ruff format proxy warmer tests bench
+	$(BIN)/ruff check --fix proxy warmer tests bench
 
 bench: $(STAMP)
 	$(BIN)/python bench/hit_path.py

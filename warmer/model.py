@@ -1,0 +1,117 @@
+"""The warmer's vocabulary: what is asked to be warmed, and what a fill reports.
+
+These are the only types the warmer shares with the proxy.  The proxy's
+``AccessEvent`` is read through :class:`Observed`, a protocol it satisfies, so
+the warmer never imports the proxy and the replay simulator can feed events of
+its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+#: Priority names, highest first (``[execution] priority_levels``).
+DEFAULT_PRIORITY_LEVELS: tuple[str, ...] = ("high", "medium", "low")
+
+
+class Reason(StrEnum):
+    """Which strategy asked for a warm fetch (a metrics label and a status field)."""
+
+    SCHEDULED = "scheduled"
+    REACTIVE = "reactive"
+    REFRESH_AHEAD = "refresh-ahead"
+    ON_DEMAND = "on-demand"
+    PREDICTIVE = "predictive"
+
+
+@dataclass(frozen=True, slots=True)
+class WarmRequest:
+    """One path to fill ahead of demand."""
+
+    url: str  # path and query on the origin, starting with "/"
+    priority: str = "medium"
+    reason: Reason = Reason.ON_DEMAND
+    # The host clients ask for (it is part of the cache key unless
+    # proxy.public_host is set); empty: the proxy's default host.
+    host: str = ""
+    # Freshness lifetime to store the warmed response with, overriding the
+    # origin's (a source's ``ttl``); None keeps what RFC 9111 gives.
+    ttl: float | None = None
+    # Fetch even when a fresh entry is cached (refresh-ahead).
+    refresh: bool = False
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        """What de-duplicates requests: the same URL for the same host."""
+        return (self.host, self.url)
+
+
+@dataclass(frozen=True, slots=True)
+class FillReport:
+    """What one warm fill did, as the executor needs to know it."""
+
+    status: int = 0  # origin status; 0 when no response came
+    stored: bool = False
+    already_fresh: bool = False  # nothing fetched: a fresh entry was cached
+    failure: str | None = None  # no response: the origin was unreachable or timed out
+    not_stored: str | None = None  # why a response that came was not stored
+    bytes: int = 0
+    fresh_until: float = 0.0  # freshness end of what was stored (0: nothing)
+
+    @property
+    def retryable(self) -> bool:
+        """Worth another try later: the origin failed, was overloaded or erred."""
+        return self.failure is not None or self.status == 429 or self.status >= 500
+
+    @property
+    def ok(self) -> bool:
+        """The entry is in the cache now."""
+        return self.already_fresh or self.stored
+
+    @property
+    def error(self) -> str | None:
+        """Why the entry is not in the cache (None when it is)."""
+        if self.ok:
+            return None
+        if self.failure is not None:
+            return self.failure
+        if self.status and not 200 <= self.status < 300:
+            return f"origin answered {self.status}"
+        return f"not stored: {self.not_stored or 'not cacheable'}"
+
+
+class Fill(Protocol):
+    """The proxy's fill path as the executor calls it (DESIGN rule 1).
+
+    ``admit`` is awaited just before the origin is asked (after the cache
+    said the entry is not fresh), so the origin rate limit is spent only on
+    real fetches.
+    """
+
+    async def __call__(
+        self, request: WarmRequest, admit: Callable[[], Awaitable[None]]
+    ) -> FillReport: ...
+
+
+class Observed(Protocol):
+    """The fields of an access event the warmer reads."""
+
+    @property
+    def ts(self) -> float: ...
+    @property
+    def key(self) -> str: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def outcome(self) -> str: ...  # "hit", "miss", "stale", "revalidated", "bypass"
+    @property
+    def client(self) -> str: ...
+    @property
+    def fresh_until(self) -> float: ...  # freshness end of the entry served/stored; 0 unknown
+    @property
+    def warmed(self) -> bool: ...  # the entry answering it was stored by a warm fetch
