@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 import aiohttp
@@ -67,6 +67,8 @@ class FillResult:
     # whoever asks: later requests for the key need not wait for each other.
     # Why, when it is so ("too large", "private", "set-cookie", ...).
     uncacheable: str | None = None
+    # A warm fill found a fresh entry and fetched nothing.
+    already_fresh: bool = False
 
 
 class Filler:
@@ -96,29 +98,46 @@ class Filler:
         # key -> (until when, why its response could not be stored)
         self._pass_until: OrderedDict[str, tuple[float, str]] = OrderedDict()
 
-    async def fill(self, path_qs: str, host: str | None = None) -> FillResult:
+    async def fill(
+        self,
+        path_qs: str,
+        host: str | None = None,
+        *,
+        refresh: bool = True,
+        ttl: float | None = None,
+        before_fetch: Callable[[], Awaitable[None]] | None = None,
+    ) -> FillResult:
         """Warm ``path_qs`` (a path on the origin) the way a client miss would.
 
         ``host`` is the host clients ask for (default: ``proxy.public_host``,
         else the origin's authority); it decides the cache key as it does for
-        clients.  A stale entry with validators is revalidated; a fresh one is
-        refetched (the caller decides whether that is wanted).  Streams are
-        closed.
+        clients.  A stale entry with validators is revalidated.  A fresh one
+        is refetched only with ``refresh`` (refresh-ahead); otherwise nothing
+        is fetched and the result says ``already_fresh``.  ``ttl`` overrides
+        the freshness lifetime of what is stored.  ``before_fetch`` is awaited
+        only when the origin is about to be asked (the warmer's rate limit).
+        Streams are closed.
         """
         host = host or self._rules.default_host
         headers = CIMultiDict(self._rules.warm_request_headers(host))
         proxy_headers = CIMultiDictProxy(headers)
         key = self._rules.cache_key(path_qs, host)
         lookup = await self._cache.lookup(key, proxy_headers)
+        entry = lookup.entry
+        if not refresh and entry is not None and policy.fresh_enough(entry, self._clock(), {}):
+            return FillResult(status=entry.status, entry=entry, already_fresh=True)
+        if before_fetch is not None:
+            await before_fetch()
         result = await self.fetch(
             key=key,
             path_qs=path_qs,
             send_headers=list(headers.items()),
             request_headers=proxy_headers,
             request_cc={},
-            stale=lookup.entry,
+            stale=entry,
             coalesce=True,
             warm=True,
+            ttl=ttl,
         )
         if result.stream is not None:
             result.stream.release()
@@ -135,13 +154,17 @@ class Filler:
         stale: CacheEntry | None,
         coalesce: bool,
         warm: bool = False,
+        ttl: float | None = None,
     ) -> FillResult:
-        """Fetch ``path_qs``, coalesced with concurrent fetches of ``key``."""
+        """Fetch ``path_qs``, coalesced with concurrent fetches of ``key``.
+
+        ``ttl`` (warm fills only) overrides the stored freshness lifetime.
+        """
         if coalesce and self.known_uncacheable(key):
             coalesce = False
         if not coalesce:
             return await self._fetch(
-                key, path_qs, send_headers, request_headers, request_cc, stale, warm
+                key, path_qs, send_headers, request_headers, request_cc, stale, warm, ttl
             )
         leader = self._inflight.get(key)
         if leader is not None:
@@ -173,14 +196,14 @@ class Filler:
                     return replace(result, collapsed=True, stream=None, relayed=None)
                 stale = entry
             return await self._fetch(
-                key, path_qs, send_headers, request_headers, request_cc, stale, warm
+                key, path_qs, send_headers, request_headers, request_cc, stale, warm, ttl
             )
         future: asyncio.Future[FillResult] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         result = FillResult()
         try:
             result = await self._fetch(
-                key, path_qs, send_headers, request_headers, request_cc, stale, warm
+                key, path_qs, send_headers, request_headers, request_cc, stale, warm, ttl
             )
             return result
         finally:
@@ -227,6 +250,7 @@ class Filler:
         request_cc: CacheControl,
         stale: CacheEntry | None,
         warm: bool,
+        ttl: float | None = None,
     ) -> FillResult:
         headers = list(send_headers)
         conditional = stale is not None and policy.has_validators(stale)
@@ -248,7 +272,7 @@ class Filler:
             if not policy.not_modified_selects(stale, response_headers):
                 # §4.3.4: the 304 is about another response; get a full one.
                 return await self._fetch(
-                    key, path_qs, send_headers, request_headers, request_cc, None, warm
+                    key, path_qs, send_headers, request_headers, request_cc, None, warm, ttl
                 )
             merged = policy.merge_not_modified(stale.headers, response_headers)
             entry = policy.build_entry(
@@ -264,6 +288,8 @@ class Filler:
                 config=self._config,
                 warmed=warm,
             )
+            if ttl is not None:
+                entry = policy.with_lifetime(entry, ttl)
             decision = self._storability(stale.status, merged, request_headers, request_cc)
             if not decision.storable:
                 # Only this client gets the updated response.  When the 304
@@ -322,6 +348,8 @@ class Filler:
             config=self._config,
             warmed=warm,
         )
+        if ttl is not None:
+            entry = policy.with_lifetime(entry, ttl)
         stored = await self._store(key, entry)
         relayed = policy.relayed_headers(
             response_headers, response_time=response_time, via=self._config.via

@@ -85,6 +85,7 @@ class ForwardingRules:
         trusted: list[str],
         via: str,
         public_host: str = "",
+        warm_header: str = "X-Warmproxy-Warm",
     ) -> ForwardingRules:
         return cls(
             origin_authority=origin_authority,
@@ -92,6 +93,7 @@ class ForwardingRules:
             trusted_networks=tuple(ipaddress.ip_network(t, strict=False) for t in trusted),
             via=via,
             public_host=public_host,
+            warm_header=warm_header,
         )
 
     @property
@@ -149,6 +151,7 @@ class ForwardingRules:
         cache asks for the full response and evaluates those itself.
         """
         trusted = self.is_trusted(peer)
+        warm_header = self.warm_header.lower()
         forwarded: list[tuple[str, str]] = []
         prior_for: list[str] = []
         prior_proto: str | None = None
@@ -163,6 +166,8 @@ class ForwardingRules:
                     elif lk == "forwarded":
                         forwarded.append((k, v))
                 continue
+            if lk == warm_header:
+                continue  # only the warmer's own fetches carry it: clients cannot forge it
             if lk in ("host", "via", "expect"):
                 # Host and Via are set below; Expect is answered by this proxy
                 # (RFC 9110 §10.1.1).

@@ -157,7 +157,18 @@ class ProxyHandler:
         headers["Age"] = str(int(now - entry.born))
         headers["Cache-Status"] = f"{self._name}; hit; ttl={int(entry.fresh_until - now)}"
         response = web.Response(status=entry.status, body=entry.body, headers=headers)
-        self._emit(request, Outcome.HIT, entry.status, started, len(entry.body), now, key, host)
+        self._emit(
+            request,
+            Outcome.HIT,
+            entry.status,
+            started,
+            len(entry.body),
+            now,
+            key,
+            host,
+            entry.fresh_until,
+            entry.warmed,
+        )
         return response
 
     # ------------------------------------------------------------- full path
@@ -282,7 +293,9 @@ class ProxyHandler:
             )
             return await self._answer_fill(request, result, None, request_cc, fwd, started)
         outcome = Outcome.REVALIDATED if result.revalidated else Outcome.MISS
-        return self._serve(request, result.entry, now, outcome, status, started, result.relayed)
+        return self._serve(
+            request, result.entry, now, outcome, status, started, result.relayed, result.stored
+        )
 
     def _serve(
         self,
@@ -293,12 +306,15 @@ class ProxyHandler:
         cache_status: str,
         started: float,
         relayed: list[tuple[str, str]] | None = None,
+        cached: bool = True,
     ) -> web.Response:
         """Answer from ``entry``, with a 304 when the client's validators match.
 
         ``relayed``: the origin's own header fields, when this request caused
         the fetch (they may include fields the stored entry leaves out).
+        ``cached``: ``entry`` is (now) in the cache.
         """
+        fresh_until = entry.fresh_until if cached else 0.0
         headers = request.headers
         if 200 <= entry.status < 300:
             inm = ", ".join(headers.getall("if-none-match", [])) or None
@@ -309,7 +325,9 @@ class ProxyHandler:
                 not_modified = CIMultiDict(policy.not_modified_headers(entry))
                 not_modified["Age"] = str(int(policy.age_of(entry, now)))
                 not_modified["Cache-Status"] = cache_status
-                self._emit(request, outcome, 304, started, 0)
+                self._emit(
+                    request, outcome, 304, started, 0, now, None, None, fresh_until, entry.warmed
+                )
                 return web.Response(status=304, headers=not_modified)
         out = CIMultiDict(relayed) if relayed is not None else entry.response_head()
         out["Age"] = str(int(policy.age_of(entry, now)))
@@ -318,7 +336,9 @@ class ProxyHandler:
         range_value = headers.get("range")
         if range_value is not None and status == 200:
             status, body = self._cut_range(entry, range_value, headers.get("if-range"), out)
-        self._emit(request, outcome, status, started, len(body))
+        self._emit(
+            request, outcome, status, started, len(body), now, None, None, fresh_until, entry.warmed
+        )
         return web.Response(status=status, body=body, headers=out)
 
     @staticmethod
@@ -490,6 +510,8 @@ class ProxyHandler:
         now: float | None = None,
         key: str | None = None,
         host: str | None = None,
+        fresh_until: float = 0.0,
+        warmed: bool = False,
     ) -> None:
         self._metrics.requests[(outcome, request.method)] += 1
         client = (
@@ -508,5 +530,7 @@ class ProxyHandler:
                 bytes=size,
                 client=client,
                 host=host if host is not None else self._event_host(request),
+                fresh_until=fresh_until,
+                warmed=warmed,
             )
         )

@@ -46,6 +46,11 @@ class AccessEvent:
     client: str  # client id: the configured header's value, else the peer address
     host: str = ""  # the host the origin was told (what a warm fill of ``url`` needs)
     warm: bool = False  # produced by the warmer, not by a user
+    # Freshness end of the cached entry this request was answered from or
+    # stored (0.0: nothing cached), so the warmer can refresh ahead of expiry.
+    fresh_until: float = 0.0
+    # The entry answering this request was stored by a warm fetch.
+    warmed: bool = False
 
 
 Observer = Callable[[AccessEvent], None]

@@ -18,7 +18,7 @@ import hashlib
 import re
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -585,6 +585,28 @@ def build_entry(
         shareable_with_auth=shareable_with_authorization(response_cc),
         fetch_seconds=fetch_seconds,
         warmed=warmed,
+    )
+
+
+def with_lifetime(entry: CacheEntry, ttl: float) -> CacheEntry:
+    """``entry`` kept fresh for ``ttl`` seconds from when it was stored.
+
+    The operator's per-source TTL for warmed entries (like a CDN's edge TTL)
+    replaces the origin's freshness lifetime; the stale windows and the
+    retention move with it.  Never applied to ``no-cache`` responses, which
+    must be validated on every use whatever their lifetime (§5.2.2.4).
+    """
+    if entry.no_cache:
+        return entry
+    fresh_until = entry.stored_at + ttl
+    shift = fresh_until - entry.fresh_until
+    return replace(
+        entry,
+        fresh_until=fresh_until,
+        stale_while_revalidate_until=entry.stale_while_revalidate_until + shift,
+        stale_if_error_until=entry.stale_if_error_until + shift,
+        expires_at=max(fresh_until, entry.expires_at + shift),
+        head=None,
     )
 
 
