@@ -1,0 +1,434 @@
+"""Carrying out warm requests: parallel workers over the priority queue.
+
+The executor is one of the warmer's thin I/O runners (DESIGN rule 2): what to
+fetch next, how long to back off and how hard to push the origin are decided
+by the pure parts (:mod:`warmer.queue`, :mod:`warmer.pacing`), and every fetch
+goes through the proxy's fill path (:class:`warmer.model.Fill`, DESIGN rule 1).
+
+A *run* is a set of requests followed to completion with its own progress (a
+scheduled firing, ``POST /start``, a warm-pattern or bulk request).  Requests
+of no run (reactive, refresh-ahead) share the same queue and workers and are
+counted in the metrics only.
+
+Fetches are never cancelled half-way: a fetch that outlives its timeout is
+counted as failed, but goes on to its end in the background (bounded by the
+proxy's origin read timeout), because it may be the coalescing leader a
+client's request is waiting on, and its store write is all-or-nothing anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiolimiter import AsyncLimiter
+
+from warmer.model import Fill, FillReport, WarmRequest
+from warmer.pacing import AdaptiveConcurrency, ResourceGuard, backoff_delay
+from warmer.progress import RunProgress
+from warmer.queue import WarmQueue
+
+log = logging.getLogger(__name__)
+
+GUARD_SAMPLE_SECONDS = 1.0
+FINISHED_RUNS_KEPT = 20
+
+Identity = tuple[str, str]
+
+
+@dataclass(eq=False)
+class Run:
+    """A set of warm requests followed to completion."""
+
+    id: str
+    strategy: str
+    progress: RunProgress
+    pending: set[Identity] = field(default_factory=set)
+    in_flight: int = 0
+    stopping: bool = False
+    sealed: bool = False  # every request is submitted: empty pending means done
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def running(self) -> bool:
+        return not self.done.is_set()
+
+
+@dataclass
+class ExecutorCounters:
+    """What the executor did, read by the metrics collector at scrape time."""
+
+    warmed: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+    failed: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+    retried: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+    already_fresh: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+    fetch_seconds: float = 0.0  # summed over finished fetches
+    fetches: int = 0
+    bytes: int = 0
+    peak_in_flight: int = 0
+    # strategy -> (finished runs, their summed duration in seconds)
+    run_seconds: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+
+class WarmExecutor:
+    """Parallel, rate-limited, adaptive, retrying workers for warm requests."""
+
+    def __init__(
+        self,
+        fill: Fill,
+        *,
+        levels: tuple[str, ...],
+        parallelism: int = 10,
+        batch_size: int = 100,
+        timeout: float = 30.0,
+        retry_attempts: int = 3,
+        retry_base_delay: float = 0.5,
+        retry_max_delay: float = 30.0,
+        rate_limit: float = 0.0,
+        adaptive: AdaptiveConcurrency | None = None,
+        guard: ResourceGuard | None = None,
+        max_queue: int = 100_000,
+        clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+        on_result: Callable[[WarmRequest, FillReport], None] | None = None,
+    ) -> None:
+        self._fill = fill
+        self.levels = levels
+        self.queue = WarmQueue(levels, max_items=max_queue)
+        self.parallelism = parallelism
+        self.batch_size = batch_size
+        self.timeout = timeout
+        self.retry_attempts = retry_attempts
+        self._retry_base = retry_base_delay
+        self._retry_cap = retry_max_delay
+        self._limiter = AsyncLimiter(1, 1.0 / rate_limit) if rate_limit > 0 else None
+        self.adaptive = adaptive
+        self.guard = guard
+        self._clock = clock
+        self._rand = rand
+        self._on_result = on_result
+        self.counters = ExecutorCounters()
+        self.in_flight = 0
+        self.paused = False
+        self._attempts: dict[Identity, int] = {}
+        self._waiting: dict[Identity, list[Run]] = {}
+        self._runs: dict[str, Run] = {}
+        self._finished: list[Run] = []
+        self._wakeup = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._workers: set[asyncio.Task[None]] = set()
+        self._fills: set[asyncio.Task[FillReport]] = set()
+        self._last_guard_sample = 0.0
+
+    # ----------------------------------------------------------------- runs
+
+    def new_run(self, strategy: str) -> Run:
+        now = self._clock()
+        run_id = uuid.uuid4().hex[:12]
+        run = Run(run_id, strategy, RunProgress(run_id, strategy, 0, self.batch_size, now))
+        self._runs[run_id] = run
+        return run
+
+    def submit(self, requests: Iterable[WarmRequest], run: Run | None = None) -> int:
+        """Queue ``requests`` (for ``run``, if given); returns how many were taken.
+
+        A request whose URL is already queued or being fetched is not queued
+        twice; the run still waits for it.  A request the full queue refuses
+        counts as failed for its run.
+        """
+        now = self._clock()
+        taken = 0
+        for request in requests:
+            identity = request.identity
+            if run is not None:
+                if run.stopping or identity in run.pending:
+                    continue
+                run.progress.add_total(1)
+            waiting = self._waiting.get(identity)
+            if waiting is None or identity not in self.queue:
+                busy = waiting is not None  # being fetched right now
+                if not busy and not self.queue.push(request, now):
+                    if run is not None:
+                        run.progress.item_done(request.url, False, 0.0, now, "warm queue is full")
+                    continue
+                self._waiting.setdefault(identity, [])
+            else:
+                self.queue.push(request, now)  # may raise its priority
+            if run is not None:
+                run.pending.add(identity)
+                self._waiting[identity].append(run)
+            taken += 1
+        if run is not None:
+            self._maybe_finish(run, now)
+        self._wakeup.set()
+        return taken
+
+    def seal(self, run: Run) -> None:
+        """No more requests will be submitted to ``run``: it may complete."""
+        run.sealed = True
+        self._maybe_finish(run, self._clock())
+
+    def run(self, run_id: str) -> Run | None:
+        return self._runs.get(run_id) or next((r for r in self._finished if r.id == run_id), None)
+
+    def active_runs(self) -> list[Run]:
+        return [r for r in self._runs.values() if r.running]
+
+    def latest_run(self) -> Run | None:
+        """The most recent running run, else the last finished one."""
+        active = self.active_runs()
+        if active:
+            return active[-1]
+        return self._finished[-1] if self._finished else None
+
+    def finished_runs(self) -> list[Run]:
+        return list(self._finished)
+
+    async def stop(self, run: Run | None = None) -> list[Run]:
+        """Stop ``run`` (all runs when None): drop its queued requests, let its
+        in-flight fetches finish (at most ``timeout``), and mark it stopped."""
+        runs = [run] if run is not None else self.active_runs()
+        now = self._clock()
+        for r in runs:
+            r.stopping = True
+            for identity in list(r.pending):
+                waiters = self._waiting.get(identity, [])
+                if r in waiters:
+                    waiters.remove(r)
+                if not waiters and identity in self.queue:
+                    self.queue.discard(identity)
+                    self._waiting.pop(identity, None)
+                    self._attempts.pop(identity, None)
+            queued_gone = {i for i in r.pending if i not in self._waiting}
+            r.pending -= queued_gone
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        for r in runs:
+            while r.in_flight > 0 and asyncio.get_running_loop().time() < deadline:
+                self._slot_freed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._slot_freed.wait(), 0.05)
+            r.pending.clear()
+            self._finish_run(r, self._clock() if r.in_flight == 0 else now, "stopped")
+        return runs
+
+    def clear_background(self) -> int:
+        """Drop queued requests that belong to no run (e.g. at shutdown)."""
+        dropped = 0
+        for identity, waiters in list(self._waiting.items()):
+            if not waiters and identity in self.queue:
+                self.queue.discard(identity)
+                del self._waiting[identity]
+                dropped += 1
+        return dropped
+
+    # ------------------------------------------------------------ dispatch
+
+    @property
+    def limit(self) -> int:
+        """How many fetches may run at once now."""
+        if self.adaptive is None:
+            return self.parallelism
+        return max(1, min(self.parallelism, self.adaptive.limit))
+
+    async def run_forever(self) -> None:
+        """Pop batches and hand their requests to workers, until cancelled."""
+        try:
+            while True:
+                await self._wait_for_resources()
+                now = self._clock()
+                batch = self.queue.pop_batch(now, self.batch_size)
+                if not batch:
+                    await self._wait_for_work()
+                    continue
+                self._start_batch(batch, now)
+                for request in batch:
+                    await self._wait_for_slot()
+                    self._spawn(request)
+        finally:
+            for task in list(self._workers):
+                task.cancel()
+            await asyncio.gather(*self._workers, return_exceptions=True)
+
+    async def idle(self) -> None:
+        """Wait until nothing is queued or being fetched (for tests and the CLI)."""
+        while len(self.queue) or self.in_flight or self._workers:
+            self._slot_freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slot_freed.wait(), 0.05)
+
+    async def idle_in_flight(self, within: float) -> None:
+        """Wait (at most ``within`` seconds) for in-flight fetches to end."""
+        deadline = asyncio.get_running_loop().time() + within
+        while (self.in_flight or self._fills) and asyncio.get_running_loop().time() < deadline:
+            self._slot_freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slot_freed.wait(), 0.05)
+
+    async def _wait_for_work(self) -> None:
+        self._wakeup.clear()
+        ready_at = self.queue.next_ready_at()
+        timeout = None if ready_at is None else max(0.0, ready_at - self._clock())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), timeout)
+
+    async def _wait_for_slot(self) -> None:
+        while self.in_flight >= self.limit:
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
+
+    async def _wait_for_resources(self) -> None:
+        guard = self.guard
+        if guard is None:
+            return
+        while True:
+            now = self._clock()
+            if now - self._last_guard_sample >= GUARD_SAMPLE_SECONDS:
+                self._last_guard_sample = now
+                cpu, rss = guard.sample()
+                was = self.paused
+                self.paused = guard.should_pause(cpu, rss)
+                if self.paused != was:
+                    log.warning(
+                        "warming %s",
+                        "paused: process over its limits" if self.paused else "resumed",
+                    )
+            if not self.paused:
+                return
+            await asyncio.sleep(GUARD_SAMPLE_SECONDS)
+
+    def _start_batch(self, batch: list[WarmRequest], now: float) -> None:
+        per_run: dict[Run, int] = defaultdict(int)
+        for request in batch:
+            for run in self._waiting.get(request.identity, []):
+                per_run[run] += 1
+        for run, count in per_run.items():
+            run.progress.batch_started(count, now)
+
+    def _spawn(self, request: WarmRequest) -> None:
+        self.in_flight += 1
+        self.counters.peak_in_flight = max(self.counters.peak_in_flight, self.in_flight)
+        for run in self._waiting.get(request.identity, []):
+            run.in_flight += 1
+        task = asyncio.get_running_loop().create_task(self._work(request))
+        self._workers.add(task)
+        task.add_done_callback(self._workers.discard)
+
+    async def _work(self, request: WarmRequest) -> None:
+        started = time.perf_counter()
+        fill = asyncio.get_running_loop().create_task(self._fill(request, self._admit))
+        self._fills.add(fill)
+        fill.add_done_callback(self._fill_done)
+        try:
+            report = await asyncio.wait_for(asyncio.shield(fill), self.timeout)
+        except TimeoutError:
+            report = FillReport(failure=f"timed out after {self.timeout:g}s")
+        except asyncio.CancelledError:
+            self._release(request)
+            raise
+        except Exception as exc:  # a bug in the fill path must not kill the worker
+            log.exception("warm fill of %s failed", request.url)
+            report = FillReport(failure=f"{type(exc).__name__}: {exc}")
+        seconds = time.perf_counter() - started
+        self._release(request)
+        if self.adaptive is not None and not report.already_fresh:
+            self.adaptive.record(seconds, not report.retryable, self._clock())
+        self._settle(request, report, seconds)
+
+    async def _admit(self) -> None:
+        if self._limiter is not None:
+            await self._limiter.acquire()
+
+    def _fill_done(self, task: asyncio.Task[FillReport]) -> None:
+        self._fills.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("abandoned warm fill failed: %r", task.exception())
+
+    def _release(self, request: WarmRequest) -> None:
+        self.in_flight -= 1
+        for run in self._waiting.get(request.identity, []):
+            run.in_flight -= 1
+        self._slot_freed.set()
+
+    def _settle(self, request: WarmRequest, report: FillReport, seconds: float) -> None:
+        """Retry, or record the final outcome for the counters and the runs."""
+        now = self._clock()
+        identity = request.identity
+        reason = request.reason.value
+        waiters = self._waiting.get(identity, [])
+        attempts = self._attempts.get(identity, 0)
+        wanted = not waiters or any(not r.stopping for r in waiters)
+        if report.retryable and attempts < self.retry_attempts and wanted:
+            attempts += 1
+            self._attempts[identity] = attempts
+            delay = backoff_delay(
+                attempts, base=self._retry_base, cap=self._retry_cap, rand=self._rand
+            )
+            self.counters.retried[reason] += 1
+            for run in waiters:
+                run.progress.item_retrying(request.url, report.error or "", attempts)
+            if self.queue.push(request, now, not_before=now + delay):
+                self._wakeup.set()
+                return
+        self._attempts.pop(identity, None)
+        self._waiting.pop(identity, None)
+        counters = self.counters
+        if report.already_fresh:
+            counters.already_fresh[reason] += 1
+        else:
+            counters.fetches += 1
+            counters.fetch_seconds += seconds
+            counters.bytes += report.bytes
+            if report.ok:
+                counters.warmed[reason] += 1
+            else:
+                counters.failed[reason] += 1
+        error = report.error
+        for run in waiters:
+            run.pending.discard(identity)
+            if not run.stopping:
+                run.progress.item_done(request.url, report.ok, seconds, now, error, attempts)
+                self._maybe_finish(run, now)
+        if self._on_result is not None:
+            try:
+                self._on_result(request, report)
+            except Exception:
+                log.exception("warm result observer failed")
+
+    def _maybe_finish(self, run: Run, now: float) -> None:
+        if run.pending or run.stopping or not run.sealed:
+            return
+        p = run.progress
+        self._finish_run(run, now, "completed" if p.failed == 0 or p.success else "failed")
+
+    def _finish_run(self, run: Run, now: float, state: str) -> None:
+        if run.done.is_set():
+            return
+        run.progress.finish(now, state)
+        run.done.set()
+        self._runs.pop(run.id, None)
+        self._finished.append(run)
+        del self._finished[:-FINISHED_RUNS_KEPT]
+        count, total = self.counters.run_seconds.get(run.strategy, (0, 0.0))
+        self.counters.run_seconds[run.strategy] = (
+            count + 1,
+            total + now - run.progress.started_at,
+        )
+
+    def state(self) -> dict[str, Any]:
+        """Queue and worker figures for status and metrics."""
+        return {
+            "queue_depth": len(self.queue),
+            "queue_by_priority": self.queue.depth_by_level(),
+            "in_flight": self.in_flight,
+            "concurrency_limit": self.limit,
+            "paused": self.paused,
+            "adaptive": self.adaptive.state() if self.adaptive is not None else None,
+        }

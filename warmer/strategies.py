@@ -1,0 +1,235 @@
+"""Reactive strategies: what the traffic itself says should be warmed.
+
+Both are sans-I/O (DESIGN rule 2): they observe access events and, asked with
+``due(now)``, return the warm requests whose time has come.  Each follows a
+bounded number of keys (least recently seen forgotten first) and keeps a heap
+of when each key is due, so ``due`` costs O(log n) per request it returns,
+whatever the number of keys followed.
+
+- :class:`RefreshAhead`: an entry hit at least ``min_hits`` times in its
+  current lifetime is re-fetched when less than ``fraction`` of that lifetime
+  is left, so popular entries never go cold.
+- :class:`MissReactive`: a key whose misses in the tracker's window exceed
+  ``threshold`` is warmed again as soon as its entry expires, so repeated
+  misses stop.  Nothing is asked for while the entry is fresh.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from warmer.model import Observed, Reason, WarmRequest
+
+_CACHED_OUTCOMES = frozenset({"hit", "miss", "stale", "revalidated"})
+_MISS_OUTCOMES = frozenset({"miss", "stale"})
+
+
+@dataclass(slots=True)
+class _Lifetime:
+    """One key's current cached entry, as the events showed it."""
+
+    url: str
+    host: str
+    started: float  # when this lifetime began (the fill), as far as seen
+    fresh_until: float
+    hits: int = 0
+    asked: bool = False  # a warm request was already returned for this lifetime
+
+
+class _FollowedKeys:
+    """Keys with their current lifetime, bounded, with a due-time heap."""
+
+    def __init__(self, max_keys: int) -> None:
+        self.max_keys = max_keys
+        self.keys: OrderedDict[str, _Lifetime] = OrderedDict()
+        self._heap: list[tuple[float, str, float]] = []  # (due, key, fresh_until)
+
+    def get(self, key: str) -> _Lifetime | None:
+        return self.keys.get(key)
+
+    def put(self, key: str, life: _Lifetime) -> None:
+        self.keys[key] = life
+        self.keys.move_to_end(key)
+        while len(self.keys) > self.max_keys:
+            self.keys.popitem(last=False)
+
+    def touch(self, key: str) -> None:
+        self.keys.move_to_end(key)
+
+    def schedule(self, key: str, due: float, fresh_until: float) -> None:
+        heapq.heappush(self._heap, (due, key, fresh_until))
+        if len(self._heap) > 4 * self.max_keys:
+            self._compact()
+
+    def pop_due(self, now: float) -> list[tuple[str, _Lifetime]]:
+        """Keys due by ``now`` whose scheduled lifetime is still their current one."""
+        out = []
+        while self._heap and self._heap[0][0] <= now:
+            _, key, fresh_until = heapq.heappop(self._heap)
+            life = self.keys.get(key)
+            if life is not None and life.fresh_until == fresh_until and not life.asked:
+                out.append((key, life))
+        return out
+
+    def _compact(self) -> None:
+        # Drop heap items of forgotten keys or of lifetimes since replaced.
+        self._heap = [
+            item
+            for item in self._heap
+            if (life := self.keys.get(item[1])) is not None and life.fresh_until == item[2]
+        ]
+        heapq.heapify(self._heap)
+
+
+class RefreshAhead:
+    """Refresh popular entries shortly before they expire."""
+
+    def __init__(
+        self,
+        *,
+        min_hits: int = 2,
+        fraction: float = 0.1,
+        max_keys: int = 10_000,
+        priority: str = "high",
+    ) -> None:
+        if not 0 < fraction < 1:
+            raise ValueError("fraction must be between 0 and 1")
+        self.min_hits = min_hits
+        self.fraction = fraction
+        self.priority = priority
+        self._followed = _FollowedKeys(max_keys)
+
+    def observe(self, event: Observed) -> None:
+        """Follow the lifetime and hits of the entry that answered ``event``."""
+        fresh_until = event.fresh_until
+        if fresh_until <= 0 or event.outcome not in _CACHED_OUTCOMES:
+            return
+        key = event.key
+        life = self._followed.get(key)
+        if life is None or life.fresh_until != fresh_until:
+            # A new lifetime: a fill (miss/revalidation) or an entry first seen.
+            if event.outcome == "hit" and life is None:
+                started = event.ts  # a lower bound; the fill was earlier
+            else:
+                started = min(event.ts, fresh_until)
+            life = _Lifetime(event.url, event.host, started, fresh_until)
+            self._followed.put(key, life)
+            if event.outcome == "hit":
+                life.hits = 1
+        else:
+            self._followed.touch(key)
+            if event.outcome == "hit":
+                life.hits += 1
+        if life.hits == self.min_hits and not life.asked:
+            self._followed.schedule(key, self._due_at(life), fresh_until)
+
+    def filled(self, key: str, url: str, host: str, now: float, fresh_until: float) -> None:
+        """A warm fill stored a new lifetime for ``key`` (hits start again from 0)."""
+        if fresh_until <= 0:
+            return
+        self._followed.put(key, _Lifetime(url, host, now, fresh_until))
+
+    def due(self, now: float) -> list[WarmRequest]:
+        """Entries whose refresh time has come, once per lifetime."""
+        out = []
+        for _, life in self._followed.pop_due(now):
+            if life.fresh_until <= now:
+                continue  # expired before we got to it: a miss will refill it
+            life.asked = True
+            out.append(
+                WarmRequest(
+                    url=life.url,
+                    host=life.host,
+                    priority=self.priority,
+                    reason=Reason.REFRESH_AHEAD,
+                    refresh=True,
+                )
+            )
+        return out
+
+    def _due_at(self, life: _Lifetime) -> float:
+        lifetime = max(0.0, life.fresh_until - life.started)
+        return life.fresh_until - self.fraction * lifetime
+
+    def __len__(self) -> int:
+        return len(self._followed.keys)
+
+
+class MissReactive:
+    """Keep keys with repeated misses warm: refill each as its entry expires."""
+
+    def __init__(
+        self,
+        *,
+        threshold: int,
+        misses: Callable[[str, float], int],
+        max_keys: int = 10_000,
+        priority: str = "medium",
+    ) -> None:
+        self.threshold = threshold
+        self.priority = priority
+        self._misses = misses  # (key, now) -> misses within the window
+        self._followed = _FollowedKeys(max_keys)
+
+    def observe(self, event: Observed) -> None:
+        """Note a key's misses and its entry's expiry."""
+        key = event.key
+        life = self._followed.get(key)
+        if event.outcome in _MISS_OUTCOMES:
+            if life is None and self._misses(key, event.ts) <= self.threshold:
+                return
+            if event.fresh_until <= 0:
+                # Not stored (uncacheable, too large): warming cannot help.
+                self._followed.keys.pop(key, None)
+                return
+            self._follow(key, event.url, event.host, event.ts, event.fresh_until)
+        elif life is not None and event.fresh_until > life.fresh_until:
+            self._follow(key, event.url, event.host, event.ts, event.fresh_until)
+
+    def filled(self, key: str, url: str, host: str, now: float, fresh_until: float) -> None:
+        """A warm fill stored a new lifetime: warm again when it expires."""
+        if fresh_until > 0 and key in self._followed.keys:
+            self._follow(key, url, host, now, fresh_until)
+
+    def due(self, now: float) -> list[WarmRequest]:
+        """Followed keys whose entry has expired and which still miss often."""
+        out = []
+        for key, life in self._followed.pop_due(now):
+            if self._misses(key, now) <= self.threshold:
+                self._followed.keys.pop(key, None)  # cooled down: stop following
+                continue
+            life.asked = True
+            out.append(
+                WarmRequest(
+                    url=life.url, host=life.host, priority=self.priority, reason=Reason.REACTIVE
+                )
+            )
+        return out
+
+    def _follow(self, key: str, url: str, host: str, now: float, fresh_until: float) -> None:
+        life = self._followed.get(key)
+        if life is not None and life.fresh_until == fresh_until:
+            self._followed.touch(key)
+            return
+        self._followed.put(key, _Lifetime(url, host, now, fresh_until))
+        self._followed.schedule(key, fresh_until, fresh_until)
+
+    def __len__(self) -> int:
+        return len(self._followed.keys)
+
+
+@dataclass(frozen=True, slots=True)
+class PathFilter:
+    """The ``[strategies] include/exclude`` globs every strategy's requests pass."""
+
+    include: Sequence[str] = ()
+    exclude: Sequence[str] = ()
+
+    def allows(self, url: str) -> bool:
+        if self.include and not any(fnmatchcase(url, g) for g in self.include):
+            return False
+        return not any(fnmatchcase(url, g) for g in self.exclude)
