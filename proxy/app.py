@@ -22,6 +22,7 @@ from proxy.store.base import CacheStore, StoreError
 from proxy.store.memory import MemoryStore
 from proxy.store.redis import RedisStore
 from proxy.tasks import BackgroundTasks
+from proxy.warming import build_warmer
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class Warmproxy:
             public_host=settings.proxy.public_host,
             trusted=settings.proxy.trusted_proxies,
             via=f"1.1 {settings.proxy.via_name}",
+            warm_header=settings.execution.warm_header,
         )
         policy_config = CachePolicyConfig(
             heuristic_fraction=settings.cache.heuristic_fraction,
@@ -96,6 +98,12 @@ class Warmproxy:
             client_id_header=settings.proxy.client_id_header,
             cache_name=settings.proxy.via_name,
         )
+        self.warmer = build_warmer(
+            settings, filler=self.filler, origin=self.origin, cache=self.cache, rules=self.rules
+        )
+        self.metrics.warmer = self.warmer
+        if settings.tracking.enabled:
+            self.hub.subscribe(self.warmer.observe)
         self.ready = False
         self._proxy_runner: web.ServerRunner | None = None
         self._control_runner: web.AppRunner | None = None
@@ -122,6 +130,9 @@ class Warmproxy:
         if self.settings.cache.store == "redis" and interval > 0:
             self.tasks.spawn(self._count_redis(interval), name="redis stats")
         await self.cache.check_health()
+        await self.warmer.load_saved_schedule()
+        self.tasks.spawn(self.warmer.executor.run_forever(), name="warm executor")
+        self.tasks.spawn(self.warmer.run(), name="warm strategies and schedule")
         p = self.settings.proxy
         server = web.Server(
             self.handler.handle,
@@ -157,6 +168,9 @@ class Warmproxy:
             await self._proxy_runner.cleanup()
         if self._control_runner is not None:
             await self._control_runner.cleanup()
+        # A running warm run stops cleanly: queued requests dropped, in-flight
+        # fetches finish (each store write is whole or absent).
+        await self.warmer.shutdown()
         await self.tasks.close()
         self.hub.drain()
         await self.origin.close()

@@ -52,6 +52,29 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run a demo origin with the proxy in front of it")
     demo.add_argument("--origin-port", type=int, default=9000, help="demo origin port")
     common(demo)
+    warm = commands.add_parser(
+        "warm",
+        help="warm paths through a running proxy's control API (or standalone), with progress",
+    )
+    what = warm.add_mutually_exclusive_group(required=True)
+    what.add_argument("--pattern", help="glob over known paths, e.g. '/products/*'")
+    what.add_argument("--file", type=Path, help="file of paths, one per line ('-': stdin)")
+    what.add_argument("--url", action="append", help="a path to warm (repeatable)")
+    warm.add_argument("--priority", help="priority level (default: the middle one)")
+    warm.add_argument(
+        "--control-url",
+        default=None,
+        help="control API of the running proxy (default: http://<control.listen>)",
+    )
+    warm.add_argument("--token", help="bearer token (default: control.token / environment)")
+    warm.add_argument(
+        "--standalone",
+        action="store_true",
+        help="no running proxy: warm the configured store directly (e.g. a shared Redis)",
+    )
+    warm.add_argument("--origin", help="origin URL for --standalone (proxy.origin)")
+    warm.add_argument("--no-progress", action="store_true", help="no progress bar")
+    common(warm)
     return parser
 
 
@@ -164,6 +187,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure(settings.logging.level, settings.logging.format)
     _install_uvloop()
+    if args.command == "warm":
+        from proxy.warm_command import run_warm_command
+
+        return run_warm_command(args, settings)
     try:
         if args.command == "demo":
             asyncio.run(_demo(settings, args.origin_port))

@@ -9,6 +9,7 @@ Unknown keys and invalid values stop start-up with a message naming the key.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import tomllib
 from contextvars import ContextVar
@@ -16,12 +17,23 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+from warmer.schedule import Schedule, ScheduledSource
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
@@ -47,6 +59,23 @@ def _parse_size(value: object) -> object:
 
 
 ByteSize = Annotated[int, BeforeValidator(_parse_size), Field(ge=0)]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _parse_duration(value: object) -> object:
+    """Accept seconds as numbers or strings such as ``"30s"``, ``"5m"``, ``"1h"``, ``"1d"``."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError(f"not a duration: {value!r} (use e.g. 30, '30s', '5m', '1h', '1d')")
+        number, unit = match.groups()
+        return float(number) * _DURATION_UNITS[(unit or "s").lower()]
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(_parse_duration), Field(ge=0)]
 
 
 def parse_hostport(value: str, *, what: str) -> tuple[str, int]:
@@ -152,12 +181,123 @@ class ControlSettings(_Section):
     """The operator listener: metrics, health, and the control API."""
 
     listen: str = "127.0.0.1:8081"
+    # Bearer token for /cache/warming/*; required unless listen is loopback.
+    token: SecretStr = SecretStr("")
 
     @field_validator("listen")
     @classmethod
     def _listen_is_hostport(cls, value: str) -> str:
         parse_hostport(value, what="listen")
         return value
+
+
+class ProactiveSettings(_Section):
+    """Scheduled warming from data sources."""
+
+    enabled: bool = True
+    # Cron expression (UTC) for sources without their own schedule.
+    schedule: str = "0 * * * *"
+    data_sources: list[ScheduledSource] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _schedule_is_valid(self) -> ProactiveSettings:
+        self.as_schedule()
+        return self
+
+    def as_schedule(self) -> Schedule:
+        return Schedule(schedule=self.schedule, sources=self.data_sources)
+
+
+class ReactiveSettings(_Section):
+    """Warming in reaction to usage: repeated misses, and refresh-ahead of hot entries."""
+
+    enabled: bool = True
+    # Keep a key warm once its misses within time_window exceed threshold.
+    auto_warm: bool = True
+    threshold: int = Field(10, ge=1)
+    time_window: Duration = 3600.0
+    # Re-fetch an entry with at least refresh_min_hits hits in its lifetime
+    # when less than refresh_fraction of that lifetime is left.
+    refresh_ahead: bool = True
+    refresh_min_hits: int = Field(2, ge=1)
+    refresh_fraction: float = Field(0.1, gt=0, lt=1)
+    # Keys followed for both (least recently seen are forgotten first).
+    max_tracked_keys: int = Field(10_000, ge=1)
+
+
+class StrategiesSettings(_Section):
+    proactive: ProactiveSettings = Field(default_factory=ProactiveSettings)
+    reactive: ReactiveSettings = Field(default_factory=ReactiveSettings)
+    # Globs over paths (with query): a strategy may warm a path only if it
+    # matches an include (when any is given) and no exclude.
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+
+
+class ExecutionSettings(_Section):
+    """How warm fetches are carried out."""
+
+    parallelism: int = Field(10, ge=1, le=1000)
+    batch_size: int = Field(100, ge=1)
+    # Seconds one warm fetch may take before it counts as failed.
+    timeout: Duration = 30.0
+    retry_attempts: int = Field(3, ge=0, le=20)
+    retry_base_delay: Duration = 0.5
+    retry_max_delay: Duration = 30.0
+    # Priority names, highest first.
+    priority_levels: list[str] = Field(
+        default_factory=lambda: ["high", "medium", "low"], min_length=1
+    )
+    # Warm fetches per second sent to the origin, at most; 0: no limit.
+    rate_limit: float = Field(50.0, ge=0)
+    # Lower parallelism while the origin is slow or failing, raise it after.
+    adaptive: bool = True
+    latency_target: Duration = 1.0
+    error_rate_limit: float = Field(0.2, gt=0, le=1)
+    # Pause warming while the process is above these; 0: no limit.
+    max_cpu_percent: float = Field(0.0, ge=0)
+    max_memory: ByteSize = 0
+    max_queue: int = Field(100_000, ge=1)
+    # Header sent with every warm fetch, so the origin can tell them apart.
+    warm_header: str = "X-Warmproxy-Warm"
+
+    @field_validator("priority_levels")
+    @classmethod
+    def _levels(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("priority levels must be distinct")
+        return value
+
+    @field_validator("warm_header")
+    @classmethod
+    def _header(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", value):
+            raise ValueError(f"not a header field name: {value!r}")
+        return value
+
+
+class TrackingSettings(_Section):
+    """What the warmer remembers of the traffic (bounded; see docs)."""
+
+    # Off: the warmer does not observe requests (no reactive warming, no hot
+    # keys, no history for warm-pattern); scheduled and on-demand warming work.
+    enabled: bool = True
+    windows: list[Duration] = Field(default_factory=lambda: [60.0, 3600.0, 86400.0])
+    top_k: int = Field(1000, ge=10, le=100_000)
+    max_known_urls: int = Field(100_000, ge=100)
+
+
+class StateSettings(_Section):
+    """Where state that outlives a restart (the schedule) is kept without Redis."""
+
+    # Empty: $XDG_STATE_HOME/warmproxy, else ~/.local/state/warmproxy.
+    dir: str = ""
+
+    def path(self) -> Path:
+        if self.dir:
+            return Path(self.dir)
+        base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(base) / "warmproxy"
 
 
 class LoggingSettings(_Section):
@@ -178,7 +318,23 @@ class Settings(BaseSettings):
     proxy: ProxySettings = Field(default_factory=ProxySettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     control: ControlSettings = Field(default_factory=ControlSettings)
+    strategies: StrategiesSettings = Field(default_factory=StrategiesSettings)
+    execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Settings:
+        host, _ = parse_hostport(self.control.listen, what="control.listen")
+        if not self.control.token.get_secret_value() and not _is_loopback(host):
+            raise ValueError(
+                f"control.token is required when control.listen ({self.control.listen}) "
+                "is not a loopback address: the control API can warm and reconfigure"
+            )
+        levels = tuple(self.execution.priority_levels)
+        self.strategies.proactive.as_schedule().check_priorities(levels)
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -208,6 +364,15 @@ class _FileSource(PydanticBaseSettingsSource):
 
 
 _file_values: ContextVar[dict[str, Any]] = ContextVar("warmproxy_config_file")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_settings(
@@ -240,5 +405,5 @@ def _describe(exc: ValidationError, path: Path | None) -> str:
     lines = [f"invalid configuration{where}:"]
     for error in exc.errors():
         key = ".".join(str(part) for part in error["loc"])
-        lines.append(f"  {key}: {error['msg']}")
+        lines.append(f"  {key}: {error['msg']}" if key else f"  {error['msg']}")
     return "\n".join(lines)

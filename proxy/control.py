@@ -1,4 +1,4 @@
-"""The control listener: Prometheus metrics and health (the warming API joins it later)."""
+"""The control listener: Prometheus metrics, health, and the warming control API."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from proxy.control_api import add_routes, auth_middleware, error_middleware
 from proxy.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
@@ -44,9 +45,15 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 def build_control_app(proxy: Warmproxy) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024)
+    token = proxy.settings.control.token.get_secret_value()
+    app = web.Application(
+        # Room for a bulk warm of 10,000 paths or a large schedule, no more.
+        client_max_size=4 * 1024 * 1024,
+        middlewares=[auth_middleware(token), error_middleware],
+    )
     app[WARMPROXY_KEY] = proxy
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    add_routes(app)
     return app

@@ -8,13 +8,22 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 from proxy.observe import EventHub
 from proxy.store.base import StoreStats
+
+if TYPE_CHECKING:
+    from warmer.service import Warmer
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -59,6 +68,64 @@ class _RequestCollector(Collector):
             )
 
 
+class _WarmerCollector(Collector):
+    """The warmer's counters, read at scrape time (they are plain ints in the executor)."""
+
+    def __init__(self, metrics: ProxyMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        warmer = self._metrics.warmer
+        if warmer is None:
+            return
+        executor = warmer.executor
+        c = executor.counters
+        for name, doc, values in (
+            ("warmproxy_warm_items", "Warm requests that left an entry in the cache.", c.warmed),
+            ("warmproxy_warm_failed", "Warm requests that failed after their retries.", c.failed),
+            ("warmproxy_warm_retried", "Warm fetches retried after a failure.", c.retried),
+            (
+                "warmproxy_warm_already_fresh",
+                "Warm requests skipped because a fresh entry was cached.",
+                c.already_fresh,
+            ),
+        ):
+            family = CounterMetricFamily(name, doc, labels=["strategy"])
+            for strategy, count in sorted(values.items()):
+                family.add_metric([strategy], count)
+            yield family
+        depth = GaugeMetricFamily(
+            "warmproxy_warm_queue_depth", "Warm requests waiting, by priority.", labels=["priority"]
+        )
+        for level, count in executor.queue.depth_by_level().items():
+            depth.add_metric([level], count)
+        yield depth
+        yield GaugeMetricFamily(
+            "warmproxy_warm_in_flight", "Warm fetches running now.", value=executor.in_flight
+        )
+        yield GaugeMetricFamily(
+            "warmproxy_warm_concurrency_limit",
+            "Warm fetches allowed at once now (lowered while the origin is slow or failing).",
+            value=executor.limit,
+        )
+        yield GaugeMetricFamily(
+            "warmproxy_warm_paused",
+            "1 while warming is paused by the CPU/memory guard.",
+            value=1 if executor.paused else 0,
+        )
+        yield CounterMetricFamily(
+            "warmproxy_warm_bytes", "Body bytes fetched by warming.", value=c.bytes
+        )
+        runs = SummaryMetricFamily(
+            "warmproxy_warm_run_duration_seconds",
+            "Duration of finished warming runs, by strategy.",
+            labels=["strategy"],
+        )
+        for strategy, (count, total) in sorted(c.run_seconds.items()):
+            runs.add_metric([strategy], count_value=count, sum_value=total)
+        yield runs
+
+
 class ProxyMetrics:
     """Every metric the proxy exports."""
 
@@ -66,6 +133,7 @@ class ProxyMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.hub: EventHub | None = None
+        self.warmer: Warmer | None = None
         # The store's last counted contents (see Warmproxy.refresh_store_stats).
         self.store_stats: StoreStats | None = None
         r = self.registry
@@ -111,6 +179,7 @@ class ProxyMetrics:
             registry=r,
         )
         self.registry.register(_RequestCollector(self))
+        self.registry.register(_WarmerCollector(self))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,0 +1,217 @@
+"""The warmer wired to this proxy: its fill path, origin, store and settings.
+
+The warmer knows the proxy only through the small callables built here
+(DESIGN §2): a fill that goes through :meth:`Filler.fill` (rule 1), a fetch
+of origin paths for sitemaps, the cache key of a path, and the keys in the
+store.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from warmer.tracker import UsageTracker
+
+from proxy.cache import Cache
+from proxy.config import Settings
+from proxy.filler import Filler
+from proxy.forwarding import BadHost, ForwardingRules, normalize_host
+from proxy.origin import OriginClient, OriginError, read_body
+from warmer.executor import WarmExecutor
+from warmer.model import Fill, FillReport, WarmRequest
+from warmer.pacing import AdaptiveConcurrency, ResourceGuard
+from warmer.schedule_store import FileScheduleState, RedisScheduleState, ScheduleState
+from warmer.scheduler import SourceDeps
+from warmer.service import BadRequest, ReactiveConfig, Warmer, WarmerConfig
+
+SITEMAP_MAX_BYTES = 50 * 1024 * 1024
+
+
+def build_warmer(
+    settings: Settings,
+    *,
+    filler: Filler,
+    origin: OriginClient,
+    cache: Cache,
+    rules: ForwardingRules,
+) -> Warmer:
+    ex = settings.execution
+    levels = tuple(ex.priority_levels)
+    allowed_hosts = {rules.origin_authority.lower()}
+    if rules.public_host:
+        allowed_hosts.add(rules.public_host)
+    warmer: Warmer | None = None
+
+    def on_result(request: WarmRequest, report: FillReport) -> None:
+        if warmer is not None:
+            warmer.on_result(request, report)
+
+    executor = WarmExecutor(
+        fill_through(filler),
+        levels=levels,
+        parallelism=ex.parallelism,
+        batch_size=ex.batch_size,
+        timeout=ex.timeout,
+        retry_attempts=ex.retry_attempts,
+        retry_base_delay=ex.retry_base_delay,
+        retry_max_delay=ex.retry_max_delay,
+        rate_limit=ex.rate_limit,
+        adaptive=(
+            AdaptiveConcurrency(
+                max_limit=ex.parallelism,
+                latency_target=ex.latency_target,
+                error_rate_limit=ex.error_rate_limit,
+            )
+            if ex.adaptive
+            else None
+        ),
+        guard=(
+            ResourceGuard(ex.max_cpu_percent or None, ex.max_memory or None)
+            if ex.max_cpu_percent or ex.max_memory
+            else None
+        ),
+        max_queue=ex.max_queue,
+        on_result=on_result,
+    )
+    tr = settings.tracking
+    r = settings.strategies.reactive
+    windows = sorted({*tr.windows, r.time_window})
+    tracker = UsageTracker(windows=windows, top_k=tr.top_k, max_known_urls=tr.max_known_urls)
+
+    async def fetch(path: str) -> bytes:
+        headers = rules.warm_request_headers(rules.default_host)
+        try:
+            response = await origin.request("GET", path, headers, purpose="warm")
+        except OriginError as exc:
+            raise OSError(f"GET {path}: {exc}") from exc
+        try:
+            if response.status != 200:
+                raise OSError(f"GET {path}: origin answered {response.status}")
+            body, complete = await read_body(response, SITEMAP_MAX_BYTES)
+        finally:
+            response.release()
+        if not complete:
+            raise OSError(f"GET {path}: larger than {SITEMAP_MAX_BYTES} bytes")
+        return body
+
+    def hot_paths(n: int) -> list[str]:
+        assert warmer is not None
+        return [h.url for h in warmer.tracker.hot(n, time.time())]
+
+    def to_path(target: str) -> tuple[str, str]:
+        return warm_target(target, allowed_hosts)
+
+    async def store_paths(pattern: str) -> AsyncIterator[tuple[str, str]]:
+        glob = pattern if rules.single_host else f"//*{pattern}"
+        try:
+            async for key in cache.keys(glob):
+                parsed = _split_key(key)
+                if parsed is not None:
+                    yield parsed
+        except Exception:  # the store is down: warm from what else is known
+            return
+
+    deps = SourceDeps(
+        fetch=fetch,
+        allowed_hosts=allowed_hosts,
+        hot_paths=hot_paths,
+        base_dir=Path.cwd(),
+    )
+    state: ScheduleState
+    if settings.cache.store == "redis":
+        state = RedisScheduleState(
+            settings.cache.redis_url, settings.cache.redis_prefix, settings.cache.redis_timeout * 4
+        )
+    else:
+        state = FileScheduleState(settings.state.path())
+    config = WarmerConfig(
+        levels=levels,
+        proactive_enabled=settings.strategies.proactive.enabled,
+        reactive=ReactiveConfig(
+            enabled=r.enabled,
+            auto_warm=r.auto_warm,
+            threshold=r.threshold,
+            time_window=r.time_window,
+            refresh_ahead=r.refresh_ahead,
+            refresh_min_hits=r.refresh_min_hits,
+            refresh_fraction=r.refresh_fraction,
+            max_tracked_keys=r.max_tracked_keys,
+        ),
+        include=tuple(settings.strategies.include),
+        exclude=tuple(settings.strategies.exclude),
+    )
+    warmer = Warmer(
+        config,
+        executor=executor,
+        tracker=tracker,
+        state=state,
+        deps=deps,
+        schedule=settings.strategies.proactive.as_schedule(),
+        key_of=lambda url, host: rules.cache_key(url, host or rules.default_host),
+        to_path=to_path,
+        store_paths=store_paths,
+    )
+    return warmer
+
+
+def fill_through(filler: Filler) -> Fill:
+    """The warmer's fill: the proxy's own fill path (DESIGN rule 1)."""
+
+    async def fill(request: WarmRequest, admit: Callable[[], Awaitable[None]]) -> FillReport:
+        result = await filler.fill(
+            request.url,
+            request.host or None,
+            refresh=request.refresh,
+            ttl=request.ttl,
+            before_fetch=admit,
+        )
+        entry = result.entry
+        return FillReport(
+            status=result.status,
+            stored=result.stored,
+            already_fresh=result.already_fresh,
+            failure=str(result.error) if result.error is not None else None,
+            not_stored=result.uncacheable,
+            bytes=len(entry.body) if entry is not None and not result.already_fresh else 0,
+            fresh_until=entry.fresh_until if entry is not None and result.stored else 0.0,
+        )
+
+    return fill
+
+
+def warm_target(target: str, allowed_hosts: set[str]) -> tuple[str, str]:
+    """(host, path) of a warm target: a path, or a URL on the configured origin.
+
+    Anything naming another host is refused: the warmer only ever fetches
+    from the origin, and must not be a way to reach other servers (SSRF).
+    """
+    if not isinstance(target, str) or not target:
+        raise BadRequest("url", "must be a non-empty string")
+    if target.startswith("/") and not target.startswith("//"):
+        return "", target
+    parts = urlsplit(target)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise BadRequest("url", f"must be a path such as /products/42, got {target!r}")
+    try:
+        host = normalize_host(parts.netloc)
+    except BadHost:
+        raise BadRequest("url", f"not a valid host in {target!r}") from None
+    if host not in allowed_hosts:
+        raise BadRequest(
+            "url", f"{host} is not the configured origin ({', '.join(sorted(allowed_hosts))})"
+        )
+    path = parts.path or "/"
+    if parts.query:
+        path = f"{path}?{parts.query}"
+    return "", path
+
+
+def _split_key(key: str) -> tuple[str, str] | None:
+    """(host, path) of a cache key (``//host/path`` or ``/path``)."""
+    if key.startswith("//"):
+        host, sep, rest = key[2:].partition("/")
+        return (host, "/" + rest) if sep else None
+    return ("", key) if key.startswith("/") else None

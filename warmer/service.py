@@ -1,0 +1,603 @@
+"""The warmer as the control API and the proxy see it: one object that observes
+traffic, runs the strategies and the schedule, and answers for all of it.
+
+The decisions are made by the pure parts (tracker, strategies, schedule clock,
+queue); this module routes events to them, turns what they return into warm
+requests for the executor, and runs the two loops that need a clock: the
+strategy tick and the scheduler.  ``tick(now)`` is the whole of a tick, so a
+test (or the replay) can drive it on a virtual clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from fnmatch import fnmatchcase
+from typing import Any
+
+import psutil
+from pydantic import ValidationError
+
+from warmer import schedule as spec
+from warmer.executor import Run, WarmExecutor
+from warmer.model import FillReport, Observed, Reason, WarmRequest
+from warmer.schedule_store import ScheduleState, ScheduleStateError
+from warmer.scheduler import ScheduleClock, SourceDeps, build_source
+from warmer.sources import SourceError
+from warmer.strategies import MissReactive, PathFilter, RefreshAhead
+from warmer.tracker import UsageTracker
+
+log = logging.getLogger(__name__)
+
+TICK_SECONDS = 1.0
+HOSTS_KEPT = 64
+SOURCE_PATHS_KEPT = 100_000
+START_STRATEGIES = ("proactive", "hot", "reactive")
+
+
+class RunConflict(Exception):
+    """A run was asked to start while another one runs."""
+
+
+class BadRequest(ValueError):
+    """Input the control API refuses; ``field`` names what is wrong."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class ReactiveConfig:
+    enabled: bool = True
+    auto_warm: bool = True
+    threshold: int = 10
+    time_window: float = 3600.0
+    refresh_ahead: bool = True
+    refresh_min_hits: int = 2
+    refresh_fraction: float = 0.1
+    max_tracked_keys: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class WarmerConfig:
+    """The warmer's settings, taken from the proxy's configuration by the app."""
+
+    levels: tuple[str, ...] = ("high", "medium", "low")
+    proactive_enabled: bool = True
+    reactive: ReactiveConfig = field(default_factory=ReactiveConfig)
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    hot_top_n: int = 100
+
+
+class Warmer:
+    """Observation, strategies, schedule and runs, over one executor."""
+
+    def __init__(
+        self,
+        config: WarmerConfig,
+        *,
+        executor: WarmExecutor,
+        tracker: UsageTracker,
+        state: ScheduleState,
+        deps: SourceDeps,
+        schedule: spec.Schedule,
+        key_of: Callable[[str, str], str],
+        to_path: Callable[[str], tuple[str, str]],
+        store_paths: Callable[[str], AsyncIterator[tuple[str, str]]],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.executor = executor
+        self.tracker = tracker
+        self.state = state
+        self._deps = deps
+        self._key_of = key_of  # (url, host) -> cache key
+        self._to_path = to_path  # a warm target as given -> (host, path); BadRequest
+        self._store_paths = store_paths  # glob -> (host, path) of keys in the store
+        self._clock = clock
+        self.filter = PathFilter(config.include, config.exclude)
+        r = config.reactive
+        self.refresh_ahead = (
+            RefreshAhead(
+                min_hits=r.refresh_min_hits,
+                fraction=r.refresh_fraction,
+                max_keys=r.max_tracked_keys,
+                priority=config.levels[0],
+            )
+            if r.enabled and r.refresh_ahead
+            else None
+        )
+        window = r.time_window
+        self.miss_reactive = (
+            MissReactive(
+                threshold=r.threshold,
+                misses=lambda key, now: tracker.misses(key, window, now),
+                max_keys=r.max_tracked_keys,
+                priority=_middle(config.levels),
+            )
+            if r.enabled and r.auto_warm
+            else None
+        )
+        self.schedule = schedule
+        self._clock_of_schedule = ScheduleClock(schedule, clock())
+        self._schedule_changed = asyncio.Event()
+        self._source_runs: dict[str, Run] = {}
+        self._source_paths: dict[tuple[str, str], None] = {}
+        self.schedule_skipped = 0
+        self.schedule_errors: dict[str, str] = {}
+        # User hits served from entries a warm fetch stored.
+        self.hits_on_warmed = 0
+        self._hits_before: tuple[int, int] | None = None  # (hits, misses) at first warm fill
+        self._hosts: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._process = psutil.Process()
+        self._process.cpu_percent(interval=None)  # the first reading primes it
+
+    def now(self) -> float:
+        return self._clock()
+
+    @property
+    def default_priority(self) -> str:
+        """The priority of on-demand requests that name none (the middle level)."""
+        return _middle(self.config.levels)
+
+    @property
+    def tracker_windows(self) -> frozenset[float]:
+        return frozenset(self.tracker.windows)
+
+    # ---------------------------------------------------------- observation
+
+    def observe(self, event: Observed) -> None:
+        """One access event; O(1), never awaits (called for every request)."""
+        self.tracker.observe(event)
+        if self.refresh_ahead is not None:
+            self.refresh_ahead.observe(event)
+        if self.miss_reactive is not None:
+            self.miss_reactive.observe(event)
+        if event.outcome == "hit" and event.warmed:
+            self.hits_on_warmed += 1
+        host = event.host
+        if host:
+            hosts = self._hosts
+            hosts[host] = hosts.get(host, 0) + 1
+            if len(hosts) > HOSTS_KEPT:
+                # Keep the busiest: a flood of made-up Host values cannot grow it.
+                for name, _ in sorted(hosts.items(), key=lambda kv: kv[1])[: HOSTS_KEPT // 2]:
+                    del hosts[name]
+
+    def usual_host(self) -> str:
+        """The host clients ask for most: what warm requests naming none are for."""
+        if not self._hosts:
+            return ""
+        return max(self._hosts.items(), key=lambda kv: kv[1])[0]
+
+    def _submit(self, requests: list[WarmRequest], run: Run | None = None) -> None:
+        """Queue requests, each for a definite host (the usual one when none is named)."""
+        usual = self.usual_host()
+        if usual:
+            requests = [r if r.host else replace(r, host=usual) for r in requests]
+        self.executor.submit(requests, run)
+
+    def tick(self, now: float) -> list[WarmRequest]:
+        """What the reactive strategies want warmed now (filtered, not yet queued)."""
+        wanted: list[WarmRequest] = []
+        if self.refresh_ahead is not None:
+            wanted.extend(self.refresh_ahead.due(now))
+        if self.miss_reactive is not None:
+            wanted.extend(self.miss_reactive.due(now))
+        return [w for w in wanted if self.filter.allows(w.url)]
+
+    def on_result(self, request: WarmRequest, report: FillReport) -> None:
+        """The executor finished a warm request: strategies follow the new lifetime."""
+        if report.stored and self._hits_before is None:
+            t = self.tracker.totals()
+            self._hits_before = (t.hits, t.misses)
+        if not report.stored:
+            return
+        now = self._clock()
+        key = self._key_of(request.url, request.host)
+        for strategy in (self.refresh_ahead, self.miss_reactive):
+            if strategy is not None:
+                strategy.filled(key, request.url, request.host, now, report.fresh_until)
+
+    # ---------------------------------------------------------------- loops
+
+    async def run(self) -> None:
+        """The strategy tick and the scheduler, until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._tick_loop())
+            group.create_task(self._schedule_loop())
+
+    async def _tick_loop(self) -> None:
+        while True:
+            wanted = self.tick(self._clock())
+            if wanted:
+                self._submit(wanted)
+            await asyncio.sleep(TICK_SECONDS)
+
+    async def _schedule_loop(self) -> None:
+        while True:
+            self._schedule_changed.clear()
+            if self.config.proactive_enabled:
+                await self.fire_due(self._clock())
+            next_at = self._clock_of_schedule.next_at() if self.config.proactive_enabled else None
+            timeout = None if next_at is None else max(0.0, next_at - self._clock())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._schedule_changed.wait(), timeout)
+
+    async def fire_due(self, now: float) -> list[Run]:
+        """Start a run for every source whose firing time has come by ``now``.
+
+        A source whose previous run still runs is skipped (two runs of one
+        schedule never overlap), and so is a firing another replica claimed.
+        """
+        started = []
+        for source, firing in self._clock_of_schedule.due(now):
+            previous = self._source_runs.get(source.name)
+            if previous is not None and previous.running:
+                self.schedule_skipped += 1
+                log.warning("scheduled source %s still warming: firing skipped", source.name)
+                continue
+            if not await self.state.claim(source.name, firing):
+                continue
+            run = self.executor.new_run(f"scheduled:{source.name}")
+            self._source_runs[source.name] = run
+            self._spawn(self._feed(run, [source]))
+            started.append(run)
+        return started
+
+    async def _feed(self, run: Run, sources: list[spec.ScheduledSource]) -> None:
+        """Resolve ``sources`` into paths and submit them to ``run``."""
+        try:
+            for item in sources:
+                try:
+                    paths = await build_source(item, self._deps).paths()
+                except (SourceError, OSError) as exc:
+                    self.schedule_errors[item.name] = str(exc)
+                    run.progress.item_done(item.name, False, 0.0, self._clock(), str(exc))
+                    log.warning("warming source %s failed: %s", item.name, exc)
+                    continue
+                self.schedule_errors.pop(item.name, None)
+                requests = []
+                for p in sorted(paths, key=lambda sp: sp.rank):
+                    self._remember_source_path(p.url)
+                    if self.filter.allows(p.url):
+                        requests.append(
+                            WarmRequest(
+                                url=p.url,
+                                priority=item.priority,
+                                reason=Reason.SCHEDULED,
+                                ttl=item.ttl,
+                            )
+                        )
+                self._submit(requests, run)
+        finally:
+            self.executor.seal(run)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _remember_source_path(self, url: str) -> None:
+        self._source_paths[("", url)] = None
+        if len(self._source_paths) > SOURCE_PATHS_KEPT:
+            del self._source_paths[next(iter(self._source_paths))]
+
+    # ----------------------------------------------------------------- runs
+
+    def start(
+        self,
+        strategy: str,
+        *,
+        sources: list[str] | None = None,
+        priority: str | None = None,
+        limit: int | None = None,
+    ) -> Run:
+        """Start a run of ``strategy`` now; RunConflict while another run runs."""
+        if strategy not in START_STRATEGIES:
+            raise BadRequest("strategy", f"must be one of {list(START_STRATEGIES)}")
+        if priority is not None:
+            self._check_priority(priority)
+        if self.executor.active_runs():
+            raise RunConflict("a warming run is already running; stop it first")
+        run = self.executor.new_run(strategy)
+        if strategy == "proactive":
+            chosen = [s for s in self.schedule.sources if s.enabled]
+            if sources is not None:
+                known = {s.name for s in self.schedule.sources}
+                unknown = [n for n in sources if n not in known]
+                if unknown:
+                    self.executor.seal(run)
+                    raise BadRequest("sources", f"no source named {unknown[0]!r}")
+                chosen = [s for s in self.schedule.sources if s.name in sources]
+            if priority is not None:
+                chosen = [s.model_copy(update={"priority": priority}) for s in chosen]
+            self._spawn(self._feed(run, chosen))
+            return run
+        n = limit or self.config.hot_top_n
+        hot = self.tracker.hot(n, self._clock())
+        if strategy == "reactive":
+            threshold = self.config.reactive.threshold
+            window = self.config.reactive.time_window
+            now = self._clock()
+            hot = [h for h in hot if self.tracker.misses(h.key, window, now) > threshold]
+        requests = [
+            WarmRequest(
+                url=h.url,
+                host=h.host,
+                priority=priority or self.config.levels[0],
+                reason=Reason.REACTIVE if strategy == "reactive" else Reason.SCHEDULED,
+            )
+            for h in hot
+            if self.filter.allows(h.url)
+        ]
+        self._submit(requests, run)
+        self.executor.seal(run)
+        return run
+
+    async def stop(self) -> list[Run]:
+        return await self.executor.stop()
+
+    async def shutdown(self) -> None:
+        """Stop runs, drop what is queued, and release the schedule state."""
+        await self.executor.stop()
+        self.executor.clear_background()
+        await self.executor.idle_in_flight(self.executor.timeout)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.state.close()
+
+    def warm_urls(self, targets: Iterable[str], priority: str, strategy: str) -> Run:
+        """Warm the given paths (or same-origin URLs) as one run; BadRequest names a bad one."""
+        self._check_priority(priority)
+        requests = []
+        for i, target in enumerate(targets):
+            try:
+                host, path = self._to_path(target)
+            except BadRequest as exc:
+                field_name = f"{exc.field}[{i}]" if strategy == "bulk" else exc.field
+                raise BadRequest(field_name, str(exc)) from None
+            if not self.filter.allows(path):
+                field_name = f"url[{i}]" if strategy == "bulk" else "url"
+                raise BadRequest(field_name, f"{path} is excluded by [strategies] include/exclude")
+            requests.append(
+                WarmRequest(url=path, host=host, priority=priority, reason=Reason.ON_DEMAND)
+            )
+        run = self.executor.new_run(strategy)
+        self._submit(requests, run)
+        self.executor.seal(run)
+        return run
+
+    async def warm_pattern(self, pattern: str, priority: str, limit: int) -> Run:
+        """Warm every known path matching the glob: history, sources and the store."""
+        self._check_priority(priority)
+        found: dict[tuple[str, str], None] = {}
+        for _, url, host in self.tracker.known():
+            if fnmatchcase(url, pattern):
+                found[(host, url)] = None
+        for host, url in self._source_paths:
+            if fnmatchcase(url, pattern):
+                found.setdefault((host, url), None)
+        async for host, url in self._store_paths(pattern):
+            found.setdefault((host, url), None)
+        requests = [
+            WarmRequest(url=url, host=host, priority=priority, reason=Reason.ON_DEMAND)
+            for host, url in list(found)[:limit]
+            if self.filter.allows(url)
+        ]
+        run = self.executor.new_run("pattern")
+        self._submit(_unique_by_url(requests), run)
+        self.executor.seal(run)
+        return run
+
+    def _check_priority(self, priority: str) -> None:
+        if priority not in self.config.levels:
+            raise BadRequest("priority", f"must be one of {list(self.config.levels)}")
+
+    # ------------------------------------------------------------- schedule
+
+    def schedule_document(self) -> dict[str, Any]:
+        document = self.schedule.model_dump(mode="json")
+        document["next_runs"] = {
+            s.name: _iso(self._clock_of_schedule.next_of(s.name)) for s in self.schedule.sources
+        }
+        document["errors"] = dict(self.schedule_errors)
+        document["persisted_in"] = self.state.describe()
+        return document
+
+    async def replace_schedule(self, document: Any) -> spec.Schedule:
+        """Validate, persist, then apply; on any error nothing changes.
+
+        Raises ValidationError or BadRequest for a bad document and
+        ScheduleStateError when it cannot be saved.
+        """
+        if isinstance(document, dict):
+            document = {k: v for k, v in document.items() if k not in _READ_ONLY_FIELDS}
+        plan = spec.Schedule.model_validate(document)
+        try:
+            plan.check_priorities(self.config.levels)
+        except ValueError as exc:
+            field_name, _, message = str(exc).partition(": ")
+            raise BadRequest(field_name, message) from None
+        await self.state.save(plan.model_dump(mode="json"))
+        self._apply(plan)
+        return plan
+
+    def _apply(self, plan: spec.Schedule) -> None:
+        self.schedule = plan
+        self._clock_of_schedule = ScheduleClock(plan, self._clock())
+        self._schedule_changed.set()
+
+    async def load_saved_schedule(self) -> None:
+        """Use the saved schedule, if any, over the configured one."""
+        try:
+            document = await self.state.load()
+        except ScheduleStateError as exc:
+            log.error("saved schedule unreadable, using the configured one: %s", exc)
+            return
+        if document is None:
+            return
+        try:
+            plan = spec.Schedule.model_validate(document)
+            plan.check_priorities(self.config.levels)
+        except (ValidationError, ValueError) as exc:
+            log.error("saved schedule invalid, using the configured one: %s", exc)
+            return
+        self._apply(plan)
+
+    # --------------------------------------------------------------- reports
+
+    def status(self) -> dict[str, Any]:
+        now = self._clock()
+        run = self.executor.latest_run()
+        if run is None:
+            body: dict[str, Any] = _idle_status()
+        else:
+            body = run.progress.to_status(now)
+        body["active_runs"] = [
+            {
+                "run_id": r.id,
+                "strategy": r.strategy,
+                "percentage": r.progress.to_status(now)["progress"]["percentage"],
+            }
+            for r in self.executor.active_runs()
+        ]
+        body["executor"] = self.executor.state()
+        return body
+
+    def progress(self) -> dict[str, Any]:
+        run = self.executor.latest_run()
+        if run is None:
+            return _idle_status()
+        return run.progress.to_progress(self._clock())
+
+    def hot_data(self, n: int, window: float | None) -> dict[str, Any]:
+        now = self._clock()
+        totals = self.tracker.totals()
+        return {
+            "window_seconds": window,
+            "hot_keys": [
+                {"key": h.key, "url": h.url, "host": h.host, "count": h.count, "error": h.error}
+                for h in self.tracker.hot(n, now, window)
+            ],
+            "totals": {
+                "requests": totals.requests,
+                "hits": totals.hits,
+                "misses": totals.misses,
+                "bypass": totals.bypass,
+            },
+            "hourly": [
+                {"start": _iso(h.start), "requests": h.requests, "hits": h.hits, "misses": h.misses}
+                for h in self.tracker.hourly(now, 24)
+            ],
+        }
+
+    def stats(self) -> dict[str, Any]:
+        c = self.executor.counters
+        totals = self.tracker.totals()
+        before = after = improvement = None
+        if self._hits_before is not None:
+            hb, mb = self._hits_before
+            before = _ratio(hb, hb + mb)
+            ha, ma = totals.hits - hb, totals.misses - mb
+            after = _ratio(ha, ha + ma)
+            if before is not None and after is not None:
+                improvement = round(after - before, 4)
+        warmed = sum(c.warmed.values())
+        average = c.fetch_seconds / c.fetches if c.fetches else None
+        total_run_time = sum(s[1] for s in c.run_seconds.values())
+        with self._process.oneshot():
+            cpu = self._process.cpu_percent(interval=None)
+            rss = self._process.memory_info().rss
+        return {
+            "effectiveness": {
+                "hit_rate_before": before,
+                "hit_rate_after": after,
+                "improvement": improvement,
+            },
+            "resource_usage": {
+                "cpu_utilization": cpu,
+                "memory_usage": rss,
+                "network_io": c.bytes,
+            },
+            "timing": {
+                "total_warming_time": round(total_run_time, 3),
+                "average_item_time": None if average is None else round(average, 4),
+                "peak_concurrent": c.peak_in_flight,
+            },
+            "cost_benefit": {
+                "items_warmed": warmed,
+                "cache_hits_prevented": self.hits_on_warmed,
+                "estimated_response_time_saved": (
+                    None if average is None else round(self.hits_on_warmed * average, 3)
+                ),
+            },
+            "counts": {
+                "warmed": dict(c.warmed),
+                "failed": dict(c.failed),
+                "retried": dict(c.retried),
+                "already_fresh": dict(c.already_fresh),
+                "origin_fetches": c.fetches,
+                "schedule_firings_skipped": self.schedule_skipped,
+            },
+        }
+
+
+_READ_ONLY_FIELDS = ("next_runs", "errors", "persisted_in")
+
+
+def _unique_by_url(requests: list[WarmRequest]) -> list[WarmRequest]:
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for r in requests:
+        if r.identity not in seen:
+            seen.add(r.identity)
+            out.append(r)
+    return out
+
+
+def _middle(levels: tuple[str, ...]) -> str:
+    return levels[len(levels) // 2]
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _idle_status() -> dict[str, Any]:
+    return {
+        "run_id": None,
+        "status": "idle",
+        "strategy": None,
+        "started_at": None,
+        "finished_at": None,
+        "progress": {
+            "total_items": 0,
+            "completed": 0,
+            "success": 0,
+            "failed": 0,
+            "percentage": 0.0,
+        },
+        "current_batch": {"batch_size": 0, "processed": 0, "remaining": 0},
+        "performance": {
+            "items_per_second": 0.0,
+            "average_time_per_item": None,
+            "estimated_completion": None,
+        },
+        "errors": [],
+    }
