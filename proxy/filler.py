@@ -351,8 +351,12 @@ class Filler:
         if ttl is not None:
             entry = policy.with_lifetime(entry, ttl)
         stored = await self._store(key, entry)
-        relayed = policy.relayed_headers(
-            response_headers, response_time=response_time, via=self._config.via
+        relayed = (
+            None  # a warm fill relays nothing to anyone
+            if warm
+            else policy.relayed_headers(
+                response_headers, response_time=response_time, via=self._config.via
+            )
         )
         return FillResult(
             status=response.status, entry=entry, stored=stored, shareable=True, relayed=relayed
