@@ -181,3 +181,16 @@ def test_a_malformed_request_is_one_log_line_not_a_traceback(demo: Demo) -> None
         assert time.monotonic() < deadline, log
         time.sleep(0.05)
     assert "Traceback" not in log
+
+
+def test_the_readme_config_examples_are_valid(tmp_path: Path) -> None:
+    import re
+
+    from proxy.config import load_settings
+
+    blocks = re.findall(r"```toml\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    assert blocks
+    for n, block in enumerate(blocks):
+        path = tmp_path / f"example{n}.toml"
+        path.write_text(block)
+        load_settings(path)
