@@ -204,3 +204,41 @@ def test_posted_schedule_survives_a_restart(tmp_path: Path) -> None:
         assert [s["name"] for s in restored["sources"]] == ["sitemap"]
     finally:
         assert served.stop() == 0
+
+
+def test_standalone_warm_fills_a_shared_redis(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    """No proxy running: ``warm --standalone`` fills the Redis the proxies will share."""
+    import redis
+
+    served = Served(tmp_path)  # only for its demo origin
+    served.start()
+    try:
+        result = run_cli(
+            "warm",
+            "--standalone",
+            "--origin",
+            f"http://127.0.0.1:{served.origin}",
+            "--store",
+            "redis",
+            "--redis-url",
+            redis_url,
+            "--redis-prefix",
+            redis_prefix,
+            "--url",
+            "/products/1",
+            "--url",
+            "/products/2",
+            env={"WARMPROXY_PROXY__PUBLIC_HOST": "shop.example"},
+        )
+    finally:
+        assert served.stop() == 0
+    assert result.returncode == 0, result.stderr
+    assert "completed: 2 warmed, 0 failed of 2" in result.stdout
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = {k.decode() for k in client.scan_iter(f"{redis_prefix}*")}
+    finally:
+        client.close()
+    assert {f"{redis_prefix}/products/1", f"{redis_prefix}/products/2"} <= keys
