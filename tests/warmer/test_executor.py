@@ -16,7 +16,7 @@ from proxy.warming import fill_through
 from tests.proxy.conftest import Origin, ProxyFactory, eventually
 from warmer.executor import WarmExecutor
 from warmer.model import WarmRequest
-from warmer.pacing import AdaptiveConcurrency
+from warmer.pacing import AdaptiveConcurrency, ResourceGuard
 
 CACHEABLE = {"Cache-Control": "public, max-age=60"}
 LEVELS = ("high", "medium", "low")
@@ -223,3 +223,23 @@ async def test_a_timed_out_fetch_fails_the_item_but_its_fill_completes_whole(
     while not await stored():
         assert time.monotonic() < deadline
         await asyncio.sleep(0.02)
+
+
+async def test_warming_pauses_while_the_process_is_over_its_memory_limit(
+    proxy: Warmproxy, origin: Origin, run_executor: Callable[..., WarmExecutor]
+) -> None:
+    origin.set("/g", headers=CACHEABLE)
+    guard = ResourceGuard(None, 1)  # one byte: this process is always over it
+    executor = run_executor(proxy, guard=guard)
+    run = executor.new_run("test")
+    executor.submit([WarmRequest("/g")], run)
+    executor.seal(run)
+    await eventually(lambda: executor.paused)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(run.done.wait(), 1.5)
+    assert origin.count("/g") == 0
+    assert executor.state()["paused"] is True
+    guard.max_memory_bytes = 1 << 50  # the limit raised: warming resumes by itself
+    await asyncio.wait_for(run.done.wait(), 5)
+    assert run.progress.success == 1
+    assert not executor.paused
