@@ -120,10 +120,10 @@ class RefreshAhead:
             self._followed.put(key, life)
             if event.outcome == "hit":
                 life.hits = 1
-        else:
-            self._followed.touch(key)
-            if event.outcome == "hit":
-                life.hits += 1
+        elif event.outcome == "hit":
+            # No LRU touch per hit (this runs for every request): a key is put
+            # anew at each lifetime, so the oldest lifetimes are forgotten first.
+            life.hits += 1
         if life.hits == self.min_hits and not life.asked:
             self._followed.schedule(key, self._due_at(life), fresh_until)
 
