@@ -64,6 +64,10 @@ class Cache:
         item = self.peek(key)
         if item is not None or not self._remote:
             return item
+        return await self._get_remote(key)
+
+    async def _get_remote(self, key: str) -> StoredItem | None:
+        """``key`` from the out-of-process store, mirrored into L1."""
         try:
             item = await self.store.get(key)
         except StoreError as exc:
@@ -83,7 +87,11 @@ class Cache:
             # per request; the health watcher notices when it is back.
             return Lookup(None)
         try:
-            item = await self._get(key)
+            # The in-process tier answers without awaiting (every warm fill
+            # looks up first, most often for nothing).
+            item = self.peek(key)
+            if item is None and self._remote:
+                item = await self._get_remote(key)
             if isinstance(item, VaryIndex):
                 values = policy.request_vary_values(item.names, request_headers)
                 variant = await self._get(policy.variant_key(key, item.generation, values))
@@ -119,8 +127,10 @@ class Cache:
             await self.store.put(key, item, ttl)
             if self._local is not None:
                 self._local.delete_nowait(key)
-        else:
-            await self.store.put(key, item, ttl)
+        elif self._local is not None:
+            # The store is the in-process MemoryStore: written without its
+            # async wrapper, as peek reads it.
+            self._local.put_nowait(key, item, ttl)
 
     async def _put_variant(self, key: str, entry: CacheEntry, ttl: float, now: float) -> None:
         current = await self._get(key)

@@ -64,6 +64,10 @@ class CacheEntry:
     # The headers as a multidict, built on first use and copied per hit (a
     # copy costs a quarter of building one); never serialized.
     head: CIMultiDict[str] | None = field(default=None, compare=False, repr=False)
+    # ``size``, computed on first use: a fill asks for it twice (the size
+    # limit, then the store's byte accounting).  Entries are never changed in
+    # place (``dataclasses.replace`` makes a new one, which recomputes it).
+    _size: int = field(default=-1, init=False, compare=False, repr=False)
 
     def response_head(self) -> CIMultiDict[str]:
         """A fresh multidict of the stored headers, to add Age and Cache-Status to."""
@@ -75,7 +79,12 @@ class CacheEntry:
     @property
     def size(self) -> int:
         """Approximate bytes the entry occupies, for byte-bounded stores."""
-        return len(self.body) + sum(len(k) + len(v) + 4 for k, v in self.headers) + 256
+        size = self._size
+        if size < 0:
+            size = self._size = (
+                len(self.body) + sum(len(k) + len(v) + 4 for k, v in self.headers) + 256
+            )
+        return size
 
 
 @dataclass(slots=True)

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 PASS_MEMORY_SECONDS = 30.0
 PASS_MEMORY_KEYS = 10_000
 TOO_LARGE = "too large"
+WARM_HEADER_HOSTS = 256
 
 
 @dataclass(slots=True)
@@ -97,6 +98,10 @@ class Filler:
         self._inflight: dict[str, asyncio.Future[FillResult]] = {}
         # key -> (until when, why its response could not be stored)
         self._pass_until: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        # host -> the warm fetch's request headers, as a list to send and as
+        # the multidict the Vary lookup reads; the rules are fixed, so they
+        # are built once per host rather than on every warm fill.
+        self._warm_headers: dict[str, tuple[list[tuple[str, str]], CIMultiDictProxy[str]]] = {}
 
     async def fill(
         self,
@@ -119,8 +124,7 @@ class Filler:
         Streams are closed.
         """
         host = host or self._rules.default_host
-        headers = CIMultiDict(self._rules.warm_request_headers(host))
-        proxy_headers = CIMultiDictProxy(headers)
+        send_headers, proxy_headers = self._warm_request_headers(host)
         key = self._rules.cache_key(path_qs, host)
         lookup = await self._cache.lookup(key, proxy_headers)
         entry = lookup.entry
@@ -131,7 +135,7 @@ class Filler:
         result = await self.fetch(
             key=key,
             path_qs=path_qs,
-            send_headers=list(headers.items()),
+            send_headers=send_headers,
             request_headers=proxy_headers,
             request_cc={},
             stale=entry,
@@ -142,6 +146,18 @@ class Filler:
         if result.stream is not None:
             result.stream.release()
         return result
+
+    def _warm_request_headers(
+        self, host: str
+    ) -> tuple[list[tuple[str, str]], CIMultiDictProxy[str]]:
+        cached = self._warm_headers.get(host)
+        if cached is None:
+            send_headers = self._rules.warm_request_headers(host)
+            cached = (send_headers, CIMultiDictProxy(CIMultiDict(send_headers)))
+            if len(self._warm_headers) >= WARM_HEADER_HOSTS:
+                self._warm_headers.clear()
+            self._warm_headers[host] = cached
+        return cached
 
     async def fetch(
         self,
@@ -209,7 +225,9 @@ class Filler:
         finally:
             del self._inflight[key]
             # Waiters never see the leader's stream: it belongs to one client.
-            future.set_result(replace(result, stream=None))
+            # (Waiters copy what they return, so without a stream the result
+            # itself can be shared; copying it on every fill showed up.)
+            future.set_result(result if result.stream is None else replace(result, stream=None))
             if result.uncacheable and not policy.is_error_status(result.status):
                 self._remember_pass(key, result.uncacheable)
 
@@ -252,10 +270,10 @@ class Filler:
         warm: bool,
         ttl: float | None = None,
     ) -> FillResult:
-        headers = list(send_headers)
+        headers = send_headers  # only read from here on, so not copied
         conditional = stale is not None and policy.has_validators(stale)
         if stale is not None and conditional:
-            headers.extend(policy.revalidation_headers(stale).items())
+            headers = [*send_headers, *policy.revalidation_headers(stale).items()]
         request_time = self._clock()
         started = time.perf_counter()
         try:
@@ -265,20 +283,26 @@ class Filler:
         except OriginError as exc:
             return FillResult(error=exc)
         response_time = self._clock()
-        response_headers = list(response.headers.items())
+        # Indexed and parsed once: storability, the entry and the relayed
+        # headers all read the same fields.
+        fields = policy.response_fields(response.headers)
 
         if response.status == 304 and stale is not None and conditional:
             response.release()
-            if not policy.not_modified_selects(stale, response_headers):
+            if not policy.not_modified_selects(stale, fields.headers):
                 # §4.3.4: the 304 is about another response; get a full one.
                 return await self._fetch(
                     key, path_qs, send_headers, request_headers, request_cc, None, warm, ttl
                 )
-            merged = policy.merge_not_modified(stale.headers, response_headers)
+            merged = policy.response_fields(
+                policy.merge_not_modified(stale.headers, fields.headers)
+            )
+            merged_directives = policy.response_directives(merged, self._config)
             entry = policy.build_entry(
                 url=path_qs,
                 status=stale.status,
                 headers=merged,
+                directives=merged_directives,
                 already_stored=True,
                 body=stale.body,
                 request_headers=request_headers,
@@ -290,7 +314,9 @@ class Filler:
             )
             if ttl is not None:
                 entry = policy.with_lifetime(entry, ttl)
-            decision = self._storability(stale.status, merged, request_headers, request_cc)
+            decision = self._storability(
+                stale.status, merged, merged_directives, request_headers, request_cc
+            )
             if not decision.storable:
                 # Only this client gets the updated response.  When the 304
                 # itself made it unshareable (Set-Cookie, private, no-store...)
@@ -305,7 +331,10 @@ class Filler:
                 status=304, entry=entry, stored=stored, shareable=True, revalidated=True
             )
 
-        decision = self._storability(response.status, response_headers, request_headers, request_cc)
+        directives = policy.response_directives(fields, self._config)
+        decision = self._storability(
+            response.status, fields, directives, request_headers, request_cc
+        )
         if not decision.storable:
             self._metrics.not_stored.labels(decision.reason).inc()
             return FillResult(
@@ -339,7 +368,8 @@ class Filler:
         entry = policy.build_entry(
             url=path_qs,
             status=response.status,
-            headers=response_headers,
+            headers=fields,
+            directives=directives,
             body=body,
             request_headers=request_headers,
             request_time=request_time,
@@ -354,9 +384,7 @@ class Filler:
         relayed = (
             None  # a warm fill relays nothing to anyone
             if warm
-            else policy.relayed_headers(
-                response_headers, response_time=response_time, via=self._config.via
-            )
+            else policy.relayed_headers(fields, response_time=response_time, via=self._config.via)
         )
         return FillResult(
             status=response.status, entry=entry, stored=stored, shareable=True, relayed=relayed
@@ -365,7 +393,8 @@ class Filler:
     def _storability(
         self,
         status: int,
-        response_headers: list[tuple[str, str]],
+        fields: policy.ResponseFields,
+        directives: policy.ResponseDirectives,
         request_headers: HeaderSource,
         request_cc: CacheControl,
     ) -> policy.StoreDecision:
@@ -375,8 +404,9 @@ class Filler:
             status=status,
             request_cc=request_cc,
             request_has_authorization=bool(request_headers.getall("authorization", [])),
-            response_headers=response_headers,
+            response_headers=fields,
             config=self._config,
+            directives=directives,
         )
 
     async def _store(self, key: str, entry: CacheEntry) -> bool:

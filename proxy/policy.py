@@ -17,10 +17,12 @@ import email.utils
 import hashlib
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 from urllib.parse import urlsplit
+
+from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
 
 from proxy.entry import CacheEntry
 
@@ -99,6 +101,16 @@ def parse_cache_control(values: Iterable[str]) -> CacheControl:
 
 
 def _split_directives(value: str) -> Iterable[tuple[str, str | None]]:
+    if '"' not in value:
+        # Without quoted strings every comma separates directives, so the
+        # split is exact; the character scanner below is only for the rare
+        # quoted argument and costs several times as much on every fill.
+        for member in value.split(","):
+            raw_name, eq, raw_arg = member.partition("=")
+            name = raw_name.strip().lower()
+            if name:
+                yield name, raw_arg.strip() if eq else None
+        return
     i, n = 0, len(value)
     while i < n:
         # skip separators and whitespace
@@ -159,6 +171,14 @@ _ASCTIME_DATE = re.compile(
 )
 
 
+# IMF-fixdate values already parsed: the responses of one second carry the same
+# Date, so a fill usually finds its Date here instead of running the regular
+# expression and timegm again.  (Only this format: an rfc850-date's meaning
+# depends on the current year.)
+_FIXDATE_CACHE: dict[str, float] = {}
+_FIXDATE_CACHE_SIZE = 256
+
+
 def parse_http_date(value: str | None) -> float | None:
     """Seconds since the epoch of an HTTP-date (RFC 9110 §5.6.7), or None.
 
@@ -168,20 +188,32 @@ def parse_http_date(value: str | None) -> float | None:
     """
     if not value:
         return None
+    cached = _FIXDATE_CACHE.get(value)
+    if cached is not None:
+        return cached
     if match := _IMF_FIXDATE.fullmatch(value):
         day, month, year, hh, mm, ss = match.groups()
-    elif match := _RFC850_DATE.fullmatch(value):
+        parsed = _date_from_parts(year, month, day, hh, mm, ss)
+        if parsed is not None:
+            if len(_FIXDATE_CACHE) >= _FIXDATE_CACHE_SIZE:
+                _FIXDATE_CACHE.clear()
+            _FIXDATE_CACHE[value] = parsed
+        return parsed
+    if match := _RFC850_DATE.fullmatch(value):
         day, month, yy, hh, mm, ss = match.groups()
         # §5.6.7: a two-digit year more than 50 years in the future is in the past.
         this_year = time.gmtime().tm_year
         year_int = this_year - this_year % 100 + int(yy)
         if year_int > this_year + 50:
             year_int -= 100
-        year = str(year_int)
-    elif match := _ASCTIME_DATE.fullmatch(value):
+        return _date_from_parts(str(year_int), month, day, hh, mm, ss)
+    if match := _ASCTIME_DATE.fullmatch(value):
         month, day, hh, mm, ss, year = match.groups()
-    else:
-        return None
+        return _date_from_parts(year, month, day, hh, mm, ss)
+    return None
+
+
+def _date_from_parts(year: str, month: str, day: str, hh: str, mm: str, ss: str) -> float | None:
     # Names are case-sensitive in the grammar; being lenient about case only
     # keeps a response fresh that the origin meant to be fresh.
     month_number = _MONTHS.get(month.lower())
@@ -206,7 +238,7 @@ def parse_field_names(arg: str | None) -> list[str]:
     return [name.strip().lower() for name in arg.split(",") if name.strip()]
 
 
-def parse_age(values: list[str]) -> int:
+def parse_age(values: Sequence[str]) -> int:
     """Age field value (RFC 9111 §5.1): first member of a list; invalid is ignored."""
     if not values:
         return 0
@@ -217,11 +249,12 @@ def parse_age(values: list[str]) -> int:
 
 def connection_named(headers: Iterable[tuple[str, str]]) -> set[str]:
     """Field names listed in Connection (RFC 9110 §7.6.1): hop-by-hop too."""
+    return _connection_tokens(header_values(headers, "connection"))
+
+
+def _connection_tokens(values: Iterable[str]) -> set[str]:
     return {
-        token.strip().lower()
-        for value in header_values(headers, "connection")
-        for token in value.split(",")
-        if token.strip()
+        token.strip().lower() for value in values for token in value.split(",") if token.strip()
     }
 
 
@@ -233,6 +266,51 @@ def header_values(headers: Iterable[tuple[str, str]], name: str) -> list[str]:
 def header_value(headers: Iterable[tuple[str, str]], name: str) -> str | None:
     values = header_values(headers, name)
     return ", ".join(values) if values else None
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFields:
+    """A response's header fields with a case-insensitive index, built once per fill.
+
+    Storing a response asks for a dozen fields (Cache-Control, Date, Expires,
+    Age, ETag, Vary, ...); scanning and lower-casing the whole list for each
+    one was a large part of a fill's CPU, so the decisions share this index.
+    """
+
+    headers: list[tuple[str, str]]
+    # Lower-cased names, parallel to ``headers``.
+    names: list[str]
+    index: MultiMapping[str]
+
+    def values(self, name: str) -> Sequence[str]:
+        """All values of ``name`` (lower-case), in order."""
+        return self.index.getall(name, ())
+
+    def value(self, name: str) -> str | None:
+        """The field lines of ``name`` combined (RFC 9110 §5.3), or None."""
+        values = self.index.getall(name, ())
+        return ", ".join(values) if values else None
+
+
+def response_fields(
+    headers: Iterable[tuple[str, str]] | CIMultiDict[str] | CIMultiDictProxy[str],
+) -> ResponseFields:
+    """Index a response's header list (kept as given when it is a list).
+
+    A client response's own multidict (aiohttp's ``response.headers``)
+    serves as the index as it is.
+    """
+    if isinstance(headers, CIMultiDict | CIMultiDictProxy):
+        index: MultiMapping[str] = headers
+        items = list(headers.items())
+    else:
+        items = headers if isinstance(headers, list) else list(headers)
+        index = CIMultiDict(items)
+    return ResponseFields(items, [k.lower() for k, _ in items], index)
+
+
+def _indexed(headers: list[tuple[str, str]] | ResponseFields) -> ResponseFields:
+    return headers if isinstance(headers, ResponseFields) else response_fields(headers)
 
 
 # --------------------------------------------------------------------------
@@ -262,7 +340,7 @@ _SF_MEMBER = re.compile(
 _INTEGER_DIRECTIVES = frozenset({"max-age", "s-maxage", "stale-while-revalidate", "stale-if-error"})
 
 
-def _targeted_directives(values: list[str]) -> CacheControl | None:
+def _targeted_directives(values: Sequence[str]) -> CacheControl | None:
     """A targeted field's directives, or None when it is not a valid dictionary.
 
     RFC 9213 §2.1: targeted fields are Structured Field Dictionaries; an
@@ -280,6 +358,10 @@ def _targeted_directives(values: list[str]) -> CacheControl | None:
     return parse_cache_control(values)
 
 
+_RESPONSE_CC_CACHE: dict[str, CacheControl] = {}
+_RESPONSE_CC_CACHE_SIZE = 256
+
+
 @dataclass(frozen=True, slots=True)
 class ResponseDirectives:
     """The directives that govern how a response is cached."""
@@ -290,18 +372,28 @@ class ResponseDirectives:
 
 
 def response_directives(
-    headers: list[tuple[str, str]], config: CachePolicyConfig
+    headers: list[tuple[str, str]] | ResponseFields, config: CachePolicyConfig
 ) -> ResponseDirectives:
     """The first valid targeted field this cache obeys (RFC 9213 §2.1), else Cache-Control."""
+    fields = _indexed(headers)
     for name in config.targeted_fields:
-        values = header_values(headers, name)
+        values = fields.values(name)
         if values:
             directives = _targeted_directives(values)
             if directives is not None:
                 return ResponseDirectives(directives, targeted=True)
-    return ResponseDirectives(
-        parse_cache_control(header_values(headers, "cache-control")), targeted=False
-    )
+    values = fields.values("cache-control")
+    if len(values) != 1:
+        return ResponseDirectives(parse_cache_control(values), targeted=False)
+    # An origin sends the same few Cache-Control values over and over: parse
+    # each once (copied out, so a caller may change its own directives).
+    cc = _RESPONSE_CC_CACHE.get(values[0])
+    if cc is None:
+        cc = parse_cache_control(values)
+        if len(_RESPONSE_CC_CACHE) >= _RESPONSE_CC_CACHE_SIZE:
+            _RESPONSE_CC_CACHE.clear()
+        _RESPONSE_CC_CACHE[values[0]] = cc
+    return ResponseDirectives(dict(cc), targeted=False)
 
 
 def shareable_with_authorization(response_cc: CacheControl) -> bool:
@@ -326,11 +418,17 @@ def storability(
     status: int,
     request_cc: CacheControl,
     request_has_authorization: bool,
-    response_headers: list[tuple[str, str]],
+    response_headers: list[tuple[str, str]] | ResponseFields,
     config: CachePolicyConfig,
+    directives: ResponseDirectives | None = None,
 ) -> StoreDecision:
-    """May a shared cache store this response?  (RFC 9111 §3)."""
-    directives = response_directives(response_headers, config)
+    """May a shared cache store this response?  (RFC 9111 §3).
+
+    ``directives``: the response's, when the caller has parsed them already.
+    """
+    fields = _indexed(response_headers)
+    if directives is None:
+        directives = response_directives(fields, config)
     response_cc = directives.cc
     if method != "GET":
         return StoreDecision(False, "method")
@@ -352,10 +450,9 @@ def storability(
     # §3.5: Authorization needs an explicit permission to share the response.
     if request_has_authorization and not shareable_with_authorization(response_cc):
         return StoreDecision(False, "authorization")
-    headers = response_headers
-    if not config.store_set_cookie and header_values(headers, "set-cookie"):
+    if not config.store_set_cookie and "set-cookie" in fields.index:
         return StoreDecision(False, "set-cookie")
-    vary = header_value(headers, "vary")
+    vary = fields.value("vary")
     if vary is not None and "*" in [v.strip() for v in vary.split(",")]:
         # §4.1: Vary: * never matches, so storing could never pay off.
         return StoreDecision(False, "vary *")
@@ -363,7 +460,7 @@ def storability(
         "public" in response_cc
         or "max-age" in response_cc
         or "s-maxage" in response_cc
-        or (not directives.targeted and header_values(headers, "expires"))
+        or (not directives.targeted and "expires" in fields.index)
     )
     if not explicit and status not in HEURISTICALLY_CACHEABLE:
         return StoreDecision(False, "status not heuristically cacheable")
@@ -374,19 +471,20 @@ def freshness_lifetime(
     *,
     status: int,
     response_cc: CacheControl,
-    headers: list[tuple[str, str]],
+    headers: list[tuple[str, str]] | ResponseFields,
     date: float,
     config: CachePolicyConfig,
     ignore_expires: bool = False,
 ) -> float:
     """Freshness lifetime in seconds (RFC 9111 §4.2.1); 0 when none applies."""
+    fields = _indexed(headers)
     # A shared cache prefers s-maxage, then max-age, then Expires.
     for directive in ("s-maxage", "max-age"):
         if directive in response_cc:
             value = delta_seconds(response_cc[directive])
             # §4.2.1: invalid freshness information means stale.
             return float(value) if value is not None else 0.0
-    expires_values = [] if ignore_expires else header_values(headers, "expires")
+    expires_values = () if ignore_expires else fields.values("expires")
     if expires_values:
         # §5.3: an invalid Expires (e.g. "0") means already expired; several
         # field lines count as invalid (§4.2.1 allows treating them as stale).
@@ -399,7 +497,7 @@ def freshness_lifetime(
     # §4.2.2: heuristic freshness, only from Last-Modified and only for
     # heuristically cacheable statuses (or when public allows it).
     if status in HEURISTICALLY_CACHEABLE or "public" in response_cc:
-        last_modified = parse_http_date(header_value(headers, "last-modified"))
+        last_modified = parse_http_date(fields.value("last-modified"))
         if last_modified is not None and last_modified < date:
             return min(
                 (date - last_modified) * config.heuristic_fraction, config.heuristic_max_seconds
@@ -408,17 +506,25 @@ def freshness_lifetime(
 
 
 def corrected_initial_age(
-    *, headers: list[tuple[str, str]], date: float | None, request_time: float, response_time: float
+    *,
+    headers: list[tuple[str, str]] | ResponseFields,
+    date: float | None,
+    request_time: float,
+    response_time: float,
 ) -> float:
     """RFC 9111 §4.2.3: how old the response already is when it arrives."""
     apparent_age = max(0.0, response_time - date) if date is not None else 0.0
     response_delay = max(0.0, response_time - request_time)
-    corrected_age_value = parse_age(header_values(headers, "age")) + response_delay
+    corrected_age_value = parse_age(_indexed(headers).values("age")) + response_delay
     return max(apparent_age, corrected_age_value)
 
 
+# Never relayed as received: Via gets this proxy appended instead.
+_NOT_RELAYED = NOT_STORED_FIELDS | {"via"}
+
+
 def relayed_headers(
-    headers: list[tuple[str, str]],
+    headers: list[tuple[str, str]] | ResponseFields,
     *,
     response_time: float,
     via: str,
@@ -431,17 +537,21 @@ def relayed_headers(
     caching a response without one adds it) and this proxy appended to Via
     (RFC 9110 §7.6.3).
     """
-    drop = NOT_STORED_FIELDS | connection_named(headers) | excluded | {"via"}
-    relayed = [(k, v) for k, v in headers if k.lower() not in drop]
-    if not any(k.lower() == "date" for k, _ in relayed):
+    fields = _indexed(headers)
+    drop: frozenset[str] | set[str] = _NOT_RELAYED
+    if "connection" in fields.index or excluded:
+        drop = _NOT_RELAYED | _connection_tokens(fields.values("connection")) | excluded
+    relayed = [
+        field for field, name in zip(fields.headers, fields.names, strict=True) if name not in drop
+    ]
+    if "date" not in fields.index or "date" in drop:
         relayed.append(("Date", format_http_date(response_time)))
-    vias = header_values(headers, "via")
-    relayed.append(("Via", ", ".join([*vias, via])))
+    relayed.append(("Via", ", ".join([*fields.values("via"), via])))
     return relayed
 
 
 def _stored_headers(
-    headers: list[tuple[str, str]],
+    fields: ResponseFields,
     response_cc: CacheControl,
     response_time: float,
     via: str | None,
@@ -449,20 +559,29 @@ def _stored_headers(
     """The fields kept with a stored response; ``via`` None: already relayed once."""
     # §5.2.2.7 / §5.2.2.4: qualified private and no-cache name fields a shared
     # cache must not reuse; dropping them lets the rest be reused.
-    excluded = set(parse_field_names(response_cc.get("private")))
-    excluded |= set(parse_field_names(response_cc.get("no-cache")))
+    excluded: set[str] = set()
+    if "private" in response_cc or "no-cache" in response_cc:
+        excluded.update(parse_field_names(response_cc.get("private")))
+        excluded.update(parse_field_names(response_cc.get("no-cache")))
     if via is None:
-        return [(k, v) for k, v in headers if k.lower() not in excluded]
-    return relayed_headers(headers, response_time=response_time, via=via, excluded=excluded)
+        return [
+            field
+            for field, name in zip(fields.headers, fields.names, strict=True)
+            if name not in excluded
+        ]
+    return relayed_headers(fields, response_time=response_time, via=via, excluded=excluded)
 
 
-def vary_names(headers: Iterable[tuple[str, str]]) -> tuple[str, ...]:
+def vary_names(headers: Iterable[tuple[str, str]] | ResponseFields) -> tuple[str, ...]:
     """Lower-cased field names of Vary (RFC 9111 §4.1), sorted and de-duplicated."""
-    names = {
-        name.strip().lower()
-        for value in header_values(headers, "vary")
-        for name in value.split(",")
-    }
+    values = (
+        headers.values("vary")
+        if isinstance(headers, ResponseFields)
+        else header_values(headers, "vary")
+    )
+    if not values:
+        return ()
+    names = {name.strip().lower() for value in values for name in value.split(",")}
     names.discard("")
     return tuple(sorted(names))
 
@@ -509,7 +628,7 @@ def build_entry(
     *,
     url: str,
     status: int,
-    headers: list[tuple[str, str]],
+    headers: list[tuple[str, str]] | ResponseFields,
     body: bytes,
     request_headers: HeaderSource,
     request_time: float,
@@ -518,27 +637,31 @@ def build_entry(
     config: CachePolicyConfig,
     warmed: bool = False,
     already_stored: bool = False,
+    directives: ResponseDirectives | None = None,
 ) -> CacheEntry:
     """A storable response turned into an entry with every decision made.
 
     ``already_stored``: ``headers`` are a stored entry's (updated by a 304), so
     they are kept as they are instead of being relayed once more.
+    ``directives``: the response's, when the caller has parsed them already.
     """
-    directives = response_directives(headers, config)
+    fields = _indexed(headers)
+    if directives is None:
+        directives = response_directives(fields, config)
     response_cc = directives.cc
-    date = parse_http_date(header_value(headers, "date"))
+    date = parse_http_date(fields.value("date"))
     # RFC 9110 §6.6.1: a response without a (valid) Date is dated when received.
     effective_date = date if date is not None else response_time
     lifetime = freshness_lifetime(
         status=status,
         response_cc=response_cc,
-        headers=headers,
+        headers=fields,
         date=effective_date,
         config=config,
         ignore_expires=directives.targeted,
     )
     initial_age = corrected_initial_age(
-        headers=headers, date=date, request_time=request_time, response_time=response_time
+        headers=fields, date=date, request_time=request_time, response_time=response_time
     )
     born = response_time - initial_age
     fresh_until = born + lifetime
@@ -555,19 +678,18 @@ def build_entry(
     sie = delta_seconds(response_cc.get("stale-if-error")) if may_serve_stale else None
     swr_until = fresh_until + (swr or 0)
     sie_until = fresh_until + (sie or 0)
-    etag = header_value(headers, "etag")
-    last_modified_raw = header_value(headers, "last-modified")
-    last_modified = parse_http_date(last_modified_raw)
+    etag = fields.value("etag")
+    last_modified = parse_http_date(fields.value("last-modified"))
     has_validators = etag is not None or last_modified is not None
     expires_at = max(fresh_until, swr_until, sie_until)
     if has_validators:
         expires_at += config.revalidation_retention_seconds
-    names = vary_names(headers)
+    names = vary_names(fields)
     return CacheEntry(
         url=url,
         status=status,
         headers=_stored_headers(
-            headers, response_cc, response_time, None if already_stored else config.via
+            fields, response_cc, response_time, None if already_stored else config.via
         ),
         body=body,
         born=born,

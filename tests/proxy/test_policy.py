@@ -482,3 +482,74 @@ def test_s4_1_accept_language_and_encoding_normalized_by_case_and_order() -> Non
         request=hdrs(X_Flavour="a, B"),
     )
     assert not policy.vary_matches(e, hdrs(X_Flavour="B, a"))
+
+
+FIELD_NAMES = ["Cache-Control", "cache-control", "Date", "Expires", "Age", "ETag", "Vary"]
+FIELD_NAMES += ["vary", "Last-Modified", "Set-Cookie", "Connection", "Keep-Alive", "Via", "X-A"]
+FIELD_VALUES = ["public, max-age=60", 'private="X-A"', "no-store", 'no-cache="set-cookie"']
+FIELD_VALUES += ["s-maxage=5, stale-while-revalidate=9", "max-age=x", "Accept-Language", "*"]
+FIELD_VALUES += ["Tue, 14 Nov 2023 22:13:20 GMT", "Tue, 14 Nov 2023 21:13:20 GMT", '"a"', "7"]
+FIELD_VALUES += ["X-A, keep-alive", "1.0 other", "0", ""]
+RESPONSE_FIELD_LISTS = st.lists(
+    st.tuples(st.sampled_from(FIELD_NAMES), st.sampled_from(FIELD_VALUES)), max_size=8
+)
+
+
+@given(RESPONSE_FIELD_LISTS, st.booleans())
+def test_indexed_fields_decide_as_the_header_list_does(
+    headers: list[tuple[str, str]], as_multidict: bool
+) -> None:
+    # A fill parses the response once (ResponseFields, directives) and hands
+    # that to every decision: the outcome must be the one the list gives.
+    source = CIMultiDictProxy(CIMultiDict(headers)) if as_multidict else headers
+    fields = policy.response_fields(source)
+    directives = policy.response_directives(fields, CONFIG)
+    assert fields.headers == headers
+    assert directives == policy.response_directives(headers, CONFIG)
+    kwargs = {"method": "GET", "status": 200, "request_cc": {}, "request_has_authorization": False}
+    assert policy.storability(
+        response_headers=fields, directives=directives, config=CONFIG, **kwargs
+    ) == policy.storability(response_headers=headers, config=CONFIG, **kwargs)
+    built = policy.build_entry(
+        url="/x",
+        status=200,
+        headers=fields,
+        directives=directives,
+        body=b"body",
+        request_headers=hdrs(accept_language="en"),
+        request_time=NOW,
+        response_time=NOW,
+        fetch_seconds=0.01,
+        config=CONFIG,
+    )
+    assert built == entry(headers, request=hdrs(accept_language="en"))
+    assert policy.relayed_headers(fields, response_time=NOW, via="1.1 w") == (
+        policy.relayed_headers(headers, response_time=NOW, via="1.1 w")
+    )
+
+
+def test_response_fields_index_is_case_insensitive_and_ordered() -> None:
+    fields = policy.response_fields([("Vary", "a"), ("X-B", "1"), ("vary", "b")])
+    assert list(fields.values("vary")) == ["a", "b"]
+    assert fields.value("vary") == "a, b"
+    assert fields.value("etag") is None
+    assert fields.names == ["vary", "x-b", "vary"]
+
+
+def test_s5_2_cache_control_parsing_is_the_same_with_and_without_quotes() -> None:
+    # Unquoted values take a fast path; quoted ones the full scanner.
+    assert policy.parse_cache_control([" Max-Age = 5 ,, public,no-cache=, =x"]) == {
+        "max-age": "5",
+        "public": None,
+        "no-cache": "",
+    }
+    assert policy.parse_cache_control(['private="a, b", max-age=5']) == {
+        "private": "a, b",
+        "max-age": "5",
+    }
+    # A parsed value reused from the memo is a copy the caller may change.
+    first = policy.response_directives([("Cache-Control", "max-age=5")], CONFIG).cc
+    first["max-age"] = "0"
+    assert policy.response_directives([("Cache-Control", "max-age=5")], CONFIG).cc == {
+        "max-age": "5"
+    }
