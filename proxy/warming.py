@@ -13,8 +13,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from warmer.tracker import UsageTracker
-
 from proxy.cache import Cache
 from proxy.config import Settings
 from proxy.filler import Filler
@@ -26,6 +24,7 @@ from warmer.pacing import AdaptiveConcurrency, ResourceGuard
 from warmer.schedule_store import FileScheduleState, RedisScheduleState, ScheduleState
 from warmer.scheduler import SourceDeps
 from warmer.service import BadRequest, ReactiveConfig, Warmer, WarmerConfig
+from warmer.tracker import UsageTracker
 
 SITEMAP_MAX_BYTES = 50 * 1024 * 1024
 
