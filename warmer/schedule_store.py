@@ -44,6 +44,17 @@ class ScheduleState(Protocol):
     def describe(self) -> str: ...
 
 
+def _decode(data: bytes | str, where: str) -> dict[str, Any]:
+    """The saved schedule document; ScheduleStateError naming ``where`` if it is not one."""
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ScheduleStateError(f"{where} is not valid JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise ScheduleStateError(f"{where} does not hold a schedule object")
+    return document
+
+
 class FileScheduleState:
     """The schedule as ``schedule.json`` in the state directory."""
 
@@ -63,13 +74,7 @@ class FileScheduleState:
             return None
         except OSError as exc:
             raise ScheduleStateError(f"cannot read {self.path}: {exc.strerror}") from exc
-        try:
-            document = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise ScheduleStateError(f"{self.path} is not valid JSON: {exc}") from exc
-        if not isinstance(document, dict):
-            raise ScheduleStateError(f"{self.path} does not hold a schedule object")
-        return document
+        return _decode(data, str(self.path))
 
     async def save(self, document: dict[str, Any]) -> None:
         await asyncio.to_thread(self._save, orjson.dumps(document, option=orjson.OPT_INDENT_2))
@@ -117,13 +122,7 @@ class RedisScheduleState:
             raise ScheduleStateError(f"cannot read {self._key} from Redis: {exc}") from exc
         if data is None:
             return None
-        try:
-            document = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise ScheduleStateError(f"{self._key} is not valid JSON: {exc}") from exc
-        if not isinstance(document, dict):
-            raise ScheduleStateError(f"{self._key} does not hold a schedule object")
-        return document
+        return _decode(data, self._key)
 
     async def save(self, document: dict[str, Any]) -> None:
         try:

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from warmer import schedule as spec
 from warmer.executor import Run, WarmExecutor
 from warmer.model import FillReport, Observed, Reason, WarmRequest
+from warmer.progress import RunProgress
 from warmer.schedule_store import ScheduleState, ScheduleStateError
 from warmer.scheduler import ScheduleClock, SourceDeps, build_source
 from warmer.sources import SourceError
@@ -580,24 +581,8 @@ def _iso(ts: float | None) -> str | None:
 
 
 def _idle_status() -> dict[str, Any]:
-    return {
-        "run_id": None,
-        "status": "idle",
-        "strategy": None,
-        "started_at": None,
-        "finished_at": None,
-        "progress": {
-            "total_items": 0,
-            "completed": 0,
-            "success": 0,
-            "failed": 0,
-            "percentage": 0.0,
-        },
-        "current_batch": {"batch_size": 0, "processed": 0, "remaining": 0},
-        "performance": {
-            "items_per_second": 0.0,
-            "average_time_per_item": None,
-            "estimated_completion": None,
-        },
-        "errors": [],
-    }
+    """The status shape when no run has happened yet."""
+    body = RunProgress("", "", 0, 0, 0.0).to_status(0.0)
+    body.update(run_id=None, status="idle", strategy=None, started_at=None, finished_at=None)
+    body["progress"]["percentage"] = 0.0
+    return body

@@ -581,3 +581,22 @@ async def test_two_runs_of_one_schedule_never_overlap(
     await asyncio.wait_for(second.done.wait(), 5)
     assert second.progress.success == 3  # already fresh: nothing fetched again
     assert origin.count() == 3
+
+
+@pytest.mark.parametrize("saved", [b"{not json", b"[1, 2]", b'{"schedule": "61 * * * *"}'])
+async def test_a_corrupt_saved_schedule_falls_back_to_the_config(
+    origin: Origin,
+    make_proxy: ProxyFactory,
+    client: aiohttp.ClientSession,
+    tmp_path: Path,
+    saved: bytes,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "schedule.json").write_bytes(saved)
+    configured = {"schedule": "30 2 * * *"}
+    proxy = await make_proxy(origin.url, **sections(tmp_path, strategies={"proactive": configured}))
+    status, schedule = await api(client, proxy, "GET", "schedule")
+    assert status == 200
+    assert schedule["schedule"] == "30 2 * * *"
+    assert "using the configured one" in caplog.text
