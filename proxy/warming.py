@@ -18,6 +18,7 @@ from proxy.config import Settings
 from proxy.filler import Filler
 from proxy.forwarding import BadHost, ForwardingRules, normalize_host
 from proxy.origin import OriginClient, OriginError, read_body
+from proxy.store.base import StoreError
 from warmer.executor import WarmExecutor
 from warmer.model import Fill, FillReport, WarmRequest
 from warmer.pacing import AdaptiveConcurrency, ResourceGuard
@@ -42,12 +43,6 @@ def build_warmer(
     allowed_hosts = {rules.origin_authority.lower()}
     if rules.public_host:
         allowed_hosts.add(rules.public_host)
-    warmer: Warmer | None = None
-
-    def on_result(request: WarmRequest, report: FillReport) -> None:
-        if warmer is not None:
-            warmer.on_result(request, report)
-
     executor = WarmExecutor(
         fill_through(filler),
         levels=levels,
@@ -73,7 +68,6 @@ def build_warmer(
             else None
         ),
         max_queue=ex.max_queue,
-        on_result=on_result,
     )
     tr = settings.tracking
     r = settings.strategies.reactive
@@ -97,8 +91,7 @@ def build_warmer(
         return body
 
     def hot_paths(n: int) -> list[str]:
-        assert warmer is not None
-        return [h.url for h in warmer.tracker.hot(n, time.time())]
+        return [h.url for h in tracker.hot(n, time.time())]
 
     def to_path(target: str) -> tuple[str, str]:
         return warm_target(target, allowed_hosts)
@@ -110,7 +103,7 @@ def build_warmer(
                 parsed = _split_key(key)
                 if parsed is not None:
                     yield parsed
-        except Exception:  # the store is down: warm from what else is known
+        except StoreError:  # the store is down: warm from what else is known
             return
 
     deps = SourceDeps(
@@ -129,20 +122,11 @@ def build_warmer(
     config = WarmerConfig(
         levels=levels,
         proactive_enabled=settings.strategies.proactive.enabled,
-        reactive=ReactiveConfig(
-            enabled=r.enabled,
-            auto_warm=r.auto_warm,
-            threshold=r.threshold,
-            time_window=r.time_window,
-            refresh_ahead=r.refresh_ahead,
-            refresh_min_hits=r.refresh_min_hits,
-            refresh_fraction=r.refresh_fraction,
-            max_tracked_keys=r.max_tracked_keys,
-        ),
+        reactive=ReactiveConfig(**r.model_dump()),
         include=tuple(settings.strategies.include),
         exclude=tuple(settings.strategies.exclude),
     )
-    warmer = Warmer(
+    return Warmer(
         config,
         executor=executor,
         tracker=tracker,
@@ -153,7 +137,6 @@ def build_warmer(
         to_path=to_path,
         store_paths=store_paths,
     )
-    return warmer
 
 
 def fill_through(filler: Filler) -> Fill:

@@ -114,7 +114,8 @@ class WarmExecutor:
         self.guard = guard
         self._clock = clock
         self._rand = rand
-        self._on_result = on_result
+        # Told of every final outcome (the warmer's strategies follow lifetimes).
+        self.on_result = on_result
         self.counters = ExecutorCounters()
         self.in_flight = 0
         self.paused = False
@@ -406,9 +407,9 @@ class WarmExecutor:
             if not run.stopping:
                 run.progress.item_done(request.url, report.ok, seconds, now, error, attempts)
                 self._maybe_finish(run, now)
-        if self._on_result is not None:
+        if self.on_result is not None:
             try:
-                self._on_result(request, report)
+                self.on_result(request, report)
             except Exception:
                 log.exception("warm result observer failed")
 

@@ -96,6 +96,7 @@ class Warmer:
     ) -> None:
         self.config = config
         self.executor = executor
+        executor.on_result = self.on_result
         self.tracker = tracker
         self.state = state
         self._deps = deps
