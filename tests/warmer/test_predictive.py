@@ -1,0 +1,194 @@
+"""The predictive model on synthetic traffic, on a virtual clock: it must warm a
+planted daily peak and a planted sequence before they are asked for."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import pytest
+
+from warmer.model import Reason
+from warmer.model_store import ModelStore
+from warmer.predictive import ModelFileError, PredictiveConfig, Predictor
+
+T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+HOUR = 3600.0
+DAY = 86_400.0
+TTL = 300.0
+
+
+@dataclass
+class Ev:
+    ts: float
+    key: str
+    outcome: str = "miss"
+    client: str = "c1"
+    fresh_until: float = 0.0
+    url: str = ""
+    host: str = "shop"
+    warmed: bool = False
+
+    def __post_init__(self) -> None:
+        self.url = self.url or self.key
+
+
+def daily_traffic(days: int, rng: random.Random) -> list[Ev]:
+    """Background traffic all day, and /peak asked for only 18:00-18:30 UTC."""
+    events = []
+    for day in range(days):
+        base = T0 + day * DAY
+        for _ in range(400):
+            ts = base + rng.uniform(0, DAY)
+            events.append(Ev(ts, f"/bg/{rng.randrange(300)}", client=f"c{rng.randrange(50)}"))
+        for _ in range(30):
+            ts = base + 18 * HOUR + rng.uniform(0, 1800)
+            events.append(Ev(ts, "/peak", client=f"fan{rng.randrange(50)}"))
+    events.sort(key=lambda e: e.ts)
+    for e in events:
+        e.fresh_until = e.ts + TTL
+    return events
+
+
+def test_a_planted_daily_peak_is_warmed_before_it_starts() -> None:
+    predictor = Predictor(PredictiveConfig(enabled=True, prediction_window=HOUR))
+    warmed_at: list[float] = []
+    for event in daily_traffic(6, random.Random(7)):
+        for request in predictor.due(event.ts):
+            if request.url == "/peak":
+                warmed_at.append(event.ts)
+        predictor.observe(event)
+    last_day = T0 + 5 * DAY
+    # Learned, not assumed: the first days give it no reason to expect the peak ...
+    assert not [t for t in warmed_at if T0 + DAY + 17 * HOUR <= t < T0 + DAY + 18 * HOUR]
+    # ... after it recurred, it is warmed in the hour before it starts.
+    before_peak = [t for t in warmed_at if last_day + 17 * HOUR <= t < last_day + 18 * HOUR]
+    assert before_peak, "the recurring 18:00 peak was not warmed ahead of time"
+    # Nothing warms /peak in the small hours: the prediction is tied to the peak.
+    assert not [t for t in warmed_at if last_day + 2 * HOUR <= t < last_day + 12 * HOUR]
+
+
+def test_a_planted_sequence_is_prefetched_before_the_client_asks() -> None:
+    predictor = Predictor(PredictiveConfig(enabled=True, prediction_window=600.0))
+    rng = random.Random(3)
+    ts = T0
+    for i in range(300):
+        client = f"user{i}"
+        ts += rng.uniform(5, 20)
+        predictor.observe(Ev(ts, "/page/1", client=client, fresh_until=ts + TTL))
+        predictor.due(ts)
+        predictor.observe(Ev(ts + 2, "/page/2", client=client, fresh_until=ts + 2 + TTL))
+        predictor.due(ts + 2)
+    ts += 700  # both entries expired
+    predictor.due(ts)
+    predictor.observe(Ev(ts, "/page/1", client="newcomer", fresh_until=ts + TTL))
+    wanted = predictor.due(ts)
+    assert [r.url for r in wanted if r.url == "/page/2"] == ["/page/2"]
+    (request,) = [r for r in wanted if r.url == "/page/2"]
+    assert request.reason is Reason.PREDICTIVE
+    assert not request.refresh  # a prefetch: free when /page/2 is still cached
+    prediction = predictor.recent[-1]
+    assert prediction.key == "/page/2"
+    assert 0.5 <= prediction.confidence <= 1.0
+    assert prediction.duration == 600.0
+
+
+def test_a_key_asked_for_once_is_not_warmed() -> None:
+    predictor = Predictor(PredictiveConfig(enabled=True, prediction_window=HOUR))
+    wanted = []
+    for i in range(2000):
+        ts = T0 + i * 10
+        wanted += predictor.due(ts)
+        predictor.observe(Ev(ts, f"/once/{i}", client=f"c{i}", fresh_until=ts + TTL))
+    wanted += predictor.due(T0 + 5 * DAY)
+    assert wanted == []
+
+
+def test_steady_hot_keys_are_refreshed_at_expiry() -> None:
+    predictor = Predictor(PredictiveConfig(enabled=True, prediction_window=TTL))
+    fresh_until = 0.0
+    refreshed = 0
+    for i in range(3000):
+        ts = T0 + i * 5.0  # /hot every 5 s: certain to be asked for within the window
+        for request in predictor.due(ts):
+            assert request.url == "/hot"
+            if request.refresh:
+                refreshed += 1
+                fresh_until = ts + TTL
+                predictor.filled("/hot", "/hot", "shop", ts, fresh_until)
+        outcome = "hit" if ts < fresh_until else "miss"
+        if outcome == "miss":
+            fresh_until = ts + TTL
+        predictor.observe(Ev(ts, "/hot", outcome=outcome, fresh_until=fresh_until))
+    # 15,000 s of traffic, 300 s lifetimes: after the first lifetimes it is
+    # refreshed each time instead of missing.
+    assert refreshed >= 40
+
+
+def warm_with_budget(max_warm_ratio: float) -> Predictor:
+    """Zipf-like traffic over 400 keys with 300 s lifetimes; warm fills instant."""
+    config = PredictiveConfig(
+        enabled=True, prediction_window=TTL, max_warm_ratio=max_warm_ratio, sequences=False
+    )
+    predictor = Predictor(config)
+    rng = random.Random(1)
+    weights = [1 / (rank + 1) for rank in range(400)]
+    keys = rng.choices(range(400), weights, k=40_000)
+    fresh: dict[str, float] = {}
+    for i, k in enumerate(keys):
+        ts = T0 + i * 0.5
+        for request in predictor.due(ts):
+            if request.refresh or fresh.get(request.url, 0) <= ts:
+                fresh[request.url] = ts + TTL
+                predictor.filled(request.url, request.url, "shop", ts, ts + TTL)
+        key = f"/k{k}"
+        outcome = "hit" if fresh.get(key, 0) > ts else "miss"
+        if outcome == "miss":
+            fresh[key] = ts + TTL
+        predictor.observe(Ev(ts, key, outcome=outcome, fresh_until=fresh[key]))
+    return predictor
+
+
+def test_the_warm_budget_raises_the_threshold() -> None:
+    free = warm_with_budget(1.0)
+    tight = warm_with_budget(0.02)
+    assert free.threshold == pytest.approx(free.config.min_confidence)
+    assert tight.threshold > tight.config.min_confidence
+    assert tight.warm_fetches < free.warm_fetches / 2
+    assert tight.warm_fetches / tight.requests < 0.04
+
+
+def test_the_model_survives_a_round_trip_and_refuses_other_versions() -> None:
+    predictor = Predictor(PredictiveConfig(enabled=True, prediction_window=HOUR))
+    for event in daily_traffic(2, random.Random(5)):
+        predictor.due(event.ts)
+        predictor.observe(event)
+    document = orjson.loads(orjson.dumps(predictor.to_document()))
+    again = Predictor(PredictiveConfig(enabled=True, prediction_window=HOUR))
+    again.load_document(document)
+    assert len(again) == len(predictor)
+    assert again.calibration.cells == predictor.calibration.cells
+    with pytest.raises(ModelFileError, match="version"):
+        again.load_document({**document, "version": 999})
+    with pytest.raises(ModelFileError, match="prediction_window"):
+        Predictor(PredictiveConfig(enabled=True, prediction_window=60.0)).load_document(document)
+    with pytest.raises(ModelFileError, match="damaged"):
+        again.load_document({**document, "keys": [["/a", "only three", 1.0]]})
+
+
+def test_a_corrupt_model_file_is_set_aside_and_rebuilt(tmp_path: Path) -> None:
+    path = tmp_path / "model.json"
+    path.write_bytes(b'{"format": "warmproxy-predictive", "version": 1, "calib')
+    store = ModelStore(path)
+    predictor = Predictor(PredictiveConfig(enabled=True))
+    assert asyncio.run(store.load_into(predictor)) is False
+    assert len(predictor) == 0
+    assert (tmp_path / "model.json.bad").exists()
+    predictor.observe(Ev(T0, "/a", fresh_until=T0 + TTL))
+    asyncio.run(store.save(predictor))
+    fresh = Predictor(PredictiveConfig(enabled=True))
+    assert asyncio.run(store.load_into(fresh)) is True
+    assert len(fresh) == 1

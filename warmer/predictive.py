@@ -1,0 +1,531 @@
+"""Predictive warming: forecast which keys will be asked for in the next window
+and warm them before they are.
+
+The model (chosen by measurement on the WorldCup98 and YouTube traces; see
+docs/decisions.md) has two parts:
+
+- **Per-key rate features.**  For each followed key: exponentially decayed
+  request counts at three half-lives (a quarter, one and eight prediction
+  windows, i.e. burst, recent rate and longer trend), the time since its last
+  request, how many distinct clients asked for it, and what its requests looked
+  like a day and a week ago.
+- **A calibration table, learned online.**  Features are bucketed into a cell;
+  each cell counts how often a key in that cell *was* requested within the next
+  prediction window.  Every decision the model takes is later checked against
+  what happened, so the confidence it reports is a measured probability, not a
+  score.  A cell with no history starts from a Poisson estimate of the key's
+  own rate (weight :data:`PRIOR_WEIGHT`).
+
+Decisions are taken at moments where warming can change the outcome:
+
+- ``expiry``: just before an entry the events showed expires: refresh it when a
+  request within the window is likely (the refresh-ahead that knows when to stop);
+- ``revisit``: half a window, one and two windows after a key's last request,
+  when its entry may have been evicted or expired: warm it again if it is
+  likely to be asked for (a free hint when it is still cached);
+- ``daily`` / ``weekly``: a lead time before the same moment one day / one week
+  after a request: recurring peaks are learned (the table only trusts them once
+  they have recurred), not assumed;
+- ``sequence``: when a client asks for A, what that client's history says comes
+  next (the next page, tile or segment), from :class:`~warmer.sequences.SequenceModel`.
+
+A decision warms when its confidence is at least ``min_confidence``, and the
+threshold rises above that floor while warm fetches exceed ``max_warm_ratio``
+of the user requests (a budget of origin load), so the model spends its fetches
+on its surest predictions.
+
+Sans-I/O (DESIGN rule 2): ``observe``, ``due`` and ``filled`` take time from the
+events and the caller; :meth:`Predictor.to_document` / :meth:`Predictor.from_document`
+turn the learned state into JSON for the runner to save and load.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from warmer.model import Observed, Reason, WarmRequest
+from warmer.sequences import SequenceModel
+
+#: Model file format; a file with another version is rebuilt from scratch.
+MODEL_VERSION: Final = 1
+MODEL_FORMAT: Final = "warmproxy-predictive"
+#: Weight, in observations, of the Poisson estimate a cell starts from.
+PRIOR_WEIGHT: Final = 4.0
+#: Revisit decisions, in prediction windows after a key's last request.
+REVISIT_AFTER: Final = (0.5, 1.0, 2.0)
+#: How far ahead of a recurring moment a daily/weekly decision is taken, in windows.
+SEASONAL_LEAD: Final = 0.25
+DAY: Final = 86_400.0
+WEEK: Final = 7 * DAY
+#: Keys asked for fewer times than this get no revisit or seasonal decisions:
+#: a key seen once is asked again within a window ~1-3 % of the time on the
+#: traces measured, far below any useful confidence, and following every
+#: one-off URL would cost memory and time on a long tail.
+MIN_REQUESTS_TO_FOLLOW: Final = 2
+#: Largest number of open decisions awaiting their outcome.
+MAX_PENDING: Final = 200_000
+#: Decisions awaiting their time, at most this many per followed key on average.
+_HEAP_PER_KEY: Final = 8
+#: Per-request decay of the recent warm ratio (about the last 20,000 requests).
+_RATIO_DECAY: Final = 1.0 - 1.0 / 20_000
+_THRESHOLD_STEP: Final = 0.0002
+_CACHED_OUTCOMES = frozenset({"hit", "miss", "stale", "revalidated"})
+_LN2: Final = math.log(2.0)
+
+
+@dataclass(frozen=True, slots=True)
+class PredictiveConfig:
+    """``[strategies.predictive]`` as the model sees it."""
+
+    enabled: bool = False
+    #: Horizon of a prediction: "asked for within this many seconds".
+    prediction_window: float = 3600.0
+    #: Lowest calibrated probability a decision must reach to warm.
+    min_confidence: float = 0.3
+    #: Warm fetches allowed per user request before the threshold rises.
+    max_warm_ratio: float = 0.2
+    #: Keys followed (least recently asked for forgotten first).
+    max_keys: int = 50_000
+    priority: str = "low"
+    sequences: bool = True
+    #: Seconds before an entry's expiry its refresh is decided (the live
+    #: proxy's tick; the replay decides at the instant of expiry).
+    refresh_lead: float = 0.0
+
+
+@dataclass(slots=True)
+class _Key:
+    url: str
+    host: str
+    updated: float  # when the decayed counts were last brought up to date
+    burst: float = 0.0  # decayed count, half-life window/4
+    recent: float = 0.0  # half-life window
+    trend: float = 0.0  # half-life 8 windows
+    last: float = 0.0  # last request
+    count: int = 0
+    clients: set[str] = field(default_factory=set)  # up to 4 distinct ones
+    fresh_until: float = 0.0  # the cached entry's freshness end, as events showed
+    seasonal_hour: int = -1  # hour (since epoch) of the last seasonal decision planted
+    revisit_planned: bool = False  # one revisit chain per key, re-anchored lazily
+    recurred: dict[str, int] = field(default_factory=dict)  # daily/weekly decisions that came true
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """One forecast: a key, how sure, for how long (the API's shape)."""
+
+    key: str
+    url: str
+    confidence: float
+    duration: float  # seconds the forecast covers from ``at``
+    at: float
+    kind: str
+
+
+class _Calibration:
+    """Per-cell counts of decisions and of those followed by a request."""
+
+    def __init__(self) -> None:
+        self.cells: dict[tuple[Any, ...], list[float]] = {}
+
+    def probability(self, cell: tuple[Any, ...], prior: float) -> float:
+        seen = self.cells.get(cell)
+        if seen is None:
+            return prior
+        return (seen[1] + prior * PRIOR_WEIGHT) / (seen[0] + PRIOR_WEIGHT)
+
+    def learn(self, cell: tuple[Any, ...], happened: bool) -> None:
+        seen = self.cells.get(cell)
+        if seen is None:
+            seen = self.cells[cell] = [0.0, 0.0]
+        seen[0] += 1.0
+        if happened:
+            seen[1] += 1.0
+
+    def age(self, factor: float) -> None:
+        """Weigh old evidence down (a retrain), so the table follows drift."""
+        for seen in self.cells.values():
+            seen[0] *= factor
+            seen[1] *= factor
+
+    def decisions(self) -> float:
+        return sum(seen[0] for seen in self.cells.values())
+
+
+class Predictor:
+    """Forecasts per-key requests and warms what is likely to be asked for next."""
+
+    def __init__(self, config: PredictiveConfig, *, sequences: SequenceModel | None = None) -> None:
+        if config.prediction_window <= 0:
+            raise ValueError("prediction_window must be positive")
+        self.config = config
+        self.window = config.prediction_window
+        self._half_lives = (self.window / 4, self.window, 8 * self.window)
+        self.sequences = (
+            sequences if sequences is not None else (SequenceModel() if config.sequences else None)
+        )
+        self.calibration = _Calibration()
+        self._keys: OrderedDict[str, _Key] = OrderedDict()
+        # (time, seq, key, kind, generation): decisions to take at ``time``;
+        # ``generation`` is the key's request count when planted (revisits
+        # are void once the key was asked for again).
+        self._decisions: list[tuple[float, int, str, str, int]] = []
+        # (resolve_at, seq, key, cell, count_then): decisions awaiting their outcome.
+        self._pending: list[tuple[float, int, str, tuple[Any, ...], int]] = []
+        self._seq = 0
+        self.requests = 0
+        self.warm_fetches = 0  # warm requests returned that were not free hints, as reported
+        self.threshold = config.min_confidence
+        # Keys this model asked to warm whose fill has not been reported yet.
+        self._asked: OrderedDict[str, float] = OrderedDict()
+        # Requests and warm fetches, decayed per request: the recent warm ratio.
+        self._recent_requests = 0.0
+        self._recent_fetches = 0.0
+        self.recent: list[Prediction] = []  # the latest warming predictions, newest last
+        self._now = 0.0
+
+    # ----------------------------------------------------------- observation
+
+    def observe(self, event: Observed) -> None:
+        """Update the key's features; plant the decisions its request calls for."""
+        if event.outcome not in _CACHED_OUTCOMES:
+            return
+        ts = event.ts
+        self._now = ts
+        self.requests += 1
+        self._recent_requests = self._recent_requests * _RATIO_DECAY + 1.0
+        self._recent_fetches *= _RATIO_DECAY
+        self._adapt_threshold()
+        key = event.key
+        state = self._keys.get(key)
+        if state is None:
+            state = _Key(event.url, event.host, ts)
+            self._keys[key] = state
+            if len(self._keys) > self.config.max_keys:
+                self._keys.popitem(last=False)
+        else:
+            self._keys.move_to_end(key)
+            self._decay(state, ts)
+        state.burst += 1.0
+        state.recent += 1.0
+        state.trend += 1.0
+        state.last = ts
+        state.count += 1
+        if len(state.clients) < 4 and event.client:
+            state.clients.add(event.client)
+        fresh_until = event.fresh_until
+        if fresh_until > state.fresh_until:
+            state.fresh_until = fresh_until
+            self._plant(fresh_until - self.config.refresh_lead, key, "expiry", 0)
+        if state.count >= MIN_REQUESTS_TO_FOLLOW:
+            if not state.revisit_planned:
+                state.revisit_planned = True
+                self._plant(ts + REVISIT_AFTER[0] * self.window, key, "revisit", state.count)
+            hour = int(ts // 3600)
+            if hour != state.seasonal_hour:
+                state.seasonal_hour = hour
+                lead = SEASONAL_LEAD * self.window
+                self._plant(ts + DAY - lead, key, "daily", 0)
+                self._plant(ts + WEEK - lead, key, "weekly", 0)
+        if self.sequences is not None and event.client:
+            self.sequences.observe(event.client, key, ts)
+            self._sequence_decisions(key, ts)
+
+    def filled(self, key: str, url: str, host: str, now: float, fresh_until: float) -> None:
+        """A warm fill stored a new lifetime: follow its expiry like any other.
+
+        A fill this model asked for counts against its warm budget (a hint
+        for an entry still fresh costs no fetch and never reaches here).
+        """
+        if self._asked.pop(key, None) is not None:
+            self.warm_fetches += 1
+            self._recent_fetches += 1.0
+        state = self._keys.get(key)
+        if state is None or fresh_until <= state.fresh_until:
+            return
+        state.fresh_until = fresh_until
+        self._plant(fresh_until - self.config.refresh_lead, key, "expiry", 0)
+
+    # -------------------------------------------------------------- decisions
+
+    def due(self, now: float) -> list[WarmRequest]:
+        """Take every decision whose time has come; return what to warm."""
+        self._now = max(self._now, now)
+        self._resolve(now)
+        out: list[WarmRequest] = []
+        decisions = self._decisions
+        while decisions and decisions[0][0] <= now:
+            at, _, key, kind, generation = heapq.heappop(decisions)
+            state = self._keys.get(key)
+            if state is None:
+                continue
+            if kind == "expiry":
+                if state.fresh_until - self.config.refresh_lead != at:
+                    continue  # a newer lifetime replaced it
+            elif kind.startswith("revisit"):
+                step = self._revisit_step(key, state, kind, generation)
+                if step is None:
+                    continue
+                kind = "revisit"
+            confidence = self._decide(key, state, kind, at)
+            if confidence >= self.threshold:
+                out.append(self._request(key, state, kind, confidence, at))
+        return out
+
+    def _revisit_step(self, key: str, state: _Key, kind: str, generation: int) -> int | None:
+        """Which revisit this is, planting the next; None when it is void.
+
+        One revisit chain per key: when the key was asked for since the chain
+        was planted, it is re-anchored on that last request instead of taking
+        a decision (a request per key would otherwise plant several).
+        """
+        step = int(kind.partition(":")[2] or 0)
+        if state.count != generation:
+            self._plant(state.last + REVISIT_AFTER[0] * self.window, key, "revisit", state.count)
+            return None
+        if step + 1 < len(REVISIT_AFTER):
+            nxt = state.last + REVISIT_AFTER[step + 1] * self.window
+            self._plant(nxt, key, f"revisit:{step + 1}", generation)
+        else:
+            state.revisit_planned = False
+        return step
+
+    def predictions(self, now: float, n: int = 20) -> list[Prediction]:
+        """The keys most likely to be asked for within the window from ``now``."""
+        scored = []
+        for key, state in self._keys.items():
+            if state.count < MIN_REQUESTS_TO_FOLLOW:
+                continue
+            cell, prior = self._cell(state, "revisit", now)
+            scored.append((self.calibration.probability(cell, prior), key, state))
+        best = heapq.nlargest(n, scored, key=lambda s: s[0])
+        return [
+            Prediction(key, s.url, round(p, 4), self.window, now, "forecast") for p, key, s in best
+        ]
+
+    def _decide(self, key: str, state: _Key, kind: str, at: float) -> float:
+        cell, prior = self._cell(state, kind, at)
+        confidence = self.calibration.probability(cell, prior)
+        self._await_outcome(at, key, cell, state.count)
+        return confidence
+
+    def _sequence_decisions(self, key: str, ts: float) -> None:
+        # Runs inside observe, after the client's request for ``key``: what
+        # tends to follow it is planted as decisions due now, so ``due``
+        # returns them with the rest.
+        assert self.sequences is not None
+        floor = self.config.min_confidence
+        for nxt, confidence, count in self.sequences.successors(key, 3):
+            # A transition seen once is no sequence yet; below the floor the
+            # calibration could only lower it further.
+            if count >= 2 and confidence >= floor and nxt in self._keys:
+                self._plant(ts, nxt, f"sequence:{min(int(confidence * 10), 9)}", 0)
+
+    def _request(
+        self, key: str, state: _Key, kind: str, confidence: float, at: float
+    ) -> WarmRequest:
+        prediction = Prediction(key, state.url, round(confidence, 4), self.window, at, kind)
+        self.recent.append(prediction)
+        if len(self.recent) > 200:
+            del self.recent[:100]
+        self._asked[key] = at
+        if len(self._asked) > self.config.max_keys:
+            self._asked.popitem(last=False)
+        return WarmRequest(
+            url=state.url,
+            host=state.host,
+            priority=self.config.priority,
+            reason=Reason.PREDICTIVE,
+            refresh=kind == "expiry",
+        )
+
+    # --------------------------------------------------------------- features
+
+    def _cell(self, state: _Key, kind: str, at: float) -> tuple[tuple[Any, ...], float]:
+        """The feature cell of ``state`` at ``at`` and the Poisson prior for it."""
+        self._decay(state, at)
+        window = self.window
+        age = max(0.0, at - state.last)
+        trend_rate = state.trend / (self._half_lives[2] / _LN2)  # requests per second
+        prior = 1.0 - math.exp(-trend_rate * window)
+        clients = len(state.clients)
+        base = (
+            _log_bucket(state.recent, 9),
+            _log_bucket(state.trend, 11),
+            min(int(math.log2(age / window * 8 + 1)), 7),
+            min(clients, 3),
+        )
+        if kind.startswith("sequence"):
+            confidence = (int(kind.rsplit(":", 1)[1]) + 0.5) / 10
+            return (kind, *base), confidence
+        if kind in ("daily", "weekly"):
+            # Whether this key's earlier daily/weekly decisions came true is
+            # what tells a recurring peak from a one-off.
+            return (kind, *base, min(state.recurred.get(kind, 0), 3)), prior
+        return (kind, *base), prior
+
+    def _decay(self, state: _Key, now: float) -> None:
+        elapsed = now - state.updated
+        if elapsed <= 0:
+            return
+        quarter, one, eight = self._half_lives
+        state.burst *= 0.5 ** (elapsed / quarter)
+        state.recent *= 0.5 ** (elapsed / one)
+        state.trend *= 0.5 ** (elapsed / eight)
+        state.updated = now
+
+    # --------------------------------------------------------------- learning
+
+    def _await_outcome(self, at: float, key: str, cell: tuple[Any, ...], count: int) -> None:
+        pending = self._pending
+        self._seq += 1
+        heapq.heappush(pending, (at + self.window, self._seq, key, cell, count))
+        if len(pending) > MAX_PENDING:
+            # Resolve the oldest early (as "not yet asked for") rather than grow.
+            _, _, old_key, old_cell, old_count = heapq.heappop(pending)
+            state = self._keys.get(old_key)
+            self.calibration.learn(old_cell, state is not None and state.count > old_count)
+
+    def _resolve(self, now: float) -> None:
+        pending = self._pending
+        while pending and pending[0][0] <= now:
+            _, _, key, cell, count = heapq.heappop(pending)
+            state = self._keys.get(key)
+            # A forgotten key was not asked for recently enough to stay followed.
+            happened = state is not None and state.count > count
+            self.calibration.learn(cell, happened)
+            kind = cell[0]
+            if happened and state is not None and kind in ("daily", "weekly"):
+                state.recurred[kind] = state.recurred.get(kind, 0) + 1
+
+    def _adapt_threshold(self) -> None:
+        """Raise the threshold while warming spends more than its budget.
+
+        Stepped per user request, so the speed of the adjustment follows the
+        traffic, not how often ``due`` is called.
+        """
+        if self._recent_fetches > self.config.max_warm_ratio * self._recent_requests:
+            if self.threshold < 0.99:
+                self.threshold += _THRESHOLD_STEP
+        elif self.threshold > self.config.min_confidence:
+            self.threshold = max(self.config.min_confidence, self.threshold - _THRESHOLD_STEP)
+
+    def _plant(self, at: float, key: str, kind: str, generation: int) -> None:
+        self._seq += 1
+        heapq.heappush(self._decisions, (at, self._seq, key, kind, generation))
+        if len(self._decisions) > self._max_decisions:
+            self._compact()
+
+    @property
+    def _max_decisions(self) -> int:
+        return _HEAP_PER_KEY * max(1024, self.config.max_keys)
+
+    def _compact(self) -> None:
+        # Drop decisions of forgotten keys and replaced expiries; if that is
+        # not enough, keep the soonest half (the rest would come too late to
+        # matter before the keys are re-planted by their next requests).
+        keep = []
+        for item in self._decisions:
+            at, _, key, kind, _generation = item
+            state = self._keys.get(key)
+            if state is None:
+                continue
+            if kind == "expiry" and state.fresh_until - self.config.refresh_lead != at:
+                continue
+            keep.append(item)
+        if len(keep) > self._max_decisions // 2:
+            keep = heapq.nsmallest(self._max_decisions // 2, keep)
+            kept_revisits = {item[2] for item in keep if item[3].startswith("revisit")}
+            for key, state in self._keys.items():
+                if key not in kept_revisits:
+                    state.revisit_planned = False
+        heapq.heapify(keep)
+        self._decisions = keep
+
+    # ------------------------------------------------------------ persistence
+
+    def to_document(self) -> dict[str, Any]:
+        """The learned state as JSON (the calibration and the followed keys)."""
+        return {
+            "format": MODEL_FORMAT,
+            "version": MODEL_VERSION,
+            "prediction_window": self.window,
+            "saved_at": self._now,
+            "calibration": [
+                [list(cell), n, hits] for cell, (n, hits) in self.calibration.cells.items()
+            ],
+            "keys": [
+                [key, s.url, s.host, s.updated, s.burst, s.recent, s.trend, s.last, s.count]
+                for key, s in self._keys.items()
+            ],
+        }
+
+    def load_document(self, document: Any) -> None:
+        """Take the state of ``to_document``; ModelFileError when it is not one."""
+        if not isinstance(document, dict) or document.get("format") != MODEL_FORMAT:
+            raise ModelFileError("not a warmproxy predictive model")
+        if document.get("version") != MODEL_VERSION:
+            raise ModelFileError(
+                f"model version {document.get('version')!r}, this warmproxy reads {MODEL_VERSION}"
+            )
+        if document.get("prediction_window") != self.window:
+            raise ModelFileError("model was trained for another prediction_window")
+        calibration = _Calibration()
+        keys: OrderedDict[str, _Key] = OrderedDict()
+        try:
+            for cell, n, hits in document["calibration"]:
+                calibration.cells[_as_cell(cell)] = [float(n), float(hits)]
+            for key, url, host, updated, burst, recent, trend, last, count in document["keys"]:
+                keys[str(key)] = _Key(
+                    str(url),
+                    str(host),
+                    float(updated),
+                    float(burst),
+                    float(recent),
+                    float(trend),
+                    float(last),
+                    int(count),
+                )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFileError(f"model file damaged: {exc}") from None
+        while len(keys) > self.config.max_keys:
+            keys.popitem(last=False)
+        self.calibration = calibration
+        self._keys = keys
+
+    def retrain(self, factor: float = 0.5) -> None:
+        """Weigh the evidence so far down so recent behaviour counts more."""
+        self.calibration.age(factor)
+
+    # ---------------------------------------------------------------- reports
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "followed_keys": len(self._keys),
+            "decisions_learned": round(self.calibration.decisions()),
+            "cells": len(self.calibration.cells),
+            "threshold": round(self.threshold, 4),
+            "prediction_window_seconds": self.window,
+            "warm_fetches": self.warm_fetches,
+            "requests": self.requests,
+        }
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+class ModelFileError(ValueError):
+    """A saved model that cannot be used (damaged, another version or window)."""
+
+
+def _log_bucket(value: float, top: int) -> int:
+    return min(int(math.log2(value + 1.0) * 2.0), top)
+
+
+def _as_cell(cell: Iterable[Any]) -> tuple[Any, ...]:
+    return tuple(cell)
