@@ -131,6 +131,7 @@ class Warmproxy:
             self.tasks.spawn(self._count_redis(interval), name="redis stats")
         await self.cache.check_health()
         await self.warmer.load_saved_schedule()
+        await self.warmer.load_model()
         self.tasks.spawn(self.warmer.executor.run_forever(), name="warm executor")
         self.tasks.spawn(self.warmer.run(), name="warm strategies and schedule")
         p = self.settings.proxy

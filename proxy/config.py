@@ -33,6 +33,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from warmer.cron import Cron
 from warmer.schedule import Schedule, ScheduledSource
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
@@ -198,6 +199,9 @@ class ProactiveSettings(_Section):
     # Cron expression (UTC) for sources without their own schedule.
     schedule: str = "0 * * * *"
     data_sources: list[ScheduledSource] = Field(default_factory=list)
+    # Schedule optimization from the traffic's peaks and the ledger: "off",
+    # "propose" (shown in GET /schedule) or "apply" (applied when it changes).
+    optimize: Literal["off", "propose", "apply"] = "propose"
 
     @model_validator(mode="after")
     def _schedule_is_valid(self) -> ProactiveSettings:
@@ -225,9 +229,38 @@ class ReactiveSettings(_Section):
     max_tracked_keys: int = Field(10_000, ge=1)
 
 
+class PredictiveSettings(_Section):
+    """Warming from a model learned on the access history (see docs/decisions.md)."""
+
+    enabled: bool = False
+    # Horizon of a prediction: warm what is likely to be asked for within it.
+    prediction_window: Duration = 3600.0
+    # Lowest calibrated probability (the share of such predictions that came
+    # true) a prediction needs before it is warmed: the least precision accepted.
+    min_confidence: float = Field(0.3, gt=0, lt=1)
+    # Warm fetches allowed per user request; above it the model only warms
+    # its surest predictions.
+    max_warm_ratio: float = Field(0.2, gt=0)
+    # Predict what a client asks for next from what it asked for (pages, tiles, segments).
+    sequences: bool = True
+    max_keys: int = Field(50_000, ge=100)
+    # Where the learned model is kept across restarts; empty: state.dir/model.json.
+    model_path: str = ""
+    # Cron (UTC) for saving the model and weighing old evidence down.
+    retrain_schedule: str = "0 * * * *"
+    priority: str = ""  # empty: the lowest execution.priority_levels
+
+    @field_validator("retrain_schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        Cron.parse(value)
+        return value
+
+
 class StrategiesSettings(_Section):
     proactive: ProactiveSettings = Field(default_factory=ProactiveSettings)
     reactive: ReactiveSettings = Field(default_factory=ReactiveSettings)
+    predictive: PredictiveSettings = Field(default_factory=PredictiveSettings)
     # Globs over paths (with query): a strategy may warm a path only if it
     # matches an include (when any is given) and no exclude.
     include: list[str] = Field(default_factory=list)
@@ -287,6 +320,27 @@ class TrackingSettings(_Section):
     max_known_urls: int = Field(100_000, ge=100)
 
 
+class AlertThresholdSettings(_Section):
+    # An alert is raised (log event + warmproxy_alert_active metric) when a
+    # figure falls below its threshold; 0 switches a rule off.
+    min_improvement: float = Field(0.1, ge=0, le=1)
+    min_success_rate: float = Field(0.95, ge=0, le=1)
+    min_precision: float = Field(0.0, ge=0, le=1)
+    # Warm fetches resolved / requests seen before any rule is judged.
+    min_samples: int = Field(100, ge=1)
+
+
+class MonitoringSettings(_Section):
+    """The effectiveness ledger and its alerts."""
+
+    track_effectiveness: bool = True
+    # Seconds between evaluations of the alert rules.
+    metrics_interval: Duration = 15.0
+    # Warmed entries followed until hit, expiry or eviction (oldest dropped first).
+    max_tracked_entries: int = Field(100_000, ge=100)
+    alert_thresholds: AlertThresholdSettings = Field(default_factory=AlertThresholdSettings)
+
+
 class StateSettings(_Section):
     """Where state that outlives a restart (the schedule) is kept without Redis."""
 
@@ -321,6 +375,7 @@ class Settings(BaseSettings):
     strategies: StrategiesSettings = Field(default_factory=StrategiesSettings)
     execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     state: StateSettings = Field(default_factory=StateSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
@@ -334,6 +389,12 @@ class Settings(BaseSettings):
             )
         levels = tuple(self.execution.priority_levels)
         self.strategies.proactive.as_schedule().check_priorities(levels)
+        predictive = self.strategies.predictive
+        if predictive.priority and predictive.priority not in levels:
+            raise ValueError(
+                f"strategies.predictive.priority: {predictive.priority!r} is not one of "
+                f"execution.priority_levels {list(levels)}"
+            )
         return self
 
     @classmethod

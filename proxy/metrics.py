@@ -6,6 +6,7 @@ collector at scrape time instead of a locked client-library counter.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -124,6 +125,40 @@ class _WarmerCollector(Collector):
         for strategy, (count, total) in sorted(c.run_seconds.items()):
             runs.add_metric([strategy], count_value=count, sum_value=total)
         yield runs
+        yield from self._effectiveness(warmer)
+
+    def _effectiveness(self, warmer: Warmer) -> Iterable[Metric]:
+        """The ledger's figures, the alerts and the predictive model's state."""
+        if warmer.ledger is not None:
+            for f in warmer.ledger.figures(time.time()).metric_families():
+                family: Metric
+                if f.kind == "counter":
+                    family = CounterMetricFamily(f.name, f.documentation, labels=list(f.labels))
+                else:
+                    family = GaugeMetricFamily(f.name, f.documentation, labels=list(f.labels))
+                for values, value in f.samples:
+                    family.add_metric(list(values), value)
+                yield family
+        alerts = GaugeMetricFamily(
+            "warmproxy_alert_active",
+            "1 while an alert from [monitoring] alert_thresholds is raised.",
+            labels=["alert"],
+        )
+        active = warmer.alerts.active()
+        for name in warmer.alerts.names:
+            alerts.add_metric([name], 1 if name in active else 0)
+        yield alerts
+        if warmer.predictor is not None:
+            yield GaugeMetricFamily(
+                "warmproxy_predictive_threshold",
+                "Confidence a prediction needs before it is warmed now (rises over budget).",
+                value=warmer.predictor.threshold,
+            )
+            yield GaugeMetricFamily(
+                "warmproxy_predictive_followed_keys",
+                "Keys the predictive model follows.",
+                value=len(warmer.predictor),
+            )
 
 
 class ProxyMetrics:

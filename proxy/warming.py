@@ -19,12 +19,15 @@ from proxy.filler import Filler
 from proxy.forwarding import BadHost, ForwardingRules, normalize_host
 from proxy.origin import OriginClient, OriginError, read_body
 from proxy.store.base import StoreError
+from warmer.alerts import AlertThresholds
 from warmer.executor import WarmExecutor
 from warmer.model import Fill, FillReport, WarmRequest
+from warmer.model_store import ModelStore
 from warmer.pacing import AdaptiveConcurrency, ResourceGuard
+from warmer.predictive import PredictiveConfig
 from warmer.schedule_store import FileScheduleState, RedisScheduleState, ScheduleState
 from warmer.scheduler import SourceDeps
-from warmer.service import BadRequest, ReactiveConfig, Warmer, WarmerConfig
+from warmer.service import BadRequest, MonitoringConfig, ReactiveConfig, Warmer, WarmerConfig
 from warmer.tracker import UsageTracker
 
 SITEMAP_MAX_BYTES = 50 * 1024 * 1024
@@ -119,13 +122,41 @@ def build_warmer(
         )
     else:
         state = FileScheduleState(settings.state.path())
+    p = settings.strategies.predictive
+    mon = settings.monitoring
+    th = mon.alert_thresholds
     config = WarmerConfig(
         levels=levels,
         proactive_enabled=settings.strategies.proactive.enabled,
         reactive=ReactiveConfig(**r.model_dump()),
+        predictive=PredictiveConfig(
+            enabled=p.enabled,
+            prediction_window=p.prediction_window,
+            min_confidence=p.min_confidence,
+            max_warm_ratio=p.max_warm_ratio,
+            max_keys=p.max_keys,
+            priority=p.priority or levels[-1],
+            sequences=p.sequences,
+        ),
+        retrain_schedule=p.retrain_schedule,
+        monitoring=MonitoringConfig(
+            track_effectiveness=mon.track_effectiveness,
+            interval=mon.metrics_interval,
+            max_tracked=mon.max_tracked_entries,
+            # 0 switches a rule off.
+            thresholds=AlertThresholds(
+                min_improvement=th.min_improvement or None,
+                min_success_rate=th.min_success_rate or None,
+                min_precision=th.min_precision or None,
+                min_samples=th.min_samples,
+            ),
+        ),
+        optimize=settings.strategies.proactive.optimize,
+        fill_rate=ex.rate_limit,
         include=tuple(settings.strategies.include),
         exclude=tuple(settings.strategies.exclude),
     )
+    model_path = Path(p.model_path) if p.model_path else settings.state.path() / "model.json"
     return Warmer(
         config,
         executor=executor,
@@ -136,6 +167,7 @@ def build_warmer(
         key_of=lambda url, host: rules.cache_key(url, host or rules.default_host),
         to_path=to_path,
         store_paths=store_paths,
+        model_store=ModelStore(model_path),
     )
 
 

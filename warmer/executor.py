@@ -98,7 +98,7 @@ class WarmExecutor:
         max_queue: int = 100_000,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
-        on_result: Callable[[WarmRequest, FillReport], None] | None = None,
+        on_result: Callable[[WarmRequest, FillReport, float], None] | None = None,
     ) -> None:
         self._fill = fill
         self.levels = levels
@@ -409,7 +409,7 @@ class WarmExecutor:
                 self._maybe_finish(run, now)
         if self.on_result is not None:
             try:
-                self.on_result(request, report)
+                self.on_result(request, report, seconds)
             except Exception:
                 log.exception("warm result observer failed")
 

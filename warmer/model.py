@@ -42,6 +42,14 @@ class WarmRequest:
     ttl: float | None = None
     # Fetch even when a fresh entry is cached (refresh-ahead).
     refresh: bool = False
+    # The scheduled source that asked for it (empty for other strategies):
+    # the effectiveness ledger judges each source by whether its entries are used.
+    source: str = ""
+
+    @property
+    def label(self) -> str:
+        """What asked for it, as the ledger and the optimizer name it."""
+        return f"scheduled:{self.source}" if self.source else self.reason.value
 
     @property
     def identity(self) -> tuple[str, str]:

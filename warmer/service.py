@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field, replace
@@ -24,8 +25,14 @@ import psutil
 from pydantic import ValidationError
 
 from warmer import schedule as spec
+from warmer.alerts import AlertMonitor, AlertThresholds
+from warmer.cron import Cron
 from warmer.executor import Run, WarmExecutor
+from warmer.ledger import EffectivenessLedger
 from warmer.model import FillReport, Observed, Reason, WarmRequest
+from warmer.model_store import ModelStore
+from warmer.optimizer import Proposal, propose, usage_by_source
+from warmer.predictive import PredictiveConfig, Predictor
 from warmer.progress import RunProgress
 from warmer.schedule_store import ScheduleState, ScheduleStateError
 from warmer.scheduler import ScheduleClock, SourceDeps, build_source
@@ -66,12 +73,27 @@ class ReactiveConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MonitoringConfig:
+    track_effectiveness: bool = True
+    interval: float = 15.0  # seconds between alert evaluations
+    max_tracked: int = 100_000
+    thresholds: AlertThresholds = field(default_factory=AlertThresholds)
+
+
+@dataclass(frozen=True, slots=True)
 class WarmerConfig:
     """The warmer's settings, taken from the proxy's configuration by the app."""
 
     levels: tuple[str, ...] = ("high", "medium", "low")
     proactive_enabled: bool = True
     reactive: ReactiveConfig = field(default_factory=ReactiveConfig)
+    predictive: PredictiveConfig = field(default_factory=PredictiveConfig)
+    retrain_schedule: str = "0 * * * *"
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
+    # "off", "propose" or "apply": schedule optimization (see optimizer.py).
+    optimize: str = "propose"
+    # Paths per second warming can achieve at most (the origin rate limit).
+    fill_rate: float = 50.0
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     hot_top_n: int = 100
@@ -92,6 +114,7 @@ class Warmer:
         key_of: Callable[[str, str], str],
         to_path: Callable[[str], tuple[str, str]],
         store_paths: Callable[[str], AsyncIterator[tuple[str, str]]],
+        model_store: ModelStore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
@@ -127,11 +150,28 @@ class Warmer:
             if r.enabled and r.auto_warm
             else None
         )
+        p = config.predictive
+        self.predictor = (
+            Predictor(
+                replace(p, refresh_lead=2 * TICK_SECONDS, priority=p.priority or config.levels[-1])
+            )
+            if p.enabled
+            else None
+        )
+        self._model_store = model_store
+        self._retrain = Cron.parse(config.retrain_schedule)
+        m = config.monitoring
+        self.ledger = (
+            EffectivenessLedger(max_tracked=m.max_tracked) if m.track_effectiveness else None
+        )
+        self.alerts = AlertMonitor(m.thresholds)
         self.schedule = schedule
         self._clock_of_schedule = ScheduleClock(schedule, clock())
         self._schedule_changed = asyncio.Event()
         self._source_runs: dict[str, Run] = {}
         self._source_paths: dict[tuple[str, str], None] = {}
+        self._source_sizes: dict[str, int] = {}
+        self._first_seen: float | None = None
         self.schedule_skipped = 0
         self.schedule_errors: dict[str, str] = {}
         # User hits served from entries a warm fetch stored.
@@ -158,11 +198,23 @@ class Warmer:
 
     def observe(self, event: Observed) -> None:
         """One access event; O(1), never awaits (called for every request)."""
+        if self._first_seen is None:
+            self._first_seen = event.ts
         self.tracker.observe(event)
         if self.refresh_ahead is not None:
             self.refresh_ahead.observe(event)
         if self.miss_reactive is not None:
             self.miss_reactive.observe(event)
+        if self.predictor is not None:
+            self.predictor.observe(event)
+        ledger = self.ledger
+        if ledger is not None:
+            latency = getattr(event, "latency", None)
+            ledger.observe(event, latency=latency)
+            if event.outcome in _ORIGIN_OUTCOMES and latency is not None:
+                # A user miss waited for the origin: its latency is what a
+                # warmed entry saves the next user.
+                ledger.origin_fetch(event.ts, latency)
         if event.outcome == "hit" and event.warmed:
             self.hits_on_warmed += 1
         host = event.host
@@ -194,18 +246,46 @@ class Warmer:
             wanted.extend(self.refresh_ahead.due(now))
         if self.miss_reactive is not None:
             wanted.extend(self.miss_reactive.due(now))
+        if self.predictor is not None:
+            wanted.extend(self.predictor.due(now))
+        if self.ledger is not None:
+            self.ledger.run_active(bool(self.executor.active_runs()), now)
         return [w for w in wanted if self.filter.allows(w.url)]
 
-    def on_result(self, request: WarmRequest, report: FillReport) -> None:
-        """The executor finished a warm request: strategies follow the new lifetime."""
+    def on_result(self, request: WarmRequest, report: FillReport, seconds: float = 0.0) -> None:
+        """The executor finished a warm request: the ledger books it, strategies
+        follow the new lifetime."""
         if report.stored and self._hits_before is None:
             t = self.tracker.totals()
             self._hits_before = (t.hits, t.misses)
-        if not report.stored:
-            return
         now = self._clock()
         key = self._key_of(request.url, request.host)
-        for strategy in (self.refresh_ahead, self.miss_reactive):
+        ledger = self.ledger
+        if ledger is not None:
+            label = request.label
+            if report.already_fresh:
+                ledger.warm_already_fresh(key, now, label=label)
+            elif report.stored:
+                ledger.warm_stored(
+                    key,
+                    now,
+                    report.fresh_until,
+                    label=label,
+                    bytes=report.bytes,
+                    fetch_seconds=seconds,
+                )
+            else:
+                ledger.warm_not_stored(
+                    key,
+                    now,
+                    label=label,
+                    failed=report.retryable or report.failure is not None,
+                    bytes=report.bytes,
+                    fetch_seconds=seconds,
+                )
+        if not report.stored:
+            return
+        for strategy in (self.refresh_ahead, self.miss_reactive, self.predictor):
             if strategy is not None:
                 strategy.filled(key, request.url, request.host, now, report.fresh_until)
 
@@ -216,6 +296,9 @@ class Warmer:
         async with asyncio.TaskGroup() as group:
             group.create_task(self._tick_loop())
             group.create_task(self._schedule_loop())
+            group.create_task(self._monitor_loop())
+            if self.predictor is not None:
+                group.create_task(self._retrain_loop())
 
     async def _tick_loop(self) -> None:
         while True:
@@ -233,6 +316,45 @@ class Warmer:
             timeout = None if next_at is None else max(0.0, next_at - self._clock())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._schedule_changed.wait(), timeout)
+
+    async def _monitor_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.monitoring.interval)
+            self.check_alerts(self._clock())
+            if self.config.optimize == "apply":
+                await self.apply_optimization()
+
+    def check_alerts(self, now: float) -> None:
+        """Evaluate the alert rules; log what was raised or cleared."""
+        if self.ledger is None:
+            return
+        for change in self.alerts.evaluate(self.ledger.figures(now), now):
+            level = logging.WARNING if change.raised else logging.INFO
+            log.log(
+                level,
+                change.describe(),
+                extra={"alert": change.name, "raised": change.raised, "value": change.value},
+            )
+
+    async def _retrain_loop(self) -> None:
+        """On ``retrain_schedule``: weigh old evidence down and save the model."""
+        while True:
+            now = self._clock()
+            await asyncio.sleep(max(0.0, self._retrain.next_after(now) - now))
+            if self.predictor is not None:
+                self.predictor.retrain()
+                await self.save_model()
+
+    async def load_model(self) -> None:
+        """Start the predictor from its saved model; a bad file is logged and rebuilt."""
+        if self.predictor is None or self._model_store is None:
+            return
+        await self._model_store.load_into(self.predictor)
+
+    async def save_model(self) -> None:
+        if self.predictor is None or self._model_store is None:
+            return
+        await self._model_store.save(self.predictor)
 
     async def fire_due(self, now: float) -> list[Run]:
         """Start a run for every source whose firing time has come by ``now``.
@@ -267,6 +389,7 @@ class Warmer:
                     log.warning("warming source %s failed: %s", item.name, exc)
                     continue
                 self.schedule_errors.pop(item.name, None)
+                self._source_sizes[item.name] = len(paths)
                 requests = []
                 for p in sorted(paths, key=lambda sp: sp.rank):
                     self._remember_source_path(p.url)
@@ -277,6 +400,7 @@ class Warmer:
                                 priority=item.priority,
                                 reason=Reason.SCHEDULED,
                                 ttl=item.ttl,
+                                source=item.name,
                             )
                         )
                 self._submit(requests, run)
@@ -356,6 +480,7 @@ class Warmer:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.save_model()
         await self.state.close()
 
     def warm_urls(self, targets: Iterable[str], priority: str, strategy: str) -> Run:
@@ -414,7 +539,54 @@ class Warmer:
         }
         document["errors"] = dict(self.schedule_errors)
         document["persisted_in"] = self.state.describe()
+        if self.config.optimize != "off":
+            proposal = self.proposal(self._clock())
+            document["proposed"] = {
+                "mode": self.config.optimize,
+                **proposal.to_json(),
+                "schedule": proposal.apply_to(self.schedule).model_dump(mode="json"),
+            }
         return document
+
+    def proposal(self, now: float) -> Proposal:
+        """The schedule optimizer's proposal from the traffic's peaks and the ledger."""
+        by_label = self.ledger.figures(now).by_label if self.ledger is not None else {}
+        return propose(
+            self.schedule,
+            hour_of_week=self.tracker.hour_of_week(),
+            source_sizes=self._source_sizes,
+            fill_rate=self._fill_rate(),
+            usage=usage_by_source(by_label),
+            now=now,
+            observed_from=self._first_seen,
+            hot_top_n=self.config.hot_top_n,
+        )
+
+    def _fill_rate(self) -> float:
+        """Paths per second warming achieves: the rate limit, or less if measured so."""
+        rate = self.config.fill_rate if self.config.fill_rate > 0 else math.inf
+        c = self.executor.counters
+        if c.fetches >= 10 and c.fetch_seconds > 0:
+            rate = min(rate, self.executor.limit * c.fetches / c.fetch_seconds)
+        return rate if math.isfinite(rate) else 100.0
+
+    async def apply_optimization(self) -> bool:
+        """Apply the optimizer's proposal when it changes the schedule ("apply" mode)."""
+        now = self._clock()
+        proposal = self.proposal(now)
+        if not proposal.changes:
+            return False
+        plan = proposal.apply_to(self.schedule)
+        try:
+            await self.replace_schedule(plan.model_dump(mode="json"))
+        except (ScheduleStateError, ValidationError, BadRequest) as exc:
+            log.error("optimized schedule not applied: %s", exc)
+            return False
+        log.info(
+            "schedule optimized",
+            extra={"actions": [a.to_json() for a in proposal.actions if a.action != "keep"]},
+        )
+        return True
 
     async def replace_schedule(self, document: Any) -> spec.Schedule:
         """Validate, persist, then apply; on any error nothing changes.
@@ -504,7 +676,45 @@ class Warmer:
         }
 
     def stats(self) -> dict[str, Any]:
+        """What warming did, measured (DESIGN §5 shape, extended by the ledger)."""
+        now = self._clock()
         c = self.executor.counters
+        average = c.fetch_seconds / c.fetches if c.fetches else None
+        total_run_time = sum(s[1] for s in c.run_seconds.values())
+        with self._process.oneshot():
+            cpu = self._process.cpu_percent(interval=None)
+            rss = self._process.memory_info().rss
+        body: dict[str, Any]
+        if self.ledger is not None:
+            figures = self.ledger.figures(now)
+            body = figures.to_stats()
+        else:
+            body = self._untracked_effectiveness(average)
+        body["resource_usage"] = {
+            "cpu_utilization": cpu,
+            "memory_usage": rss,
+            "network_io": c.bytes,
+        }
+        body["timing"] = {
+            "total_warming_time": round(total_run_time, 3),
+            "average_item_time": None if average is None else round(average, 4),
+            "peak_concurrent": c.peak_in_flight,
+        }
+        body["counts"] = {
+            "warmed": dict(c.warmed),
+            "failed": dict(c.failed),
+            "retried": dict(c.retried),
+            "already_fresh": dict(c.already_fresh),
+            "origin_fetches": c.fetches,
+            "schedule_firings_skipped": self.schedule_skipped,
+        }
+        body["alerts"] = self.alerts.active()
+        if self.predictor is not None:
+            body["predictive"] = self.predictor.describe()
+        return body
+
+    def _untracked_effectiveness(self, average: float | None) -> dict[str, Any]:
+        """The figures kept without the ledger (``track_effectiveness = false``)."""
         totals = self.tracker.totals()
         before = after = improvement = None
         if self._hits_before is not None:
@@ -514,47 +724,24 @@ class Warmer:
             after = _ratio(ha, ha + ma)
             if before is not None and after is not None:
                 improvement = round(after - before, 4)
-        warmed = sum(c.warmed.values())
-        average = c.fetch_seconds / c.fetches if c.fetches else None
-        total_run_time = sum(s[1] for s in c.run_seconds.values())
-        with self._process.oneshot():
-            cpu = self._process.cpu_percent(interval=None)
-            rss = self._process.memory_info().rss
         return {
             "effectiveness": {
                 "hit_rate_before": before,
                 "hit_rate_after": after,
                 "improvement": improvement,
             },
-            "resource_usage": {
-                "cpu_utilization": cpu,
-                "memory_usage": rss,
-                "network_io": c.bytes,
-            },
-            "timing": {
-                "total_warming_time": round(total_run_time, 3),
-                "average_item_time": None if average is None else round(average, 4),
-                "peak_concurrent": c.peak_in_flight,
-            },
             "cost_benefit": {
-                "items_warmed": warmed,
+                "items_warmed": sum(self.executor.counters.warmed.values()),
                 "cache_hits_prevented": self.hits_on_warmed,
                 "estimated_response_time_saved": (
                     None if average is None else round(self.hits_on_warmed * average, 3)
                 ),
             },
-            "counts": {
-                "warmed": dict(c.warmed),
-                "failed": dict(c.failed),
-                "retried": dict(c.retried),
-                "already_fresh": dict(c.already_fresh),
-                "origin_fetches": c.fetches,
-                "schedule_firings_skipped": self.schedule_skipped,
-            },
         }
 
 
-_READ_ONLY_FIELDS = ("next_runs", "errors", "persisted_in")
+_READ_ONLY_FIELDS = ("next_runs", "errors", "persisted_in", "proposed")
+_ORIGIN_OUTCOMES = frozenset({"miss", "stale"})
 
 
 def _unique_by_url(requests: list[WarmRequest]) -> list[WarmRequest]:
