@@ -34,7 +34,6 @@ from warmer.sketch import SpaceSaving
 _CLIENT_ENTRY_BYTES: Final = 256  # OrderedDict slot and node, (key, ts) tuple, float
 _SOURCE_ENTRY_BYTES: Final = 1024  # OrderedDict slot and node, SpaceSaving object, its dicts
 _SUCCESSOR_BYTES: Final = 256  # one counter: two dict slots, a heap tuple, two ints
-_PAIR_BYTES: Final = 256  # a pending transition: dict slot, (source, target) tuple, int
 _FIXED_BYTES: Final = 16 * 1024
 _STR_HEADER_BYTES: Final = 80  # sys.getsizeof of a str is at most this + 4 per character
 
@@ -61,20 +60,16 @@ class SequenceModel:
     :meth:`memory_bound` a bound; such a request also ends the client's
     sequence.
 
-    Transitions are counted into a batch first (a dict of pairs, at most
-    ``batch_pairs`` of them) and folded into the per-source summaries when
-    it is full or a query comes: a pair seen many times in a batch costs one
-    summary update.
+    Transitions are counted at once, not batched: a predictive strategy
+    asks for a key's successors right after observing the request for it.
     """
 
     __slots__ = (
-        "_batch_pairs",
         "_clients",
         "_max_clients",
         "_max_gap",
         "_max_keys",
         "_max_name",
-        "_pending",
         "_short",
         "_sources",
         "_successors",
@@ -88,7 +83,6 @@ class SequenceModel:
         max_gap: float = 1800.0,
         *,
         max_name_bytes: int = 512,
-        batch_pairs: int = 4096,
     ) -> None:
         if max_clients < 1:
             raise ValueError(f"max_clients must be at least 1, got {max_clients}")
@@ -100,8 +94,6 @@ class SequenceModel:
             raise ValueError(f"max_gap must be positive seconds, got {max_gap}")
         if max_name_bytes < 1:
             raise ValueError(f"max_name_bytes must be positive, got {max_name_bytes}")
-        if batch_pairs < 1:
-            raise ValueError(f"batch_pairs must be at least 1, got {batch_pairs}")
         self._max_clients = max_clients
         self._max_keys = max_keys
         self._successors = successors_per_key
@@ -115,9 +107,6 @@ class SequenceModel:
         self._clients: OrderedDict[str, tuple[str, float]] = OrderedDict()
         # source key -> its successors; least recently followed first.
         self._sources: OrderedDict[str, SpaceSaving] = OrderedDict()
-        # Transitions not yet counted into _sources (see the class docstring).
-        self._batch_pairs = batch_pairs
-        self._pending: dict[tuple[str, str], int] = {}
 
     @property
     def clients(self) -> int:
@@ -127,7 +116,6 @@ class SequenceModel:
     @property
     def sources(self) -> int:
         """Keys with at least one counted successor."""
-        self._fold()
         return len(self._sources)
 
     def observe(self, client: str, key: str, ts: float) -> None:
@@ -151,30 +139,15 @@ class SequenceModel:
         # out of order; they are still one visit.
         if prev_key == key or not abs(ts - prev_ts) <= self._max_gap:
             return
-        pending = self._pending
-        pair = (prev_key, key)
-        count = pending.get(pair)
-        if count is None:
-            pending[pair] = 1
-            if len(pending) >= self._batch_pairs:
-                self._fold()
-        else:
-            pending[pair] = count + 1
-
-    def _fold(self) -> None:
-        """Count the pending transitions into the per-source summaries."""
         sources = self._sources
-        size = self._successors
-        for (prev_key, key), count in self._pending.items():
-            successors = sources.get(prev_key)
-            if successors is None:
-                successors = sources[prev_key] = SpaceSaving(size)
-                if len(sources) > self._max_keys:
-                    sources.popitem(last=False)
-            else:
-                sources.move_to_end(prev_key)
-            successors.add(key, count)
-        self._pending.clear()
+        successors = sources.get(prev_key)
+        if successors is None:
+            successors = sources[prev_key] = SpaceSaving(self._successors)
+            if len(sources) > self._max_keys:
+                sources.popitem(last=False)
+        else:
+            sources.move_to_end(prev_key)
+        successors.add(key)
 
     def successors(self, key: str, n: int = 3) -> list[tuple[str, float, int]]:
         """The ``n`` keys most often seen right after ``key``: (next key, confidence, count).
@@ -191,7 +164,6 @@ class SequenceModel:
         """
         if n < 0:
             raise ValueError(f"n must not be negative, got {n}")
-        self._fold()
         summary = self._sources.get(key)
         if summary is None or n == 0:
             return []
@@ -222,32 +194,24 @@ class SequenceModel:
         """The ``n`` transitions counted most often, over every source (ties by names)."""
         if n < 0:
             raise ValueError(f"n must not be negative, got {n}")
-        self._fold()
-
-        def candidates() -> list[tuple[int, str, str, int]]:
-            out: list[tuple[int, str, str, int]] = []
-            for source, summary in self._sources.items():
-                denominator = summary.total() + 1
-                for target in summary:
-                    count = summary.guaranteed(target)
-                    if count > 0:
-                        out.append((count, source, target, denominator))
-            return out
-
-        best = heapq.nsmallest(n, candidates(), key=lambda c: (-c[0], c[1], c[2]))
+        candidates = [
+            (count, source, target, summary.total() + 1)
+            for source, summary in self._sources.items()
+            for target in summary
+            if (count := summary.guaranteed(target)) > 0
+        ]
+        best = heapq.nsmallest(n, candidates, key=lambda c: (-c[0], c[1], c[2]))
         return [Transition(s, t, count, count / d) for count, s, t, d in best]
 
     def memory_bound(self) -> int:
         """An upper estimate, in bytes, of what this model can ever hold.
 
         ``fixed + max_clients * (CLIENT + 2B)
-        + max_keys * (SOURCE + k * SUCCESSOR + (1 + k) * B)
-        + batch_pairs * (PAIR + 2B)``, where ``k`` is
+        + max_keys * (SOURCE + k * SUCCESSOR + (1 + k) * B)``, where ``k`` is
         ``successors_per_key``, ``B`` = ``max_name_bytes`` (a client's id and
         last key, a source and its successors' keys, each possibly its own
-        string object), ``CLIENT`` = 256, ``SOURCE`` = 1024, ``SUCCESSOR`` =
-        256 and ``PAIR`` = 256 (a batch entry: dict slot, tuple, int):
-        CPython 3.11 64-bit costs measured with tracemalloc, rounded up.
+        string object), ``CLIENT`` = 256, ``SOURCE`` = 1024 and ``SUCCESSOR``
+        = 256: CPython 3.11 64-bit costs measured with tracemalloc, rounded up.
         Real use is usually far below: the bound assumes every name is as
         long as allowed.
         """
@@ -257,5 +221,4 @@ class SequenceModel:
             _FIXED_BYTES
             + self._max_clients * (_CLIENT_ENTRY_BYTES + 2 * name)
             + self._max_keys * (_SOURCE_ENTRY_BYTES + k * _SUCCESSOR_BYTES + (1 + k) * name)
-            + self._batch_pairs * (_PAIR_BYTES + 2 * name)
         )
