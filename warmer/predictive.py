@@ -57,7 +57,7 @@ MODEL_FORMAT: Final = "warmproxy-predictive"
 #: Weight, in observations, of the Poisson estimate a cell starts from.
 PRIOR_WEIGHT: Final = 4.0
 #: Revisit decisions, in prediction windows after a key's last request.
-REVISIT_AFTER: Final = (0.5, 1.0, 2.0)
+REVISIT_AFTER: Final = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0)
 #: How far ahead of a recurring moment a daily/weekly decision is taken, in windows.
 SEASONAL_LEAD: Final = 0.25
 DAY: Final = 86_400.0
@@ -75,6 +75,7 @@ _HEAP_PER_KEY: Final = 8
 _RATIO_DECAY: Final = 1.0 - 1.0 / 20_000
 _THRESHOLD_STEP: Final = 0.0002
 _CACHED_OUTCOMES = frozenset({"hit", "miss", "stale", "revalidated"})
+_HIT_OUTCOMES = frozenset({"hit", "revalidated"})
 _LN2: Final = math.log(2.0)
 
 
@@ -113,6 +114,9 @@ class _Key:
     seasonal_hour: int = -1  # hour (since epoch) of the last seasonal decision planted
     revisit_planned: bool = False  # one revisit chain per key, re-anchored lazily
     recurred: dict[str, int] = field(default_factory=dict)  # daily/weekly decisions that came true
+    acted_at: float = -math.inf  # when this model last warmed it
+    # The first request after that warm: 1 a hit, 0 a miss, -1 none yet.
+    acted_outcome: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +164,15 @@ class _Calibration:
 class Predictor:
     """Forecasts per-key requests and warms what is likely to be asked for next."""
 
-    def __init__(self, config: PredictiveConfig, *, sequences: SequenceModel | None = None) -> None:
+    def __init__(
+        self,
+        config: PredictiveConfig,
+        *,
+        sequences: SequenceModel | None = None,
+        feed_sequences: bool = True,
+    ) -> None:
+        """``sequences``: a model shared with the usage analysis; then
+        ``feed_sequences=False`` when the analysis already feeds it every event."""
         if config.prediction_window <= 0:
             raise ValueError("prediction_window must be positive")
         self.config = config
@@ -169,14 +181,18 @@ class Predictor:
         self.sequences = (
             sequences if sequences is not None else (SequenceModel() if config.sequences else None)
         )
+        self._feed_sequences = feed_sequences
         self.calibration = _Calibration()
+        # Of this model's warms whose key was asked for within the window:
+        # how many were hits (the warmed entry had not been evicted or expired).
+        self.efficiency = _Calibration()
         self._keys: OrderedDict[str, _Key] = OrderedDict()
         # (time, seq, key, kind, generation): decisions to take at ``time``;
         # ``generation`` is the key's request count when planted (revisits
         # are void once the key was asked for again).
         self._decisions: list[tuple[float, int, str, str, int]] = []
-        # (resolve_at, seq, key, cell, count_then): decisions awaiting their outcome.
-        self._pending: list[tuple[float, int, str, tuple[Any, ...], int]] = []
+        # (resolve_at, seq, key, cell, count_then, acted): decisions awaiting their outcome.
+        self._pending: list[tuple[float, int, str, tuple[Any, ...], int, bool]] = []
         self._seq = 0
         self.requests = 0
         self.warm_fetches = 0  # warm requests returned that were not free hints, as reported
@@ -211,6 +227,8 @@ class Predictor:
         else:
             self._keys.move_to_end(key)
             self._decay(state, ts)
+        if state.acted_outcome < 0 and ts >= state.acted_at:
+            state.acted_outcome = 1 if event.outcome in _HIT_OUTCOMES else 0
         state.burst += 1.0
         state.recent += 1.0
         state.trend += 1.0
@@ -233,7 +251,8 @@ class Predictor:
                 self._plant(ts + DAY - lead, key, "daily", 0)
                 self._plant(ts + WEEK - lead, key, "weekly", 0)
         if self.sequences is not None and event.client:
-            self.sequences.observe(event.client, key, ts)
+            if self._feed_sequences:
+                self.sequences.observe(event.client, key, ts)
             self._sequence_decisions(key, ts)
 
     def filled(self, key: str, url: str, host: str, now: float, fresh_until: float) -> None:
@@ -272,8 +291,12 @@ class Predictor:
                 if step is None:
                     continue
                 kind = "revisit"
-            confidence = self._decide(key, state, kind, at)
-            if confidence >= self.threshold:
+            cell, confidence = self._confidence(state, kind, at)
+            acted = confidence >= self.threshold
+            self._await_outcome(at, key, cell, state.count, acted)
+            if acted:
+                state.acted_at = at
+                state.acted_outcome = -1
                 out.append(self._request(key, state, kind, confidence, at))
         return out
 
@@ -301,18 +324,19 @@ class Predictor:
         for key, state in self._keys.items():
             if state.count < MIN_REQUESTS_TO_FOLLOW:
                 continue
-            cell, prior = self._cell(state, "revisit", now)
-            scored.append((self.calibration.probability(cell, prior), key, state))
+            _, confidence = self._confidence(state, "revisit", now)
+            scored.append((confidence, key, state))
         best = heapq.nlargest(n, scored, key=lambda s: s[0])
         return [
             Prediction(key, s.url, round(p, 4), self.window, now, "forecast") for p, key, s in best
         ]
 
-    def _decide(self, key: str, state: _Key, kind: str, at: float) -> float:
+    def _confidence(self, state: _Key, kind: str, at: float) -> tuple[tuple[Any, ...], float]:
+        """How likely a warm now is to be hit: asked for within the window, and
+        (measured on this model's own warms) still cached when it is."""
         cell, prior = self._cell(state, kind, at)
-        confidence = self.calibration.probability(cell, prior)
-        self._await_outcome(at, key, cell, state.count)
-        return confidence
+        asked = self.calibration.probability(cell, prior)
+        return cell, asked * self.efficiency.probability(cell, 1.0)
 
     def _sequence_decisions(self, key: str, ts: float) -> None:
         # Runs inside observe, after the client's request for ``key``: what
@@ -381,27 +405,35 @@ class Predictor:
 
     # --------------------------------------------------------------- learning
 
-    def _await_outcome(self, at: float, key: str, cell: tuple[Any, ...], count: int) -> None:
+    def _await_outcome(
+        self, at: float, key: str, cell: tuple[Any, ...], count: int, acted: bool
+    ) -> None:
         pending = self._pending
         self._seq += 1
-        heapq.heappush(pending, (at + self.window, self._seq, key, cell, count))
+        heapq.heappush(pending, (at + self.window, self._seq, key, cell, count, acted))
         if len(pending) > MAX_PENDING:
-            # Resolve the oldest early (as "not yet asked for") rather than grow.
-            _, _, old_key, old_cell, old_count = heapq.heappop(pending)
-            state = self._keys.get(old_key)
-            self.calibration.learn(old_cell, state is not None and state.count > old_count)
+            # Resolve the oldest early rather than grow.
+            self._learn(*heapq.heappop(pending)[2:])
 
     def _resolve(self, now: float) -> None:
         pending = self._pending
         while pending and pending[0][0] <= now:
-            _, _, key, cell, count = heapq.heappop(pending)
-            state = self._keys.get(key)
-            # A forgotten key was not asked for recently enough to stay followed.
-            happened = state is not None and state.count > count
-            self.calibration.learn(cell, happened)
-            kind = cell[0]
-            if happened and state is not None and kind in ("daily", "weekly"):
-                state.recurred[kind] = state.recurred.get(kind, 0) + 1
+            self._learn(*heapq.heappop(pending)[2:])
+
+    def _learn(self, key: str, cell: tuple[Any, ...], count: int, acted: bool) -> None:
+        state = self._keys.get(key)
+        # A forgotten key was not asked for recently enough to stay followed.
+        happened = state is not None and state.count > count
+        self.calibration.learn(cell, happened)
+        if state is None or not happened:
+            return
+        if acted and state.acted_outcome >= 0:
+            # Asked for after this model warmed it: was the warmed entry still
+            # there?  (Evicted or expired first, the warm was wasted.)
+            self.efficiency.learn(cell, state.acted_outcome == 1)
+        kind = cell[0]
+        if kind in ("daily", "weekly"):
+            state.recurred[kind] = state.recurred.get(kind, 0) + 1
 
     def _adapt_threshold(self) -> None:
         """Raise the threshold while warming spends more than its budget.
@@ -410,8 +442,8 @@ class Predictor:
         traffic, not how often ``due`` is called.
         """
         if self._recent_fetches > self.config.max_warm_ratio * self._recent_requests:
-            if self.threshold < 0.99:
-                self.threshold += _THRESHOLD_STEP
+            # Up to 1: confidences stay below it, so a budget can stop all warming.
+            self.threshold = min(1.0, self.threshold + _THRESHOLD_STEP)
         elif self.threshold > self.config.min_confidence:
             self.threshold = max(self.config.min_confidence, self.threshold - _THRESHOLD_STEP)
 

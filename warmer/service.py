@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from warmer import schedule as spec
 from warmer.alerts import AlertMonitor, AlertThresholds
+from warmer.analysis import Analyzer
 from warmer.cron import Cron
 from warmer.executor import Run, WarmExecutor
 from warmer.ledger import EffectivenessLedger
@@ -150,10 +151,14 @@ class Warmer:
             if r.enabled and r.auto_warm
             else None
         )
+        self.analyzer = Analyzer(tracker.windows)
         p = config.predictive
         self.predictor = (
             Predictor(
-                replace(p, refresh_lead=2 * TICK_SECONDS, priority=p.priority or config.levels[-1])
+                replace(p, refresh_lead=2 * TICK_SECONDS, priority=p.priority or config.levels[-1]),
+                # One sequence model for the analysis and the predictions, fed by the analysis.
+                sequences=self.analyzer.sequences if p.sequences else None,
+                feed_sequences=False,
             )
             if p.enabled
             else None
@@ -205,6 +210,7 @@ class Warmer:
             self.refresh_ahead.observe(event)
         if self.miss_reactive is not None:
             self.miss_reactive.observe(event)
+        self.analyzer.observe(event)
         if self.predictor is not None:
             self.predictor.observe(event)
         ledger = self.ledger
@@ -655,25 +661,45 @@ class Warmer:
         return run.progress.to_progress(self._clock())
 
     def hot_data(self, n: int, window: float | None) -> dict[str, Any]:
+        """What is hot, how usage moves, who asks (the usage analysis), plus totals,
+        the last 24 hours and, with the predictive strategy, what it forecasts."""
         now = self._clock()
+        body = self.analyzer.report(
+            self.tracker, now, n=n, window=window, levels=self.config.levels
+        )
         totals = self.tracker.totals()
-        return {
-            "window_seconds": window,
-            "hot_keys": [
-                {"key": h.key, "url": h.url, "host": h.host, "count": h.count, "error": h.error}
-                for h in self.tracker.hot(n, now, window)
-            ],
-            "totals": {
-                "requests": totals.requests,
-                "hits": totals.hits,
-                "misses": totals.misses,
-                "bypass": totals.bypass,
-            },
-            "hourly": [
-                {"start": _iso(h.start), "requests": h.requests, "hits": h.hits, "misses": h.misses}
-                for h in self.tracker.hourly(now, 24)
-            ],
+        body["totals"] = {
+            "requests": totals.requests,
+            "hits": totals.hits,
+            "misses": totals.misses,
+            "bypass": totals.bypass,
         }
+        body["hourly"] = [
+            {"start": _iso(h.start), "requests": h.requests, "hits": h.hits, "misses": h.misses}
+            for h in self.tracker.hourly(now, 24)
+        ]
+        if self.predictor is not None:
+            body["predictions"] = [
+                {
+                    "key": p.key,
+                    "url": p.url,
+                    "confidence": p.confidence,
+                    "duration": p.duration,
+                    "kind": p.kind,
+                }
+                for p in self.predictor.predictions(now, n)
+            ]
+            body["recent_predictions"] = [
+                {
+                    "key": p.key,
+                    "confidence": p.confidence,
+                    "duration": p.duration,
+                    "at": _iso(p.at),
+                    "kind": p.kind,
+                }
+                for p in self.predictor.recent[-n:]
+            ]
+        return body
 
     def stats(self) -> dict[str, Any]:
         """What warming did, measured (DESIGN §5 shape, extended by the ledger)."""

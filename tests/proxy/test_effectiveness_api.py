@@ -22,8 +22,8 @@ async def metrics_text(client: aiohttp.ClientSession, proxy: Warmproxy) -> str:
 async def test_a_warmed_entry_hit_before_it_expired_counts_as_used(
     origin: Origin, make_proxy: ProxyFactory, client: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    origin.set("/short", headers={"Cache-Control": "public, max-age=1"}, body=b"short")
-    origin.set("/unused", headers={"Cache-Control": "public, max-age=1"}, body=b"unused")
+    origin.set("/short", headers={"Cache-Control": "public, max-age=2"}, body=b"short")
+    origin.set("/unused", headers={"Cache-Control": "public, max-age=2"}, body=b"unused")
     proxy = await make_proxy(origin.url, **sections(tmp_path))
     _, body = await api(client, proxy, "POST", "warm-key", {"urls": ["/short", "/unused"]})
     await finished(client, proxy, body["run_id"])
@@ -31,7 +31,7 @@ async def test_a_warmed_entry_hit_before_it_expired_counts_as_used(
         async with client.get(url(proxy, "/short")) as response:
             assert response.headers["Cache-Status"].startswith("warmproxy; hit")
     await eventually(lambda: proxy.warmer.tracker.totals().requests == 2)
-    await asyncio.sleep(1.1)  # both warmed entries expire: one was used, one not
+    await asyncio.sleep(2.1)  # both warmed entries expire: one was used, one not
     _, stats = await api(client, proxy, "GET", "stats")
     eff = stats["effectiveness"]
     assert eff["precision"] == 0.5

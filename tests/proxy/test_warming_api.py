@@ -374,16 +374,27 @@ async def test_source_ttl_overrides_the_origin_lifetime(
 async def test_hot_data_stats_and_metrics(
     warm_proxy: Warmproxy, client: aiohttp.ClientSession
 ) -> None:
-    for _ in range(5):
+    for _ in range(20):
         async with client.get(url(warm_proxy, "/products/9")) as response:
+            await response.read()
+    for n in range(1, 9):
+        async with client.get(url(warm_proxy, f"/products/{n}")) as response:
             await response.read()
     async with client.get(url(warm_proxy, "/products/8")) as response:
         await response.read()
-    await eventually(lambda: warm_proxy.warmer.tracker.totals().requests == 6)
+    await eventually(lambda: warm_proxy.warmer.tracker.totals().requests == 29)
     status, hot = await api(client, warm_proxy, "GET", "hot-data?n=5&window=60")
     assert status == 200
-    assert [h["url"] for h in hot["hot_keys"]][:2] == ["/products/9", "/products/8"]
-    assert hot["hot_keys"][0]["count"] == 5
+    # Hot: above a threshold that follows the traffic (4x the mean per active key).
+    assert [h["url"] for h in hot["hot_keys"]] == ["/products/9"]
+    assert hot["hot_keys"][0]["count"] == 20
+    assert hot["hot_keys"][0]["priority"] == "high"
+    assert hot["threshold"]["value"] > 2
+    # Frequency: the top keys by count, hot or not.
+    ranked = [k["url"] for k in hot["frequency"]["keys"]]
+    assert ranked[:2] == ["/products/9", "/products/8"]
+    assert hot["totals"]["requests"] == 29
+    assert {"patterns", "trends", "seasonality", "segments", "sequences"} <= set(hot)
     status, _ = await api(client, warm_proxy, "GET", "hot-data?window=7")
     assert status == 400
     _, body = await api(client, warm_proxy, "POST", "warm-key", {"url": "/products/10"})
@@ -393,7 +404,7 @@ async def test_hot_data_stats_and_metrics(
     assert stats["resource_usage"]["memory_usage"] > 0
     assert stats["timing"]["peak_concurrent"] >= 1
     assert stats["timing"]["average_item_time"] > 0
-    assert stats["effectiveness"]["hit_rate_before"] == pytest.approx(4 / 6, abs=0.01)
+    assert stats["effectiveness"]["hit_rate_before"] == pytest.approx(20 / 29, abs=0.01)
     async with client.get(control_url(warm_proxy, "/metrics")) as response:
         text = await response.text()
     assert 'warmproxy_warm_items_total{strategy="on-demand"} 1.0' in text
