@@ -1,4 +1,4 @@
-"""The ``warmproxy`` command: serve, demo."""
+"""The ``warmproxy`` command: serve, demo, warm, replay."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from proxy import __version__
 from proxy.app import Warmproxy
 from proxy.config import ConfigError, Settings, load_settings
 from proxy.logs import configure
+from warmer.replay import STRATEGY_NAMES, CacheSize, parse_strategies, replay_command
 
 log = logging.getLogger("warmproxy")
 
@@ -75,7 +76,58 @@ def _parser() -> argparse.ArgumentParser:
     warm.add_argument("--origin", help="origin URL for --standalone (proxy.origin)")
     warm.add_argument("--no-progress", action="store_true", help="no progress bar")
     common(warm)
+    replay = commands.add_parser(
+        "replay",
+        help="replay a request trace through the warmer on a virtual clock, per strategy",
+        description=(
+            "Replay a ts,key,size,client CSV trace against a simulated LRU cache and "
+            "origin, once per warming strategy, and print hit ratio, warm fetches per "
+            "request, precision and the gain over no warming. Keys that are not paths "
+            "are warmed as '/' + key."
+        ),
+    )
+    replay.add_argument("trace", type=Path, help="CSV trace with the header ts,key,size,client")
+    replay.add_argument(
+        "--cache-size",
+        type=_cache_size,
+        default="20%",
+        help="cache entries, or a share of the trace's distinct keys such as 20%% (default)",
+    )
+    replay.add_argument(
+        "--ttl", type=_ttl, default=300.0, help="seconds an entry is fresh (default 300)"
+    )
+    replay.add_argument(
+        "--strategies",
+        type=_strategies,
+        default=list(STRATEGY_NAMES),
+        help=f"comma-separated, from {','.join(STRATEGY_NAMES)} (default: all of them)",
+    )
+    replay.add_argument("--json", action="store_true", help="one JSON object per strategy per line")
     return parser
+
+
+def _cache_size(text: str) -> CacheSize:
+    try:
+        return CacheSize.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _ttl(text: str) -> float:
+    try:
+        ttl = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"ttl {text!r} is not a number of seconds") from None
+    if not 0 < ttl < float("inf"):
+        raise argparse.ArgumentTypeError(f"ttl {text!r}: must be positive seconds")
+    return ttl
+
+
+def _strategies(text: str) -> list[str]:
+    try:
+        return parse_strategies(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -177,6 +229,16 @@ def _install_uvloop() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "replay":  # no configuration: the trace and flags are all it reads
+        return replay_command(
+            args.trace,
+            cache_size=args.cache_size,
+            ttl=args.ttl,
+            strategies=args.strategies,
+            as_json=args.json,
+            out=sys.stdout,
+            err=sys.stderr,
+        )
     try:
         if args.command == "demo":
             settings = load(args, {"proxy": {"origin": f"http://127.0.0.1:{args.origin_port}"}})

@@ -63,17 +63,28 @@ _RUN_STATUS: dict[str, Any] = {
     },
 }
 
+_NUM = {"type": ["number", "null"]}
 _STATS: dict[str, Any] = {
     "type": "object",
+    "description": "Every value measured; null until it can be.",
     "required": ["effectiveness", "resource_usage", "timing", "cost_benefit"],
     "properties": {
         "effectiveness": {
             "type": "object",
-            "description": "User hit rate before the first warm fill, and since.",
+            "description": (
+                "User hit rate before the first warm fill and since; precision (warmed "
+                "entries hit before they expired or were evicted); hits gained; misses "
+                "prevented; the hit rate without warming (counterfactual)."
+            ),
             "properties": {
-                "hit_rate_before": {"type": ["number", "null"]},
-                "hit_rate_after": {"type": ["number", "null"]},
-                "improvement": {"type": ["number", "null"]},
+                "hit_rate_before": _NUM,
+                "hit_rate_after": _NUM,
+                "improvement": _NUM,
+                "precision": _NUM,
+                "counterfactual_hit_rate": _NUM,
+                "hits_gained": {"type": "integer"},
+                "misses_prevented": {"type": "integer"},
+                "warmed_entries": {"type": "object"},
             },
         },
         "resource_usage": {
@@ -88,7 +99,7 @@ _STATS: dict[str, Any] = {
             "type": "object",
             "properties": {
                 "total_warming_time": {"type": "number"},
-                "average_item_time": {"type": ["number", "null"]},
+                "average_item_time": _NUM,
                 "peak_concurrent": {"type": "integer"},
             },
         },
@@ -98,11 +109,25 @@ _STATS: dict[str, Any] = {
                 "items_warmed": {"type": "integer"},
                 "cache_hits_prevented": {
                     "type": "integer",
-                    "description": "user hits served from entries a warm fetch stored",
+                    "description": "user misses warming prevented (warmed entries hit)",
                 },
-                "estimated_response_time_saved": {"type": ["number", "null"]},
+                "estimated_response_time_saved": {
+                    **_NUM,
+                    "description": "misses prevented x measured mean origin latency (s)",
+                },
+                "origin_fetches": {"type": "integer"},
+                "bytes": {"type": "integer"},
+                "success_rate": _NUM,
+                "net_origin_fetches": {"type": "integer"},
             },
         },
+        "performance_impact": {
+            "type": "object",
+            "description": "User latency and origin load during warm runs and outside them.",
+        },
+        "by_label": {"type": "object", "description": "the same figures per strategy/source"},
+        "alerts": {"type": "object", "description": "active alerts from [monitoring]"},
+        "predictive": {"type": "object"},
         "counts": {"type": "object"},
     },
 }
@@ -202,7 +227,10 @@ def document() -> dict[str, Any]:
         },
         f"{PREFIX}/hot-data": {
             "get": {
-                "summary": "Hot keys, request totals and hourly counts",
+                "summary": (
+                    "Hot keys (adaptive threshold), frequency, hour/day patterns, trends, "
+                    "seasonality, client segments, sequences, predictions"
+                ),
                 "parameters": [
                     {"name": "n", "in": "query", "schema": {"type": "integer", "default": 20}},
                     {"name": "window", "in": "query", "schema": {"type": "number"}},
@@ -212,7 +240,10 @@ def document() -> dict[str, Any]:
         },
         f"{PREFIX}/schedule": {
             "get": {
-                "summary": "The schedule, next firings and source errors",
+                "summary": (
+                    "The schedule, next firings, source errors, and the optimizer's "
+                    "proposed schedule"
+                ),
                 "responses": _responses(200, {"$ref": "#/components/schemas/Schedule"}),
             },
             "post": {

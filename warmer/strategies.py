@@ -137,8 +137,10 @@ class RefreshAhead:
         """Entries whose refresh time has come, once per lifetime."""
         out = []
         for _, life in self._followed.pop_due(now):
-            if life.fresh_until <= now:
-                continue  # expired before we got to it: a miss will refill it
+            if life.fresh_until < now:
+                # Expired before we got to it: a miss will refill it.  At the
+                # instant of expiry the entry is still there to refresh.
+                continue
             life.asked = True
             out.append(
                 WarmRequest(
