@@ -1,0 +1,789 @@
+"""Replay a request trace through the warmer on a virtual clock (``warmproxy replay``).
+
+The requests of a trace (see :mod:`warmer.trace`) are pushed through the same
+usage tracker, strategies, warm queue and effectiveness ledger the live proxy
+runs, against a simulated cache and a simulated origin, and each strategy is
+judged by the hit ratio it reaches, the warm fetches it costs and their
+precision.  DESIGN rule 2 is what makes this possible: the warmer core takes
+time from the events and from ``now``, so a day of traffic replays in seconds.
+
+The simulated cache is the reference model of the traces' README, so figures
+compare with its table:
+
+- a count-based LRU of ``capacity`` entries (``--cache-size``: entries, or a
+  share of the trace's distinct keys, rounded half up, at least 1); an entry
+  is fresh for ``ttl`` seconds after it is fetched;
+- a user request at ``t`` is a hit when the key is cached with an expiry
+  after ``t`` (the entry becomes most recently used), else a miss: the
+  origin is asked and the entry is (re)inserted as most recently used,
+  fresh until ``t + ttl``, evicting least recently used entries while over
+  capacity;
+- before a request at ``t`` every expiry up to ``t`` is processed in time
+  order: at its expiry instant an entry still counts as present (a refresh
+  then keeps it), and unless a warm fetch refreshed it, it is dropped;
+- a warm fetch completes at once and is not a request.  For an absent key
+  it inserts the entry as most recently used, fresh for ``ttl`` (possibly
+  evicting).  For a present entry it re-fetches in place (its LRU position
+  kept, fresh until ``now + ttl``) when the request is a refresh or the
+  entry is at its expiry instant; a warm request for an entry still fresh
+  costs nothing and changes nothing (a free hint);
+- precision is the share of warm-fetched lifetimes hit at least once before
+  they were evicted, expired or replaced (those alive at the end of the
+  trace count by whether they were hit).
+
+Trace keys that are not paths are mapped to ``"/" + key``
+(:func:`warmer.trace.key_path`); that path is the cache key, the event's
+``key`` and ``url`` (the host is empty).
+
+Driving the strategies: each request becomes an access event (outcome
+``hit``/``miss``, ``fresh_until`` the entry's expiry after the request,
+``warmed`` whether a warm fetch stored the entry) observed by the tracker,
+every strategy and the ledger.  ``due(now)`` is asked of every strategy
+before each request, at each expiry instant before the entry is dropped, and
+at the wake-up times a strategy names (:class:`Waking`, e.g. the hourly
+firing of :class:`ScheduledTop`), at most once per instant between two
+observations.  What they return goes through a :class:`~warmer.queue.WarmQueue`
+(de-duplication and priorities) and is executed at once; a stored fill is
+reported to every strategy's ``filled``, as the live warmer's ``on_result``
+does.
+
+The built-in strategies (:data:`STRATEGIES`): ``none``; ``reactive``,
+:class:`~warmer.strategies.MissReactive` refilling keys missed more than
+:data:`REACTIVE_THRESHOLD` times in :data:`REACTIVE_WINDOW_TTLS` TTLs;
+``refresh-ahead``, :class:`~warmer.strategies.RefreshAhead` refreshing entries
+hit :data:`REFRESH_MIN_HITS` times in their lifetime at their expiry;
+``scheduled-top``, :class:`ScheduledTop`; ``predictive``, the
+:class:`~warmer.predictive.Predictor` with a prediction window of one TTL;
+``all``, all of these together.  The one way the replay departs from the
+reference model's refresh-ahead: the strategy learns of evictions only
+through requests, so an entry hit twice and evicted before it expired is
+refilled at its expiry (as the live proxy would do); the reference refreshes
+only entries still cached.  Where such evictions are rare the two agree
+exactly; on a cache small for its trace the replay's refresh-ahead fetches
+more.
+
+Repeatability: the usage tracker's sketches hash keys with Python's
+``hash()``, salted per process, so figures of strategies that read the
+tracker (``reactive``, ``scheduled-top``, ``all``) move slightly from one
+run to the next; set ``PYTHONHASHSEED`` to repeat a run exactly.
+
+Plugging a strategy in: a :data:`StrategyFactory` takes the run's
+:class:`ReplayContext` (its tracker, TTL, capacity, the trace's distinct
+keys) and returns the strategies to drive (objects with ``observe``, ``due``
+and ``filled``: :class:`ReplayStrategy`).  :data:`STRATEGIES` holds the
+built-in ones by name; :func:`replay` and :func:`replay_file` take a name or
+``(name, factory)``, e.g. to tune the predictive model::
+
+    def tuned(ctx: ReplayContext) -> list[ReplayStrategy]:
+        config = PredictiveConfig(enabled=True, prediction_window=ctx.ttl, min_confidence=0.5)
+        return [Predictor(config)]
+
+    results = replay_file("trace.csv", ["none", ("predictive-0.5", tuned)])
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Protocol, TextIO, runtime_checkable
+
+import orjson
+
+from warmer.ledger import EffectivenessLedger
+from warmer.model import DEFAULT_PRIORITY_LEVELS, Observed, Reason, WarmRequest
+from warmer.predictive import PredictiveConfig, Predictor
+from warmer.queue import WarmQueue
+from warmer.strategies import MissReactive, RefreshAhead
+from warmer.trace import TraceError, TraceRow, TraceSummary, read_trace, scan_trace
+from warmer.tracker import UsageTracker
+
+HOUR: Final = 3600.0
+#: Refresh-ahead: entries hit this often in their lifetime are refreshed...
+REFRESH_MIN_HITS: Final = 2
+#: ...when less than this share of their lifetime is left.  The replay asks
+#: ``due`` at each expiry instant, so a tiny share refreshes at expiry as the
+#: reference model does.
+REFRESH_FRACTION: Final = 1e-6
+#: Miss-reactive: keys missed more than this many times...
+REACTIVE_THRESHOLD: Final = 2
+#: ...within this many TTLs are refilled as they expire (while they still are).
+REACTIVE_WINDOW_TTLS: Final = 4.0
+#: Scheduled-top: every hour, the top share of the distinct keys seen so far,
+#: ranked by their requests in the past hour.
+TOP_SHARE: Final = 0.01
+
+#: The built-in strategies, in the order they are reported.
+STRATEGY_NAMES: Final = ("none", "reactive", "refresh-ahead", "scheduled-top", "predictive", "all")
+
+# An entry of the simulated cache: [expiry, warmed, used].
+_EXPIRY: Final = 0
+_WARMED: Final = 1
+_USED: Final = 2
+
+
+class ReplayStrategy(Protocol):
+    """What the replay drives: the protocol of the live warmer's strategies."""
+
+    def observe(self, event: Observed) -> None: ...
+    def due(self, now: float) -> list[WarmRequest]: ...
+    def filled(self, key: str, url: str, host: str, now: float, fresh_until: float) -> None: ...
+
+
+@runtime_checkable
+class Waking(Protocol):
+    """A strategy with times of its own: ``due`` is also asked at :meth:`next_wake`."""
+
+    def next_wake(self) -> float:
+        """The next time ``due`` must be asked at (``math.inf``: none)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayContext:
+    """What a strategy factory may build its strategies from, for one run."""
+
+    tracker: UsageTracker  # observed before the strategies; windows: an hour and reactive_window
+    ttl: float
+    capacity: int
+    distinct_keys: int
+
+    @property
+    def reactive_window(self) -> float:
+        """The tracker window the miss-reactive strategy counts misses in."""
+        return reactive_window(self.ttl)
+
+
+StrategyFactory = Callable[[ReplayContext], Sequence[ReplayStrategy]]
+
+
+def reactive_window(ttl: float) -> float:
+    """The window the miss-reactive strategy counts misses in, for entries fresh ``ttl`` s."""
+    return REACTIVE_WINDOW_TTLS * ttl
+
+
+class ScheduledTop:
+    """Every clock hour, warm the hottest keys of the past hour.
+
+    ``share`` of the distinct keys seen so far (at least one), ranked by the
+    tracker's count in its one-hour window: the "top-N hot" scheduled source.
+    """
+
+    def __init__(
+        self,
+        tracker: UsageTracker,
+        *,
+        share: float = TOP_SHARE,
+        every: float = HOUR,
+        priority: str = "low",
+    ) -> None:
+        if HOUR not in tracker.windows:
+            raise ValueError("the tracker needs a one-hour window")
+        self.tracker = tracker
+        self.share = share
+        self.every = every
+        self.priority = priority
+        self._seen: set[str] = set()
+        self._next = math.inf
+
+    def observe(self, event: Observed) -> None:
+        self._seen.add(event.key)
+        if self._next == math.inf:
+            self._next = (event.ts // self.every + 1) * self.every
+
+    def due(self, now: float) -> list[WarmRequest]:
+        if now < self._next:
+            return []
+        self._next = (now // self.every + 1) * self.every
+        n = max(1, math.floor(self.share * len(self._seen) + 0.5))
+        return [
+            WarmRequest(
+                url=h.url,
+                host=h.host,
+                priority=self.priority,
+                reason=Reason.SCHEDULED,
+                source="top",
+            )
+            for h in self.tracker.hot(n, now, window=HOUR)
+        ]
+
+    def filled(self, key: str, url: str, host: str, now: float, fresh_until: float) -> None:
+        pass
+
+    def next_wake(self) -> float:
+        return self._next
+
+
+def _none(ctx: ReplayContext) -> list[ReplayStrategy]:
+    return []
+
+
+def _reactive(ctx: ReplayContext) -> list[ReplayStrategy]:
+    tracker = ctx.tracker
+    window = ctx.reactive_window
+    return [
+        MissReactive(
+            threshold=REACTIVE_THRESHOLD,
+            misses=lambda key, now: tracker.misses(key, window, now),
+            max_keys=max(10_000, ctx.distinct_keys),
+            priority="medium",
+        )
+    ]
+
+
+def _refresh_ahead(ctx: ReplayContext) -> list[ReplayStrategy]:
+    return [
+        RefreshAhead(
+            min_hits=REFRESH_MIN_HITS,
+            fraction=REFRESH_FRACTION,
+            max_keys=max(10_000, ctx.distinct_keys),
+            priority="high",
+        )
+    ]
+
+
+def _scheduled_top(ctx: ReplayContext) -> list[ReplayStrategy]:
+    return [ScheduledTop(ctx.tracker)]
+
+
+def _predictive(ctx: ReplayContext) -> list[ReplayStrategy]:
+    return [Predictor(PredictiveConfig(enabled=True, prediction_window=ctx.ttl))]
+
+
+def _all(ctx: ReplayContext) -> list[ReplayStrategy]:
+    return [*_refresh_ahead(ctx), *_reactive(ctx), *_scheduled_top(ctx), *_predictive(ctx)]
+
+
+#: The built-in strategies by name (``all``: every other one together).
+STRATEGIES: Final[dict[str, StrategyFactory]] = {
+    "none": _none,
+    "reactive": _reactive,
+    "refresh-ahead": _refresh_ahead,
+    "scheduled-top": _scheduled_top,
+    "predictive": _predictive,
+    "all": _all,
+}
+
+#: A strategy as :func:`replay` takes it: a built-in name, or a name and a factory.
+StrategySpec = str | tuple[str, StrategyFactory]
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSize:
+    """``--cache-size``: a number of entries, or a share of the trace's distinct keys."""
+
+    entries: int = 0
+    fraction: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> CacheSize:
+        """``"500"`` (entries) or ``"20%"`` (of the distinct keys); ValueError otherwise."""
+        text = text.strip()
+        if text.endswith("%"):
+            try:
+                percent = float(text[:-1])
+            except ValueError:
+                raise ValueError(f"cache size {text!r}: not a percentage") from None
+            if not 0 < percent <= 100:
+                raise ValueError(f"cache size {text!r}: the percentage must be in (0, 100]")
+            return cls(fraction=percent / 100)
+        try:
+            entries = int(text)
+        except ValueError:
+            raise ValueError(
+                f"cache size {text!r}: give a number of entries or a percentage such as 20%"
+            ) from None
+        if entries < 1:
+            raise ValueError(f"cache size {text!r}: at least 1 entry")
+        return cls(entries=entries)
+
+    def capacity(self, distinct_keys: int) -> int:
+        """Entries the cache holds for a trace of ``distinct_keys`` keys."""
+        if self.entries:
+            return self.entries
+        return max(1, math.floor(distinct_keys * self.fraction + 0.5))
+
+    def __str__(self) -> str:
+        if self.entries:
+            return f"{self.entries} entries"
+        return f"{self.fraction * 100:g}% of distinct keys"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    """What one strategy did over one trace."""
+
+    strategy: str
+    capacity: int
+    ttl: float
+    requests: int
+    hits: int
+    warm_fetches: int  # origin fetches warming made (stored fills and refreshes)
+    warm_used: int  # warm-fetched lifetimes hit at least once
+    warm_unused: int
+    free_hints: int  # warm requests for entries already fresh: nothing fetched
+    evictions: int
+    #: Warm fetches per label (the reason, or ``scheduled:<source>``), as the ledger books them.
+    warm_fetches_by_label: dict[str, int] = field(default_factory=dict)
+    #: The ledger's precision (None without warm fetches); equal to :attr:`precision`.
+    ledger_precision: float | None = None
+    seconds: float = 0.0  # wall-clock time of the replay, when timed
+
+    @property
+    def misses(self) -> int:
+        return self.requests - self.hits
+
+    @property
+    def hit_ratio(self) -> float:
+        return self.hits / self.requests if self.requests else 0.0
+
+    @property
+    def warm_fetches_per_request(self) -> float:
+        return self.warm_fetches / self.requests if self.requests else 0.0
+
+    @property
+    def precision(self) -> float | None:
+        """Share of warm-fetched lifetimes used; None when nothing was warm-fetched."""
+        resolved = self.warm_used + self.warm_unused
+        return self.warm_used / resolved if resolved else None
+
+    @property
+    def origin_fetches(self) -> int:
+        """What the origin served: every miss and every warm fetch."""
+        return self.misses + self.warm_fetches
+
+    @property
+    def requests_per_second(self) -> float | None:
+        return self.requests / self.seconds if self.seconds > 0 else None
+
+    def gain_over(self, baseline: ReplayResult | None) -> float | None:
+        """Hit ratio gained over ``baseline`` (a fraction; None without one)."""
+        return None if baseline is None else self.hit_ratio - baseline.hit_ratio
+
+    def to_json(self, baseline: ReplayResult | None = None) -> dict[str, Any]:
+        """The ``--json`` object of this strategy; ``baseline``: the ``none`` run."""
+        gain = self.gain_over(baseline)
+        precision = self.precision
+        return {
+            "strategy": self.strategy,
+            "hit_ratio": round(self.hit_ratio, 6),
+            "warm_fetches_per_request": round(self.warm_fetches_per_request, 6),
+            "precision": None if precision is None else round(precision, 6),
+            "gain_over_none": None if gain is None else round(gain, 6),
+            "requests": self.requests,
+            "hits": self.hits,
+            "misses": self.misses,
+            "warm_fetches": self.warm_fetches,
+            "warm_used": self.warm_used,
+            "warm_unused": self.warm_unused,
+            "free_hints": self.free_hints,
+            "origin_fetches": self.origin_fetches,
+            "evictions": self.evictions,
+            "warm_fetches_by_label": dict(sorted(self.warm_fetches_by_label.items())),
+            "cache_entries": self.capacity,
+            "ttl": self.ttl,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class _Event:
+    """The access event of one replayed request; one object, rewritten per request.
+
+    Satisfies :class:`~warmer.model.Observed`.  Nothing the replay drives keeps
+    the event itself (the strategies, tracker and ledger copy the fields they
+    keep), so one mutable object serves the whole run.
+    """
+
+    __slots__ = ("client", "fresh_until", "host", "key", "outcome", "ts", "url", "warmed")
+
+    def __init__(self) -> None:
+        self.ts = 0.0
+        self.key = ""
+        self.url = ""
+        self.host = ""
+        self.outcome = "miss"
+        self.client = ""
+        self.fresh_until = 0.0
+        self.warmed = False
+
+
+class _Simulation:
+    """One strategy's run: the simulated cache and origin, and the warmer parts."""
+
+    def __init__(
+        self,
+        name: str,
+        strategies: Sequence[ReplayStrategy],
+        tracker: UsageTracker,
+        *,
+        capacity: int,
+        ttl: float,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1 entry, got {capacity}")
+        if not ttl > 0 or math.isinf(ttl):
+            raise ValueError(f"ttl must be positive seconds, got {ttl}")
+        self.name = name
+        self.capacity = capacity
+        self.ttl = ttl
+        self.tracker = tracker
+        self.strategies = tuple(strategies)
+        self.wakers = tuple(s for s in self.strategies if isinstance(s, Waking))
+        self.ledger = EffectivenessLedger(max_tracked=max(100_000, 2 * capacity))
+        self.queue = WarmQueue(DEFAULT_PRIORITY_LEVELS, max_items=1_000_000)
+        self.cache: OrderedDict[str, list[Any]] = OrderedDict()
+        self.expiries: list[tuple[float, str]] = []
+        self.now = -math.inf
+        self.wake = math.inf
+        self.due_at = math.nan  # the instant of the last due round, until the next observation
+        self.requests = 0
+        self.hits = 0
+        self.warm_fetches = 0
+        self.warm_used = 0
+        self.warm_unused = 0
+        self.free_hints = 0
+        self.evictions = 0
+
+    # ----------------------------------------------------------------- run
+
+    def run(self, rows: Iterable[TraceRow]) -> None:
+        cache = self.cache
+        get = cache.get
+        to_mru = cache.move_to_end
+        expiries = self.expiries
+        push = heapq.heappush
+        ttl = self.ttl
+        capacity = self.capacity
+        ledger = self.ledger
+        event = _Event()
+        driven = bool(self.strategies)
+        # Without strategies nothing reads the tracker or the ledger: the
+        # baseline runs on the cache alone.
+        observers = (
+            [self.tracker.observe, *(s.observe for s in self.strategies), ledger.observe]
+            if driven
+            else []
+        )
+        now = self.now
+        requests = hits = 0
+        for ts, key, _size, client in rows:
+            if ts > now:
+                now = ts  # a step back (within the reader's tolerance) replays at the latest time
+            if (expiries and expiries[0][0] <= now) or self.wake <= now:
+                self._advance(now)
+            if driven and self.due_at != now:
+                self._due(now)
+            if key[0] != "/":
+                key = "/" + key
+            requests += 1
+            entry = get(key)
+            if entry is not None and entry[_EXPIRY] > now:
+                hits += 1
+                entry[_USED] = True
+                to_mru(key)
+                event.outcome = "hit"
+                event.fresh_until = entry[_EXPIRY]
+                event.warmed = entry[_WARMED]
+            else:
+                if entry is not None:
+                    self._end(entry)
+                    del cache[key]
+                expiry = now + ttl
+                cache[key] = [expiry, False, False]
+                push(expiries, (expiry, key))
+                if len(cache) > capacity:
+                    self._evict(now)
+                event.outcome = "miss"
+                event.fresh_until = expiry
+                event.warmed = False
+            event.ts = now
+            event.key = event.url = key
+            event.client = client
+            for observe in observers:
+                observe(event)
+            self.due_at = math.nan
+        self.now = now
+        self.requests += requests
+        self.hits += hits
+
+    def finish(self, seconds: float = 0.0) -> ReplayResult:
+        """End of trace: lifetimes still open count by whether they were hit."""
+        for entry in self.cache.values():
+            self._end(entry)
+        self.cache.clear()
+        self.expiries.clear()
+        ledger = self.ledger
+        ledger.settle(math.inf)
+        figures = ledger.figures(self.now if self.requests else 0.0)
+        return ReplayResult(
+            strategy=self.name,
+            capacity=self.capacity,
+            ttl=self.ttl,
+            requests=self.requests,
+            hits=self.hits,
+            warm_fetches=self.warm_fetches,
+            warm_used=self.warm_used,
+            warm_unused=self.warm_unused,
+            free_hints=self.free_hints,
+            evictions=self.evictions,
+            warm_fetches_by_label={k: v.fetches for k, v in figures.by_label.items()},
+            ledger_precision=figures.precision,
+            seconds=seconds,
+        )
+
+    # ------------------------------------------------------------ internals
+
+    def _advance(self, until: float) -> None:
+        """Process expiries and wake-ups up to ``until``, in time order."""
+        cache = self.cache
+        expiries = self.expiries
+        driven = bool(self.strategies)
+        while True:
+            at = expiries[0][0] if expiries else math.inf
+            wake = self.wake
+            if wake < at and wake <= until:
+                self._due(wake)
+                continue
+            if at > until:
+                return
+            _, key = heapq.heappop(expiries)
+            entry = cache.get(key)
+            if entry is None or entry[_EXPIRY] != at:
+                continue  # evicted or re-fetched since
+            if driven and self.due_at != at:
+                self._due(at)  # the last chance to refresh it
+                if cache.get(key) is not entry or entry[_EXPIRY] != at:
+                    continue
+            self._end(entry)
+            del cache[key]
+
+    def _due(self, now: float) -> None:
+        """Ask every strategy what is due; queue it and fetch it at once."""
+        self.due_at = now
+        strategies = self.strategies
+        if len(strategies) == 1:
+            wanted = strategies[0].due(now)
+        else:
+            wanted = []
+            for strategy in strategies:
+                wanted.extend(strategy.due(now))
+        if self.wakers:
+            self.wake = min(s.next_wake() for s in self.wakers)
+        if wanted:
+            self._execute(wanted, now)
+
+    def _execute(self, requests: list[WarmRequest], now: float) -> None:
+        queue = self.queue
+        for wanted in requests:
+            queue.push(wanted, now)
+        cache = self.cache
+        ledger = self.ledger
+        while (request := queue.pop(now)) is not None:
+            key = request.url
+            entry = cache.get(key)
+            if entry is not None and entry[_EXPIRY] > now and not request.refresh:
+                self.free_hints += 1
+                ledger.warm_already_fresh(key, now, label=request.label)
+                continue
+            fresh_until = now + (self.ttl if request.ttl is None else request.ttl)
+            if entry is not None:
+                # Re-fetched in place: the LRU position is kept.
+                self._end(entry)
+                entry[_EXPIRY] = fresh_until
+                entry[_WARMED] = True
+                entry[_USED] = False
+            else:
+                cache[key] = [fresh_until, True, False]
+                if len(cache) > self.capacity:
+                    self._evict(now)
+            heapq.heappush(self.expiries, (fresh_until, key))
+            self.warm_fetches += 1
+            ledger.warm_stored(key, now, fresh_until, label=request.label)
+            for strategy in self.strategies:
+                strategy.filled(key, request.url, request.host, now, fresh_until)
+
+    def _evict(self, now: float) -> None:
+        cache = self.cache
+        while len(cache) > self.capacity:
+            key, entry = cache.popitem(last=False)
+            self.evictions += 1
+            self._end(entry)
+            if entry[_WARMED]:
+                self.ledger.evicted(key, now)
+
+    def _end(self, entry: list[Any]) -> None:
+        """A lifetime ends (expired, evicted, replaced): judge it if warm-fetched."""
+        if entry[_WARMED]:
+            if entry[_USED]:
+                self.warm_used += 1
+            else:
+                self.warm_unused += 1
+
+
+def _resolve(spec: StrategySpec) -> tuple[str, StrategyFactory]:
+    if isinstance(spec, tuple):
+        return spec
+    try:
+        return spec, STRATEGIES[spec]
+    except KeyError:
+        known = ", ".join(STRATEGIES)
+        raise ValueError(f"unknown strategy {spec!r}; known: {known}") from None
+
+
+def tracker_for(ttl: float, distinct_keys: int = 0) -> UsageTracker:
+    """A fresh usage tracker with the windows the replay's strategies read.
+
+    Its hot-key summary holds well over the top share scheduled-top asks for.
+    """
+    top_k = max(2000, 4 * math.ceil(TOP_SHARE * distinct_keys))
+    return UsageTracker(windows=sorted({HOUR, reactive_window(ttl)}), top_k=top_k)
+
+
+def replay(
+    rows: Iterable[TraceRow],
+    strategy: StrategySpec,
+    *,
+    capacity: int,
+    ttl: float,
+    distinct_keys: int = 0,
+) -> ReplayResult:
+    """Replay ``rows`` (see :func:`warmer.trace.read_trace`) with one strategy.
+
+    ``capacity``: cache entries; ``ttl``: seconds an entry is fresh;
+    ``distinct_keys``: the trace's, for the factories that size by it.
+    """
+    name, factory = _resolve(strategy)
+    tracker = tracker_for(ttl, distinct_keys)
+    context = ReplayContext(tracker, ttl, capacity, distinct_keys)
+    simulation = _Simulation(name, factory(context), tracker, capacity=capacity, ttl=ttl)
+    started = time.perf_counter()
+    simulation.run(rows)
+    return simulation.finish(time.perf_counter() - started)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayReport:
+    """Every strategy's result over one trace, and the ``none`` baseline."""
+
+    path: str
+    summary: TraceSummary
+    cache_size: CacheSize
+    capacity: int
+    ttl: float
+    results: tuple[ReplayResult, ...]
+    baseline: ReplayResult
+
+    def json_lines(self) -> list[dict[str, Any]]:
+        return [r.to_json(self.baseline) for r in self.results]
+
+
+def replay_file(
+    path: str | Path,
+    strategies: Sequence[StrategySpec] = STRATEGY_NAMES,
+    *,
+    cache_size: CacheSize | None = None,
+    ttl: float = 300.0,
+) -> ReplayReport:
+    """Replay the trace at ``path`` once per strategy (the file is read again each time).
+
+    The trace is checked in a first pass (its distinct keys size the cache),
+    so a malformed line is reported before any replay starts.  ``none`` is
+    replayed as the baseline of the gains even when not asked for.
+    """
+    size = cache_size if cache_size is not None else CacheSize(fraction=0.2)
+    resolved = [_resolve(s) for s in strategies]
+    summary = scan_trace(path)
+    capacity = size.capacity(summary.distinct_keys)
+    results: list[ReplayResult] = []
+    baseline: ReplayResult | None = None
+    for name, factory in resolved:
+        result = replay(
+            read_trace(path),
+            (name, factory),
+            capacity=capacity,
+            ttl=ttl,
+            distinct_keys=summary.distinct_keys,
+        )
+        results.append(result)
+        if name == "none" and factory is _none:
+            baseline = result
+    if baseline is None:
+        baseline = replay(
+            read_trace(path),
+            "none",
+            capacity=capacity,
+            ttl=ttl,
+            distinct_keys=summary.distinct_keys,
+        )
+    return ReplayReport(str(path), summary, size, capacity, ttl, tuple(results), baseline)
+
+
+def format_table(report: ReplayReport) -> str:
+    """The report as the text table ``warmproxy replay`` prints."""
+    s = report.summary
+    lines = [
+        f"trace {Path(report.path).name}: {s.requests:,} requests, "
+        f"{s.distinct_keys:,} distinct keys, {s.span / HOUR:.1f} h",
+        f"cache {report.capacity:,} entries"
+        + (f" ({report.cache_size})" if report.cache_size.fraction else "")
+        + f", ttl {report.ttl:g} s",
+        "",
+        f"{'strategy':<16}{'hit ratio':>10}{'warm/request':>14}{'precision':>11}"
+        f"{'gain over none':>16}",
+    ]
+    for r in report.results:
+        precision = r.precision
+        gain = r.gain_over(report.baseline)
+        lines.append(
+            f"{r.strategy:<16}{r.hit_ratio * 100:>8.2f} %{r.warm_fetches_per_request:>14.4f}"
+            + (f"{precision * 100:>9.1f} %" if precision is not None else f"{'-':>11}")
+            + (f"{gain * 100:>+11.2f} pts" if gain is not None else f"{'-':>16}")
+        )
+    return "\n".join(lines)
+
+
+def parse_strategies(text: str) -> list[str]:
+    """``--strategies``: comma-separated built-in names; ValueError naming an unknown one."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ValueError("no strategy named")
+    for name in names:
+        if name not in STRATEGIES:
+            raise ValueError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
+    return list(dict.fromkeys(names))
+
+
+def replay_command(
+    trace: str | Path,
+    *,
+    cache_size: CacheSize,
+    ttl: float,
+    strategies: Sequence[str] = STRATEGY_NAMES,
+    as_json: bool = False,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    """``warmproxy replay``: the table (or JSON lines) on ``out``; exit status.
+
+    A trace that cannot be read is reported on ``err`` (with the line number
+    of a malformed line) and gives 2.
+    """
+    try:
+        report = replay_file(trace, strategies, cache_size=cache_size, ttl=ttl)
+    except TraceError as exc:
+        print(f"warmproxy replay: {trace}: {exc}", file=err)
+        return 2
+    except OSError as exc:
+        print(f"warmproxy replay: cannot read {trace}: {exc.strerror or exc}", file=err)
+        return 2
+    if as_json:
+        for line in report.json_lines():
+            out.write(orjson.dumps(line).decode() + "\n")
+    else:
+        out.write(format_table(report) + "\n")
+    out.flush()
+    return 0
