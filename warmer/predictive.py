@@ -4,46 +4,48 @@ and warm them before they are.
 The model (chosen by measurement on the WorldCup98 and YouTube traces; see
 docs/decisions.md) has two parts:
 
-- **Per-key rate features.**  For each followed key: exponentially decayed
-  request counts at three half-lives (a quarter, one and eight prediction
-  windows, i.e. burst, recent rate and longer trend), the time since its last
-  request, how many distinct clients asked for it, and what its requests looked
-  like a day and a week ago.
+- **Per-key features.**  For each followed key: request counts decayed with
+  half-lives of one and eight prediction windows (recent rate and trend), the
+  time since its last request, how many distinct clients asked for it, and for
+  daily/weekly decisions how often its earlier recurrences came true.
 - **A calibration table, learned online.**  Features are bucketed into a cell;
-  each cell counts how often a key in that cell *was* requested within the next
-  prediction window.  Every decision the model takes is later checked against
-  what happened, so the confidence it reports is a measured probability, not a
-  score.  A cell with no history starts from a Poisson estimate of the key's
-  own rate (weight :data:`PRIOR_WEIGHT`).
+  each cell counts how often a decision in it was followed by a request within
+  the window, and, of this model's own warms, how often the warmed entry was
+  still cached (a hit) when its key was asked for.  Their product is the
+  confidence: a measured probability that a warm is used, not a score.  A cell
+  with no history starts from a Poisson estimate of the key's own rate
+  (weight :data:`PRIOR_WEIGHT`).
 
 Decisions are taken at moments where warming can change the outcome:
 
 - ``expiry``: just before an entry the events showed expires: refresh it when a
   request within the window is likely (the refresh-ahead that knows when to stop);
-- ``revisit``: half a window, one and two windows after a key's last request,
-  when its entry may have been evicted or expired: warm it again if it is
-  likely to be asked for (a free hint when it is still cached);
+- ``revisit``: every quarter window after a key's last request, up to four
+  windows, when its entry may have been evicted or have expired: warm it again
+  if it is likely to be asked for (a free hint when it is still cached);
 - ``daily`` / ``weekly``: a lead time before the same moment one day / one week
   after a request: recurring peaks are learned (the table only trusts them once
   they have recurred), not assumed;
-- ``sequence``: when a client asks for A, what that client's history says comes
-  next (the next page, tile or segment), from :class:`~warmer.sequences.SequenceModel`.
+- ``sequence``: when a client asks for A, what clients asked for next after A
+  (the next page, tile or segment), from :class:`~warmer.sequences.SequenceModel`.
 
 A decision warms when its confidence is at least ``min_confidence``, and the
 threshold rises above that floor while warm fetches exceed ``max_warm_ratio``
 of the user requests (a budget of origin load), so the model spends its fetches
-on its surest predictions.
+on its surest predictions.  Keys that are hopeless right after a request (in a
+cell with enough evidence) get no decisions until their next request, but for
+a sample that keeps the table learning: a long tail of rare URLs costs little.
 
 Sans-I/O (DESIGN rule 2): ``observe``, ``due`` and ``filled`` take time from the
-events and the caller; :meth:`Predictor.to_document` / :meth:`Predictor.from_document`
-turn the learned state into JSON for the runner to save and load.
+events and the caller; :meth:`Predictor.to_document` / :meth:`Predictor.load_document`
+turn the learned state into JSON for :mod:`warmer.model_store` to save and load.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -52,7 +54,7 @@ from warmer.model import Observed, Reason, WarmRequest
 from warmer.sequences import SequenceModel
 
 #: Model file format; a file with another version is rebuilt from scratch.
-MODEL_VERSION: Final = 1
+MODEL_VERSION: Final = 2
 MODEL_FORMAT: Final = "warmproxy-predictive"
 #: Weight, in observations, of the Poisson estimate a cell starts from.
 PRIOR_WEIGHT: Final = 4.0
@@ -67,6 +69,14 @@ WEEK: Final = 7 * DAY
 #: traces measured, far below any useful confidence, and following every
 #: one-off URL would cost memory and time on a long tail.
 MIN_REQUESTS_TO_FOLLOW: Final = 2
+#: Of the keys not worth deciding about, one in this many is, to keep learning.
+LEARNING_SAMPLE: Final = 16
+#: Share of min_confidence a key must reach, just after a request, for decisions.
+WORTH_DECIDING: Final = 0.75
+#: Decisions a cell needs before keys in it may be skipped as hopeless.
+EVIDENCE_TO_SKIP: Final = 50
+#: Successors of a key are decided on at most once per this share of the window.
+SEQUENCE_SPACING: Final = 1 / 16
 #: Largest number of open decisions awaiting their outcome.
 MAX_PENDING: Final = 200_000
 #: Decisions awaiting their time, at most this many per followed key on average.
@@ -76,6 +86,7 @@ _RATIO_DECAY: Final = 1.0 - 1.0 / 20_000
 _THRESHOLD_STEP: Final = 0.0002
 _CACHED_OUTCOMES = frozenset({"hit", "miss", "stale", "revalidated"})
 _HIT_OUTCOMES = frozenset({"hit", "revalidated"})
+_SEASONAL = frozenset({"daily", "weekly"})
 _LN2: Final = math.log(2.0)
 
 
@@ -104,14 +115,14 @@ class _Key:
     url: str
     host: str
     updated: float  # when the decayed counts were last brought up to date
-    burst: float = 0.0  # decayed count, half-life window/4
-    recent: float = 0.0  # half-life window
+    recent: float = 0.0  # decayed count, half-life one window
     trend: float = 0.0  # half-life 8 windows
     last: float = 0.0  # last request
     count: int = 0
     clients: set[str] = field(default_factory=set)  # up to 4 distinct ones
     fresh_until: float = 0.0  # the cached entry's freshness end, as events showed
     seasonal_hour: int = -1  # hour (since epoch) of the last seasonal decision planted
+    sequences_next: float = 0.0  # when its successors may be decided on again
     revisit_planned: bool = False  # one revisit chain per key, re-anchored lazily
     recurred: dict[str, int] = field(default_factory=dict)  # daily/weekly decisions that came true
     acted_at: float = -math.inf  # when this model last warmed it
@@ -132,30 +143,42 @@ class Prediction:
 
 
 class _Calibration:
-    """Per-cell counts of decisions and of those followed by a request."""
+    """Per feature cell: decisions, those followed by a request within the
+    window, and of this model's own warms whose key was then asked for, how
+    many found the warmed entry still cached (a hit).
+
+    A cell is ``[decisions, requested, warmed_and_requested, hit]``.
+    """
 
     def __init__(self) -> None:
         self.cells: dict[tuple[Any, ...], list[float]] = {}
 
-    def probability(self, cell: tuple[Any, ...], prior: float) -> float:
+    def confidence(self, cell: tuple[Any, ...], prior: float) -> float:
+        """P(asked for within the window) x P(still cached then | warmed)."""
         seen = self.cells.get(cell)
         if seen is None:
             return prior
-        return (seen[1] + prior * PRIOR_WEIGHT) / (seen[0] + PRIOR_WEIGHT)
+        asked = (seen[1] + prior * PRIOR_WEIGHT) / (seen[0] + PRIOR_WEIGHT)
+        return asked * (seen[3] + PRIOR_WEIGHT) / (seen[2] + PRIOR_WEIGHT)
 
-    def learn(self, cell: tuple[Any, ...], happened: bool) -> None:
+    def learn(self, cell: tuple[Any, ...], happened: bool, warm_hit: int) -> None:
+        """One decision's outcome; ``warm_hit``: -1 not warmed (or not asked
+        for), else whether the warmed entry was a hit when asked for."""
         seen = self.cells.get(cell)
         if seen is None:
-            seen = self.cells[cell] = [0.0, 0.0]
+            seen = self.cells[cell] = [0.0, 0.0, 0.0, 0.0]
         seen[0] += 1.0
         if happened:
             seen[1] += 1.0
+            if warm_hit >= 0:
+                seen[2] += 1.0
+                seen[3] += warm_hit
 
     def age(self, factor: float) -> None:
         """Weigh old evidence down (a retrain), so the table follows drift."""
         for seen in self.cells.values():
-            seen[0] *= factor
-            seen[1] *= factor
+            for i in range(4):
+                seen[i] *= factor
 
     def decisions(self) -> float:
         return sum(seen[0] for seen in self.cells.values())
@@ -177,23 +200,29 @@ class Predictor:
             raise ValueError("prediction_window must be positive")
         self.config = config
         self.window = config.prediction_window
-        self._half_lives = (self.window / 4, self.window, 8 * self.window)
+        # Decayed counts: half-lives of one window (recent) and eight (trend);
+        # a count decayed with half-life h sums about h / ln 2 seconds of traffic.
+        self._recent_rate = -_LN2 / self.window
+        self._trend_rate = -_LN2 / (8 * self.window)
+        # A decayed count over its mean life is a rate; times the window, the
+        # expected requests in it.
+        self._trend_per_window = self.window * _LN2 / (8 * self.window)
+        self._age_scale = 8.0 / self.window
         self.sequences = (
             sequences if sequences is not None else (SequenceModel() if config.sequences else None)
         )
         self._feed_sequences = feed_sequences
         self.calibration = _Calibration()
-        # Of this model's warms whose key was asked for within the window:
-        # how many were hits (the warmed entry had not been evicted or expired).
-        self.efficiency = _Calibration()
         self._keys: OrderedDict[str, _Key] = OrderedDict()
         # (time, seq, key, kind, generation): decisions to take at ``time``;
         # ``generation`` is the key's request count when planted (revisits
         # are void once the key was asked for again).
         self._decisions: list[tuple[float, int, str, str, int]] = []
-        # (resolve_at, seq, key, cell, count_then, acted): decisions awaiting their outcome.
-        self._pending: list[tuple[float, int, str, tuple[Any, ...], int, bool]] = []
+        # (resolve_at, key, cell, count_then, acted): decisions awaiting their
+        # outcome.  Decisions are taken in time order, so this is a FIFO.
+        self._pending: deque[tuple[float, str, tuple[Any, ...], int, bool]] = deque()
         self._seq = 0
+        self._sampled = 0
         self.requests = 0
         self.warm_fetches = 0  # warm requests returned that were not free hints, as reported
         self.threshold = config.min_confidence
@@ -229,7 +258,6 @@ class Predictor:
             self._decay(state, ts)
         if state.acted_outcome < 0 and ts >= state.acted_at:
             state.acted_outcome = 1 if event.outcome in _HIT_OUTCOMES else 0
-        state.burst += 1.0
         state.recent += 1.0
         state.trend += 1.0
         state.last = ts
@@ -237,10 +265,19 @@ class Predictor:
         if len(state.clients) < 4 and event.client:
             state.clients.add(event.client)
         fresh_until = event.fresh_until
-        if fresh_until > state.fresh_until:
+        new_lifetime = fresh_until > state.fresh_until
+        if new_lifetime:
             state.fresh_until = fresh_until
+        follow = state.count >= MIN_REQUESTS_TO_FOLLOW
+        if (new_lifetime or (follow and not state.revisit_planned)) and not self._worth_deciding(
+            state, ts
+        ):
+            # Hopeless now: no decisions planted until its next request, which
+            # keeps a long tail of rare keys from costing a decision each.
+            return self._after_observe(event, key, ts, follow)
+        if new_lifetime:
             self._plant(fresh_until - self.config.refresh_lead, key, "expiry", 0)
-        if state.count >= MIN_REQUESTS_TO_FOLLOW:
+        if follow:
             if not state.revisit_planned:
                 state.revisit_planned = True
                 self._plant(ts + REVISIT_AFTER[0] * self.window, key, "revisit", state.count)
@@ -250,10 +287,19 @@ class Predictor:
                 lead = SEASONAL_LEAD * self.window
                 self._plant(ts + DAY - lead, key, "daily", 0)
                 self._plant(ts + WEEK - lead, key, "weekly", 0)
+        self._after_observe(event, key, ts, follow)
+
+    def _after_observe(self, event: Observed, key: str, ts: float, follow: bool) -> None:
         if self.sequences is not None and event.client:
             if self._feed_sequences:
                 self.sequences.observe(event.client, key, ts)
-            self._sequence_decisions(key, ts)
+            # A transition from a key seen once cannot have been seen twice;
+            # and what follows a key is asked for at most once per slice of
+            # the window (the successors warmed then are still cached).
+            state = self._keys.get(key)
+            if follow and state is not None and ts >= state.sequences_next:
+                state.sequences_next = ts + self.window * SEQUENCE_SPACING
+                self._sequence_decisions(key, ts)
 
     def filled(self, key: str, url: str, host: str, now: float, fresh_until: float) -> None:
         """A warm fill stored a new lifetime: follow its expiry like any other.
@@ -300,6 +346,23 @@ class Predictor:
                 out.append(self._request(key, state, kind, confidence, at))
         return out
 
+    def _worth_deciding(self, state: _Key, ts: float) -> bool:
+        """Whether decisions about this key could warm it (or a sample to learn from).
+
+        A key whose confidence right after a request is well under the floor,
+        in a cell with enough evidence, only gets less likely to be asked for
+        as it ages, so its decisions would not warm it; one in
+        :data:`LEARNING_SAMPLE` is planted anyway so such cells keep learning.
+        """
+        cell, confidence = self._confidence(state, "revisit", ts)
+        if confidence >= WORTH_DECIDING * self.config.min_confidence:
+            return True
+        seen = self.calibration.cells.get(cell)
+        if seen is None or seen[0] < EVIDENCE_TO_SKIP:
+            return True
+        self._sampled += 1
+        return self._sampled % LEARNING_SAMPLE == 0
+
     def _revisit_step(self, key: str, state: _Key, kind: str, generation: int) -> int | None:
         """Which revisit this is, planting the next; None when it is void.
 
@@ -331,13 +394,6 @@ class Predictor:
             Prediction(key, s.url, round(p, 4), self.window, now, "forecast") for p, key, s in best
         ]
 
-    def _confidence(self, state: _Key, kind: str, at: float) -> tuple[tuple[Any, ...], float]:
-        """How likely a warm now is to be hit: asked for within the window, and
-        (measured on this model's own warms) still cached when it is."""
-        cell, prior = self._cell(state, kind, at)
-        asked = self.calibration.probability(cell, prior)
-        return cell, asked * self.efficiency.probability(cell, 1.0)
-
     def _sequence_decisions(self, key: str, ts: float) -> None:
         # Runs inside observe, after the client's request for ``key``: what
         # tends to follow it is planted as decisions due now, so ``due``
@@ -368,40 +424,46 @@ class Predictor:
             refresh=kind == "expiry",
         )
 
-    # --------------------------------------------------------------- features
-
-    def _cell(self, state: _Key, kind: str, at: float) -> tuple[tuple[Any, ...], float]:
-        """The feature cell of ``state`` at ``at`` and the Poisson prior for it."""
-        self._decay(state, at)
-        window = self.window
-        age = max(0.0, at - state.last)
-        trend_rate = state.trend / (self._half_lives[2] / _LN2)  # requests per second
-        prior = 1.0 - math.exp(-trend_rate * window)
+    def _confidence(self, state: _Key, kind: str, at: float) -> tuple[tuple[Any, ...], float]:
+        """The feature cell of ``state`` at ``at``, and how likely a warm now is
+        to be hit: asked for within the window, and (measured on this model's
+        own warms) still cached when it is.  Runs for every decision: inlined."""
+        elapsed = at - state.updated
+        if elapsed > 0:
+            state.recent *= math.exp(self._recent_rate * elapsed)
+            state.trend *= math.exp(self._trend_rate * elapsed)
+            state.updated = at
+        age = at - state.last
+        log2 = math.log2
+        recent = int(log2(state.recent + 1.0) * 2.0)
+        trend = int(log2(state.trend + 1.0) * 2.0)
+        aged = int(log2(age * self._age_scale + 1.0)) if age > 0 else 0
         clients = len(state.clients)
-        base = (
-            _log_bucket(state.recent, 9),
-            _log_bucket(state.trend, 11),
-            min(int(math.log2(age / window * 8 + 1)), 7),
-            min(clients, 3),
+        cell: tuple[Any, ...] = (
+            kind,
+            recent if recent < 9 else 9,
+            trend if trend < 11 else 11,
+            aged if aged < 7 else 7,
+            clients if clients < 3 else 3,
         )
-        if kind.startswith("sequence"):
-            confidence = (int(kind.rsplit(":", 1)[1]) + 0.5) / 10
-            return (kind, *base), confidence
-        if kind in ("daily", "weekly"):
+        if kind in _SEASONAL:
             # Whether this key's earlier daily/weekly decisions came true is
             # what tells a recurring peak from a one-off.
-            return (kind, *base, min(state.recurred.get(kind, 0), 3)), prior
-        return (kind, *base), prior
+            recurred = state.recurred.get(kind, 0)
+            cell = (*cell, recurred if recurred < 3 else 3)
+        if kind[0] == "s":  # "sequence:<confidence tenth>"
+            prior = (int(kind[9:]) + 0.5) / 10
+        else:
+            # Poisson estimate from the longer decayed rate.
+            prior = 1.0 - math.exp(-state.trend * self._trend_per_window)
+        return cell, self.calibration.confidence(cell, prior)
 
     def _decay(self, state: _Key, now: float) -> None:
         elapsed = now - state.updated
-        if elapsed <= 0:
-            return
-        quarter, one, eight = self._half_lives
-        state.burst *= 0.5 ** (elapsed / quarter)
-        state.recent *= 0.5 ** (elapsed / one)
-        state.trend *= 0.5 ** (elapsed / eight)
-        state.updated = now
+        if elapsed > 0:
+            state.recent *= math.exp(self._recent_rate * elapsed)
+            state.trend *= math.exp(self._trend_rate * elapsed)
+            state.updated = now
 
     # --------------------------------------------------------------- learning
 
@@ -409,30 +471,26 @@ class Predictor:
         self, at: float, key: str, cell: tuple[Any, ...], count: int, acted: bool
     ) -> None:
         pending = self._pending
-        self._seq += 1
-        heapq.heappush(pending, (at + self.window, self._seq, key, cell, count, acted))
+        pending.append((at + self.window, key, cell, count, acted))
         if len(pending) > MAX_PENDING:
             # Resolve the oldest early rather than grow.
-            self._learn(*heapq.heappop(pending)[2:])
+            self._learn(*pending.popleft()[1:])
 
     def _resolve(self, now: float) -> None:
         pending = self._pending
         while pending and pending[0][0] <= now:
-            self._learn(*heapq.heappop(pending)[2:])
+            self._learn(*pending.popleft()[1:])
 
     def _learn(self, key: str, cell: tuple[Any, ...], count: int, acted: bool) -> None:
         state = self._keys.get(key)
         # A forgotten key was not asked for recently enough to stay followed.
         happened = state is not None and state.count > count
-        self.calibration.learn(cell, happened)
-        if state is None or not happened:
-            return
-        if acted and state.acted_outcome >= 0:
-            # Asked for after this model warmed it: was the warmed entry still
-            # there?  (Evicted or expired first, the warm was wasted.)
-            self.efficiency.learn(cell, state.acted_outcome == 1)
-        kind = cell[0]
-        if kind in ("daily", "weekly"):
+        # Asked for after this model warmed it: was the warmed entry still
+        # there?  (Evicted or expired first, the warm was wasted.)
+        warm_hit = state.acted_outcome if acted and state is not None else -1
+        self.calibration.learn(cell, happened, warm_hit)
+        if happened and state is not None and cell[0] in _SEASONAL:
+            kind = cell[0]
             state.recurred[kind] = state.recurred.get(kind, 0) + 1
 
     def _adapt_threshold(self) -> None:
@@ -488,11 +546,9 @@ class Predictor:
             "version": MODEL_VERSION,
             "prediction_window": self.window,
             "saved_at": self._now,
-            "calibration": [
-                [list(cell), n, hits] for cell, (n, hits) in self.calibration.cells.items()
-            ],
+            "calibration": [[list(cell), *seen] for cell, seen in self.calibration.cells.items()],
             "keys": [
-                [key, s.url, s.host, s.updated, s.burst, s.recent, s.trend, s.last, s.count]
+                [key, s.url, s.host, s.updated, s.recent, s.trend, s.last, s.count]
                 for key, s in self._keys.items()
             ],
         }
@@ -510,14 +566,18 @@ class Predictor:
         calibration = _Calibration()
         keys: OrderedDict[str, _Key] = OrderedDict()
         try:
-            for cell, n, hits in document["calibration"]:
-                calibration.cells[_as_cell(cell)] = [float(n), float(hits)]
-            for key, url, host, updated, burst, recent, trend, last, count in document["keys"]:
+            for cell, n, asked, warmed, hit in document["calibration"]:
+                calibration.cells[_as_cell(cell)] = [
+                    float(n),
+                    float(asked),
+                    float(warmed),
+                    float(hit),
+                ]
+            for key, url, host, updated, recent, trend, last, count in document["keys"]:
                 keys[str(key)] = _Key(
                     str(url),
                     str(host),
                     float(updated),
-                    float(burst),
                     float(recent),
                     float(trend),
                     float(last),
@@ -553,10 +613,6 @@ class Predictor:
 
 class ModelFileError(ValueError):
     """A saved model that cannot be used (damaged, another version or window)."""
-
-
-def _log_bucket(value: float, top: int) -> int:
-    return min(int(math.log2(value + 1.0) * 2.0), top)
 
 
 def _as_cell(cell: Iterable[Any]) -> tuple[Any, ...]:

@@ -171,6 +171,7 @@ def test_the_model_survives_a_round_trip_and_refuses_other_versions() -> None:
     again.load_document(document)
     assert len(again) == len(predictor)
     assert again.calibration.cells == predictor.calibration.cells
+    assert all(len(seen) == 4 for seen in again.calibration.cells.values())
     with pytest.raises(ModelFileError, match="version"):
         again.load_document({**document, "version": 999})
     with pytest.raises(ModelFileError, match="prediction_window"):
