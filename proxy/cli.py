@@ -1,4 +1,4 @@
-"""The ``warmproxy`` command: serve, demo, warm, replay."""
+"""The ``warmproxy`` command: serve, demo, warm, replay, analyze."""
 
 from __future__ import annotations
 
@@ -17,7 +17,13 @@ from proxy import __version__
 from proxy.app import Warmproxy
 from proxy.config import ConfigError, Settings, load_settings
 from proxy.logs import configure
-from warmer.replay import STRATEGY_NAMES, CacheSize, parse_strategies, replay_command
+from warmer.replay import (
+    STRATEGY_NAMES,
+    CacheSize,
+    analyze_command,
+    parse_strategies,
+    replay_command,
+)
 
 log = logging.getLogger("warmproxy")
 
@@ -103,6 +109,21 @@ def _parser() -> argparse.ArgumentParser:
         help=f"comma-separated, from {','.join(STRATEGY_NAMES)} (default: all of them)",
     )
     replay.add_argument("--json", action="store_true", help="one JSON object per strategy per line")
+    analyze = commands.add_parser(
+        "analyze",
+        help="the usage analysis (what /cache/warming/hot-data shows) of a request trace",
+        description=(
+            "Replay a ts,key,size,client CSV trace without warming against a simulated "
+            "cache and print, as JSON, the usage analysis as of its last request: hot "
+            "keys, patterns, trends, seasonality, segments and sequences."
+        ),
+    )
+    analyze.add_argument("trace", type=Path, help="CSV trace with the header ts,key,size,client")
+    analyze.add_argument(
+        "--cache-size", type=_cache_size, default="20%", help="as for replay (default 20%%)"
+    )
+    analyze.add_argument("--ttl", type=_ttl, default=300.0, help="as for replay (default 300)")
+    analyze.add_argument("-n", type=int, default=20, help="keys per list (default 20)")
     return parser
 
 
@@ -229,6 +250,15 @@ def _install_uvloop() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "analyze":
+        return analyze_command(
+            args.trace,
+            cache_size=args.cache_size,
+            ttl=args.ttl,
+            n=args.n,
+            out=sys.stdout,
+            err=sys.stderr,
+        )
     if args.command == "replay":  # no configuration: the trace and flags are all it reads
         return replay_command(
             args.trace,

@@ -94,6 +94,7 @@ from typing import Any, Final, Protocol, TextIO, runtime_checkable
 
 import orjson
 
+from warmer.analysis import Analyzer
 from warmer.ledger import EffectivenessLedger
 from warmer.model import DEFAULT_PRIORITY_LEVELS, Observed, Reason, WarmRequest
 from warmer.predictive import PredictiveConfig, Predictor
@@ -785,5 +786,63 @@ def replay_command(
             out.write(orjson.dumps(line).decode() + "\n")
     else:
         out.write(format_table(report) + "\n")
+    out.flush()
+    return 0
+
+
+class _AnalysisProbe:
+    """A strategy that warms nothing and feeds the usage analysis."""
+
+    def __init__(self, analyzer: Analyzer) -> None:
+        self.analyzer = analyzer
+        self.last = -math.inf
+
+    def observe(self, event: Observed) -> None:
+        self.analyzer.observe(event)
+        self.last = event.ts
+
+    def due(self, now: float) -> list[WarmRequest]:
+        return []
+
+    def filled(self, key: str, url: str, host: str, now: float, fresh_until: float) -> None:
+        return None
+
+
+def analyze_file(
+    path: str | Path, *, cache_size: CacheSize | None = None, ttl: float = 300.0, n: int = 20
+) -> dict[str, Any]:
+    """The ``/cache/warming/hot-data`` report for a recorded trace, offline.
+
+    The trace is replayed without warming against the simulated cache, so the
+    analysis sees hits and misses as a cache of ``cache_size`` and ``ttl``
+    would have served them; the report is as of the last request.
+    """
+    probes: list[tuple[_AnalysisProbe, UsageTracker]] = []
+
+    def probe(ctx: ReplayContext) -> list[ReplayStrategy]:
+        p = _AnalysisProbe(Analyzer(ctx.tracker.windows))
+        probes.append((p, ctx.tracker))
+        return [p]
+
+    replay_file(path, [("analysis", probe)], cache_size=cache_size, ttl=ttl)
+    found, tracker = probes[-1]
+    if found.last == -math.inf:
+        raise TraceError("the trace holds no requests")
+    return found.analyzer.report(tracker, found.last, n=n, levels=DEFAULT_PRIORITY_LEVELS)
+
+
+def analyze_command(
+    trace: str | Path, *, cache_size: CacheSize, ttl: float, n: int, out: TextIO, err: TextIO
+) -> int:
+    """``warmproxy analyze``: the hot-data report of a trace as JSON on ``out``."""
+    try:
+        report = analyze_file(trace, cache_size=cache_size, ttl=ttl, n=n)
+    except TraceError as exc:
+        print(f"warmproxy analyze: {trace}: {exc}", file=err)
+        return 2
+    except OSError as exc:
+        print(f"warmproxy analyze: cannot read {trace}: {exc.strerror or exc}", file=err)
+        return 2
+    out.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
     out.flush()
     return 0

@@ -113,3 +113,28 @@ def test_bad_arguments_and_missing_files_exit_2(tmp_path: Path) -> None:
     result = run_cli("replay", str(empty))
     assert result.returncode == 2
     assert "empty file" in result.stderr
+
+
+def test_analyze_prints_the_hot_data_report_of_a_trace(tmp_path: Path) -> None:
+    trace = write_trace(tmp_path / "trace.csv")
+    result = run_cli("analyze", str(trace), "-n", "5", "--ttl", "60")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    # Two of every three requests go to seven /hot/ pages: they are the hot keys.
+    hot = [k["url"] for k in report["hot_keys"]]
+    assert hot and all(url.startswith("/hot/") for url in hot)
+    assert report["hot_keys"][0]["priority"] == "high"
+    assert report["threshold"]["window_requests"] > 0
+    assert {"patterns", "trends", "seasonality", "segments", "sequences"} <= set(report)
+    # Two hours of data: no daily cycle can be claimed yet.
+    assert report["seasonality"]["daily"]["insufficient_data"] is True
+    assert report["segments"]["distinct_clients"] == 9
+
+
+def test_analyze_names_the_bad_line(tmp_path: Path) -> None:
+    trace = tmp_path / "bad.csv"
+    trace.write_text(HEADER + "1700000000,/a,,c1\nsoon,/b,,c2\n")
+    result = run_cli("analyze", str(trace))
+    assert result.returncode == 2
+    assert "line 3" in result.stderr
+    assert "Traceback" not in result.stderr
