@@ -18,6 +18,7 @@ import sys
 from array import array
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Iterator, Sequence
+from fractions import Fraction
 from typing import Final, Generic, TypeVar
 
 _MASK64: Final = (1 << 64) - 1
@@ -222,10 +223,16 @@ class WindowedCountMin:
     rows first, and still never below the truth).
 
     The window is approximated to one slice: :meth:`estimate` and
-    :meth:`total` sum every slice that overlaps ``[now - window, now]``, i.e.
-    the current slice and the ``buckets`` before it.  Nothing from the last
-    ``window`` seconds is ever missed; events up to one slice older than that
-    may still be counted.  The ring therefore holds ``buckets + 1`` slices.
+    :meth:`total` sum every slice that overlaps ``[end - window, end]``, i.e.
+    the slice of ``end`` and the ``buckets`` before it, where ``end`` is the
+    later of the query's ``now`` and the greatest time any add was given (the
+    sketch's clock only moves forward).  Nothing added in the ``window``
+    seconds before ``end`` is ever missed; events up to one slice older than
+    that may still be counted.  The ring therefore holds ``buckets + 1``
+    slices.  A lagging query (``now`` before the greatest add time) reads the
+    window ending at the greatest add time, not the one ending at its
+    ``now``: the slices further back have been reused already, and keeping
+    them for a clock that may lag by any amount would take unbounded memory.
 
     Error: with ``N`` adds in the window, an estimate exceeds the truth by
     more than ``e * N / width`` with probability at most ``exp(-depth)``.  (The
@@ -273,7 +280,13 @@ class WindowedCountMin:
         self._buckets = buckets
         self._width = width
         self._depth = depth
-        self._slice = self._window / buckets
+        # ``window / buckets``, rounded up if need be: if ``buckets`` slices
+        # were a hair shorter than the window, an event exactly a window old
+        # could fall in the slice before the oldest one read, and be missed.
+        length = self._window / buckets
+        while Fraction(length) * buckets < Fraction(self._window):
+            length = math.nextafter(length, math.inf)
+        self._slice = length
         self._ring = buckets + 1
         self._rows = tuple((_MULTIPLIERS[r], r * width) for r in range(depth))
         # A power-of-two width takes the product's top log2(width) bits (a
@@ -298,7 +311,11 @@ class WindowedCountMin:
 
     @property
     def slice_seconds(self) -> float:
-        """The length of one time slice: the window's granularity."""
+        """The length of one time slice: the window's granularity.
+
+        ``window / buckets``, one ulp longer where the division rounded down,
+        so that ``buckets`` slices always span the whole window.
+        """
         return self._slice
 
     @property
@@ -349,7 +366,11 @@ class WindowedCountMin:
                 table[cell] += count
 
     def estimate(self, key: str, now: float) -> int:
-        """How often ``key`` was added in the window ending at ``now`` (never less)."""
+        """How often ``key`` was added in the window ending at ``now`` (never less).
+
+        If ``now`` is before the greatest time an add was given (a lagging
+        clock), the window ends at that time instead (see the class docs).
+        """
         return self.estimate_cells(self.cells(key), now)
 
     def estimate_cells(self, cells: Sequence[int], now: float) -> int:
@@ -363,7 +384,11 @@ class WindowedCountMin:
         return result
 
     def total(self, now: float) -> int:
-        """Everything added in the window ending at ``now`` (exact, slice-granular)."""
+        """Everything added in the window ending at ``now`` (exact, slice-granular).
+
+        The window ends at the greatest add time if ``now`` is before it, as
+        for :meth:`estimate`.
+        """
         oldest, newest = self._span(now)
         width = self._width
         # Every add puts its count in exactly one cell of each row, so a

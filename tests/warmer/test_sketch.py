@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 import tracemalloc
 from collections import Counter
+from fractions import Fraction
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from warmer.sketch import BoundedLru, SpaceSaving, WindowedCountMin
@@ -188,6 +189,45 @@ def test_time_going_back_counts_in_the_current_slice() -> None:
     assert cm.total(100.0) == 3
 
 
+def test_a_lagging_query_reads_the_window_of_the_sketchs_clock() -> None:
+    # Found by the property below: a hit at 1003, the clock reaching 1035,
+    # then a query at 1033 (lagging).  The window ending at 1033 reaches back
+    # to 1003, but the sketch's clock is at 1035: its window starts at 1005
+    # (slice 201 of 5 s), and slice 200 has been reused for slice 207.
+    cm = WindowedCountMin(window=30.0, buckets=6, width=1, depth=1)
+    cm.add("/k0", 1003.0)
+    cm.add("/k0", 1015.0, 0)
+    cm.add("/k0", 1035.0, 0)
+    cm.add("/k0", 1033.0, 0)  # a lagging add counts in slice 207
+    assert cm.estimate("/k0", 1033.0) == cm.estimate("/k0", 1035.0) == 0
+    assert cm.total(1033.0) == 0
+    # Without the clock running ahead, the window ending at 1033 keeps it.
+    cm = WindowedCountMin(window=30.0, buckets=6, width=1, depth=1)
+    cm.add("/k0", 1003.0)
+    cm.add("/k0", 1015.0, 0)
+    cm.add("/k0", 1033.0, 0)
+    assert cm.estimate("/k0", 1033.0) == cm.total(1033.0) == 1
+    # At the clock's window edge (1035 - 30 = 1005) a hit is still counted.
+    cm = WindowedCountMin(window=30.0, buckets=6, width=1, depth=1)
+    cm.add("/k0", 1005.0)
+    cm.add("/k0", 1035.0, 0)
+    assert cm.estimate("/k0", 1033.0) == cm.estimate("/k0", 1035.0) == 1
+
+
+def test_an_event_exactly_a_window_old_is_counted_when_the_slice_rounds_down() -> None:
+    # 48959 / 3 rounds down, so three such slices fall short of the window by
+    # 2**-39 s: an event exactly a window before the query landed in the
+    # slice before the oldest one read.
+    window, buckets = 48959.0, 3
+    assert Fraction(window / buckets) * buckets < Fraction(window)
+    cm = WindowedCountMin(window, buckets, width=1, depth=1)
+    assert Fraction(cm.slice_seconds) * buckets >= Fraction(window)
+    now, then = 65278.666666666664, 16319.666666666664
+    assert Fraction(now) - Fraction(then) == Fraction(window)
+    cm.add("k", then)
+    assert cm.estimate("k", now) == cm.total(now) == 1
+
+
 def test_constructor_checks() -> None:
     for kwargs in (
         {"window": 0},
@@ -224,6 +264,9 @@ def test_cells_are_shared_by_sketches_of_the_same_shape() -> None:
     depth=st.integers(1, 4),
     lag=st.floats(0.0, 40.0),
 )
+# Lagging queries: the window ends at the sketch's clock (1035), not at 1033/1034.
+@example(events=[(0, 3.0, 1), (0, 12.0, 0), (0, 20.0, 0), (0, -2.0, 0)], width=1, depth=1, lag=0.0)
+@example(events=[(0, 4.0, 1), (0, 11.0, 0), (0, 20.0, 0), (0, -1.0, 0)], width=1, depth=1, lag=0.0)
 def test_windowed_count_min_never_under_estimates(
     events: list[tuple[int, float, int]], width: int, depth: int, lag: float
 ) -> None:
@@ -232,6 +275,7 @@ def test_windowed_count_min_never_under_estimates(
     cm = WindowedCountMin(window, buckets, width, depth)
     now = 1000.0
     head = None
+    latest = -math.inf  # the greatest time added at: the sketch's clock
     added: list[tuple[str, int, int, float]] = []  # key, effective slice, count, ts
     for key_id, step, count in events:
         now += step  # steps may be negative: a clock going back
@@ -239,17 +283,21 @@ def test_windowed_count_min_never_under_estimates(
         cm.add(key, now, count)
         s = int(now // length)
         head = s if head is None else max(head, s)
+        latest = max(latest, now)
         added.append((key, head, count, now))
-    query = now + lag
+    query = now + lag  # may still be before `latest`: a lagging query
     newest = max(int(query // length), head if head is not None else -(10**9))
     live = [(k, c, ts) for k, s, c, ts in added if newest - buckets <= s <= newest]
+    # The window ends at the query time or, for a lagging query, at the
+    # sketch's clock: the slices before that window have been reused.
+    end = max(query, latest)
     assert cm.total(query) == sum(c for _, c, _ in live)
     for key_id in range(31):
         key = f"/k{key_id}"
         estimate = cm.estimate(key, query)
         assert estimate >= sum(c for k, c, _ in live if k == key)
-        # Nothing asked for in the last `window` seconds is ever forgotten.
-        assert estimate >= sum(c for k, _, c, ts in added if k == key and ts >= query - window)
+        # Nothing asked for in the `window` seconds to `end` is ever forgotten.
+        assert estimate >= sum(c for k, _, c, ts in added if k == key and ts >= end - window)
 
 
 def test_over_estimate_stays_within_the_count_min_bound() -> None:
