@@ -76,7 +76,9 @@ WORTH_DECIDING: Final = 0.75
 #: Decisions a cell needs before keys in it may be skipped as hopeless.
 EVIDENCE_TO_SKIP: Final = 50
 #: Successors of a key are decided on at most once per this share of the window.
-SEQUENCE_SPACING: Final = 1 / 16
+SEQUENCE_SPACING: Final = 1 / 4
+#: Warming predictions kept for the API.
+RECENT_KEPT: Final = 200
 #: Largest number of open decisions awaiting their outcome.
 MAX_PENDING: Final = 200_000
 #: Decisions awaiting their time, at most this many per followed key on average.
@@ -87,6 +89,9 @@ _THRESHOLD_STEP: Final = 0.0002
 _CACHED_OUTCOMES = frozenset({"hit", "miss", "stale", "revalidated"})
 _HIT_OUTCOMES = frozenset({"hit", "revalidated"})
 _SEASONAL = frozenset({"daily", "weekly"})
+# The kinds of a revisit chain's steps, and the step of each kind.
+_REVISIT_KINDS: Final = ("revisit", *(f"revisit:{i}" for i in range(1, len(REVISIT_AFTER))))
+_REVISIT_STEP: Final = {kind: step for step, kind in enumerate(_REVISIT_KINDS)}
 _LN2: Final = math.log(2.0)
 
 
@@ -223,6 +228,7 @@ class Predictor:
         self._pending: deque[tuple[float, str, tuple[Any, ...], int, bool]] = deque()
         self._seq = 0
         self._sampled = 0
+        self._max_decisions = _HEAP_PER_KEY * max(1024, config.max_keys)
         self.requests = 0
         self.warm_fetches = 0  # warm requests returned that were not free hints, as reported
         self.threshold = config.min_confidence
@@ -231,7 +237,8 @@ class Predictor:
         # Requests and warm fetches, decayed per request: the recent warm ratio.
         self._recent_requests = 0.0
         self._recent_fetches = 0.0
-        self.recent: list[Prediction] = []  # the latest warming predictions, newest last
+        # The latest warming predictions, newest last: (key, url, confidence, at, kind).
+        self._recent: deque[tuple[str, str, float, float, str]] = deque(maxlen=RECENT_KEPT)
         self._now = 0.0
 
     # ----------------------------------------------------------- observation
@@ -269,8 +276,11 @@ class Predictor:
         if new_lifetime:
             state.fresh_until = fresh_until
         follow = state.count >= MIN_REQUESTS_TO_FOLLOW
-        if (new_lifetime or (follow and not state.revisit_planned)) and not self._worth_deciding(
-            state, ts
+        if (
+            (new_lifetime or (follow and not state.revisit_planned))
+            # Asked for again within about a window: worth deciding about.
+            and state.recent < 2.0
+            and not self._worth_deciding(state, ts)
         ):
             # Hopeless now: no decisions planted until its next request, which
             # keeps a long tail of rare keys from costing a decision each.
@@ -324,17 +334,19 @@ class Predictor:
         self._resolve(now)
         out: list[WarmRequest] = []
         decisions = self._decisions
+        heappop = heapq.heappop
+        keys = self._keys
+        lead = self.config.refresh_lead
         while decisions and decisions[0][0] <= now:
-            at, _, key, kind, generation = heapq.heappop(decisions)
-            state = self._keys.get(key)
+            at, _, key, kind, generation = heappop(decisions)
+            state = keys.get(key)
             if state is None:
                 continue
             if kind == "expiry":
-                if state.fresh_until - self.config.refresh_lead != at:
+                if state.fresh_until - lead != at:
                     continue  # a newer lifetime replaced it
-            elif kind.startswith("revisit"):
-                step = self._revisit_step(key, state, kind, generation)
-                if step is None:
+            elif kind in _REVISIT_STEP:
+                if not self._revisit_step(key, state, _REVISIT_STEP[kind], generation):
                     continue
                 kind = "revisit"
             cell, confidence = self._confidence(state, kind, at)
@@ -363,23 +375,30 @@ class Predictor:
         self._sampled += 1
         return self._sampled % LEARNING_SAMPLE == 0
 
-    def _revisit_step(self, key: str, state: _Key, kind: str, generation: int) -> int | None:
-        """Which revisit this is, planting the next; None when it is void.
+    def _revisit_step(self, key: str, state: _Key, step: int, generation: int) -> bool:
+        """Plant the next revisit of the chain; False when this one is void.
 
         One revisit chain per key: when the key was asked for since the chain
         was planted, it is re-anchored on that last request instead of taking
         a decision (a request per key would otherwise plant several).
         """
-        step = int(kind.partition(":")[2] or 0)
         if state.count != generation:
             self._plant(state.last + REVISIT_AFTER[0] * self.window, key, "revisit", state.count)
-            return None
+            return False
         if step + 1 < len(REVISIT_AFTER):
             nxt = state.last + REVISIT_AFTER[step + 1] * self.window
-            self._plant(nxt, key, f"revisit:{step + 1}", generation)
+            self._plant(nxt, key, _REVISIT_KINDS[step + 1], generation)
         else:
             state.revisit_planned = False
-        return step
+        return True
+
+    @property
+    def recent(self) -> list[Prediction]:
+        """The latest predictions that were warmed, newest last."""
+        return [
+            Prediction(key, url, round(confidence, 4), self.window, at, kind)
+            for key, url, confidence, at, kind in self._recent
+        ]
 
     def predictions(self, now: float, n: int = 20) -> list[Prediction]:
         """The keys most likely to be asked for within the window from ``now``."""
@@ -409,10 +428,7 @@ class Predictor:
     def _request(
         self, key: str, state: _Key, kind: str, confidence: float, at: float
     ) -> WarmRequest:
-        prediction = Prediction(key, state.url, round(confidence, 4), self.window, at, kind)
-        self.recent.append(prediction)
-        if len(self.recent) > 200:
-            del self.recent[:100]
+        self._recent.append((key, state.url, confidence, at, kind))
         self._asked[key] = at
         if len(self._asked) > self.config.max_keys:
             self._asked.popitem(last=False)
@@ -510,10 +526,6 @@ class Predictor:
         heapq.heappush(self._decisions, (at, self._seq, key, kind, generation))
         if len(self._decisions) > self._max_decisions:
             self._compact()
-
-    @property
-    def _max_decisions(self) -> int:
-        return _HEAP_PER_KEY * max(1024, self.config.max_keys)
 
     def _compact(self) -> None:
         # Drop decisions of forgotten keys and replaced expiries; if that is
