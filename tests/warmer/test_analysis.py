@@ -38,8 +38,8 @@ from warmer.tracker import UsageTracker
 T0 = float(calendar.timegm((2024, 1, 1, 0, 0, 0)))  # a Monday, 00:00 UTC
 HOUR = 3600.0
 H0 = int(T0 // HOUR)
-TRACES = Path(__file__).parents[3] / "shared" / "traces"
-WORLDCUP = TRACES / "worldcup98_day6_sample.csv"
+# The first 30,000 requests of the WorldCup98 trace (see tests/data/README.md).
+WORLDCUP = Path(__file__).resolve().parents[1] / "data" / "worldcup98_slice.csv"
 
 
 @dataclass(frozen=True)
@@ -518,7 +518,6 @@ def test_analysis_memory_stays_bounded_under_a_flood_of_clients_and_keys() -> No
     assert analyzer.sequences.clients <= 100 and analyzer.sequences.sources <= 100
 
 
-@pytest.mark.skipif(not WORLDCUP.exists(), reason="the WorldCup98 trace is not checked out")
 def test_analyze_trace_finds_the_most_requested_key_of_a_real_trace() -> None:
     with WORLDCUP.open(newline="") as f:
         rows = list(itertools.islice(csv.DictReader(f), 20_000))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import heapq
 import io
-import itertools
 import math
 import tempfile
 from collections import OrderedDict
@@ -441,11 +440,31 @@ def agree(trace: list[TraceRow], capacity: int, ttl: float) -> None:
         assert got == expected, name
 
 
-@needs_traces
+SLICES = Path(__file__).resolve().parents[1] / "data"
+
+
 def test_worldcup_slice_replays_exactly_as_the_reference_model() -> None:
-    trace = list(itertools.islice(read_trace(WORLDCUP), 30_000))
+    trace = list(read_trace(SLICES / "worldcup98_slice.csv"))
     distinct = len({key for _, key, _, _ in trace})
     agree(trace, CacheSize(fraction=0.2).capacity(distinct), 300.0)
+
+
+def test_youtube_slice_replays_exactly_as_the_reference_model() -> None:
+    trace = list(read_trace(SLICES / "youtube_slice.csv"))
+    distinct = len({key for _, key, _, _ in trace})
+    agree(trace, CacheSize(fraction=0.05).capacity(distinct), 3600.0)
+
+
+def test_predictive_gains_on_a_real_slice_within_its_budget() -> None:
+    path = SLICES / "worldcup98_slice.csv"
+    report = replay_file(
+        path, ["none", "predictive"], cache_size=CacheSize(fraction=0.2), ttl=300.0
+    )
+    none, predictive = report.results
+    assert predictive.hit_ratio > none.hit_ratio + 0.05
+    assert predictive.precision is not None and predictive.precision > 0.7
+    # The warm budget (max_warm_ratio 0.2) holds, give or take its controller.
+    assert predictive.warm_fetches_per_request < 0.25
 
 
 @needs_traces
