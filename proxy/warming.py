@@ -155,6 +155,7 @@ def build_warmer(
         fill_rate=ex.rate_limit,
         include=tuple(settings.strategies.include),
         exclude=tuple(settings.strategies.exclude),
+        analysis=tr.analysis,
     )
     model_path = Path(p.model_path) if p.model_path else settings.state.path() / "model.json"
     return Warmer(

@@ -98,6 +98,8 @@ class WarmerConfig:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     hot_top_n: int = 100
+    # The usage analysis of hot-data (trends, seasonality, segments, sequences).
+    analysis: bool = True
 
 
 class Warmer:
@@ -151,14 +153,15 @@ class Warmer:
             if r.enabled and r.auto_warm
             else None
         )
-        self.analyzer = Analyzer(tracker.windows)
+        self.analyzer = Analyzer(tracker.windows) if config.analysis else None
         p = config.predictive
         self.predictor = (
             Predictor(
                 replace(p, refresh_lead=2 * TICK_SECONDS, priority=p.priority or config.levels[-1]),
-                # One sequence model for the analysis and the predictions, fed by the analysis.
-                sequences=self.analyzer.sequences if p.sequences else None,
-                feed_sequences=False,
+                # One sequence model for the analysis and the predictions, fed
+                # by the analysis when there is one.
+                sequences=self.analyzer.sequences if p.sequences and self.analyzer else None,
+                feed_sequences=self.analyzer is None,
             )
             if p.enabled
             else None
@@ -210,7 +213,8 @@ class Warmer:
             self.refresh_ahead.observe(event)
         if self.miss_reactive is not None:
             self.miss_reactive.observe(event)
-        self.analyzer.observe(event)
+        if self.analyzer is not None:
+            self.analyzer.observe(event)
         if self.predictor is not None:
             self.predictor.observe(event)
         ledger = self.ledger
@@ -664,9 +668,19 @@ class Warmer:
         """What is hot, how usage moves, who asks (the usage analysis), plus totals,
         the last 24 hours and, with the predictive strategy, what it forecasts."""
         now = self._clock()
-        body = self.analyzer.report(
-            self.tracker, now, n=n, window=window, levels=self.config.levels
-        )
+        body: dict[str, Any]
+        if self.analyzer is not None:
+            body = self.analyzer.report(
+                self.tracker, now, n=n, window=window, levels=self.config.levels
+            )
+        else:
+            body = {
+                "window_seconds": window,
+                "hot_keys": [
+                    {"key": h.key, "url": h.url, "host": h.host, "count": h.count, "error": h.error}
+                    for h in self.tracker.hot(n, now, window)
+                ],
+            }
         totals = self.tracker.totals()
         body["totals"] = {
             "requests": totals.requests,

@@ -132,3 +132,30 @@ async def test_a_damaged_model_file_is_not_fatal(
     assert (state / "model.json.bad").read_text() == "{ not json"
     status, _ = await api(client, proxy, "GET", "status")
     assert status == 200
+
+
+async def test_without_the_analysis_hot_data_keeps_the_hot_keys(
+    origin: Origin, make_proxy: ProxyFactory, client: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    origin.set("/a", headers={"Cache-Control": "public, max-age=60"}, body=b"a")
+    proxy = await make_proxy(
+        origin.url,
+        **sections(
+            tmp_path,
+            tracking={"analysis": False},
+            strategies={"predictive": {"enabled": True}},
+        ),
+    )
+    assert proxy.warmer.analyzer is None
+    for _ in range(3):
+        async with client.get(url(proxy, "/a")) as response:
+            await response.read()
+    await eventually(lambda: proxy.warmer.tracker.totals().requests == 3)
+    status, hot = await api(client, proxy, "GET", "hot-data")
+    assert status == 200
+    assert [h["url"] for h in hot["hot_keys"]] == ["/a"]
+    assert hot["totals"]["requests"] == 3
+    assert "segments" not in hot
+    # The predictive model keeps a sequence model of its own.
+    assert proxy.warmer.predictor is not None
+    assert proxy.warmer.predictor.sequences is not None
