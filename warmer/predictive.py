@@ -44,6 +44,7 @@ turn the learned state into JSON for :mod:`warmer.model_store` to save and load.
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from collections import OrderedDict, deque
 from collections.abc import Iterable
@@ -77,6 +78,8 @@ WORTH_DECIDING: Final = 0.75
 EVIDENCE_TO_SKIP: Final = 50
 #: Successors of a key are decided on at most once per this share of the window.
 SEQUENCE_SPACING: Final = 1 / 4
+#: Keys scored for the forecast the API shows (the most recently asked for).
+FORECAST_SCAN: Final = 5_000
 #: Warming predictions kept for the API.
 RECENT_KEPT: Final = 200
 #: Largest number of open decisions awaiting their outcome.
@@ -401,9 +404,15 @@ class Predictor:
         ]
 
     def predictions(self, now: float, n: int = 20) -> list[Prediction]:
-        """The keys most likely to be asked for within the window from ``now``."""
+        """The keys most likely to be asked for within the window from ``now``.
+
+        Scored among the :data:`FORECAST_SCAN` keys asked for most recently,
+        so that an API call stays a few milliseconds on the event loop
+        whatever ``max_keys`` is.
+        """
         scored = []
-        for key, state in self._keys.items():
+        for key in itertools.islice(reversed(self._keys), FORECAST_SCAN):
+            state = self._keys[key]
             if state.count < MIN_REQUESTS_TO_FOLLOW:
                 continue
             _, confidence = self._confidence(state, "revisit", now)
