@@ -78,6 +78,9 @@ WORTH_DECIDING: Final = 0.75
 EVIDENCE_TO_SKIP: Final = 50
 #: Successors of a key are decided on at most once per this share of the window.
 SEQUENCE_SPACING: Final = 1 / 4
+#: Below this share of early drops (misses of entries believed fresh), revisits
+#: within an entry's lifetime are skipped.
+EARLY_DROPS_RARE: Final = 0.01
 #: Keys scored for the forecast the API shows (the most recently asked for).
 FORECAST_SCAN: Final = 5_000
 #: Warming predictions kept for the API.
@@ -231,6 +234,9 @@ class Predictor:
         self._pending: deque[tuple[float, str, tuple[Any, ...], int, bool]] = deque()
         self._seq = 0
         self._sampled = 0
+        # Requests for entries believed fresh, and those that missed (decayed).
+        self._fresh_requests = 0.0
+        self._early_drops = 0.0
         self._max_decisions = _HEAP_PER_KEY * max(1024, config.max_keys)
         self.requests = 0
         self.warm_fetches = 0  # warm requests returned that were not free hints, as reported
@@ -268,6 +274,13 @@ class Predictor:
             self._decay(state, ts)
         if state.acted_outcome < 0 and ts >= state.acted_at:
             state.acted_outcome = 1 if event.outcome in _HIT_OUTCOMES else 0
+        if state.fresh_until > ts:
+            # The entry should still be cached: a miss means the cache dropped
+            # it early (evicted), which is what revisits within a lifetime catch.
+            self._fresh_requests = self._fresh_requests * _RATIO_DECAY + 1.0
+            self._early_drops *= _RATIO_DECAY
+            if event.outcome not in _HIT_OUTCOMES:
+                self._early_drops += 1.0
         state.recent += 1.0
         state.trend += 1.0
         state.last = ts
@@ -386,14 +399,26 @@ class Predictor:
         a decision (a request per key would otherwise plant several).
         """
         if state.count != generation:
-            self._plant(state.last + REVISIT_AFTER[0] * self.window, key, "revisit", state.count)
-            return False
-        if step + 1 < len(REVISIT_AFTER):
-            nxt = state.last + REVISIT_AFTER[step + 1] * self.window
-            self._plant(nxt, key, _REVISIT_KINDS[step + 1], generation)
+            step = -1  # re-anchored on the last request
+            generation = state.count
+        # Where the cache keeps entries their whole lifetime, a revisit while
+        # the entry is fresh finds it cached: skip to the steps after expiry.
+        not_before = state.fresh_until if self._entries_stay() else -math.inf
+        nxt_step = step + 1
+        while nxt_step < len(REVISIT_AFTER):
+            nxt = state.last + REVISIT_AFTER[nxt_step] * self.window
+            if nxt >= not_before:
+                self._plant(nxt, key, _REVISIT_KINDS[nxt_step], generation)
+                break
+            nxt_step += 1
         else:
             state.revisit_planned = False
-        return True
+        return step >= 0
+
+    def _entries_stay(self) -> bool:
+        """Whether the cache has (lately) kept entries until they expire: fewer
+        than one in a hundred requests for a believed-fresh entry missed."""
+        return self._early_drops < EARLY_DROPS_RARE * (self._fresh_requests + 100.0)
 
     @property
     def recent(self) -> list[Prediction]:
