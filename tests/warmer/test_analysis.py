@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.warmer.events import HostEv as Ev
 from warmer.analysis import (
     Analyzer,
     KeyTrends,
@@ -40,23 +41,6 @@ HOUR = 3600.0
 H0 = int(T0 // HOUR)
 # The first 30,000 requests of the WorldCup98 trace (see tests/data/README.md).
 WORLDCUP = Path(__file__).resolve().parents[1] / "data" / "worldcup98_slice.csv"
-
-
-@dataclass(frozen=True)
-class Ev:
-    """An access event as the warmer reads it (warmer.model.Observed)."""
-
-    ts: float
-    url: str
-    outcome: str = "hit"
-    host: str = "example.test"
-    client: str = "10.0.0.1"
-    fresh_until: float = 0.0
-    warmed: bool = False
-
-    @property
-    def key(self) -> str:
-        return f"{self.host}{self.url}"
 
 
 @dataclass(frozen=True, slots=True)

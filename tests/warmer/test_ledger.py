@@ -4,29 +4,14 @@ from __future__ import annotations
 
 import json
 import tracemalloc
-from dataclasses import dataclass
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.warmer.events import Ev
 from warmer.ledger import MAX_LABELS, OTHER_LABEL, EffectivenessLedger, LedgerFigures
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
-
-
-@dataclass
-class Ev:
-    ts: float
-    key: str
-    outcome: str
-    fresh_until: float = 0.0
-    warmed: bool = False
-    url: str = ""
-    host: str = "shop"
-    client: str = "c1"
-
-    def __post_init__(self) -> None:
-        self.url = self.url or self.key
 
 
 def hit(ts: float, key: str, fresh_until: float, *, warmed: bool = True) -> Ev:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 import pytest
 
+from tests.warmer.events import Ev
 from warmer.model import Reason
 from warmer.model_store import ModelStore
 from warmer.predictive import ModelFileError, PredictiveConfig, Predictor
@@ -19,21 +19,6 @@ T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 HOUR = 3600.0
 DAY = 86_400.0
 TTL = 300.0
-
-
-@dataclass
-class Ev:
-    ts: float
-    key: str
-    outcome: str = "miss"
-    client: str = "c1"
-    fresh_until: float = 0.0
-    url: str = ""
-    host: str = "shop"
-    warmed: bool = False
-
-    def __post_init__(self) -> None:
-        self.url = self.url or self.key
 
 
 def daily_traffic(days: int, rng: random.Random) -> list[Ev]:

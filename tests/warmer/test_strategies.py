@@ -3,29 +3,14 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
+from tests.warmer.events import Ev
 from warmer.model import Reason
 from warmer.schedule import Schedule
 from warmer.scheduler import ScheduleClock
 from warmer.strategies import MissReactive, PathFilter, RefreshAhead
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z, a Thursday
-
-
-@dataclass
-class Ev:
-    ts: float
-    key: str
-    outcome: str
-    fresh_until: float = 0.0
-    url: str = ""
-    host: str = "shop"
-    client: str = "c1"
-    warmed: bool = False
-
-    def __post_init__(self) -> None:
-        self.url = self.url or self.key
 
 
 # -- refresh-ahead ---------------------------------------------------------------

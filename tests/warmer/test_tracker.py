@@ -4,31 +4,14 @@ from __future__ import annotations
 
 import calendar
 import tracemalloc
-from dataclasses import dataclass
 
 import pytest
 
+from tests.warmer.events import HostEv as Ev
 from warmer.tracker import HotKey, HourCount, TrackerTotals, UsageTracker
 
 T0 = float(calendar.timegm((2024, 1, 1, 0, 0, 0)))  # a Monday, 00:00 UTC
 HOUR = 3600.0
-
-
-@dataclass(frozen=True)
-class Ev:
-    """An access event as the warmer reads it (warmer.model.Observed)."""
-
-    ts: float
-    url: str
-    outcome: str = "hit"
-    host: str = "example.test"
-    client: str = "10.0.0.1"
-    fresh_until: float = 0.0
-    warmed: bool = False
-
-    @property
-    def key(self) -> str:
-        return f"{self.host}{self.url}"
 
 
 def feed(tracker: UsageTracker, *events: Ev) -> None:
