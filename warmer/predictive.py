@@ -478,11 +478,7 @@ class Predictor:
         """The feature cell of ``state`` at ``at``, and how likely a warm now is
         to be hit: asked for within the window, and (measured on this model's
         own warms) still cached when it is.  Runs for every decision: inlined."""
-        elapsed = at - state.updated
-        if elapsed > 0:
-            state.recent *= math.exp(self._recent_rate * elapsed)
-            state.trend *= math.exp(self._trend_rate * elapsed)
-            state.updated = at
+        self._decay(state, at)
         age = at - state.last
         log2 = math.log2
         recent = int(log2(state.recent + 1.0) * 2.0)

@@ -90,7 +90,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Protocol, TextIO, runtime_checkable
+from typing import Any, Final, Protocol, TextIO, TypeVar, runtime_checkable
 
 import orjson
 
@@ -104,6 +104,7 @@ from warmer.trace import TraceError, TraceRow, TraceSummary, read_trace, scan_tr
 from warmer.tracker import UsageTracker
 
 HOUR: Final = 3600.0
+T = TypeVar("T")
 #: Refresh-ahead: entries hit this often in their lifetime are refreshed...
 REFRESH_MIN_HITS: Final = 2
 #: ...when less than this share of their lifetime is left.  The replay asks
@@ -773,13 +774,10 @@ def replay_command(
     A trace that cannot be read is reported on ``err`` (with the line number
     of a malformed line) and gives 2.
     """
-    try:
-        report = replay_file(trace, strategies, cache_size=cache_size, ttl=ttl)
-    except TraceError as exc:
-        print(f"warmproxy replay: {trace}: {exc}", file=err)
-        return 2
-    except OSError as exc:
-        print(f"warmproxy replay: cannot read {trace}: {exc.strerror or exc}", file=err)
+    report = _reading(
+        "replay", trace, err, lambda: replay_file(trace, strategies, cache_size=cache_size, ttl=ttl)
+    )
+    if report is None:
         return 2
     if as_json:
         for line in report.json_lines():
@@ -835,14 +833,23 @@ def analyze_command(
     trace: str | Path, *, cache_size: CacheSize, ttl: float, n: int, out: TextIO, err: TextIO
 ) -> int:
     """``warmproxy analyze``: the hot-data report of a trace as JSON on ``out``."""
-    try:
-        report = analyze_file(trace, cache_size=cache_size, ttl=ttl, n=n)
-    except TraceError as exc:
-        print(f"warmproxy analyze: {trace}: {exc}", file=err)
-        return 2
-    except OSError as exc:
-        print(f"warmproxy analyze: cannot read {trace}: {exc.strerror or exc}", file=err)
+    report = _reading(
+        "analyze", trace, err, lambda: analyze_file(trace, cache_size=cache_size, ttl=ttl, n=n)
+    )
+    if report is None:
         return 2
     out.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
     out.flush()
     return 0
+
+
+def _reading(command: str, trace: str | Path, err: TextIO, work: Callable[[], T]) -> T | None:
+    """``work()``, or None after telling ``err`` why the trace could not be read
+    (a malformed line names its number)."""
+    try:
+        return work()
+    except TraceError as exc:
+        print(f"warmproxy {command}: {trace}: {exc}", file=err)
+    except OSError as exc:
+        print(f"warmproxy {command}: cannot read {trace}: {exc.strerror or exc}", file=err)
+    return None

@@ -182,9 +182,10 @@ class Warmer:
         self._first_seen: float | None = None
         self.schedule_skipped = 0
         self.schedule_errors: dict[str, str] = {}
-        # User hits served from entries a warm fetch stored.
+        # Without the ledger: user hits served from entries a warm fetch
+        # stored, and (hits, misses) at the first warm fill.
         self.hits_on_warmed = 0
-        self._hits_before: tuple[int, int] | None = None  # (hits, misses) at first warm fill
+        self._hits_before: tuple[int, int] | None = None
         self._hosts: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._process = psutil.Process()
@@ -225,7 +226,8 @@ class Warmer:
                 # A user miss waited for the origin: its latency is what a
                 # warmed entry saves the next user.
                 ledger.origin_fetch(event.ts, latency)
-        if event.outcome == "hit" and event.warmed:
+        elif event.outcome == "hit" and event.warmed:
+            # Without the ledger, the one effectiveness figure kept.
             self.hits_on_warmed += 1
         host = event.host
         if host:
@@ -265,7 +267,7 @@ class Warmer:
     def on_result(self, request: WarmRequest, report: FillReport, seconds: float = 0.0) -> None:
         """The executor finished a warm request: the ledger books it, strategies
         follow the new lifetime."""
-        if report.stored and self._hits_before is None:
+        if report.stored and self._hits_before is None and self.ledger is None:
             t = self.tracker.totals()
             self._hits_before = (t.hits, t.misses)
         now = self._clock()
