@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 PREFIX = "/cache/warming"
 MAX_BULK = 10_000
+DASHBOARD = f"{PREFIX}/dashboard"
 
 
 class _Body(BaseModel):
@@ -184,6 +185,18 @@ async def stats(request: web.Request) -> web.Response:
     return _json(_warmer(request).stats())
 
 
+async def timeline(request: web.Request) -> web.Response:
+    warmer = _warmer(request)
+    span = warmer.timeline.span
+    try:
+        seconds = float(request.query.get("seconds", str(span)))
+    except ValueError:
+        raise BadRequest("seconds", "must be a number of seconds") from None
+    if not 0 < seconds <= span:
+        raise BadRequest("seconds", f"must be > 0 and at most {span:g} (what is kept)")
+    return _json(warmer.timeline_data(seconds))
+
+
 async def openapi(request: web.Request) -> web.Response:
     from proxy.openapi import document
 
@@ -204,17 +217,28 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", f"{PREFIX}/schedule", get_schedule),
     ("POST", f"{PREFIX}/schedule", post_schedule),
     ("GET", f"{PREFIX}/stats", stats),
+    ("GET", f"{PREFIX}/timeline", timeline),
     ("GET", f"{PREFIX}/openapi.json", openapi),
 ]
 
 
 def auth_middleware(token: str) -> Any:
-    """Bearer-token check for the control API routes (health and metrics stay open)."""
+    """Bearer-token check for the control API routes.
+
+    Health, metrics and the dashboard's page and assets stay open: the page
+    holds no data and no secret, it asks for the token and sends it with each
+    API call it makes.
+    """
     expected = f"Bearer {token}".encode()
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if token and request.path.startswith(PREFIX):
+        path = request.path
+        if (
+            token
+            and path.startswith(PREFIX)
+            and not (request.method in ("GET", "HEAD") and _is_dashboard(path))
+        ):
             given = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(given, expected):
                 response = _error(401, "missing or wrong bearer token")
@@ -223,6 +247,10 @@ def auth_middleware(token: str) -> Any:
         return await handler(request)
 
     return middleware
+
+
+def _is_dashboard(path: str) -> bool:
+    return path == DASHBOARD or path.startswith(DASHBOARD + "/")
 
 
 @web.middleware

@@ -258,6 +258,18 @@ def document() -> dict[str, Any]:
                 "responses": _responses(200, {"$ref": "#/components/schemas/Stats"}),
             }
         },
+        f"{PREFIX}/timeline": {
+            "get": {
+                "summary": (
+                    "Requests, hits, misses, origin requests and warm fetches per "
+                    "bucket (10 s) over the last hour, and the warm runs in that span"
+                ),
+                "parameters": [
+                    {"name": "seconds", "in": "query", "schema": {"type": "number"}},
+                ],
+                "responses": _responses(200, obj, 400),
+            }
+        },
         f"{PREFIX}/openapi.json": {
             "get": {"summary": "This document", "responses": _responses(200, obj)}
         },

@@ -39,6 +39,7 @@ from warmer.schedule_store import ScheduleState, ScheduleStateError
 from warmer.scheduler import ScheduleClock, SourceDeps, build_source
 from warmer.sources import SourceError
 from warmer.strategies import MissReactive, PathFilter, RefreshAhead
+from warmer.timeline import Timeline
 from warmer.tracker import UsageTracker
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,7 @@ class Warmer:
             EffectivenessLedger(max_tracked=m.max_tracked) if m.track_effectiveness else None
         )
         self.alerts = AlertMonitor(m.thresholds)
+        self.timeline = Timeline()
         self.schedule = schedule
         self._clock_of_schedule = ScheduleClock(schedule, clock())
         self._schedule_changed = asyncio.Event()
@@ -210,6 +212,7 @@ class Warmer:
         if self._first_seen is None:
             self._first_seen = event.ts
         self.tracker.observe(event)
+        self.timeline.request(event.ts, event.outcome)
         if self.refresh_ahead is not None:
             self.refresh_ahead.observe(event)
         if self.miss_reactive is not None:
@@ -271,6 +274,8 @@ class Warmer:
             t = self.tracker.totals()
             self._hits_before = (t.hits, t.misses)
         now = self._clock()
+        if not report.already_fresh:
+            self.timeline.warm_fetch(now)
         key = self._key_of(request.url, request.host)
         ledger = self.ledger
         if ledger is not None:
@@ -716,6 +721,45 @@ class Warmer:
                 for p in self.predictor.recent[-n:]
             ]
         return body
+
+    def timeline_data(self, seconds: float) -> dict[str, Any]:
+        """Recent traffic per bucket and the warm runs over it (the dashboard's chart)."""
+        now = self._clock()
+        since = now - seconds
+        runs = [
+            run
+            for run in [*self.executor.finished_runs(), *self.executor.active_runs()]
+            if run.progress.finished_at is None or run.progress.finished_at >= since
+        ]
+        return {
+            "bucket_seconds": self.timeline.bucket_seconds,
+            "now": now,
+            "buckets": [
+                {
+                    "ts": b.ts,
+                    "requests": b.requests,
+                    "hits": b.hits,
+                    "misses": b.misses,
+                    "origin_requests": b.origin_requests,
+                    "warm_fetches": b.warm_fetches,
+                    "hit_rate": b.hit_rate,
+                }
+                for b in self.timeline.buckets(now, seconds)
+            ],
+            "runs": [
+                {
+                    "run_id": run.id,
+                    "strategy": run.strategy,
+                    "status": run.progress.status,
+                    "started_ts": run.progress.started_at,
+                    "finished_ts": run.progress.finished_at,
+                    "total_items": run.progress.total,
+                    "completed": run.progress.completed,
+                    "failed": run.progress.failed,
+                }
+                for run in sorted(runs, key=lambda r: r.progress.started_at)
+            ],
+        }
 
     def stats(self) -> dict[str, Any]:
         """What warming did, measured (DESIGN §5 shape, extended by the ledger)."""

@@ -164,3 +164,34 @@ async def test_without_the_analysis_hot_data_keeps_the_hot_keys(
     # The predictive model keeps a sequence model of its own.
     assert proxy.warmer.predictor is not None
     assert proxy.warmer.predictor.sequences is not None
+
+
+async def test_timeline_counts_traffic_and_warm_fetches_and_marks_the_run(
+    origin: Origin, make_proxy: ProxyFactory, client: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    origin.set("/t", headers={"Cache-Control": "public, max-age=60"}, body=b"t")
+    origin.set("/w", headers={"Cache-Control": "public, max-age=60"}, body=b"w")
+    proxy = await make_proxy(origin.url, **sections(tmp_path))
+    for _ in range(3):  # a miss, then two hits
+        async with client.get(url(proxy, "/t")) as response:
+            await response.read()
+    _, body = await api(client, proxy, "POST", "warm-key", {"url": "/w"})
+    await finished(client, proxy, body["run_id"])
+    await eventually(lambda: proxy.warmer.tracker.totals().requests == 3)
+    status, timeline = await api(client, proxy, "GET", "timeline?seconds=600")
+    assert status == 200
+    assert timeline["bucket_seconds"] == 10
+    buckets = timeline["buckets"]
+    assert len(buckets) == 60
+    assert sum(b["requests"] for b in buckets) == 3
+    assert sum(b["hits"] for b in buckets) == 2
+    assert sum(b["origin_requests"] for b in buckets) == 1
+    assert sum(b["warm_fetches"] for b in buckets) == 1
+    assert buckets[0]["ts"] < buckets[-1]["ts"] <= timeline["now"]
+    (run,) = timeline["runs"]
+    assert run["run_id"] == body["run_id"]
+    assert run["status"] == "completed"
+    assert run["started_ts"] <= run["finished_ts"] <= timeline["now"]
+    status, error = await api(client, proxy, "GET", "timeline?seconds=99999")
+    assert status == 400
+    assert error["field"] == "seconds"
