@@ -136,6 +136,7 @@ class WarmExecutor:
         run_id = uuid.uuid4().hex[:12]
         run = Run(run_id, strategy, RunProgress(run_id, strategy, 0, self.batch_size, now))
         self._runs[run_id] = run
+        log.info("warm run started", extra={"run_id": run_id, "strategy": strategy})
         return run
 
     def submit(self, requests: Iterable[WarmRequest], run: Run | None = None) -> int:
@@ -201,15 +202,18 @@ class WarmExecutor:
         for r in runs:
             r.stopping = True
             for identity in list(r.pending):
+                if identity not in self.queue:
+                    # Being fetched: the run stays among its waiters, so the
+                    # fetch's end is counted in its in_flight below.
+                    continue
                 waiters = self._waiting.get(identity, [])
                 if r in waiters:
                     waiters.remove(r)
-                if not waiters and identity in self.queue:
+                if not waiters:
                     self.queue.discard(identity)
                     self._waiting.pop(identity, None)
                     self._attempts.pop(identity, None)
-            queued_gone = {i for i in r.pending if i not in self._waiting}
-            r.pending -= queued_gone
+                r.pending.discard(identity)
         deadline = asyncio.get_running_loop().time() + self.timeout
         for r in runs:
             while r.in_flight > 0 and asyncio.get_running_loop().time() < deadline:
@@ -402,6 +406,19 @@ class WarmExecutor:
             else:
                 counters.failed[reason] += 1
         error = report.error
+        if not report.ok and not report.already_fresh:
+            # Once per request, after its retries: each line names the runs
+            # (none for a strategy's background request) it failed for.
+            log.warning(
+                "warm fetch failed",
+                extra={
+                    "run_id": ",".join(r.id for r in waiters) or None,
+                    "url": request.url,
+                    "reason": reason,
+                    "error": error,
+                    "retries": attempts,
+                },
+            )
         for run in waiters:
             run.pending.discard(identity)
             if not run.stopping:
@@ -424,6 +441,20 @@ class WarmExecutor:
             return
         run.progress.finish(now, state)
         run.done.set()
+        p = run.progress
+        log.info(
+            "warm run %s",
+            state,
+            extra={
+                "run_id": run.id,
+                "strategy": run.strategy,
+                "status": state,
+                "total_items": p.total,
+                "success": p.success,
+                "failed": p.failed,
+                "seconds": round(now - p.started_at, 3),
+            },
+        )
         self._runs.pop(run.id, None)
         self._finished.append(run)
         del self._finished[:-FINISHED_RUNS_KEPT]
