@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from proxy.access_log import log_access
 from proxy.cache import Cache
 from proxy.config import Settings, parse_hostport
 from proxy.control import build_control_app
@@ -104,6 +105,8 @@ class Warmproxy:
         self.metrics.warmer = self.warmer
         if settings.tracking.enabled:
             self.hub.subscribe(self.warmer.observe)
+        if settings.logging.access_log:
+            self.hub.subscribe(log_access)
         self.ready = False
         self._proxy_runner: web.ServerRunner | None = None
         self._control_runner: web.AppRunner | None = None
@@ -131,7 +134,7 @@ class Warmproxy:
             self.tasks.spawn(self._count_redis(interval), name="redis stats")
         await self.cache.check_health()
         await self.warmer.load_saved_schedule()
-        await self.warmer.load_model()
+        await self.warmer.load_state()
         self.tasks.spawn(self.warmer.executor.run_forever(), name="warm executor")
         self.tasks.spawn(self.warmer.run(), name="warm strategies and schedule")
         p = self.settings.proxy
@@ -143,7 +146,9 @@ class Warmproxy:
             keepalive_timeout=p.keepalive_timeout,
             access_log=None,
         )
-        self._proxy_runner = web.ServerRunner(server, handle_signals=False)
+        self._proxy_runner = web.ServerRunner(
+            server, handle_signals=False, shutdown_timeout=p.shutdown_timeout
+        )
         await self._proxy_runner.setup()
         host, port = parse_hostport(p.listen, what="proxy.listen")
         site = web.TCPSite(self._proxy_runner, host, port, reuse_address=True)
@@ -162,9 +167,15 @@ class Warmproxy:
             extra={"proxy": p.listen, "control": self.settings.control.listen, "origin": p.origin},
         )
 
-    async def stop(self) -> None:
-        """Not-ready first, then close listeners (in-flight requests finish), then the rest."""
+    async def stop(self, drain: float = 0.0) -> None:
+        """Not-ready first (and still serving for ``drain`` seconds), then close the
+        listeners (in-flight requests finish), then stop warming and save its state."""
         self.ready = False
+        if drain > 0 and self._proxy_runner is not None:
+            log.info(
+                "draining: /readyz answers 503, requests still served", extra={"seconds": drain}
+            )
+            await asyncio.sleep(drain)
         if self._proxy_runner is not None:
             await self._proxy_runner.cleanup()
         if self._control_runner is not None:

@@ -185,17 +185,27 @@ def load(args: argparse.Namespace, extra: dict[str, dict[str, Any]] | None = Non
 async def _run_until_signalled(proxy: Warmproxy, on_started: str | None = None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    received: list[signal.Signals] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig)
+        stop.set()
+
     if sys.platform != "win32":  # the loop has no signal handlers there
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
     await proxy.start()
     if on_started:
         print(on_started, flush=True)
     try:
         await stop.wait()
     finally:
-        log.info("shutting down")
-        await proxy.stop()
+        # SIGTERM comes from an orchestrator: give its load balancer time to
+        # see /readyz fail.  SIGINT is a person at a terminal: stop now.
+        terminated = bool(received) and received[0] == signal.SIGTERM
+        drain = proxy.settings.proxy.shutdown_delay if terminated else 0.0
+        log.info("shutting down", extra={"signal": received[0].name if received else None})
+        await proxy.stop(drain=drain)
 
 
 async def _serve(settings: Settings) -> None:

@@ -110,6 +110,11 @@ class ProxySettings(_Section):
     max_headers: int = Field(100, ge=8)
     keepalive_timeout: float = Field(75.0, gt=0)
     via_name: str = "warmproxy"
+    # On SIGTERM: /readyz answers 503 for shutdown_delay seconds while requests
+    # are still served (load balancers notice and stop sending), then the
+    # listener closes and in-flight requests get up to shutdown_timeout.
+    shutdown_delay: float = Field(2.0, ge=0, le=300)
+    shutdown_timeout: float = Field(30.0, gt=0, le=3600)
 
     @field_validator("origin")
     @classmethod
@@ -346,7 +351,7 @@ class MonitoringSettings(_Section):
 
 
 class StateSettings(_Section):
-    """Where state that outlives a restart (the schedule) is kept without Redis."""
+    """Where state that outlives a restart is kept: schedule (without Redis), model, ledger."""
 
     # Empty: $XDG_STATE_HOME/warmproxy, else ~/.local/state/warmproxy.
     dir: str = ""
@@ -361,6 +366,7 @@ class StateSettings(_Section):
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
+    access_log: bool = False
 
 
 class Settings(BaseSettings):

@@ -8,7 +8,9 @@ comparison and one write.  Everything else takes the full path below it.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
@@ -38,6 +40,25 @@ _SLOW_PATH_FIELDS = (
     "if-modified-since",
     "range",
 )
+
+# Every request sent to the origin carries one, so the origin's logs and ours
+# can be joined: the client's own when usable, else one made here.
+REQUEST_ID_FIELD = "X-Request-Id"
+_REQUEST_ID_KEY: web.RequestKey[str] = web.RequestKey("request_id", str)
+_REQUEST_ID_MAX = 128
+# A process prefix and a counter: unique per request, far cheaper than a uuid4.
+_ID_PREFIX = secrets.token_hex(4)
+_ID_COUNTER = itertools.count(1)
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
+
+
+def usable_request_id(value: str) -> bool:
+    """Short visible ASCII only: the id lands in logs and in the origin's request."""
+    return 0 < len(value) <= _REQUEST_ID_MAX and value.isascii() and value.isprintable()
+
 
 _STREAM_CHUNK = 64 * 1024
 _RETRYABLE_BODY_BYTES = 64 * 1024
@@ -366,8 +387,11 @@ class ProxyHandler:
     ) -> web.StreamResponse:
         """Forward a request the cache cannot answer; invalidate after unsafe ones."""
         method = request.method
-        send_headers = self._rules.request_headers(
-            request.headers, peer=request.remote, scheme=request.scheme, for_fill=False
+        send_headers = self._with_request_id(
+            request,
+            self._rules.request_headers(
+                request.headers, peer=request.remote, scheme=request.scheme, for_fill=False
+            ),
         )
         body: bytes | aiohttp.StreamReader | None = None
         if request.body_exists:
@@ -442,13 +466,17 @@ class ProxyHandler:
 
     async def _websocket(self, request: web.BaseRequest, started: float) -> web.StreamResponse:
         """Relay a WebSocket to the origin (never cached)."""
-        send_headers = [
-            (k, v)
-            for k, v in self._rules.request_headers(
-                request.headers, peer=request.remote, scheme=request.scheme, for_fill=False
-            )
-            if k.lower() not in websocket.HANDSHAKE_FIELDS and k.lower() != "sec-websocket-protocol"
-        ]
+        send_headers = self._with_request_id(
+            request,
+            [
+                (k, v)
+                for k, v in self._rules.request_headers(
+                    request.headers, peer=request.remote, scheme=request.scheme, for_fill=False
+                )
+                if k.lower() not in websocket.HANDSHAKE_FIELDS
+                and k.lower() != "sec-websocket-protocol"
+            ],
+        )
         try:
             upstream = await self._origin.websocket(
                 request.raw_path, send_headers, websocket.requested_protocols(request)
@@ -476,9 +504,27 @@ class ProxyHandler:
             request.writer.output_size = 0
 
     def _fill_headers(self, request: web.BaseRequest) -> list[tuple[str, str]]:
-        return self._rules.request_headers(
-            request.headers, peer=request.remote, scheme=request.scheme, for_fill=True
+        return self._with_request_id(
+            request,
+            self._rules.request_headers(
+                request.headers, peer=request.remote, scheme=request.scheme, for_fill=True
+            ),
         )
+
+    @staticmethod
+    def _with_request_id(
+        request: web.BaseRequest, headers: list[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
+        """``headers`` carrying the request's id (the client's, else a new one),
+        which is also remembered for its access event."""
+        given = request.headers.get(REQUEST_ID_FIELD, "")
+        if usable_request_id(given):
+            request[_REQUEST_ID_KEY] = given
+            return headers
+        request_id = new_request_id()
+        request[_REQUEST_ID_KEY] = request_id
+        name = REQUEST_ID_FIELD.lower()
+        return [(k, v) for k, v in headers if k.lower() != name] + [(REQUEST_ID_FIELD, request_id)]
 
     def _origin_failed(
         self, request: web.BaseRequest, error: OriginError, fwd: str, started: float
@@ -532,5 +578,9 @@ class ProxyHandler:
                 host=host if host is not None else self._event_host(request),
                 fresh_until=fresh_until,
                 warmed=warmed,
+                # Hits never reach the origin: they keep the client's id, if any.
+                request_id=str(
+                    request.get(_REQUEST_ID_KEY) or request.headers.get(REQUEST_ID_FIELD, "")
+                ),
             )
         )

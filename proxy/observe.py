@@ -51,6 +51,8 @@ class AccessEvent:
     fresh_until: float = 0.0
     # The entry answering this request was stored by a warm fetch.
     warmed: bool = False
+    # The X-Request-Id the origin was sent, or the client's (hits); "" when none.
+    request_id: str = ""
 
 
 Observer = Callable[[AccessEvent], None]

@@ -22,12 +22,12 @@ from proxy.store.base import StoreError
 from warmer.alerts import AlertThresholds
 from warmer.executor import WarmExecutor
 from warmer.model import Fill, FillReport, WarmRequest
-from warmer.model_store import ModelStore
 from warmer.pacing import AdaptiveConcurrency, ResourceGuard
 from warmer.predictive import PredictiveConfig
 from warmer.schedule_store import FileScheduleState, RedisScheduleState, ScheduleState
 from warmer.scheduler import SourceDeps
 from warmer.service import BadRequest, MonitoringConfig, ReactiveConfig, Warmer, WarmerConfig
+from warmer.state_file import StateFile
 from warmer.tracker import UsageTracker
 
 SITEMAP_MAX_BYTES = 50 * 1024 * 1024
@@ -168,7 +168,8 @@ def build_warmer(
         key_of=lambda url, host: rules.cache_key(url, host or rules.default_host),
         to_path=to_path,
         store_paths=store_paths,
-        model_store=ModelStore(model_path),
+        model_file=StateFile(model_path, "predictive model"),
+        ledger_file=StateFile(settings.state.path() / "effectiveness.json", "effectiveness ledger"),
     )
 
 

@@ -35,8 +35,8 @@ import heapq
 import itertools
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Any, Final, Literal
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Final, Literal, TypeVar
 
 from warmer.model import Observed
 
@@ -50,6 +50,29 @@ _HIT_OUTCOMES: Final = frozenset({"hit", "revalidated"})
 _MISS_OUTCOMES: Final = frozenset({"miss", "stale"})
 
 _Ending = Literal["expired", "evicted", "replaced", "untracked"]
+
+LEDGER_FORMAT: Final = "warmproxy-effectiveness"
+LEDGER_VERSION: Final = 1
+# The cumulative user counters of the ledger, saved and restored by name.
+_TOTALS: Final = (
+    "_hits",
+    "_misses",
+    "_other",
+    "_bypass",
+    "_hits_before",
+    "_misses_before",
+    "_other_before",
+    "_unattributed",
+    "_user_origin_fetches",
+    "_origin_seconds",
+)
+
+
+_C = TypeVar("_C", "_Counts", "_Phase")
+
+
+class LedgerFileError(ValueError):
+    """A saved ledger that cannot be used (damaged, or another format version)."""
 
 
 @dataclass(slots=True)
@@ -623,6 +646,69 @@ class EffectivenessLedger:
         """Open lifetimes followed now."""
         return len(self._open)
 
+    # ----------------------------------------------------------- persistence
+
+    def to_document(self) -> dict[str, Any]:
+        """Everything counted so far and the open lifetimes, as JSON-ready data.
+
+        A restart continues from it: the counters go on, and warmed entries
+        still cached (in Redis, say) are still followed until they go.
+        """
+        return {
+            "format": LEDGER_FORMAT,
+            "version": LEDGER_VERSION,
+            "totals": {name.lstrip("_"): getattr(self, name) for name in _TOTALS},
+            "first_warm_at": self._first_warm_at,
+            "phases": {"during_runs": asdict(self._during), "outside_runs": asdict(self._outside)},
+            "labels": {name: asdict(counts) for name, counts in self._labels.items()},
+            "open": [
+                [life.key, life.label, life.stored_at, life.fresh_until, life.hits]
+                for life in self._open.values()
+            ],
+        }
+
+    def load_document(self, document: Any) -> None:
+        """Continue from ``to_document``'s state; LedgerFileError (nothing changed)
+        when it is not one.  The time the process was down counts in no phase."""
+        if not isinstance(document, dict) or document.get("format") != LEDGER_FORMAT:
+            raise LedgerFileError("not a warmproxy effectiveness ledger")
+        if document.get("version") != LEDGER_VERSION:
+            raise LedgerFileError(
+                f"ledger version {document.get('version')!r}, this warmproxy reads {LEDGER_VERSION}"
+            )
+        try:
+            totals = {name: _number(document["totals"][name.lstrip("_")]) for name in _TOTALS}
+            first = document["first_warm_at"]
+            first_warm_at = None if first is None else float(first)
+            phases = document["phases"]
+            during = _restore(_Phase, phases["during_runs"])
+            outside = _restore(_Phase, phases["outside_runs"])
+            labels = {str(name): _restore(_Counts, c) for name, c in document["labels"].items()}
+            lives = [
+                _Lifetime(str(key), str(label), float(at), float(until), -1, int(hits))
+                for key, label, at, until, hits in document["open"]
+            ]
+            if len(labels) > MAX_LABELS or any(life.label not in labels for life in lives):
+                raise ValueError("labels do not match the open lifetimes")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise LedgerFileError(f"ledger file damaged: {exc}") from None
+        for name, value in totals.items():
+            setattr(self, name, value)
+        self._first_warm_at = first_warm_at
+        self._during, self._outside = during, outside
+        self._labels = labels
+        for counts in labels.values():
+            counts.open = 0
+        self._open = OrderedDict()
+        self._expiries = []
+        for life in lives[-self.max_tracked :]:
+            life.seq = next(self._seq)
+            self._open[life.key] = life
+            labels[life.label].open += 1
+            self._expiries.append((life.fresh_until, life.seq, life.key))
+        heapq.heapify(self._expiries)
+        self._since = None
+
     # -------------------------------------------------------------- internal
 
     def _follow(self, event: Observed, outcome: str) -> None:
@@ -741,6 +827,21 @@ def _label_figures(c: _Counts) -> LabelFigures:
         precision=_ratio(c.used, c.used + c.unused),
         success_rate=_ratio(c.stored, c.fetches),
     )
+
+
+def _number(value: Any) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"not a number: {value!r}")
+    return value
+
+
+def _restore(cls: type[_C], saved: Any) -> _C:
+    """A counters dataclass from its saved fields: every field, each a number."""
+    names = {f.name for f in fields(cls)}
+    if not isinstance(saved, dict) or set(saved) != names:
+        raise ValueError(f"{cls.__name__.strip('_').lower()} fields do not match")
+    values: dict[str, Any] = {name: _number(value) for name, value in saved.items()}
+    return cls(**values)
 
 
 def _ratio(part: float, whole: float) -> float | None:

@@ -38,7 +38,7 @@ a sample that keeps the table learning: a long tail of rare URLs costs little.
 
 Sans-I/O (DESIGN rule 2): ``observe``, ``due`` and ``filled`` take time from the
 events and the caller; :meth:`Predictor.to_document` / :meth:`Predictor.load_document`
-turn the learned state into JSON for :mod:`warmer.model_store` to save and load.
+turn the learned state into JSON for :mod:`warmer.state_file` to save and load.
 """
 
 from __future__ import annotations

@@ -31,13 +31,13 @@ from warmer.cron import Cron
 from warmer.executor import Run, WarmExecutor
 from warmer.ledger import EffectivenessLedger
 from warmer.model import FillReport, Observed, Reason, WarmRequest
-from warmer.model_store import ModelStore
 from warmer.optimizer import Proposal, propose, usage_by_source
 from warmer.predictive import PredictiveConfig, Predictor
 from warmer.progress import RunProgress
 from warmer.schedule_store import ScheduleState, ScheduleStateError
 from warmer.scheduler import ScheduleClock, SourceDeps, build_source
 from warmer.sources import SourceError
+from warmer.state_file import StateFile
 from warmer.strategies import MissReactive, PathFilter, RefreshAhead
 from warmer.timeline import Timeline
 from warmer.tracker import UsageTracker
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 TICK_SECONDS = 1.0
 HOSTS_KEPT = 64
+LEDGER_SAVE_INTERVAL = 300.0
 SOURCE_PATHS_KEPT = 100_000
 START_STRATEGIES = ("proactive", "hot", "reactive")
 
@@ -118,7 +119,8 @@ class Warmer:
         key_of: Callable[[str, str], str],
         to_path: Callable[[str], tuple[str, str]],
         store_paths: Callable[[str], AsyncIterator[tuple[str, str]]],
-        model_store: ModelStore | None = None,
+        model_file: StateFile | None = None,
+        ledger_file: StateFile | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
@@ -167,7 +169,8 @@ class Warmer:
             if p.enabled
             else None
         )
-        self._model_store = model_store
+        self._model_file = model_file
+        self._ledger_file = ledger_file
         self._retrain = Cron.parse(config.retrain_schedule)
         m = config.monitoring
         self.ledger = (
@@ -314,6 +317,8 @@ class Warmer:
             group.create_task(self._tick_loop())
             group.create_task(self._schedule_loop())
             group.create_task(self._monitor_loop())
+            if self.ledger is not None and self._ledger_file is not None:
+                group.create_task(self._save_ledger_loop())
             if self.predictor is not None:
                 group.create_task(self._retrain_loop())
 
@@ -362,16 +367,28 @@ class Warmer:
                 self.predictor.retrain()
                 await self.save_model()
 
-    async def load_model(self) -> None:
-        """Start the predictor from its saved model; a bad file is logged and rebuilt."""
-        if self.predictor is None or self._model_store is None:
-            return
-        await self._model_store.load_into(self.predictor)
+    async def load_state(self) -> None:
+        """Continue from the saved predictive model and effectiveness ledger; a
+        bad file is logged, set aside and rebuilt."""
+        if self.predictor is not None and self._model_file is not None:
+            await self._model_file.load(self.predictor.load_document)
+        if self.ledger is not None and self._ledger_file is not None:
+            await self._ledger_file.load(self.ledger.load_document)
 
     async def save_model(self) -> None:
-        if self.predictor is None or self._model_store is None:
-            return
-        await self._model_store.save(self.predictor)
+        if self.predictor is not None and self._model_file is not None:
+            await self._model_file.save(self.predictor.to_document())
+
+    async def save_ledger(self) -> None:
+        if self.ledger is not None and self._ledger_file is not None:
+            self.ledger.settle(self._clock())
+            await self._ledger_file.save(self.ledger.to_document())
+
+    async def _save_ledger_loop(self) -> None:
+        """Save the ledger now and then, so a crash loses minutes, not everything."""
+        while True:
+            await asyncio.sleep(LEDGER_SAVE_INTERVAL)
+            await self.save_ledger()
 
     async def fire_due(self, now: float) -> list[Run]:
         """Start a run for every source whose firing time has come by ``now``.
@@ -490,7 +507,8 @@ class Warmer:
         return await self.executor.stop()
 
     async def shutdown(self) -> None:
-        """Stop runs, drop what is queued, and release the schedule state."""
+        """Stop runs, drop what is queued, save the model and the ledger, and
+        release the schedule state (a changed schedule was saved when it changed)."""
         await self.executor.stop()
         self.executor.clear_background()
         await self.executor.idle_in_flight(self.executor.timeout)
@@ -498,6 +516,7 @@ class Warmer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.save_model()
+        await self.save_ledger()
         await self.state.close()
 
     def warm_urls(self, targets: Iterable[str], priority: str, strategy: str) -> Run:

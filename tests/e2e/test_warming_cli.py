@@ -56,8 +56,9 @@ def wait_run(base: str, run_id: object, within: float = 30.0) -> dict[str, objec
 class Served:
     """``warmproxy demo`` (the demo origin with the proxy) as a process, with a token."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, env: dict[str, str] | None = None) -> None:
         self.origin, self.listen, self.control = free_port(), free_port(), free_port()
+        self.env = env or {}
         self.state = tmp_path / "state"
         self.stderr = tmp_path / "stderr"
         self.process: subprocess.Popen[bytes] | None = None
@@ -91,6 +92,7 @@ class Served:
                     "WARMPROXY_CONTROL__TOKEN": TOKEN,
                     "WARMPROXY_STATE__DIR": str(self.state),
                     "WARMPROXY_PROXY__PUBLIC_HOST": "shop.example",
+                    **self.env,
                 },
             )
         wait_http(f"{self.control_url}/healthz")

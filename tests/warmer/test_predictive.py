@@ -12,8 +12,8 @@ import pytest
 
 from tests.warmer.events import Ev
 from warmer.model import Reason
-from warmer.model_store import ModelStore
 from warmer.predictive import ModelFileError, PredictiveConfig, Predictor
+from warmer.state_file import StateFile
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 HOUR = 3600.0
@@ -168,13 +168,13 @@ def test_the_model_survives_a_round_trip_and_refuses_other_versions() -> None:
 def test_a_corrupt_model_file_is_set_aside_and_rebuilt(tmp_path: Path) -> None:
     path = tmp_path / "model.json"
     path.write_bytes(b'{"format": "warmproxy-predictive", "version": 1, "calib')
-    store = ModelStore(path)
+    store = StateFile(path, "predictive model")
     predictor = Predictor(PredictiveConfig(enabled=True))
-    assert asyncio.run(store.load_into(predictor)) is False
+    assert asyncio.run(store.load(predictor.load_document)) is False
     assert len(predictor) == 0
     assert (tmp_path / "model.json.bad").exists()
     predictor.observe(Ev(T0, "/a", fresh_until=T0 + TTL))
-    asyncio.run(store.save(predictor))
+    asyncio.run(store.save(predictor.to_document()))
     fresh = Predictor(PredictiveConfig(enabled=True))
-    assert asyncio.run(store.load_into(fresh)) is True
+    assert asyncio.run(store.load(fresh.load_document)) is True
     assert len(fresh) == 1

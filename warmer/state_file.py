@@ -1,10 +1,11 @@
-"""Where the predictive model lives between restarts: one JSON file.
+"""State that outlives a restart, kept as one JSON file: the predictive model and
+the effectiveness ledger.
 
 The file is written whole to a temporary name and renamed over the old one,
-so a crash mid-write leaves the previous model.  A file that cannot be used
-(damaged, from another model version, trained for another prediction window)
-is never fatal: it is logged, set aside as ``<name>.bad`` for a look, and the
-model starts afresh and is saved over it at the next save.  Reading, encoding
+so a crash mid-write leaves the previous state.  A file that cannot be used
+(damaged, from another format version, or refused by the part it belongs to)
+is never fatal: it is logged, set aside as ``<name>.bad`` for a look, and that
+part starts afresh and is saved over it at the next save.  Reading, encoding
 and writing run in a thread: a large model takes milliseconds to encode.
 """
 
@@ -14,24 +15,28 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from warmer.predictive import ModelFileError, Predictor
-
 log = logging.getLogger(__name__)
 
 
-class ModelStore:
-    """Saves and loads a :class:`Predictor`'s learned state at ``path``."""
+class StateFile:
+    """One part's saved state at ``path``; ``what`` names the part in logs."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, what: str) -> None:
         self.path = path
+        self.what = what
 
-    async def load_into(self, predictor: Predictor) -> bool:
-        """Load the saved model into ``predictor``; False when there was none usable."""
+    async def load(self, restore: Callable[[Any], None]) -> bool:
+        """Hand the saved document to ``restore``; False when there was none usable.
+
+        ``restore`` raises ValueError for a document it cannot take, and must
+        then leave its part as it was (nothing half-applied).
+        """
         try:
             document = await asyncio.to_thread(self._read)
         except FileNotFoundError:
@@ -40,19 +45,18 @@ class ModelStore:
             self._set_aside(f"unreadable: {exc}")
             return False
         try:
-            predictor.load_document(document)
-        except ModelFileError as exc:
+            restore(document)
+        except ValueError as exc:
             self._set_aside(str(exc))
             return False
-        log.info("predictive model loaded from %s (%d keys)", self.path, len(predictor))
+        log.info("%s loaded from %s", self.what, self.path)
         return True
 
-    async def save(self, predictor: Predictor) -> None:
-        document = predictor.to_document()
+    async def save(self, document: dict[str, Any]) -> None:
         try:
             await asyncio.to_thread(self._write, document)
         except OSError as exc:
-            log.error("predictive model not saved to %s: %s", self.path, exc)
+            log.error("%s not saved to %s: %s", self.what, self.path, exc)
 
     def _read(self) -> Any:
         return orjson.loads(self.path.read_bytes())
@@ -65,6 +69,6 @@ class ModelStore:
 
     def _set_aside(self, why: str) -> None:
         bad = self.path.with_name(self.path.name + ".bad")
-        log.error("predictive model at %s not used (%s); starting afresh", self.path, why)
+        log.error("%s at %s not used (%s); starting afresh", self.what, self.path, why)
         with contextlib.suppress(OSError):
             os.replace(self.path, bad)
