@@ -15,7 +15,7 @@ from typing import Any
 
 from proxy import __version__
 from proxy.app import Warmproxy
-from proxy.config import ConfigError, Settings, load_settings
+from proxy.config import ConfigError, Settings, load_settings, parse_hostport
 from proxy.logs import configure
 from warmer.replay import (
     STRATEGY_NAMES,
@@ -124,6 +124,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     analyze.add_argument("--ttl", type=_ttl, default=300.0, help="as for replay (default 300)")
     analyze.add_argument("-n", type=int, default=20, help="keys per list (default 20)")
+    check = commands.add_parser(
+        "check-config",
+        help="validate a config file and print the effective settings",
+        description=(
+            "Validate FILE as `serve --config FILE` would read it (with WARMPROXY_* "
+            "variables applied) and print the effective settings, secrets masked. "
+            "Exit status 2 and the offending keys when it is not valid."
+        ),
+    )
+    check.add_argument("file", type=Path, help="TOML config file")
+    check.add_argument("--json", action="store_true", help="print JSON instead of TOML")
+    origin = commands.add_parser(
+        "demo-origin",
+        help="run only the demo origin (an example app to put the proxy in front of)",
+    )
+    origin.add_argument(
+        "--listen", default="127.0.0.1:9000", help="host:port (default 127.0.0.1:9000)"
+    )
     return parser
 
 
@@ -230,6 +248,33 @@ async def _demo(settings: Settings, origin_port: int) -> None:
         await runner.cleanup()
 
 
+def _demo_origin_only(listen: str) -> int:
+    from proxy.demo_origin import start_demo_origin
+
+    try:
+        host, port = parse_hostport(listen, what="--listen")
+    except ValueError as exc:
+        print(f"warmproxy: {exc}", file=sys.stderr)
+        return 2
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        if sys.platform != "win32":
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+        runner = await start_demo_origin(host, port)
+        print(f"warmproxy demo origin on http://{listen}", flush=True)
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+
+    configure("info", "auto")
+    asyncio.run(run())
+    return 0
+
+
 def _demo_banner(origin: str, listen: str, control: str) -> str:
     base = f"http://{listen}"
     return f"""
@@ -260,6 +305,12 @@ def _install_uvloop() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "check-config":
+        from proxy.check_config import check_config
+
+        return check_config(args.file, as_json=args.json, out=sys.stdout, err=sys.stderr)
+    if args.command == "demo-origin":
+        return _demo_origin_only(args.listen)
     if args.command == "analyze":
         return analyze_command(
             args.trace,

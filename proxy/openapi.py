@@ -308,3 +308,9 @@ def document() -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": paths,
     }
+
+
+if __name__ == "__main__":  # python -m proxy.openapi > docs/openapi.json
+    import json
+
+    print(json.dumps(document(), indent=2))
