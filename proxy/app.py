@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from proxy.access_log import log_access
+from proxy.access_log import AccessLog
 from proxy.cache import Cache
 from proxy.config import Settings, parse_hostport
 from proxy.control import build_control_app
@@ -105,8 +106,12 @@ class Warmproxy:
         self.metrics.warmer = self.warmer
         if settings.tracking.enabled:
             self.hub.subscribe(self.warmer.observe)
+        self.access_log: AccessLog | None = None
         if settings.logging.access_log:
-            self.hub.subscribe(log_access)
+            fmt = settings.logging.format
+            as_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+            self.access_log = AccessLog(sys.stderr.buffer, as_json=as_json)
+            self.hub.subscribe(self.access_log)
         self.ready = False
         self._proxy_runner: web.ServerRunner | None = None
         self._control_runner: web.AppRunner | None = None
