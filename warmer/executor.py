@@ -121,6 +121,8 @@ class WarmExecutor:
         self.paused = False
         self._attempts: dict[Identity, int] = {}
         self._waiting: dict[Identity, list[Run]] = {}
+        # Taken off the queue in a batch, not yet started (waiting for a slot).
+        self._popped: set[Identity] = set()
         self._runs: dict[str, Run] = {}
         self._finished: list[Run] = []
         self._wakeup = asyncio.Event()
@@ -202,10 +204,11 @@ class WarmExecutor:
         for r in runs:
             r.stopping = True
             for identity in list(r.pending):
-                if identity not in self.queue:
+                if identity not in self.queue and identity not in self._popped:
                     # Being fetched: the run stays among its waiters, so the
                     # fetch's end is counted in its in_flight below.
                     continue
+                # Queued, or taken in a batch and waiting for a slot: dropped.
                 waiters = self._waiting.get(identity, [])
                 if r in waiters:
                     waiters.remove(r)
@@ -228,7 +231,7 @@ class WarmExecutor:
         """Drop queued requests that belong to no run (e.g. at shutdown)."""
         dropped = 0
         for identity, waiters in list(self._waiting.items()):
-            if not waiters and identity in self.queue:
+            if not waiters and (identity in self.queue or identity in self._popped):
                 self.queue.discard(identity)
                 del self._waiting[identity]
                 dropped += 1
@@ -255,9 +258,14 @@ class WarmExecutor:
             if not batch:
                 await self._wait_for_work()
                 continue
+            self._popped.update(request.identity for request in batch)
             self._start_batch(batch, now)
             for request in batch:
                 await self._wait_for_slot()
+                identity = request.identity
+                self._popped.discard(identity)
+                if identity not in self._waiting:
+                    continue  # dropped while it waited: its runs were stopped
                 self._spawn(request)
 
     async def idle(self) -> None:
