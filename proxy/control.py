@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from proxy.control_api import add_routes, auth_middleware, error_middleware
+from proxy.dashboard import add_dashboard_routes
 from proxy.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
@@ -56,4 +57,5 @@ def build_control_app(proxy: Warmproxy) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     add_routes(app)
+    add_dashboard_routes(app)
     return app

@@ -270,6 +270,26 @@ def document() -> dict[str, Any]:
                 "responses": _responses(200, obj, 400),
             }
         },
+        f"{PREFIX}/dashboard": {
+            "get": {
+                "summary": "The operator's web dashboard (a page; no token needed to load it)",
+                "security": [],
+                "responses": {"200": {"description": "HTML page"}},
+            }
+        },
+        f"{PREFIX}/dashboard/{{file}}": {
+            "get": {
+                "summary": "The dashboard's scripts, styles and vendored chart library",
+                "security": [],
+                "parameters": [
+                    {"name": "file", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {"description": "the file"},
+                    "404": {"description": "not one of the dashboard's files"},
+                },
+            }
+        },
         f"{PREFIX}/openapi.json": {
             "get": {"summary": "This document", "responses": _responses(200, obj)}
         },

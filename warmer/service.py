@@ -524,13 +524,13 @@ class Warmer:
         self._check_priority(priority)
         requests = []
         for i, target in enumerate(targets):
+            # The field as the body names it: url, or urls[i] for a bulk list.
+            field_name = f"urls[{i}]" if strategy == "bulk" else "url"
             try:
                 host, path = self._to_path(target)
             except BadRequest as exc:
-                field_name = f"{exc.field}[{i}]" if strategy == "bulk" else exc.field
                 raise BadRequest(field_name, str(exc)) from None
             if not self.filter.allows(path):
-                field_name = f"url[{i}]" if strategy == "bulk" else "url"
                 raise BadRequest(field_name, f"{path} is excluded by [strategies] include/exclude")
             requests.append(
                 WarmRequest(url=path, host=host, priority=priority, reason=Reason.ON_DEMAND)

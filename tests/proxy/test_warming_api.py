@@ -148,7 +148,7 @@ async def test_token_is_required_and_checked(
         ("warm-key", {"url": "/a", "priority": "urgent"}, "priority"),
         ("warm-key", {}, "url"),
         ("warm-key", {"url": "/a", "colour": "red"}, "colour"),
-        ("warm-key", {"urls": ["/a", "http://evil.example/b"]}, "url[1]"),
+        ("warm-key", {"urls": ["/a", "http://evil.example/b"]}, "urls[1]"),
         ("warm-pattern", {"pattern": 7}, "pattern"),
         ("warm-pattern", {}, "pattern"),
         ("start", {"strategy": "telepathy"}, "strategy"),
