@@ -785,7 +785,10 @@ class Warmer:
         now = self._clock()
         c = self.executor.counters
         average = c.fetch_seconds / c.fetches if c.fetches else None
-        total_run_time = sum(s[1] for s in c.run_seconds.values())
+        # Finished runs, plus the time so far of those still running.
+        total_run_time = sum(s[1] for s in c.run_seconds.values()) + sum(
+            max(0.0, now - r.progress.started_at) for r in self.executor.active_runs()
+        )
         with self._process.oneshot():
             cpu = self._process.cpu_percent(interval=None)
             rss = self._process.memory_info().rss

@@ -195,3 +195,21 @@ async def test_timeline_counts_traffic_and_warm_fetches_and_marks_the_run(
     status, error = await api(client, proxy, "GET", "timeline?seconds=99999")
     assert status == 400
     assert error["field"] == "seconds"
+
+
+async def test_warming_time_counts_a_run_still_running(
+    origin: Origin, make_proxy: ProxyFactory, client: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    for n in range(3):
+        origin.set(f"/slow/{n}", headers={"Cache-Control": "public, max-age=60"}, delay=0.3)
+    proxy = await make_proxy(
+        origin.url, **sections(tmp_path, execution={"parallelism": 1, "adaptive": False})
+    )
+    _, body = await api(
+        client, proxy, "POST", "warm-key", {"urls": [f"/slow/{n}" for n in range(3)]}
+    )
+    await eventually(lambda: origin.count() >= 2)
+    _, stats = await api(client, proxy, "GET", "stats")
+    # The first run is not over, and it has already taken at least one fetch's time.
+    assert stats["timing"]["total_warming_time"] >= 0.3
+    await finished(client, proxy, body["run_id"])
