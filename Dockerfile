@@ -11,7 +11,8 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 COPY . .
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install .
+    && /opt/venv/bin/pip install . \
+    && /opt/venv/bin/pip uninstall --yes pip setuptools
 
 
 FROM python:3.11-slim
