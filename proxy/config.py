@@ -31,6 +31,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from warmer.cron import Cron
@@ -467,6 +468,13 @@ def load_settings(
         return Settings(**cast(dict[str, Any], overrides or {}))
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path)) from None
+    except SettingsError as exc:
+        # A WARMPROXY_* variable that is not valid JSON where a list or table
+        # is expected (e.g. a,b instead of ["a","b"]).
+        raise ConfigError(
+            f"invalid configuration: {exc}; WARMPROXY_<SECTION>__<KEY> variables holding "
+            'a list or a table take JSON, e.g. ["high","low"]'
+        ) from None
     finally:
         _file_values.reset(token)
 

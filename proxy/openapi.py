@@ -1,7 +1,7 @@
 """The OpenAPI 3.1 document of the control listener.
 
 Request bodies come from the same pydantic models that validate them, so the
-document cannot promise a field the API refuses.  ``tests/proxy/test_openapi.py``
+document cannot promise a field the API refuses.  ``tests/proxy/test_warming_api.py``
 checks that every route is documented and every documented path is routed.
 """
 

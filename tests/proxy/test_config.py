@@ -75,3 +75,13 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
     broken.write_text("[cache\n")
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_settings(broken)
+
+
+def test_an_environment_list_that_is_not_json_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WARMPROXY_EXECUTION__PRIORITY_LEVELS", "a,b")
+    with pytest.raises(ConfigError, match=r'"execution".*take JSON'):
+        load_settings(None)
+    monkeypatch.setenv("WARMPROXY_EXECUTION__PRIORITY_LEVELS", '["a", "b"]')
+    assert load_settings(None).execution.priority_levels == ["a", "b"]
