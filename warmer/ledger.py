@@ -463,8 +463,12 @@ class EffectivenessLedger:
     ) -> None:
         """A warm fetch stored an entry for ``key``, fresh until ``fresh_until``."""
         self._advance(now)
-        self.settle(now)
-        label, counts = self._label(label)
+        expiries = self._expiries
+        if expiries and expiries[0][0] <= now:
+            self.settle(now)
+        counts = self._labels.get(label)
+        if counts is None:
+            label, counts = self._label(label)
         counts.fetches += 1
         counts.stored += 1
         counts.bytes += bytes
@@ -472,16 +476,17 @@ class EffectivenessLedger:
         self._phase_at(now).warm_fetches += 1
         if self._first_warm_at is None:
             self._first_warm_at = now
-        previous = self._open.get(key)
+        lives = self._open
+        previous = lives.get(key)
         if previous is not None:
             self._resolve(previous, "replaced")
         seq = next(self._seq)
-        self._open[key] = _Lifetime(key, label, now, fresh_until, seq)
+        lives[key] = _Lifetime(key, label, now, fresh_until, seq)
         counts.open += 1
-        heapq.heappush(self._expiries, (fresh_until, seq, key))
-        if len(self._open) > self.max_tracked:
-            self._resolve(next(iter(self._open.values())), "untracked")
-        if len(self._expiries) > 2 * len(self._open) + 64:
+        heapq.heappush(expiries, (fresh_until, seq, key))
+        if len(lives) > self.max_tracked:
+            self._resolve(next(iter(lives.values())), "untracked")
+        if len(self._expiries) > 2 * len(lives) + 64:
             self._compact()
 
     def warm_not_stored(
@@ -518,9 +523,18 @@ class EffectivenessLedger:
         """One user request; ``latency``: its user-facing seconds, when known."""
         ts = event.ts
         outcome = event.outcome
-        self._advance(ts)
-        self.settle(ts)
-        phase = self._phase_at(ts)
+        # Runs for every request: _advance, settle and _phase_at inlined.
+        since = self._since
+        if since is None:
+            self._since = ts
+        elif ts > since:
+            (self._during if self._active else self._outside).seconds += ts - since
+            self._since = ts
+        expiries = self._expiries
+        if expiries and expiries[0][0] <= ts:
+            self.settle(ts)
+        active = self._active if ts >= self._switched_at else self._was_active
+        phase = self._during if active else self._outside
         phase.requests += 1
         if latency is not None:
             phase.latency_samples += 1
@@ -528,7 +542,10 @@ class EffectivenessLedger:
         if outcome == "bypass":
             self._bypass += 1
             return
-        self._follow(event, outcome)
+        if event.key in self._open:
+            self._follow(event, outcome)
+        elif outcome == "hit":
+            self._unattributed += event.warmed  # what _follow does without a lifetime
         # Entries are warmed only after warming started: an answer from one
         # whose event carries an earlier arrival time (the fill finished while
         # the request was on its way) still belongs to the time after.

@@ -139,6 +139,9 @@ class _Key:
     acted_at: float = -math.inf  # when this model last warmed it
     # The first request after that warm: 1 a hit, 0 a miss, -1 none yet.
     acted_outcome: int = -1
+    # Its warm requests as last made (a hint, a refresh): the same each time.
+    hint: WarmRequest | None = None
+    refresh: WarmRequest | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,16 +222,29 @@ class Predictor:
         # expected requests in it.
         self._trend_per_window = self.window * _LN2 / (8 * self.window)
         self._age_scale = 8.0 / self.window
+        # Revisits, in seconds after a key's last request.
+        self._revisit_offsets = tuple(after * self.window for after in REVISIT_AFTER)
         self.sequences = (
             sequences if sequences is not None else (SequenceModel() if config.sequences else None)
         )
         self._feed_sequences = feed_sequences
         self.calibration = _Calibration()
         self._keys: OrderedDict[str, _Key] = OrderedDict()
-        # (time, seq, key, kind, generation): decisions to take at ``time``;
-        # ``generation`` is the key's request count when planted (revisits
-        # are void once the key was asked for again).
+        # (time, seq, key, kind, generation): decisions to take at ``time``,
+        # in (time, seq) order; ``generation`` is the key's request count
+        # when planted (revisits are void once the key was asked for again).
+        # They wait in a heap, but for the daily and weekly ones: planted a
+        # day or a week ahead, they would make the heap many times larger for
+        # nothing until then, so they wait in a FIFO lane per kind (as long
+        # as they come in time order; one out of order goes to the heap) and
+        # move to the heap when their time comes.  Where a decision waits
+        # never changes the order decisions are taken in.
         self._decisions: list[tuple[float, int, str, str, int]] = []
+        self._lanes: dict[str, deque[tuple[float, int, str, str, int]]] = {
+            kind: deque() for kind in _SEASONAL
+        }
+        self._in_lanes = 0  # decisions waiting in the lanes
+        self._lanes_next = math.inf  # the earliest time at the head of a lane
         # (resolve_at, key, cell, count_then, acted): decisions awaiting their
         # outcome.  Decisions are taken in time order, so this is a FIFO.
         self._pending: deque[tuple[float, str, tuple[Any, ...], int, bool]] = deque()
@@ -253,79 +269,98 @@ class Predictor:
     # ----------------------------------------------------------- observation
 
     def observe(self, event: Observed) -> None:
-        """Update the key's features; plant the decisions its request calls for."""
-        if event.outcome not in _CACHED_OUTCOMES:
+        """Update the key's features; plant the decisions its request calls for.
+
+        Runs for every request, so what would be helpers (the threshold's
+        step, :meth:`_decay`) is written out here.
+        """
+        outcome = event.outcome
+        if outcome not in _CACHED_OUTCOMES:
             return
         ts = event.ts
+        config = self.config
         self._now = ts
         self.requests += 1
-        self._recent_requests = self._recent_requests * _RATIO_DECAY + 1.0
-        self._recent_fetches *= _RATIO_DECAY
-        self._adapt_threshold()
+        recent_requests = self._recent_requests = self._recent_requests * _RATIO_DECAY + 1.0
+        recent_fetches = self._recent_fetches = self._recent_fetches * _RATIO_DECAY
+        # Raise the threshold while warming spends more than its budget;
+        # stepped per user request, so the speed of the adjustment follows
+        # the traffic, not how often ``due`` is called.
+        if recent_fetches > config.max_warm_ratio * recent_requests:
+            # Up to 1: confidences stay below it, so a budget can stop all warming.
+            self.threshold = min(1.0, self.threshold + _THRESHOLD_STEP)
+        elif self.threshold > config.min_confidence:
+            self.threshold = max(config.min_confidence, self.threshold - _THRESHOLD_STEP)
         key = event.key
-        state = self._keys.get(key)
+        keys = self._keys
+        state = keys.get(key)
         if state is None:
             state = _Key(event.url, event.host, ts)
-            self._keys[key] = state
-            if len(self._keys) > self.config.max_keys:
-                self._keys.popitem(last=False)
+            keys[key] = state
+            if len(keys) > config.max_keys:
+                keys.popitem(last=False)
         else:
-            self._keys.move_to_end(key)
-            self._decay(state, ts)
+            keys.move_to_end(key)
+            # _decay(state, ts)
+            elapsed = ts - state.updated
+            if elapsed > 0:
+                state.recent *= math.exp(self._recent_rate * elapsed)
+                state.trend *= math.exp(self._trend_rate * elapsed)
+                state.updated = ts
         if state.acted_outcome < 0 and ts >= state.acted_at:
-            state.acted_outcome = 1 if event.outcome in _HIT_OUTCOMES else 0
+            state.acted_outcome = 1 if outcome in _HIT_OUTCOMES else 0
         if state.fresh_until > ts:
             # The entry should still be cached: a miss means the cache dropped
             # it early (evicted), which is what revisits within a lifetime catch.
             self._fresh_requests = self._fresh_requests * _RATIO_DECAY + 1.0
             self._early_drops *= _RATIO_DECAY
-            if event.outcome not in _HIT_OUTCOMES:
+            if outcome not in _HIT_OUTCOMES:
                 self._early_drops += 1.0
-        state.recent += 1.0
+        recent = state.recent = state.recent + 1.0
         state.trend += 1.0
         state.last = ts
-        state.count += 1
-        if len(state.clients) < 4 and event.client:
-            state.clients.add(event.client)
+        count = state.count = state.count + 1
+        client = event.client
+        clients = state.clients
+        if len(clients) < 4 and client:
+            clients.add(client)
         fresh_until = event.fresh_until
         new_lifetime = fresh_until > state.fresh_until
         if new_lifetime:
             state.fresh_until = fresh_until
-        follow = state.count >= MIN_REQUESTS_TO_FOLLOW
-        if (
+        follow = count >= MIN_REQUESTS_TO_FOLLOW
+        # Asked for again within about a window: worth deciding about; else
+        # a key hopeless now gets no decisions until its next request, which
+        # keeps a long tail of rare keys from costing a decision each.
+        if not (
             (new_lifetime or (follow and not state.revisit_planned))
-            # Asked for again within about a window: worth deciding about.
-            and state.recent < 2.0
-            and not self._worth_deciding(state, ts)
+            and recent < 2.0
+            and not self._worth_deciding(state)
         ):
-            # Hopeless now: no decisions planted until its next request, which
-            # keeps a long tail of rare keys from costing a decision each.
-            return self._after_observe(event, key, ts, follow)
-        if new_lifetime:
-            self._plant(fresh_until - self.config.refresh_lead, key, "expiry", 0)
-        if follow:
-            if not state.revisit_planned:
-                state.revisit_planned = True
-                self._plant(ts + REVISIT_AFTER[0] * self.window, key, "revisit", state.count)
-            hour = int(ts // 3600)
-            if hour != state.seasonal_hour:
-                state.seasonal_hour = hour
-                lead = SEASONAL_LEAD * self.window
-                self._plant(ts + DAY - lead, key, "daily", 0)
-                self._plant(ts + WEEK - lead, key, "weekly", 0)
-        self._after_observe(event, key, ts, follow)
-
-    def _after_observe(self, event: Observed, key: str, ts: float, follow: bool) -> None:
-        if self.sequences is not None and event.client:
+            if new_lifetime:
+                self._plant(fresh_until - config.refresh_lead, key, "expiry", 0)
+            if follow:
+                if not state.revisit_planned:
+                    state.revisit_planned = True
+                    self._plant(ts + self._revisit_offsets[0], key, "revisit", count)
+                hour = int(ts // 3600)
+                if hour != state.seasonal_hour:
+                    state.seasonal_hour = hour
+                    lead = SEASONAL_LEAD * self.window
+                    self._plant_seasonal(ts + DAY - lead, key, "daily")
+                    self._plant_seasonal(ts + WEEK - lead, key, "weekly")
+        sequences = self.sequences
+        if sequences is not None and client:
             if self._feed_sequences:
-                self.sequences.observe(event.client, key, ts)
+                sequences.observe(client, key, ts)
             # A transition from a key seen once cannot have been seen twice;
             # and what follows a key is asked for at most once per slice of
             # the window (the successors warmed then are still cached).
-            state = self._keys.get(key)
-            if follow and state is not None and ts >= state.sequences_next:
-                state.sequences_next = ts + self.window * SEQUENCE_SPACING
-                self._sequence_decisions(key, ts)
+            if follow:
+                followed = keys.get(key)
+                if followed is not None and ts >= followed.sequences_next:
+                    followed.sequences_next = ts + self.window * SEQUENCE_SPACING
+                    self._sequence_decisions(key, ts)
 
     def filled(self, key: str, url: str, host: str, now: float, fresh_until: float) -> None:
         """A warm fill stored a new lifetime: follow its expiry like any other.
@@ -345,80 +380,179 @@ class Predictor:
     # -------------------------------------------------------------- decisions
 
     def due(self, now: float) -> list[WarmRequest]:
-        """Take every decision whose time has come; return what to warm."""
-        self._now = max(self._now, now)
-        self._resolve(now)
+        """Take every decision whose time has come; return what to warm.
+
+        Asked before every request and more, so what would be helpers (the
+        revisit chain's next step, :meth:`_plant`, :meth:`_confidence`) is
+        written out here.
+        """
+        if now > self._now:
+            self._now = now
+        pending = self._pending
+        if pending and pending[0][0] <= now:
+            self._resolve(now)
+        if self._lanes_next <= now:
+            self._drain_lanes(now)
         out: list[WarmRequest] = []
-        decisions = self._decisions
+        # Decisions are popped from the heap as it is now, and planted in
+        # self._decisions (the same list, unless a compaction replaces it).
+        decisions = heap = self._decisions
+        if not decisions or not decisions[0][0] <= now:
+            return out
         heappop = heapq.heappop
-        keys = self._keys
+        heappush = heapq.heappush
+        keys_get = self._keys.get
         lead = self.config.refresh_lead
+        window = self.window
+        threshold = self.threshold
+        cells_get = self.calibration.cells.get
+        log2 = math.log2
+        exp = math.exp
+        recent_rate = self._recent_rate
+        trend_rate = self._trend_rate
+        age_scale = self._age_scale
+        trend_per_window = self._trend_per_window
+        revisit_steps = _REVISIT_STEP
+        revisit_kinds = _REVISIT_KINDS
+        revisit_offsets = self._revisit_offsets
+        revisits = len(revisit_offsets)
+        max_pending = MAX_PENDING
+        # Whether the cache has (lately) kept entries until they expire: fewer
+        # than one in a hundred requests for a believed-fresh entry missed.
+        # Then a revisit while the entry is fresh finds it cached, so the
+        # chain skips to the steps after expiry.  (Only observe changes it.)
+        entries_stay = self._early_drops < EARLY_DROPS_RARE * (self._fresh_requests + 100.0)
+        limit = self._max_decisions - self._in_lanes  # of the heap (the lanes do not change here)
+        seq = self._seq
         while decisions and decisions[0][0] <= now:
             at, _, key, kind, generation = heappop(decisions)
-            state = keys.get(key)
+            state = keys_get(key)
             if state is None:
                 continue
+            # Neither seasonal nor a sequence: (a Poisson prior, a plain cell).
+            plain = True
             if kind == "expiry":
                 if state.fresh_until - lead != at:
                     continue  # a newer lifetime replaced it
-            elif kind in _REVISIT_STEP:
-                if not self._revisit_step(key, state, _REVISIT_STEP[kind], generation):
-                    continue
-                kind = "revisit"
-            cell, confidence = self._confidence(state, kind, at)
-            acted = confidence >= self.threshold
-            self._await_outcome(at, key, cell, state.count, acted)
+            else:
+                step = revisit_steps.get(kind)
+                if step is None:
+                    plain = False
+                else:
+                    # Plant the next revisit of the chain; this one is void
+                    # when the key was asked for since it was planted: one
+                    # chain per key, re-anchored on its last request instead
+                    # of taking a decision (a request per key would
+                    # otherwise plant several).
+                    count = state.count
+                    if count != generation:
+                        step = -1
+                        generation = count
+                    not_before = state.fresh_until if entries_stay else -math.inf
+                    last = state.last
+                    nxt_step = step + 1
+                    while nxt_step < revisits:
+                        nxt = last + revisit_offsets[nxt_step]
+                        if nxt >= not_before:
+                            seq += 1
+                            heappush(heap, (nxt, seq, key, revisit_kinds[nxt_step], generation))
+                            if len(heap) > limit:
+                                self._seq = seq
+                                self._compact()
+                                heap = self._decisions
+                                limit = self._max_decisions - self._in_lanes
+                            break
+                        nxt_step += 1
+                    else:
+                        state.revisit_planned = False
+                    if step < 0:
+                        continue
+                    kind = "revisit"
+            # cell, confidence = self._confidence(state, kind, at):
+            recent_count = state.recent
+            trend_count = state.trend
+            elapsed = at - state.updated
+            if elapsed > 0:
+                recent_count *= exp(recent_rate * elapsed)
+                trend_count *= exp(trend_rate * elapsed)
+                state.recent = recent_count
+                state.trend = trend_count
+                state.updated = at
+            age = at - state.last
+            recent = int(log2(recent_count + 1.0) * 2.0)
+            trend = int(log2(trend_count + 1.0) * 2.0)
+            aged = int(log2(age * age_scale + 1.0)) if age > 0 else 0
+            clients = len(state.clients)
+            cell: tuple[Any, ...] = (
+                kind,
+                recent if recent < 9 else 9,
+                trend if trend < 11 else 11,
+                aged if aged < 7 else 7,
+                clients if clients < 3 else 3,
+            )
+            if plain:
+                prior = 1.0 - exp(-trend_count * trend_per_window)
+            else:
+                if kind in _SEASONAL:
+                    recurred = state.recurred.get(kind, 0)
+                    cell = (*cell, recurred if recurred < 3 else 3)
+                if kind[0] == "s":  # "sequence:<confidence tenth>"
+                    prior = (int(kind[9:]) + 0.5) / 10
+                else:
+                    prior = 1.0 - exp(-trend_count * trend_per_window)
+            seen = cells_get(cell)
+            if seen is None:
+                confidence = prior
+            else:
+                asked = (seen[1] + prior * PRIOR_WEIGHT) / (seen[0] + PRIOR_WEIGHT)
+                confidence = asked * (seen[3] + PRIOR_WEIGHT) / (seen[2] + PRIOR_WEIGHT)
+            acted = confidence >= threshold
+            # Await the outcome (decisions are taken in time order: a FIFO).
+            pending.append((at + window, key, cell, state.count, acted))
+            if len(pending) > max_pending:
+                # Resolve the oldest early rather than grow.
+                self._learn(*pending.popleft()[1:])
             if acted:
                 state.acted_at = at
                 state.acted_outcome = -1
                 out.append(self._request(key, state, kind, confidence, at))
+        self._seq = seq
         return out
 
-    def _worth_deciding(self, state: _Key, ts: float) -> bool:
+    def _worth_deciding(self, state: _Key) -> bool:
         """Whether decisions about this key could warm it (or a sample to learn from).
 
-        A key whose confidence right after a request is well under the floor,
-        in a cell with enough evidence, only gets less likely to be asked for
-        as it ages, so its decisions would not warm it; one in
-        :data:`LEARNING_SAMPLE` is planted anyway so such cells keep learning.
+        Asked right after a request, with the key's counts decayed to it.  A
+        key whose confidence then is well under the floor, in a cell with
+        enough evidence, only gets less likely to be asked for as it ages,
+        so its decisions would not warm it; one in :data:`LEARNING_SAMPLE`
+        is planted anyway so such cells keep learning.  (The confidence is
+        :meth:`_confidence` of a revisit at age 0, written out.)
         """
-        cell, confidence = self._confidence(state, "revisit", ts)
+        log2 = math.log2
+        recent = int(log2(state.recent + 1.0) * 2.0)
+        trend = int(log2(state.trend + 1.0) * 2.0)
+        clients = len(state.clients)
+        cell = (
+            "revisit",
+            recent if recent < 9 else 9,
+            trend if trend < 11 else 11,
+            0,
+            clients if clients < 3 else 3,
+        )
+        prior = 1.0 - math.exp(-state.trend * self._trend_per_window)
+        seen = self.calibration.cells.get(cell)
+        if seen is None:
+            confidence = prior
+        else:
+            asked = (seen[1] + prior * PRIOR_WEIGHT) / (seen[0] + PRIOR_WEIGHT)
+            confidence = asked * (seen[3] + PRIOR_WEIGHT) / (seen[2] + PRIOR_WEIGHT)
         if confidence >= WORTH_DECIDING * self.config.min_confidence:
             return True
-        seen = self.calibration.cells.get(cell)
         if seen is None or seen[0] < EVIDENCE_TO_SKIP:
             return True
         self._sampled += 1
         return self._sampled % LEARNING_SAMPLE == 0
-
-    def _revisit_step(self, key: str, state: _Key, step: int, generation: int) -> bool:
-        """Plant the next revisit of the chain; False when this one is void.
-
-        One revisit chain per key: when the key was asked for since the chain
-        was planted, it is re-anchored on that last request instead of taking
-        a decision (a request per key would otherwise plant several).
-        """
-        if state.count != generation:
-            step = -1  # re-anchored on the last request
-            generation = state.count
-        # Where the cache keeps entries their whole lifetime, a revisit while
-        # the entry is fresh finds it cached: skip to the steps after expiry.
-        not_before = state.fresh_until if self._entries_stay() else -math.inf
-        nxt_step = step + 1
-        while nxt_step < len(REVISIT_AFTER):
-            nxt = state.last + REVISIT_AFTER[nxt_step] * self.window
-            if nxt >= not_before:
-                self._plant(nxt, key, _REVISIT_KINDS[nxt_step], generation)
-                break
-            nxt_step += 1
-        else:
-            state.revisit_planned = False
-        return step >= 0
-
-    def _entries_stay(self) -> bool:
-        """Whether the cache has (lately) kept entries until they expire: fewer
-        than one in a hundred requests for a believed-fresh entry missed."""
-        return self._early_drops < EARLY_DROPS_RARE * (self._fresh_requests + 100.0)
 
     @property
     def recent(self) -> list[Prediction]:
@@ -450,13 +584,14 @@ class Predictor:
     def _sequence_decisions(self, key: str, ts: float) -> None:
         # Runs inside observe, after the client's request for ``key``: what
         # tends to follow it is planted as decisions due now, so ``due``
-        # returns them with the rest.
+        # returns them with the rest.  A transition seen once is no sequence
+        # yet; below the floor the calibration could only lower it further.
         assert self.sequences is not None
-        floor = self.config.min_confidence
-        for nxt, confidence, count in self.sequences.successors(key, 3):
-            # A transition seen once is no sequence yet; below the floor the
-            # calibration could only lower it further.
-            if count >= 2 and confidence >= floor and nxt in self._keys:
+        keys = self._keys
+        for nxt, confidence, _ in self.sequences.likely_successors(
+            key, 3, min_count=2, min_confidence=self.config.min_confidence
+        ):
+            if nxt in keys:
                 self._plant(ts, nxt, f"sequence:{min(int(confidence * 10), 9)}", 0)
 
     def _request(
@@ -466,18 +601,27 @@ class Predictor:
         self._asked[key] = at
         if len(self._asked) > self.config.max_keys:
             self._asked.popitem(last=False)
-        return WarmRequest(
-            url=state.url,
-            host=state.host,
-            priority=self.config.priority,
-            reason=Reason.PREDICTIVE,
-            refresh=kind == "expiry",
-        )
+        priority = self.config.priority
+        refresh = kind == "expiry"
+        request = state.refresh if refresh else state.hint
+        if request is None or request.priority != priority:
+            request = WarmRequest(
+                url=state.url,
+                host=state.host,
+                priority=priority,
+                reason=Reason.PREDICTIVE,
+                refresh=refresh,
+            )
+            if refresh:
+                state.refresh = request
+            else:
+                state.hint = request
+        return request
 
     def _confidence(self, state: _Key, kind: str, at: float) -> tuple[tuple[Any, ...], float]:
         """The feature cell of ``state`` at ``at``, and how likely a warm now is
         to be hit: asked for within the window, and (measured on this model's
-        own warms) still cached when it is.  Runs for every decision: inlined."""
+        own warms) still cached when it is.  :meth:`due` inlines it."""
         self._decay(state, at)
         age = at - state.last
         log2 = math.log2
@@ -513,19 +657,39 @@ class Predictor:
 
     # --------------------------------------------------------------- learning
 
-    def _await_outcome(
-        self, at: float, key: str, cell: tuple[Any, ...], count: int, acted: bool
-    ) -> None:
-        pending = self._pending
-        pending.append((at + self.window, key, cell, count, acted))
-        if len(pending) > MAX_PENDING:
-            # Resolve the oldest early rather than grow.
-            self._learn(*pending.popleft()[1:])
-
     def _resolve(self, now: float) -> None:
+        """Learn the outcome of every decision whose window ended by ``now``
+        (:meth:`_learn`, with :meth:`_Calibration.learn` written out)."""
         pending = self._pending
+        popleft = pending.popleft
+        keys_get = self._keys.get
+        cells = self.calibration.cells
+        cells_get = cells.get
         while pending and pending[0][0] <= now:
-            self._learn(*pending.popleft()[1:])
+            _, key, cell, count, acted = popleft()
+            state = keys_get(key)
+            # A forgotten key was not asked for recently enough to stay followed.
+            if state is None:
+                happened = False
+                warm_hit = -1
+            else:
+                happened = state.count > count
+                # Asked for after this model warmed it: was the warmed entry
+                # still there?  (Evicted or expired first, the warm was wasted.)
+                warm_hit = state.acted_outcome if acted else -1
+            seen = cells_get(cell)
+            if seen is None:
+                seen = cells[cell] = [0.0, 0.0, 0.0, 0.0]
+            seen[0] += 1.0
+            if happened:
+                seen[1] += 1.0
+                if warm_hit >= 0:
+                    seen[2] += 1.0
+                    seen[3] += warm_hit
+                if cell[0] in _SEASONAL:
+                    assert state is not None
+                    kind = cell[0]
+                    state.recurred[kind] = state.recurred.get(kind, 0) + 1
 
     def _learn(self, key: str, cell: tuple[Any, ...], count: int, acted: bool) -> None:
         state = self._keys.get(key)
@@ -539,30 +703,52 @@ class Predictor:
             kind = cell[0]
             state.recurred[kind] = state.recurred.get(kind, 0) + 1
 
-    def _adapt_threshold(self) -> None:
-        """Raise the threshold while warming spends more than its budget.
-
-        Stepped per user request, so the speed of the adjustment follows the
-        traffic, not how often ``due`` is called.
-        """
-        if self._recent_fetches > self.config.max_warm_ratio * self._recent_requests:
-            # Up to 1: confidences stay below it, so a budget can stop all warming.
-            self.threshold = min(1.0, self.threshold + _THRESHOLD_STEP)
-        elif self.threshold > self.config.min_confidence:
-            self.threshold = max(self.config.min_confidence, self.threshold - _THRESHOLD_STEP)
-
     def _plant(self, at: float, key: str, kind: str, generation: int) -> None:
         self._seq += 1
-        heapq.heappush(self._decisions, (at, self._seq, key, kind, generation))
-        if len(self._decisions) > self._max_decisions:
+        decisions = self._decisions
+        heapq.heappush(decisions, (at, self._seq, key, kind, generation))
+        if len(decisions) + self._in_lanes > self._max_decisions:
             self._compact()
+
+    def _plant_seasonal(self, at: float, key: str, kind: str) -> None:
+        """:meth:`_plant` for a daily or weekly decision: in its lane when that
+        keeps the lane in time order, else in the heap."""
+        self._seq += 1
+        item = (at, self._seq, key, kind, 0)
+        lane = self._lanes[kind]
+        if not lane:
+            lane.append(item)
+            self._in_lanes += 1
+            if at < self._lanes_next:
+                self._lanes_next = at
+        elif at >= lane[-1][0]:
+            lane.append(item)
+            self._in_lanes += 1
+        else:
+            heapq.heappush(self._decisions, item)
+        if len(self._decisions) + self._in_lanes > self._max_decisions:
+            self._compact()
+
+    def _drain_lanes(self, now: float) -> None:
+        """Move the lanes' decisions due by ``now`` to the heap."""
+        decisions = self._decisions
+        moved = 0
+        heads = math.inf
+        for lane in self._lanes.values():
+            while lane and lane[0][0] <= now:
+                heapq.heappush(decisions, lane.popleft())
+                moved += 1
+            if lane and lane[0][0] < heads:
+                heads = lane[0][0]
+        self._in_lanes -= moved
+        self._lanes_next = heads
 
     def _compact(self) -> None:
         # Drop decisions of forgotten keys and replaced expiries; if that is
         # not enough, keep the soonest half (the rest would come too late to
         # matter before the keys are re-planted by their next requests).
         keep = []
-        for item in self._decisions:
+        for item in itertools.chain(self._decisions, *self._lanes.values()):
             at, _, key, kind, _generation = item
             state = self._keys.get(key)
             if state is None:
@@ -578,6 +764,10 @@ class Predictor:
                     state.revisit_planned = False
         heapq.heapify(keep)
         self._decisions = keep
+        for lane in self._lanes.values():
+            lane.clear()
+        self._in_lanes = 0
+        self._lanes_next = math.inf
 
     # ------------------------------------------------------------ persistence
 

@@ -45,7 +45,11 @@ firing of :class:`ScheduledTop`), at most once per instant between two
 observations.  What they return goes through a :class:`~warmer.queue.WarmQueue`
 (de-duplication and priorities) and is executed at once; a stored fill is
 reported to every strategy's ``filled``, as the live warmer's ``on_result``
-does.
+does.  (The queue is empty when a round is pushed, so :func:`drain_order`
+hands the round back in the queue's order, merged as it merges, without it.)
+The built-in strategies that do not read the usage tracker (``none``,
+``refresh-ahead``, ``predictive``) run without it being fed: nothing else
+reads it.
 
 The built-in strategies (:data:`STRATEGIES`): ``none``; ``reactive``,
 :class:`~warmer.strategies.MissReactive` refilling keys missed more than
@@ -83,18 +87,20 @@ built-in ones by name; :func:`replay` and :func:`replay_file` take a name or
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import heapq
 import math
+import operator
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Protocol, TextIO, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Protocol, TextIO, TypeVar, runtime_checkable
 
 import orjson
 
-from warmer.analysis import Analyzer
 from warmer.ledger import EffectivenessLedger
 from warmer.model import DEFAULT_PRIORITY_LEVELS, Observed, Reason, WarmRequest
 from warmer.predictive import PredictiveConfig, Predictor
@@ -102,6 +108,10 @@ from warmer.queue import WarmQueue
 from warmer.strategies import MissReactive, RefreshAhead
 from warmer.trace import TraceError, TraceRow, TraceSummary, read_trace, scan_trace
 from warmer.tracker import UsageTracker
+
+if TYPE_CHECKING:
+    # Imported where it is used: it pulls numpy in, which a replay does not need.
+    from warmer.analysis import Analyzer
 
 HOUR: Final = 3600.0
 T = TypeVar("T")
@@ -118,6 +128,8 @@ REACTIVE_WINDOW_TTLS: Final = 4.0
 #: Scheduled-top: every hour, the top share of the distinct keys seen so far,
 #: ranked by their requests in the past hour.
 TOP_SHARE: Final = 0.01
+
+_INF: Final = math.inf
 
 #: The built-in strategies, in the order they are reported.
 STRATEGY_NAMES: Final = ("none", "reactive", "refresh-ahead", "scheduled-top", "predictive", "all")
@@ -194,7 +206,7 @@ class ScheduledTop:
 
     def observe(self, event: Observed) -> None:
         self._seen.add(event.key)
-        if self._next == math.inf:
+        if self._next == _INF:
             self._next = (event.ts // self.every + 1) * self.every
 
     def due(self, now: float) -> list[WarmRequest]:
@@ -259,6 +271,11 @@ def _predictive(ctx: ReplayContext) -> list[ReplayStrategy]:
 def _all(ctx: ReplayContext) -> list[ReplayStrategy]:
     return [*_refresh_ahead(ctx), *_reactive(ctx), *_scheduled_top(ctx), *_predictive(ctx)]
 
+
+# The built-in factories whose strategies never read the context's tracker.
+_WITHOUT_TRACKER: Final[frozenset[StrategyFactory]] = frozenset(
+    {_none, _refresh_ahead, _predictive}
+)
 
 #: The built-in strategies by name (``all``: every other one together).
 STRATEGIES: Final[dict[str, StrategyFactory]] = {
@@ -424,6 +441,7 @@ class _Simulation:
         *,
         capacity: int,
         ttl: float,
+        observe_tracker: bool = True,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1 entry, got {capacity}")
@@ -433,10 +451,14 @@ class _Simulation:
         self.capacity = capacity
         self.ttl = ttl
         self.tracker = tracker
+        # Without a strategy that reads it, nothing reads the tracker.
+        self.observe_tracker = observe_tracker
         self.strategies = tuple(strategies)
+        self._dues = tuple(s.due for s in self.strategies)
         self.wakers = tuple(s for s in self.strategies if isinstance(s, Waking))
         self.ledger = EffectivenessLedger(max_tracked=max(100_000, 2 * capacity))
         self.queue = WarmQueue(DEFAULT_PRIORITY_LEVELS, max_items=1_000_000)
+        self._rank = {name: level for level, name in enumerate(self.queue.levels)}
         self.cache: OrderedDict[str, list[Any]] = OrderedDict()
         self.expiries: list[tuple[float, str]] = []
         self.now = -math.inf
@@ -466,19 +488,26 @@ class _Simulation:
         # Without strategies nothing reads the tracker or the ledger: the
         # baseline runs on the cache alone.
         observers = (
-            [self.tracker.observe, *(s.observe for s in self.strategies), ledger.observe]
+            [
+                *([self.tracker.observe] if self.observe_tracker else []),
+                *(s.observe for s in self.strategies),
+                ledger.observe,
+            ]
             if driven
             else []
         )
+        advance = self._advance
+        due = self._due
+        nan = math.nan
         now = self.now
         requests = hits = 0
         for ts, key, _size, client in rows:
             if ts > now:
                 now = ts  # a step back (within the reader's tolerance) replays at the latest time
             if (expiries and expiries[0][0] <= now) or self.wake <= now:
-                self._advance(now)
+                advance(now)
             if driven and self.due_at != now:
-                self._due(now)
+                due(now)
             if key[0] != "/":
                 key = "/" + key
             requests += 1
@@ -492,7 +521,8 @@ class _Simulation:
                 event.warmed = entry[_WARMED]
             else:
                 if entry is not None:
-                    self._end(entry)
+                    if entry[_WARMED]:
+                        self._end(entry)
                     del cache[key]
                 expiry = now + ttl
                 cache[key] = [expiry, False, False]
@@ -507,7 +537,7 @@ class _Simulation:
             event.client = client
             for observe in observers:
                 observe(event)
-            self.due_at = math.nan
+            self.due_at = nan
         self.now = now
         self.requests += requests
         self.hits += hits
@@ -542,79 +572,109 @@ class _Simulation:
     def _advance(self, until: float) -> None:
         """Process expiries and wake-ups up to ``until``, in time order."""
         cache = self.cache
+        get = cache.get
         expiries = self.expiries
+        heappop = heapq.heappop
         driven = bool(self.strategies)
+        due = self._due
         while True:
             at = expiries[0][0] if expiries else math.inf
             wake = self.wake
             if wake < at and wake <= until:
-                self._due(wake)
+                due(wake)
                 continue
             if at > until:
                 return
-            _, key = heapq.heappop(expiries)
-            entry = cache.get(key)
+            _, key = heappop(expiries)
+            entry = get(key)
             if entry is None or entry[_EXPIRY] != at:
                 continue  # evicted or re-fetched since
             if driven and self.due_at != at:
-                self._due(at)  # the last chance to refresh it
-                if cache.get(key) is not entry or entry[_EXPIRY] != at:
+                due(at)  # the last chance to refresh it
+                if get(key) is not entry or entry[_EXPIRY] != at:
                     continue
-            self._end(entry)
+            if entry[_WARMED]:
+                self._end(entry)
             del cache[key]
 
     def _due(self, now: float) -> None:
         """Ask every strategy what is due; queue it and fetch it at once."""
         self.due_at = now
-        strategies = self.strategies
-        if len(strategies) == 1:
-            wanted = strategies[0].due(now)
+        dues = self._dues
+        if len(dues) == 1:
+            wanted = dues[0](now)
         else:
             wanted = []
-            for strategy in strategies:
-                wanted.extend(strategy.due(now))
-        if self.wakers:
-            self.wake = min(s.next_wake() for s in self.wakers)
+            for due in dues:
+                asked = due(now)
+                if asked:
+                    wanted.extend(asked)
+        wakers = self.wakers
+        if wakers:
+            if len(wakers) == 1:
+                self.wake = wakers[0].next_wake()
+            else:
+                self.wake = min(s.next_wake() for s in wakers)
         if wanted:
             self._execute(wanted, now)
 
     def _execute(self, requests: list[WarmRequest], now: float) -> None:
         queue = self.queue
+        if not queue and not now < 0.0 and len(requests) <= queue.max_items:
+            # Nothing queued (it is drained each time), pushed with no delay
+            # (ready at ``now``) and room for all: what the queue would hand
+            # back, without it.
+            if len(requests) == 1:
+                (request,) = requests
+                if request.priority in self._rank:
+                    self._fetch(request, now)
+                    return
+            else:
+                drained = drain_order(requests, self._rank)
+                if drained is not None:
+                    for request in drained:
+                        self._fetch(request, now)
+                    return
         for wanted in requests:
             queue.push(wanted, now)
+        while (popped := queue.pop(now)) is not None:
+            self._fetch(popped, now)
+
+    def _fetch(self, request: WarmRequest, now: float) -> None:
+        """The warm fetch of ``request``, completed at once."""
+        key = request.url
         cache = self.cache
-        ledger = self.ledger
-        while (request := queue.pop(now)) is not None:
-            key = request.url
-            entry = cache.get(key)
-            if entry is not None and entry[_EXPIRY] > now and not request.refresh:
-                self.free_hints += 1
-                ledger.warm_already_fresh(key, now, label=request.label)
-                continue
-            fresh_until = now + (self.ttl if request.ttl is None else request.ttl)
-            if entry is not None:
-                # Re-fetched in place: the LRU position is kept.
-                self._end(entry)
-                entry[_EXPIRY] = fresh_until
-                entry[_WARMED] = True
-                entry[_USED] = False
-            else:
-                cache[key] = [fresh_until, True, False]
-                if len(cache) > self.capacity:
-                    self._evict(now)
-            heapq.heappush(self.expiries, (fresh_until, key))
-            self.warm_fetches += 1
-            ledger.warm_stored(key, now, fresh_until, label=request.label)
-            for strategy in self.strategies:
-                strategy.filled(key, request.url, request.host, now, fresh_until)
+        entry = cache.get(key)
+        if entry is not None and entry[_EXPIRY] > now and not request.refresh:
+            self.free_hints += 1
+            self.ledger.warm_already_fresh(key, now, label=request.label)
+            return
+        fresh_until = now + (self.ttl if request.ttl is None else request.ttl)
+        if entry is not None:
+            # Re-fetched in place: the LRU position is kept.
+            self._end(entry)
+            entry[_EXPIRY] = fresh_until
+            entry[_WARMED] = True
+            entry[_USED] = False
+        else:
+            cache[key] = [fresh_until, True, False]
+            if len(cache) > self.capacity:
+                self._evict(now)
+        heapq.heappush(self.expiries, (fresh_until, key))
+        self.warm_fetches += 1
+        self.ledger.warm_stored(key, now, fresh_until, label=request.label)
+        url = request.url
+        host = request.host
+        for strategy in self.strategies:
+            strategy.filled(key, url, host, now, fresh_until)
 
     def _evict(self, now: float) -> None:
         cache = self.cache
         while len(cache) > self.capacity:
             key, entry = cache.popitem(last=False)
             self.evictions += 1
-            self._end(entry)
             if entry[_WARMED]:
+                self._end(entry)
                 self.ledger.evicted(key, now)
 
     def _end(self, entry: list[Any]) -> None:
@@ -624,6 +684,48 @@ class _Simulation:
                 self.warm_used += 1
             else:
                 self.warm_unused += 1
+
+
+def drain_order(requests: Sequence[WarmRequest], rank: dict[str, int]) -> list[WarmRequest] | None:
+    """What a :class:`~warmer.queue.WarmQueue` with nothing queued hands back
+    when ``requests`` are pushed, ready at once, and popped until it is empty.
+
+    ``rank``: the queue's level of each priority name (0 highest).  Requests
+    of one identity are merged as the queue merges them; the merged ones come
+    out highest level first, first pushed first within a level.  None when a
+    priority is not a level (the queue refuses it).
+    """
+    # identity -> [level, order of the first push, request as merged]
+    entries: dict[tuple[str, str], list[Any]] = {}
+    for order, request in enumerate(requests):
+        level = rank.get(request.priority)
+        if level is None:
+            return None
+        identity = (request.host, request.url)
+        entry = entries.get(identity)
+        if entry is None:
+            entries[identity] = [level, order, request]
+            continue
+        # WarmQueue._merge: the higher priority (its reason; on a tie the
+        # queued one stays), refresh if either asked, the smaller TTL.
+        old = entry[2]
+        ttls = [t for t in (old.ttl, request.ttl) if t is not None]
+        upgraded = level < entry[0]
+        entry[2] = dataclasses.replace(
+            old,
+            priority=request.priority if upgraded else old.priority,
+            reason=request.reason if upgraded else old.reason,
+            refresh=old.refresh or request.refresh,
+            ttl=min(ttls) if ttls else None,
+        )
+        if upgraded:
+            entry[0] = level
+    if len(entries) == 1:
+        return [entry[2] for entry in entries.values()]
+    return [entry[2] for entry in sorted(entries.values(), key=_LEVEL_ORDER)]
+
+
+_LEVEL_ORDER: Final = operator.itemgetter(0, 1)
 
 
 def _resolve(spec: StrategySpec) -> tuple[str, StrategyFactory]:
@@ -661,10 +763,28 @@ def replay(
     name, factory = _resolve(strategy)
     tracker = tracker_for(ttl, distinct_keys)
     context = ReplayContext(tracker, ttl, capacity, distinct_keys)
-    simulation = _Simulation(name, factory(context), tracker, capacity=capacity, ttl=ttl)
-    started = time.perf_counter()
-    simulation.run(rows)
-    return simulation.finish(time.perf_counter() - started)
+    simulation = _Simulation(
+        name,
+        factory(context),
+        tracker,
+        capacity=capacity,
+        ttl=ttl,
+        # Nothing else reads it: the built-in strategies that do not read it skip it.
+        observe_tracker=factory not in _WITHOUT_TRACKER,
+    )
+    # The run makes no reference cycles (its garbage goes as it is dropped),
+    # so the cyclic collector would only walk its live objects again and
+    # again (a tenth of a run on a trace of many keys): off while it runs.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        started = time.perf_counter()
+        simulation.run(rows)
+        seconds = time.perf_counter() - started
+    finally:
+        if collecting:
+            gc.enable()
+    return simulation.finish(seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -815,6 +935,8 @@ def analyze_file(
     analysis sees hits and misses as a cache of ``cache_size`` and ``ttl``
     would have served them; the report is as of the last request.
     """
+    from warmer.analysis import Analyzer
+
     probes: list[tuple[_AnalysisProbe, UsageTracker]] = []
 
     def probe(ctx: ReplayContext) -> list[ReplayStrategy]:

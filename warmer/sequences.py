@@ -174,6 +174,34 @@ class SequenceModel:
         )
         return [(target, -neg / denominator, -neg) for neg, target in ranked if neg < 0]
 
+    def likely_successors(
+        self, key: str, n: int, *, min_count: int, min_confidence: float
+    ) -> list[tuple[str, float, int]]:
+        """Those of :meth:`successors` ``(key, n)`` counted at least ``min_count``
+        times with a confidence of at least ``min_confidence``, in its order.
+
+        The same answer, cheaper: both conditions grow with the count, so the
+        keys meeting them are a prefix of the ranking and are ranked alone.
+        """
+        if n < 0:
+            raise ValueError(f"n must not be negative, got {n}")
+        summary = self._sources.get(key)
+        if summary is None or n == 0:
+            return []
+        denominator = summary.total() + 1
+        floor = max(min_count, 1)  # successors() leaves out counts of 0
+        # No key is counted more than the largest counter says: usually
+        # nothing qualifies, which this tells without looking at each key.
+        most = summary.largest()
+        if most < floor or most / denominator < min_confidence:
+            return []
+        ranked = sorted(
+            (-count, target)
+            for target, count in summary.guaranteed_items()
+            if count >= floor and count / denominator >= min_confidence
+        )
+        return [(target, -neg / denominator, -neg) for neg, target in ranked[:n]]
+
     def predict_next(
         self, client: str, n: int = 3, now: float | None = None
     ) -> list[tuple[str, float]]:

@@ -21,6 +21,8 @@ from collections.abc import Hashable, Iterable, Iterator, Sequence
 from fractions import Fraction
 from typing import Final, Generic, TypeVar
 
+import numpy as np
+
 _MASK64: Final = (1 << 64) - 1
 
 
@@ -83,7 +85,7 @@ class SpaceSaving:
     replacement.  The heap holds exactly one entry per monitored item.
     """
 
-    __slots__ = ("_capacity", "_counts", "_errors", "_heap", "_total")
+    __slots__ = ("_capacity", "_counts", "_errors", "_heap", "_largest", "_total")
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
@@ -95,6 +97,10 @@ class SpaceSaving:
         # item's current count.
         self._heap: list[tuple[int, str]] = []
         self._total = 0
+        # The largest counter: only ever replaced by a larger one (the
+        # smallest goes when one is taken over), so kept as adds come; decay
+        # recomputes it.
+        self._largest = 0
 
     @property
     def capacity(self) -> int:
@@ -112,7 +118,10 @@ class SpaceSaving:
         counts = self._counts
         current = counts.get(item)
         if current is not None:
-            counts[item] = current + count
+            current += count
+            counts[item] = current
+            if current > self._largest:
+                self._largest = current
             return None
         heap = self._heap
         if len(counts) < self._capacity:
@@ -122,6 +131,8 @@ class SpaceSaving:
             counts[item] = count
             self._errors[item] = 0
             heapq.heappush(heap, (count, item))
+            if count > self._largest:
+                self._largest = count
             return None
         while True:
             smallest, victim = heap[0]
@@ -135,6 +146,8 @@ class SpaceSaving:
         del self._errors[victim]
         counts[item] = started
         self._errors[item] = smallest
+        if started > self._largest:
+            self._largest = started
         return victim
 
     def estimate(self, item: str) -> int:
@@ -148,6 +161,15 @@ class SpaceSaving:
     def guaranteed(self, item: str) -> int:
         """A lower bound of ``item``'s true count: ``estimate - error``."""
         return self._counts.get(item, 0) - self._errors.get(item, 0)
+
+    def largest(self) -> int:
+        """The largest counter (an upper bound of every :meth:`guaranteed`); 0 when empty."""
+        return self._largest
+
+    def guaranteed_items(self) -> list[tuple[str, int]]:
+        """(item, :meth:`guaranteed`) of every monitored item, in no particular order."""
+        errors = self._errors
+        return [(item, count - errors[item]) for item, count in self._counts.items()]
 
     def top(self, n: int) -> list[tuple[str, int, int]]:
         """The ``n`` largest counters as (item, count, error), count descending.
@@ -194,6 +216,7 @@ class SpaceSaving:
         self._counts = counts
         self._errors = errors
         self._total = total
+        self._largest = max(counts.values(), default=0)
         self._heap = [(count, item) for item, count in counts.items()]
         heapq.heapify(self._heap)
         return dropped
@@ -257,6 +280,8 @@ class WindowedCountMin:
         "_head_end",
         "_head_table",
         "_ids",
+        "_live",
+        "_live_newest",
         "_ring",
         "_rows",
         "_shift",
@@ -303,6 +328,10 @@ class WindowedCountMin:
         # slice's end: adds before it need no slice arithmetic.
         self._head_table = self._tables[0]
         self._head_end = -math.inf
+        # estimate_cells: the tables of the slices the window ending in slice
+        # ``_live_newest`` covers (None: not known).
+        self._live: tuple[array[int], ...] = ()
+        self._live_newest: int | None = None
 
     @property
     def window(self) -> float:
@@ -338,6 +367,14 @@ class WindowedCountMin:
         x = hash(key) & _MASK64
         shift = self._shift
         if shift:  # a power-of-two width: the top bits of the product
+            if self._depth == 4:  # the tracker's depth, unrolled
+                (m0, b0), (m1, b1), (m2, b2), (m3, b3) = self._rows
+                return (
+                    ((x * m0) & _MASK64) >> shift | b0,
+                    ((x * m1) & _MASK64) >> shift | b1,
+                    ((x * m2) & _MASK64) >> shift | b2,
+                    ((x * m3) & _MASK64) >> shift | b3,
+                )
             return tuple([((x * m) & _MASK64) >> shift | base for m, base in self._rows])
         width = self._width  # else scaled into [0, width) ("fastrange", Lemire)
         return tuple([(((x * m) & _MASK64) * width >> 64) + base for m, base in self._rows])
@@ -349,7 +386,8 @@ class WindowedCountMin:
         self.add_cells(self.cells(key), now, count)
 
     def add_cells(self, cells: Sequence[int], now: float, count: int = 1) -> None:
-        """:meth:`add` for a key already hashed with :meth:`cells` (``count`` not checked)."""
+        """:meth:`add` for a key already hashed with :meth:`cells` (``count`` not
+        checked: it must not be negative, nor in :meth:`add_many`)."""
         if now >= self._head_end:
             self._advance(int(now // self._slice))
         table = self._head_table
@@ -361,6 +399,13 @@ class WindowedCountMin:
         if now >= self._head_end:
             self._advance(int(now // self._slice))
         table = self._head_table
+        if self._depth == 4:  # the tracker's depth, unrolled
+            for (a, b, c, d), count in adds:
+                table[a] += count
+                table[b] += count
+                table[c] += count
+                table[d] += count
+            return
         for cells, count in adds:
             for cell in cells:
                 table[cell] += count
@@ -375,13 +420,45 @@ class WindowedCountMin:
 
     def estimate_cells(self, cells: Sequence[int], now: float) -> int:
         """:meth:`estimate` for a key already hashed with :meth:`cells`."""
-        oldest, newest = self._span(now)
-        tables = self._tables
+        # self._window_tables(now), inlined: a miss-reactive strategy asks at every miss.
+        newest = max(int(now // self._slice), self._head)
+        if newest != self._live_newest:
+            self._window_tables(now)
         result = 0
-        for pos, slice_id in enumerate(self._ids):
-            if oldest <= slice_id <= newest:
-                result += min(map(tables[pos].__getitem__, cells))
+        if len(cells) == 4:  # the tracker's depth, unrolled
+            # Counters are never negative (counts added are not), so a row
+            # at 0 makes the slice's minimum 0: most are, in a sparse slice.
+            a, b, c, d = cells
+            for table in self._live:
+                m = table[a]
+                if m:
+                    x = table[b]
+                    if x < m:
+                        m = x
+                    if m:
+                        x = table[c]
+                        if x < m:
+                            m = x
+                        if m:
+                            x = table[d]
+                            if x < m:
+                                m = x
+                            result += m
+            return result
+        for table in self._live:
+            result += min(map(table.__getitem__, cells))
         return result
+
+    def estimate_many(self, cells: Sequence[Sequence[int]], now: float) -> list[int]:
+        """:meth:`estimate_cells` of many keys at once (numpy: for a ranking of thousands)."""
+        if not cells:
+            return []
+        rows = np.array(cells, dtype=np.intp)
+        result = np.zeros(len(rows), dtype=np.int64)
+        for table in self._window_tables(now):
+            result += np.frombuffer(table, dtype=np.int64)[rows].min(axis=1)
+        counts: list[int] = result.tolist()
+        return counts
 
     def total(self, now: float) -> int:
         """Everything added in the window ending at ``now`` (exact, slice-granular).
@@ -407,6 +484,21 @@ class WindowedCountMin:
         """
         return math.ceil(math.e * self.total(now) / self._width)
 
+    def _window_tables(self, now: float) -> tuple[array[int], ...]:
+        """The tables of the slices :meth:`_span` covers, kept between calls:
+        they change only when the span or the head moves."""
+        newest = max(int(now // self._slice), self._head)
+        if newest != self._live_newest:
+            oldest = newest - self._buckets
+            tables = self._tables
+            self._live = tuple(
+                tables[pos]
+                for pos, slice_id in enumerate(self._ids)
+                if oldest <= slice_id <= newest
+            )
+            self._live_newest = newest
+        return self._live
+
     def _span(self, now: float) -> tuple[int, int]:
         """The oldest and newest slice numbers the window ending at ``now`` covers."""
         # A query time before the newest slice (a lagging clock) reads as the
@@ -425,10 +517,39 @@ class WindowedCountMin:
                 self._ids[pos] = slice_id
             self._head = current
             self._head_table = self._tables[current % ring]
+            self._live_newest = None  # the slices a window covers moved
         # A few ulps early, so that rounding of the product can only cause a
         # needless call here, never an add past the real slice end.
         boundary = (self._head + 1) * self._slice
         self._head_end = boundary - abs(boundary) * 4 * sys.float_info.epsilon
+
+
+def add_to_all(
+    sketches: Sequence[WindowedCountMin], adds: Sequence[tuple[Sequence[int], int]], now: float
+) -> None:
+    """:meth:`WindowedCountMin.add_many` of ``adds`` at ``now`` on each of
+    ``sketches`` (of one width and depth: the cells are theirs), in one pass."""
+    tables = []
+    for sketch in sketches:
+        if now >= sketch._head_end:
+            sketch._advance(int(now // sketch._slice))
+        tables.append(sketch._head_table)
+    if len(tables) == 2 and sketches[0]._depth == 4:  # the tracker's shape, unrolled
+        first, second = tables
+        for (a, b, c, d), count in adds:
+            first[a] += count
+            first[b] += count
+            first[c] += count
+            first[d] += count
+            second[a] += count
+            second[b] += count
+            second[c] += count
+            second[d] += count
+        return
+    for cells, count in adds:
+        for table in tables:
+            for cell in cells:
+                table[cell] += count
 
 
 # ----------------------------------------------------------------------- bounded LRU

@@ -46,30 +46,32 @@ class _FollowedKeys:
     def __init__(self, max_keys: int) -> None:
         self.max_keys = max_keys
         self.keys: OrderedDict[str, _Lifetime] = OrderedDict()
-        self._heap: list[tuple[float, str, float]] = []  # (due, key, fresh_until)
+        # (due, key, fresh_until); pop_due takes those due, in due order.
+        self.heap: list[tuple[float, str, float]] = []
 
     def get(self, key: str) -> _Lifetime | None:
         return self.keys.get(key)
 
     def put(self, key: str, life: _Lifetime) -> None:
-        self.keys[key] = life
-        self.keys.move_to_end(key)
-        while len(self.keys) > self.max_keys:
-            self.keys.popitem(last=False)
+        keys = self.keys
+        keys[key] = life
+        keys.move_to_end(key)
+        while len(keys) > self.max_keys:
+            keys.popitem(last=False)
 
     def touch(self, key: str) -> None:
         self.keys.move_to_end(key)
 
     def schedule(self, key: str, due: float, fresh_until: float) -> None:
-        heapq.heappush(self._heap, (due, key, fresh_until))
-        if len(self._heap) > 4 * self.max_keys:
+        heapq.heappush(self.heap, (due, key, fresh_until))
+        if len(self.heap) > 4 * self.max_keys:
             self._compact()
 
     def pop_due(self, now: float) -> list[tuple[str, _Lifetime]]:
         """Keys due by ``now`` whose scheduled lifetime is still their current one."""
         out = []
-        while self._heap and self._heap[0][0] <= now:
-            _, key, fresh_until = heapq.heappop(self._heap)
+        while self.heap and self.heap[0][0] <= now:
+            _, key, fresh_until = heapq.heappop(self.heap)
             life = self.keys.get(key)
             if life is not None and life.fresh_until == fresh_until and not life.asked:
                 out.append((key, life))
@@ -77,12 +79,12 @@ class _FollowedKeys:
 
     def _compact(self) -> None:
         # Drop heap items of forgotten keys or of lifetimes since replaced.
-        self._heap = [
+        self.heap = [
             item
-            for item in self._heap
+            for item in self.heap
             if (life := self.keys.get(item[1])) is not None and life.fresh_until == item[2]
         ]
-        heapq.heapify(self._heap)
+        heapq.heapify(self.heap)
 
 
 class RefreshAhead:
@@ -106,21 +108,20 @@ class RefreshAhead:
     def observe(self, event: Observed) -> None:
         """Follow the lifetime and hits of the entry that answered ``event``."""
         fresh_until = event.fresh_until
-        if fresh_until <= 0 or event.outcome not in _CACHED_OUTCOMES:
+        outcome = event.outcome
+        if fresh_until <= 0 or outcome not in _CACHED_OUTCOMES:
             return
         key = event.key
-        life = self._followed.get(key)
+        life = self._followed.keys.get(key)
         if life is None or life.fresh_until != fresh_until:
-            # A new lifetime: a fill (miss/revalidation) or an entry first seen.
-            if event.outcome == "hit" and life is None:
-                started = event.ts  # a lower bound; the fill was earlier
-            else:
-                started = min(event.ts, fresh_until)
+            # A new lifetime: a fill (miss/revalidation) or an entry first
+            # seen, whose fill was earlier (its hit's time is a lower bound).
+            started = event.ts if outcome == "hit" and life is None else min(event.ts, fresh_until)
             life = _Lifetime(event.url, event.host, started, fresh_until)
             self._followed.put(key, life)
-            if event.outcome == "hit":
+            if outcome == "hit":
                 life.hits = 1
-        elif event.outcome == "hit":
+        elif outcome == "hit":
             # No LRU touch per hit (this runs for every request): a key is put
             # anew at each lifetime, so the oldest lifetimes are forgotten first.
             life.hits += 1
@@ -135,7 +136,10 @@ class RefreshAhead:
 
     def due(self, now: float) -> list[WarmRequest]:
         """Entries whose refresh time has come, once per lifetime."""
-        out = []
+        out: list[WarmRequest] = []
+        heap = self._followed.heap  # asked before every request: nothing due is the rule
+        if not heap or not heap[0][0] <= now:
+            return out
         for _, life in self._followed.pop_due(now):
             if life.fresh_until < now:
                 # Expired before we got to it: a miss will refill it.  At the
@@ -180,7 +184,7 @@ class MissReactive:
     def observe(self, event: Observed) -> None:
         """Note a key's misses and its entry's expiry."""
         key = event.key
-        life = self._followed.get(key)
+        life = self._followed.keys.get(key)
         if event.outcome in _MISS_OUTCOMES:
             if life is None and self._misses(key, event.ts) <= self.threshold:
                 return
@@ -199,7 +203,10 @@ class MissReactive:
 
     def due(self, now: float) -> list[WarmRequest]:
         """Followed keys whose entry has expired and which still miss often."""
-        out = []
+        out: list[WarmRequest] = []
+        heap = self._followed.heap  # asked before every request: nothing due is the rule
+        if not heap or not heap[0][0] <= now:
+            return out
         for key, life in self._followed.pop_due(now):
             if self._misses(key, now) <= self.threshold:
                 self._followed.keys.pop(key, None)  # cooled down: stop following

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from warmer.model import Observed
-from warmer.sketch import BoundedLru, SpaceSaving, WindowedCountMin
+from warmer.sketch import BoundedLru, SpaceSaving, WindowedCountMin, add_to_all
 
 #: Time slices per window: a window's granularity is 1/12 of its length.
 SLICES_PER_WINDOW: Final = 12
@@ -65,6 +65,7 @@ _TOP_KEY_BYTES: Final = 3072  # summary slots, heap tuple, ints, cells, 168-coun
 _BATCH_ENTRY_BYTES: Final = 256  # a dict slot and a [requests, misses] list
 _FIXED_BYTES: Final = 64 * 1024  # dict and object headers
 _INT_BYTES: Final = 40  # a list slot and an int object beyond the small-int cache
+_STR_HEADER_BYTES: Final = 80  # sys.getsizeof of a str is at most this + 4 per character
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +191,12 @@ class UsageTracker:
         self._decay_interval = float(decay_interval)
         self._period: int | None = None
         self._max_name_bytes = max_name_bytes
+        # Names of at most this many characters in all fit whatever their
+        # kind (a str takes at most _STR_HEADER_BYTES + 4 bytes a character,
+        # unless a deprecated C API cached a wchar_t copy in it: not so for
+        # the names of requests), so most events are checked with len()
+        # instead of sys.getsizeof(), as SequenceModel does.
+        self._short_names = max(0, (max_name_bytes - 3 * _STR_HEADER_BYTES) // 4)
 
         # The batch (see the module docstring): key -> [requests, misses].
         self._slice = self._access_list[0].slice_seconds
@@ -264,7 +271,10 @@ class UsageTracker:
             return
         url = event.url
         host = event.host
-        if sys.getsizeof(key) + sys.getsizeof(url) + sys.getsizeof(host) > self._max_name_bytes:
+        if (
+            len(key) + len(url) + len(host) > self._short_names
+            and sys.getsizeof(key) + sys.getsizeof(url) + sys.getsizeof(host) > self._max_name_bytes
+        ):
             # Too long to remember by name: counted in the sketches only.
             cells = self._hasher.cells(key)
             for sketch in self._access_list:
@@ -351,12 +361,12 @@ class UsageTracker:
                 del top_keys[evicted]
             if top is None:
                 top_keys[key] = _TopKey(cells, how, count)
+            elif top.profile is not None:
+                top.profile[how] += count  # what top.count does once it has a profile
             else:
                 top.count(how, count)
-        for sketch in access:
-            sketch.add_many(adds, now)
-        for sketch in missed:
-            sketch.add_many(missed_adds, now)
+        add_to_all(access, adds, now)
+        add_to_all(missed, missed_adds, now)
         batch.clear()
 
     # ------------------------------------------------------------------- queries
@@ -373,9 +383,14 @@ class UsageTracker:
 
     def misses(self, key: str, window: float, now: float) -> int:
         """Misses (``miss`` or ``stale``) of ``key`` in the ``window`` seconds to ``now``."""
-        sketch = self._sketch(self._missed, window)
-        self._fold_keys()
-        return sketch.estimate_cells(self._cells(key), now)
+        # A miss-reactive strategy asks at every miss: the helpers are inlined.
+        sketch = self._missed.get(window)
+        if sketch is None:
+            sketch = self._sketch(self._missed, window)  # raises
+        if self._batch:
+            self._fold_keys()
+        top = self._top.get(key)
+        return sketch.estimate_cells(top.cells if top is not None else self._hasher.cells(key), now)
 
     def hot(self, n: int, now: float, window: float | None = None) -> list[HotKey]:
         """The ``n`` hottest keys with a known URL, count descending (ties by key).
@@ -402,14 +417,21 @@ class UsageTracker:
                         break
             return out
         bound = sketch.error_bound(now)
-        ranked: list[HotKey] = []
-        for key, top in self._top.items():
-            count = sketch.estimate_cells(top.cells, now)
-            where = known.get(key) if count > 0 else None
+        known_get = known.get
+        tops = list(self._top.items())
+        counts = sketch.estimate_many([top.cells for _, top in tops], now)
+        # (-count, key, url, host): ranked as the keys (unique) break ties,
+        # and a HotKey made only for those returned.
+        ranked: list[tuple[int, str, str, str]] = []
+        for (key, _), count in zip(tops, counts, strict=True):
+            where = known_get(key) if count > 0 else None
             if where is not None:
-                ranked.append(HotKey(key, where[0], where[1], count, min(bound, count)))
-        ranked.sort(key=lambda h: (-h.count, h.key))
-        return ranked[:n]
+                ranked.append((-count, key, where[0], where[1]))
+        ranked.sort()
+        return [
+            HotKey(key, url, host, -negative, min(bound, -negative))
+            for negative, key, url, host in ranked[:n]
+        ]
 
     def known(self) -> list[tuple[str, str, str]]:
         """(key, url, host) of every remembered key, least recently seen first.

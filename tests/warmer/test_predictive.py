@@ -146,6 +146,37 @@ def test_the_warm_budget_raises_the_threshold() -> None:
     assert tight.warm_fetches / tight.requests < 0.04
 
 
+@pytest.mark.parametrize("limit", [None, 300])
+def test_where_daily_and_weekly_decisions_wait_changes_nothing(limit: int | None) -> None:
+    # They wait in lanes (a FIFO per kind) while planted in time order; a live
+    # clock may go back a little, and a full model compacts what waits.  The
+    # same model with every decision in its heap must decide the same.
+    rng = random.Random(3)
+    events = daily_traffic(3, rng)
+    for e in events:
+        e.ts += rng.uniform(-60.0, 0.0)  # arrival order, times a little off
+        e.outcome = rng.choice(["hit", "miss"])
+    laned = Predictor(PredictiveConfig(enabled=True, prediction_window=HOUR))
+    heaped = Predictor(PredictiveConfig(enabled=True, prediction_window=HOUR))
+    heaped._plant_seasonal = lambda at, key, kind: heaped._plant(at, key, kind, 0)  # type: ignore[method-assign]
+    for predictor in (laned, heaped):
+        if limit is not None:
+            predictor._max_decisions = limit
+    asked: list[list[tuple[float, str, bool]]] = [[], []]
+    for event in events:
+        for out, predictor in zip(asked, (laned, heaped), strict=True):
+            out += [(event.ts, r.url, r.refresh) for r in predictor.due(event.ts)]
+            predictor.observe(event)
+            if event.key.endswith("7"):
+                predictor.filled(event.key, event.url, "", event.ts, event.ts + 2 * TTL)
+    for out, predictor in zip(asked, (laned, heaped), strict=True):
+        out += [(T0 + 9 * DAY, r.url, r.refresh) for r in predictor.due(T0 + 9 * DAY)]
+    assert asked[0] == asked[1]
+    assert any(kind == "daily" for kind, *_ in laned.calibration.cells)
+    assert laned.calibration.cells == heaped.calibration.cells
+    assert laned.threshold == heaped.threshold
+
+
 def test_the_model_survives_a_round_trip_and_refuses_other_versions() -> None:
     predictor = Predictor(PredictiveConfig(enabled=True, prediction_window=HOUR))
     for event in daily_traffic(2, random.Random(5)):

@@ -168,6 +168,17 @@ def test_confidences_are_probabilities_and_counts_lower_bounds(
     for t in m.top_transitions(50):
         assert 0.0 <= t.confidence <= 1.0
         assert t.count <= exact[t.source, t.target]
+    # likely_successors: successors() filtered, computed without ranking everything.
+    for source in {s for s, _ in exact} | {"/nowhere"}:
+        for n in (0, 1, 3):
+            for min_count, floor in ((1, 0.0), (2, 0.3), (2, 0.05), (3, 0.5)):
+                assert m.likely_successors(
+                    source, n, min_count=min_count, min_confidence=floor
+                ) == [
+                    (t, conf, c)
+                    for t, conf, c in m.successors(source, n)
+                    if c >= min_count and conf >= floor
+                ]
 
 
 def test_memory_stays_bounded_under_a_flood_of_clients_and_keys() -> None:

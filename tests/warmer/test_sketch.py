@@ -11,7 +11,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from warmer.sketch import BoundedLru, SpaceSaving, WindowedCountMin
+from warmer.sketch import BoundedLru, SpaceSaving, WindowedCountMin, add_to_all
 
 # ------------------------------------------------------------------ Space-Saving
 
@@ -121,6 +121,10 @@ def test_space_saving_guarantees(capacity: int, ops: list[tuple[str, float, int]
             true = Counter({k: _decayed(v, arg) for k, v in true.items()})
         assert len(s) <= capacity
         assert len(s._heap) == len(s)  # the lazy heap never grows past the counters
+        top = s.top(capacity)
+        # The largest counter, kept as adds come, and the lower bounds.
+        assert s.largest() == max((count for _, count, _ in top), default=0)
+        assert sorted(s.guaranteed_items()) == sorted((i, c - e) for i, c, e in top)
     top = s.top(capacity)
     assert s.total() == sum(count for _, count, _ in top)
     if not decayed:
@@ -298,6 +302,82 @@ def test_windowed_count_min_never_under_estimates(
         assert estimate >= sum(c for k, c, _ in live if k == key)
         # Nothing asked for in the `window` seconds to `end` is ever forgotten.
         assert estimate >= sum(c for k, _, c, ts in added if k == key and ts >= end - window)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.integers(0, 40), st.floats(-2.0, 30.0), st.integers(0, 3), st.booleans()),
+        max_size=200,
+    ),
+    depth=st.sampled_from([3, 4]),
+)
+def test_estimates_read_every_slice_of_the_window(
+    steps: list[tuple[int, float, int, bool]], depth: int
+) -> None:
+    # Each slice of the window read as the plain definition does it, against
+    # estimate_cells (which keeps the tables of the window between calls).
+    cm = WindowedCountMin(60.0, 6, 8, depth)
+    now = 1000.0
+    for key_id, step, count, many in steps:
+        now += step
+        cells = cm.cells(f"/k{key_id}")
+        if many:
+            cm.add_many([(cells, count), (cm.cells(f"/k{key_id + 1}"), 1)], now)
+        else:
+            cm.add_cells(cells, now, count)
+        query = now + step / 2
+        newest = max(int(query // cm.slice_seconds), cm._head)
+        others = [cm.cells(f"/k{other}") for other in (key_id, key_id + 1, key_id + 7)]
+        plain = [
+            sum(
+                min(cm._tables[pos][c] for c in other_cells)
+                for pos, slice_id in enumerate(cm._ids)
+                if newest - 6 <= slice_id <= newest
+            )
+            for other_cells in others
+        ]
+        assert [cm.estimate_cells(other_cells, query) for other_cells in others] == plain
+        assert cm.estimate_many(others, query) == plain
+    assert cm.estimate_many([], now) == []
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.lists(st.integers(0, 20), max_size=4), st.floats(0.0, 40.0)), max_size=60
+    ),
+    depth=st.sampled_from([2, 4]),
+)
+def test_adding_to_all_sketches_at_once_is_adding_to_each(
+    steps: list[tuple[list[int], float]], depth: int
+) -> None:
+    windows = (60.0, 180.0)
+    each = [WindowedCountMin(w, 12, 16, depth) for w in windows]
+    at_once = [WindowedCountMin(w, 12, 16, depth) for w in windows]
+    now = 1000.0
+    for key_ids, step in steps:
+        now += step
+        adds = [(each[0].cells(f"/k{k}"), k + 1) for k in key_ids]
+        for sketch in each:
+            sketch.add_many(adds, now)
+        add_to_all(at_once, adds, now)
+        for a, b in zip(each, at_once, strict=True):
+            assert a._tables == b._tables and a._ids == b._ids and a._head == b._head
+
+
+def test_cells_of_the_unrolled_depth_are_the_general_formula() -> None:
+    mask = (1 << 64) - 1
+    for width in (1, 16, 4096, 100):
+        cm = WindowedCountMin(60, 12, width, 4)
+        for key in ("/a", "/b/c", "é", ""):
+            x = hash(key) & mask
+            if width & (width - 1) == 0:
+                shift = 65 - width.bit_length()
+                general = tuple(((x * m) & mask) >> shift | base for m, base in cm._rows)
+            else:
+                general = tuple((((x * m) & mask) * width >> 64) + base for m, base in cm._rows)
+            assert cm.cells(key) == general
 
 
 def test_over_estimate_stays_within_the_count_min_bound() -> None:
