@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,10 +161,16 @@ def control_url(proxy: Warmproxy, path: str) -> str:
     return f"http://127.0.0.1:{proxy.control_port}{path}"
 
 
-async def eventually(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    """Poll until ``predicate`` holds, failing after ``within`` seconds."""
+async def eventually(predicate: Callable[[], bool | Awaitable[bool]], within: float = 5.0) -> None:
+    """Poll until ``predicate`` (a function or a coroutine function) holds,
+    failing after ``within`` seconds."""
     deadline = asyncio.get_running_loop().time() + within
-    while not predicate():
+    while not await _holds(predicate):
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.01)
+
+
+async def _holds(predicate: Callable[[], bool | Awaitable[bool]]) -> bool:
+    result = predicate()
+    return bool(await result) if inspect.isawaitable(result) else bool(result)

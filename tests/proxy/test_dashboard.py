@@ -5,9 +5,8 @@ what the operator does on it reaches the warmer and the origin."""
 from __future__ import annotations
 
 import asyncio
-import inspect
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 
 from proxy.app import Warmproxy
 from tests.proxy.browser import Browsing, browse
-from tests.proxy.conftest import Origin, ProxyFactory, control_url, url
+from tests.proxy.conftest import Origin, ProxyFactory, control_url, eventually, url
 from tests.proxy.test_warming_api import TOKEN, api, finished, sections
 
 try:
@@ -43,20 +42,6 @@ def no_token(tmp_path: Path, **extra: dict[str, Any]) -> dict[str, dict[str, Any
     out = sections(tmp_path, **extra)
     out["control"] = {"token": ""}
     return out
-
-
-async def until(check: Callable[[], bool | Awaitable[bool]], within: float = 10.0) -> None:
-    """Poll ``check()`` (a function or a coroutine function) until it holds, failing
-    after ``within`` seconds."""
-    deadline = asyncio.get_running_loop().time() + within
-    while not await _holds(check):
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
-
-
-async def _holds(check: Callable[[], bool | Awaitable[bool]]) -> bool:
-    result = check()
-    return bool(await result) if inspect.isawaitable(result) else bool(result)
 
 
 async def number(browsing: Browsing, selector: str) -> int:
@@ -128,7 +113,7 @@ async def test_page_loads_clean_and_shows_the_status_the_api_reports(
     await expect(page.locator("#conn")).to_have_text(re.compile(r"^live"))
     # A few polls later, still nothing logged as an error.
     first = len(browsing.requests)
-    await until(lambda: len(browsing.requests) >= first + 4)
+    await eventually(lambda: len(browsing.requests) >= first + 4, within=10)
     assert browsing.errors() == []
 
 
@@ -149,9 +134,9 @@ async def test_the_progress_bar_advances_during_a_real_run(
     await expect(page.locator("#stop-button")).to_be_enabled()
 
     # A first reading part way through, then a higher one while still running.
-    await until(lambda: _bar_between(browsing, 1, 59))
+    await eventually(lambda: _bar_between(browsing, 1, 59), within=10)
     low, low_width = await bar_value(browsing)
-    await until(lambda: _bar_between(browsing, low + 1, 59))
+    await eventually(lambda: _bar_between(browsing, low + 1, 59), within=10)
     high, high_width = await bar_value(browsing)
     _, status = await api(client, proxy, "GET", "status")
     assert status["status"] == "running"
@@ -291,16 +276,18 @@ async def test_the_warm_forms_reach_the_origin(
     await key_form.locator("select.priority").select_option("high")
     await page.locator("#warm-key-url").fill("/products/3")
     await key_form.locator("button").click()
-    await until(lambda: warm_requests("/products/3") == 1)
+    await eventually(lambda: warm_requests("/products/3") == 1, within=10)
     await expect(page.locator("#warm-result")).to_contain_text("Warming /products/3")
 
     await page.locator("#warm-list-input").fill("/products/4\n\n/products/5\n")
     await page.locator("#warm-list-form button").click()
-    await until(lambda: warm_requests("/products/4") == warm_requests("/products/5") == 1)
+    await eventually(
+        lambda: warm_requests("/products/4") == warm_requests("/products/5") == 1, within=10
+    )
 
     await page.locator("#warm-pattern-input").fill("/items/*")
     await page.locator("#warm-pattern-form button").click()
-    await until(lambda: warm_requests("/items/1") == 1)
+    await eventually(lambda: warm_requests("/items/1") == 1, within=10)
 
     # A path on another host is refused, next to the field.
     await page.locator("#warm-key-url").fill("http://elsewhere.example/x")

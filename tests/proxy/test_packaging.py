@@ -3,11 +3,9 @@ Grafana dashboard, checked against the real settings, CLI and ``/metrics``."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,7 +18,7 @@ from pydantic import BaseModel
 
 from proxy.cli import _parser, load
 from proxy.config import Settings, parse_hostport
-from tests.proxy.conftest import Origin, ProxyFactory, control_url, url
+from tests.proxy.conftest import Origin, ProxyFactory, control_url, eventually, url
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "packaging-test-token"
@@ -44,16 +42,6 @@ MONOTONIC_SUFFIXES = {
     "histogram": ("_bucket", "_count", "_sum"),
     "summary": ("_count", "_sum"),
 }
-
-
-async def poll(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
-    """Await ``check`` until it holds, failing after ``within`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 def dashboard() -> dict[str, Any]:
@@ -146,7 +134,7 @@ async def test_dashboard_queries_only_exported_metrics(
             status = (await api("GET", path))["status"]
             return bool(status != "running")
 
-        await poll(done)
+        await eventually(done, within=10)
 
     for method, path in [
         ("GET", "/long"),
@@ -170,7 +158,7 @@ async def test_dashboard_queries_only_exported_metrics(
         return "\nwarmproxy_warm_precision " in scrape
 
     # /short's warmed lifetime resolves (as used) once it expires, 3 s on.
-    await poll(scraped_precision, within=15)
+    await eventually(scraped_precision, within=15)
 
     exported, monotonic = exported_series(scrape)
     queries = dashboard_queries(dashboard())
