@@ -16,6 +16,7 @@ from proxy.control import build_control_app
 from proxy.filler import Filler
 from proxy.forwarding import ForwardingRules
 from proxy.handler import ProxyHandler
+from proxy.logs import writes_json
 from proxy.metrics import ProxyMetrics
 from proxy.observe import EventHub
 from proxy.origin import OriginClient
@@ -108,8 +109,7 @@ class Warmproxy:
             self.hub.subscribe(self.warmer.observe)
         self.access_log: AccessLog | None = None
         if settings.logging.access_log:
-            fmt = settings.logging.format
-            as_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+            as_json = writes_json(settings.logging.format)
             self.access_log = AccessLog(sys.stderr.buffer, as_json=as_json)
             self.hub.subscribe(self.access_log)
         self.ready = False

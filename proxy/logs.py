@@ -26,9 +26,14 @@ class _MalformedRequestFilter(logging.Filter):
         return True
 
 
+def writes_json(fmt: str) -> bool:
+    """Whether logs in format ``fmt`` are JSON: always, or ``auto`` off a terminal."""
+    return fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+
+
 def configure(level: str = "info", fmt: str = "auto") -> None:
     """Route stdlib and structlog records through one structlog formatter."""
-    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    use_json = writes_json(fmt)
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if use_json
