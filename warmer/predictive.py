@@ -394,9 +394,11 @@ class Predictor:
         if self._lanes_next <= now:
             self._drain_lanes(now)
         out: list[WarmRequest] = []
-        # Decisions are popped from the heap as it is now, and planted in
-        # self._decisions (the same list, unless a compaction replaces it).
-        decisions = heap = self._decisions
+        # A compaction replaces self._decisions with a new list holding every
+        # decision still waiting: popping goes on from that one, so none is
+        # taken twice.  (Each push here follows a pop, so the heap stays
+        # within its limit: a compaction here is a safeguard.)
+        decisions = self._decisions
         if not decisions or not decisions[0][0] <= now:
             return out
         heappop = heapq.heappop
@@ -455,11 +457,13 @@ class Predictor:
                         nxt = last + revisit_offsets[nxt_step]
                         if nxt >= not_before:
                             seq += 1
-                            heappush(heap, (nxt, seq, key, revisit_kinds[nxt_step], generation))
-                            if len(heap) > limit:
+                            heappush(
+                                decisions, (nxt, seq, key, revisit_kinds[nxt_step], generation)
+                            )
+                            if len(decisions) > limit:
                                 self._seq = seq
                                 self._compact()
-                                heap = self._decisions
+                                decisions = self._decisions
                                 limit = self._max_decisions - self._in_lanes
                             break
                         nxt_step += 1

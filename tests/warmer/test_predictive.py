@@ -177,6 +177,24 @@ def test_where_daily_and_weekly_decisions_wait_changes_nothing(limit: int | None
     assert laned.threshold == heaped.threshold
 
 
+def test_a_compaction_while_deciding_takes_no_decision_twice() -> None:
+    # 200 keys asked for twice: each has a revisit waiting a quarter window
+    # after its last request.  With the model one decision short of full,
+    # re-planting the first revisit's next step compacts the waiting
+    # decisions mid-round; the round must go on from the compacted ones.
+    predictor = Predictor(PredictiveConfig(enabled=True, prediction_window=TTL, min_confidence=0.0))
+    for i in range(200):
+        for repeat in range(2):
+            ts = T0 + i * 0.1 + repeat * 0.01
+            predictor.observe(Ev(ts, f"/k/{i}", outcome="hit", fresh_until=T0 + TTL))
+    predictor._max_decisions = len(predictor._decisions) + predictor._in_lanes - 1
+    now = T0 + 0.25 * TTL + 20.0
+    first = predictor.due(now)
+    assert sorted(r.url for r in first) == sorted(f"/k/{i}" for i in range(200))
+    # Asked again at the same instant: every decision due was taken already.
+    assert predictor.due(now) == []
+
+
 def test_the_model_survives_a_round_trip_and_refuses_other_versions() -> None:
     predictor = Predictor(PredictiveConfig(enabled=True, prediction_window=HOUR))
     for event in daily_traffic(2, random.Random(5)):
