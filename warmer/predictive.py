@@ -32,8 +32,8 @@ Decisions are taken at moments where warming can change the outcome:
 A decision warms when its confidence is at least ``min_confidence``, and the
 threshold rises above that floor while warm fetches exceed ``max_warm_ratio``
 of the user requests (a budget of origin load), so the model spends its fetches
-on its surest predictions.  Keys that are hopeless right after a request (in a
-cell with enough evidence) get no decisions until their next request, but for
+on its surest predictions.  A revisit chain stops at a step far below the
+floor (in a cell with enough evidence) until the key's next request, but for
 a sample that keeps the table learning: a long tail of rare URLs costs little.
 
 Sans-I/O (DESIGN rule 2): ``observe``, ``due`` and ``filled`` take time from the
@@ -70,11 +70,13 @@ WEEK: Final = 7 * DAY
 #: traces measured, far below any useful confidence, and following every
 #: one-off URL would cost memory and time on a long tail.
 MIN_REQUESTS_TO_FOLLOW: Final = 2
-#: Of the keys not worth deciding about, one in this many is, to keep learning.
+#: Of the revisit chains cut as hopeless, one in this many goes on, to keep learning.
 LEARNING_SAMPLE: Final = 16
-#: Share of min_confidence a key must reach, just after a request, for decisions.
-WORTH_DECIDING: Final = 0.75
-#: Decisions a cell needs before keys in it may be skipped as hopeless.
+#: Share of min_confidence below which a revisit chain stops (in a cell with
+#: enough evidence) until the key's next request: only well below the floor,
+#: where its later, older steps do not come back above it.
+CHAIN_CUT: Final = 1 / 3
+#: Decisions a cell needs before a revisit chain in it may be cut.
 EVIDENCE_TO_SKIP: Final = 50
 #: Successors of a key are decided on at most once per this share of the window.
 SEQUENCE_SPACING: Final = 1 / 4
@@ -316,7 +318,7 @@ class Predictor:
             self._early_drops *= _RATIO_DECAY
             if outcome not in _HIT_OUTCOMES:
                 self._early_drops += 1.0
-        recent = state.recent = state.recent + 1.0
+        state.recent += 1.0
         state.trend += 1.0
         state.last = ts
         count = state.count = state.count + 1
@@ -329,26 +331,18 @@ class Predictor:
         if new_lifetime:
             state.fresh_until = fresh_until
         follow = count >= MIN_REQUESTS_TO_FOLLOW
-        # Asked for again within about a window: worth deciding about; else
-        # a key hopeless now gets no decisions until its next request, which
-        # keeps a long tail of rare keys from costing a decision each.
-        if not (
-            (new_lifetime or (follow and not state.revisit_planned))
-            and recent < 2.0
-            and not self._worth_deciding(state)
-        ):
-            if new_lifetime:
-                self._plant(fresh_until - config.refresh_lead, key, "expiry", 0)
-            if follow:
-                if not state.revisit_planned:
-                    state.revisit_planned = True
-                    self._plant(ts + self._revisit_offsets[0], key, "revisit", count)
-                hour = int(ts // 3600)
-                if hour != state.seasonal_hour:
-                    state.seasonal_hour = hour
-                    lead = SEASONAL_LEAD * self.window
-                    self._plant_seasonal(ts + DAY - lead, key, "daily")
-                    self._plant_seasonal(ts + WEEK - lead, key, "weekly")
+        if new_lifetime:
+            self._plant(fresh_until - config.refresh_lead, key, "expiry", 0)
+        if follow:
+            if not state.revisit_planned:
+                state.revisit_planned = True
+                self._plant(ts + self._revisit_offsets[0], key, "revisit", count)
+            hour = int(ts // 3600)
+            if hour != state.seasonal_hour:
+                state.seasonal_hour = hour
+                lead = SEASONAL_LEAD * self.window
+                self._plant_seasonal(ts + DAY - lead, key, "daily")
+                self._plant_seasonal(ts + WEEK - lead, key, "weekly")
         sequences = self.sequences
         if sequences is not None and client:
             if self._feed_sequences:
@@ -426,8 +420,12 @@ class Predictor:
         entries_stay = self._early_drops < EARLY_DROPS_RARE * (self._fresh_requests + 100.0)
         limit = self._max_decisions - self._in_lanes  # of the heap (the lanes do not change here)
         seq = self._seq
+        hopeless = CHAIN_CUT * self.config.min_confidence
+        evidence_to_skip = EVIDENCE_TO_SKIP
+        learning_sample = LEARNING_SAMPLE
         while decisions and decisions[0][0] <= now:
             at, _, key, kind, generation = heappop(decisions)
+            chain_next: tuple[float, int, int] | None = None
             state = keys_get(key)
             if state is None:
                 continue
@@ -456,20 +454,22 @@ class Predictor:
                     while nxt_step < revisits:
                         nxt = last + revisit_offsets[nxt_step]
                         if nxt >= not_before:
+                            chain_next = (nxt, nxt_step, generation)
+                            break
+                        nxt_step += 1
+                    else:
+                        chain_next = None
+                        state.revisit_planned = False
+                    if step < 0:
+                        if chain_next is not None:
                             seq += 1
                             heappush(
                                 decisions, (nxt, seq, key, revisit_kinds[nxt_step], generation)
                             )
                             if len(decisions) > limit:
                                 self._seq = seq
-                                self._compact()
-                                decisions = self._decisions
+                                decisions = self._compact()
                                 limit = self._max_decisions - self._in_lanes
-                            break
-                        nxt_step += 1
-                    else:
-                        state.revisit_planned = False
-                    if step < 0:
                         continue
                     kind = "revisit"
             # cell, confidence = self._confidence(state, kind, at):
@@ -510,6 +510,27 @@ class Predictor:
             else:
                 asked = (seen[1] + prior * PRIOR_WEIGHT) / (seen[0] + PRIOR_WEIGHT)
                 confidence = asked * (seen[3] + PRIOR_WEIGHT) / (seen[2] + PRIOR_WEIGHT)
+            if chain_next is not None:
+                # The chain goes on to its next step, unless the key is
+                # hopeless now (in a cell with enough evidence; a later step
+                # finds it older and less likely still): then it waits for
+                # the key's next request, which keeps a long tail of rare
+                # keys from costing eleven decisions each; but for a sample
+                # that keeps the table learning.
+                cut = False
+                if confidence < hopeless and seen is not None and seen[0] >= evidence_to_skip:
+                    self._sampled += 1
+                    cut = self._sampled % learning_sample != 0
+                if cut:
+                    state.revisit_planned = False
+                else:
+                    nxt, nxt_step, generation = chain_next
+                    seq += 1
+                    heappush(decisions, (nxt, seq, key, revisit_kinds[nxt_step], generation))
+                    if len(decisions) > limit:
+                        self._seq = seq
+                        decisions = self._compact()
+                        limit = self._max_decisions - self._in_lanes
             acted = confidence >= threshold
             # Await the outcome (decisions are taken in time order: a FIFO).
             pending.append((at + window, key, cell, state.count, acted))
@@ -522,41 +543,6 @@ class Predictor:
                 out.append(self._request(key, state, kind, confidence, at))
         self._seq = seq
         return out
-
-    def _worth_deciding(self, state: _Key) -> bool:
-        """Whether decisions about this key could warm it (or a sample to learn from).
-
-        Asked right after a request, with the key's counts decayed to it.  A
-        key whose confidence then is well under the floor, in a cell with
-        enough evidence, only gets less likely to be asked for as it ages,
-        so its decisions would not warm it; one in :data:`LEARNING_SAMPLE`
-        is planted anyway so such cells keep learning.  (The confidence is
-        :meth:`_confidence` of a revisit at age 0, written out.)
-        """
-        log2 = math.log2
-        recent = int(log2(state.recent + 1.0) * 2.0)
-        trend = int(log2(state.trend + 1.0) * 2.0)
-        clients = len(state.clients)
-        cell = (
-            "revisit",
-            recent if recent < 9 else 9,
-            trend if trend < 11 else 11,
-            0,
-            clients if clients < 3 else 3,
-        )
-        prior = 1.0 - math.exp(-state.trend * self._trend_per_window)
-        seen = self.calibration.cells.get(cell)
-        if seen is None:
-            confidence = prior
-        else:
-            asked = (seen[1] + prior * PRIOR_WEIGHT) / (seen[0] + PRIOR_WEIGHT)
-            confidence = asked * (seen[3] + PRIOR_WEIGHT) / (seen[2] + PRIOR_WEIGHT)
-        if confidence >= WORTH_DECIDING * self.config.min_confidence:
-            return True
-        if seen is None or seen[0] < EVIDENCE_TO_SKIP:
-            return True
-        self._sampled += 1
-        return self._sampled % LEARNING_SAMPLE == 0
 
     @property
     def recent(self) -> list[Prediction]:
@@ -747,7 +733,8 @@ class Predictor:
         self._in_lanes -= moved
         self._lanes_next = heads
 
-    def _compact(self) -> None:
+    def _compact(self) -> list[tuple[float, int, str, str, int]]:
+        """Shrink the waiting decisions; returns the new heap (``self._decisions``)."""
         # Drop decisions of forgotten keys and replaced expiries; if that is
         # not enough, keep the soonest half (the rest would come too late to
         # matter before the keys are re-planted by their next requests).
@@ -772,6 +759,7 @@ class Predictor:
             lane.clear()
         self._in_lanes = 0
         self._lanes_next = math.inf
+        return keep
 
     # ------------------------------------------------------------ persistence
 

@@ -195,6 +195,28 @@ def test_a_compaction_while_deciding_takes_no_decision_twice() -> None:
     assert predictor.due(now) == []
 
 
+def test_a_long_tail_stops_being_revisited_but_keeps_a_learning_sample() -> None:
+    # 3,000 keys asked for twice and never again.  Once the table has seen
+    # enough of them go unasked, a chain stops at its first step instead of
+    # taking all eleven; one chain in LEARNING_SAMPLE goes on, so the later
+    # steps' cells keep learning.
+    predictor = Predictor(PredictiveConfig(enabled=True, prediction_window=TTL))
+    ts = T0
+    for i in range(3000):
+        for outcome in ("miss", "hit"):
+            ts += 0.5
+            predictor.due(ts)
+            predictor.observe(Ev(ts, f"/tail/{i}", outcome=outcome, fresh_until=ts + TTL))
+    predictor.due(ts + 10 * TTL)  # every step of every chain (up to 4 windows) is due
+    predictor.due(ts + 20 * TTL)  # and every outcome is learned
+    revisits = {
+        cell: seen[0] for cell, seen in predictor.calibration.cells.items() if cell[0] == "revisit"
+    }
+    assert sum(revisits.values()) < 2 * 3000, "hopeless chains were not cut"
+    assert any(cell[3] >= 4 for cell in revisits), "no chain reached a late step to learn from"
+    assert predictor.due(ts + 30 * TTL) == []
+
+
 def test_the_model_survives_a_round_trip_and_refuses_other_versions() -> None:
     predictor = Predictor(PredictiveConfig(enabled=True, prediction_window=HOUR))
     for event in daily_traffic(2, random.Random(5)):
