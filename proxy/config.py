@@ -12,6 +12,7 @@ import ipaddress
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
@@ -463,6 +464,14 @@ def load_settings(
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    misspelt = _unknown_environment_sections(os.environ)
+    if misspelt:
+        sections = ", ".join(Settings.model_fields)
+        raise ConfigError(
+            "invalid configuration: "
+            + "; ".join(f"{name}: no section {section!r}" for name, section in misspelt)
+            + f" (sections: {sections})"
+        )
     token = _file_values.set(file_values)
     try:
         return Settings(**cast(dict[str, Any], overrides or {}))
@@ -477,6 +486,26 @@ def load_settings(
         ) from None
     finally:
         _file_values.reset(token)
+
+
+def _unknown_environment_sections(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """``WARMPROXY_<SECTION>__<KEY>`` variables whose section does not exist.
+
+    pydantic-settings refuses an unknown key in a known section but ignores
+    a variable whose section is unknown, so a misspelt one
+    (``WARMPROXY_CAHCE__STORE``) would be dropped without a word.  Variables
+    without the ``__`` delimiter are not settings and are left alone.
+    """
+    known = set(Settings.model_fields)
+    unknown = []
+    for name in environ:
+        upper = name.upper()
+        if not upper.startswith("WARMPROXY_") or "__" not in upper:
+            continue
+        section = upper.removeprefix("WARMPROXY_").split("__", 1)[0].lower()
+        if section not in known:
+            unknown.append((name, section))
+    return sorted(unknown)
 
 
 def _describe(exc: ValidationError, path: Path | None) -> str:

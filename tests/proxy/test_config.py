@@ -77,6 +77,19 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
         load_settings(broken)
 
 
+def test_an_environment_variable_for_no_section_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WARMPROXY_CAHCE__STORE", "redis")
+    with pytest.raises(ConfigError, match=r"WARMPROXY_CAHCE__STORE: no section 'cahce'.*cache"):
+        load_settings(None)
+    # Variables that are not WARMPROXY_<SECTION>__<KEY> are not settings.
+    monkeypatch.delenv("WARMPROXY_CAHCE__STORE")
+    monkeypatch.setenv("WARMPROXY_REQUIRE_REDIS", "1")
+    monkeypatch.setenv("WARMPROXY_CACHE__STORE", "redis")
+    assert load_settings(None).cache.store == "redis"
+
+
 def test_an_environment_list_that_is_not_json_is_a_config_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
