@@ -255,7 +255,8 @@ def _is_dashboard(path: str) -> bool:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refusals as JSON: 400 with the field, 409 for a run conflict."""
+    """Refusals as JSON: 400 with the field, 409 for a run conflict, and the
+    router's and the body reader's (404, 405, 413) in the same shape."""
     try:
         return await handler(request)
     except BadRequest as exc:
@@ -264,6 +265,25 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _validation_error(exc)
     except RunConflict as exc:
         return _error(409, str(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _http_error(request, exc)
+
+
+def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    if isinstance(exc, web.HTTPNotFound):
+        message = f"no such endpoint: {request.method} {request.path}"
+    elif isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        message = f"{request.method} is not allowed on {request.path}; allowed: {allowed}"
+    else:  # e.g. 413: "Maximum request body size N exceeded, actual body size M"
+        message = exc.text or exc.reason
+    response = _error(exc.status, message)
+    for name in ("Allow", "WWW-Authenticate", "Retry-After"):
+        if name in exc.headers:
+            response.headers[name] = exc.headers[name]
+    return response
 
 
 def add_routes(app: web.Application) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from pathlib import Path
 from typing import Any
 
@@ -612,3 +613,28 @@ async def test_a_corrupt_saved_schedule_falls_back_to_the_config(
     assert status == 200
     assert schedule["schedule"] == "30 2 * * *"
     assert "using the configured one" in caplog.text
+
+
+async def test_the_routers_refusals_are_json_too(
+    warm_proxy: Warmproxy, client: aiohttp.ClientSession
+) -> None:
+    status, body = await api(client, warm_proxy, "GET", "no-such-thing")
+    assert status == 404
+    assert body == {"error": "no such endpoint: GET /cache/warming/no-such-thing"}
+    async with client.delete(
+        control_url(warm_proxy, "/cache/warming/status"), headers=AUTH
+    ) as response:
+        assert response.status == 405
+        assert response.headers["Allow"] == "GET"
+        body = await response.json()
+        assert body["error"].startswith("DELETE is not allowed on /cache/warming/status")
+    too_large = io.BytesIO(b'{"urls": ["/' + b"x" * (5 * 1024 * 1024) + b'"]}')
+    async with client.post(
+        control_url(warm_proxy, "/cache/warming/warm-key"), headers=AUTH, data=too_large
+    ) as response:
+        assert response.status == 413
+        body = await response.json()
+        assert "Maximum request body size 4194304 exceeded" in body["error"]
+    # Still behind the token: an unknown path without it is a 401, not a 404.
+    status, body = await api(client, warm_proxy, "GET", "no-such-thing", headers={})
+    assert status == 401
