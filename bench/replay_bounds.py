@@ -4,16 +4,16 @@ Replays a trace (default: WorldCup98 at 20 % of keys, TTL 300 s, the traces
 README's first row) through ``warmer.replay``'s reference cache model with:
 
 - ``none``, ``refresh-ahead`` and ``predictive``: the built-in strategies;
-- ``oracle-refresh``: at each entry's expiry, refreshes it exactly when the
-  key's next request comes within one TTL (the README's "refresh-ahead,
-  oracle" column: it knows the next request);
+- ``oracle``: at each entry's expiry, refreshes it exactly when the key's
+  next request comes within one TTL (the README's "refresh-ahead, oracle"
+  column: it knows the next request; ``warmproxy replay --strategies oracle``);
 - ``rate-oracle H θ``: at each expiry, refreshes when a Poisson process at
   the key's *true* rate would ask within one TTL with probability ≥ θ, the
   rate being the key's requests in the ``H`` seconds centred on the expiry,
   the future half included.  No model that learns a rate from the past can
   know it better, so its curve bounds what any rate-based predictor can
   reach at a given warm-fetch budget;
-- ``budget-oracle``: ``oracle-refresh`` with a warm budget (refreshes only
+- ``budget-oracle``: ``oracle`` with a warm budget (refreshes only
   while warm fetches stay at or under ``--budget`` per request so far).
 
 It prints hit ratio · warm fetches per request · precision for each, and,
@@ -28,90 +28,29 @@ are read against (docs/decisions.md).
 from __future__ import annotations
 
 import argparse
-import bisect
-import heapq
 import itertools
 import math
 import sys
-from collections import defaultdict
 from collections.abc import Callable, Sequence
-from functools import partial
 from pathlib import Path
 
-from warmer.model import Observed, Reason, WarmRequest
+from warmer.model import Observed
+from warmer.oracle import ExpiryOracle, Foresight
 from warmer.replay import CacheSize, ReplayContext, ReplayResult, ReplayStrategy, replay
-from warmer.trace import key_path, read_trace, scan_trace
+from warmer.trace import read_trace, scan_trace
 
 DEFAULT_TRACE = (
     Path(__file__).resolve().parents[2] / "shared" / "traces" / "worldcup98_day6_sample.csv"
 )
 
-# Decides, at an entry's expiry instant, whether to refresh it: (key, expiry) -> bool.
-Decide = Callable[[str, float], bool]
-
-
-class ExpiryOracle:
-    """Follows every entry's expiry (from the access events and its own fills)
-    and asks ``decide`` at each expiry instant, the replay's last chance to
-    refresh the entry."""
-
-    def __init__(self, decide: Decide) -> None:
-        self.decide = decide
-        self._fresh_until: dict[str, float] = {}
-        self._expiries: list[tuple[float, str]] = []
-
-    def observe(self, event: Observed) -> None:
-        self._follow(event.key, event.fresh_until)
-
-    def filled(self, key: str, url: str, host: str, now: float, fresh_until: float) -> None:
-        self._follow(key, fresh_until)
-
-    def due(self, now: float) -> list[WarmRequest]:
-        out = []
-        expiries = self._expiries
-        while expiries and expiries[0][0] <= now:
-            at, key = heapq.heappop(expiries)
-            if self._fresh_until.get(key) != at or at != now:
-                continue  # replaced by a newer lifetime, or passed (evicted) unasked
-            if self.decide(key, at):
-                out.append(
-                    WarmRequest(url=key, priority="high", reason=Reason.PREDICTIVE, refresh=True)
-                )
-        return out
-
-    def _follow(self, key: str, fresh_until: float) -> None:
-        if fresh_until > self._fresh_until.get(key, -math.inf):
-            self._fresh_until[key] = fresh_until
-            heapq.heappush(self._expiries, (fresh_until, key))
-
-
-class Future:
-    """Every key's request times, for the oracles."""
-
-    def __init__(self, trace: Path) -> None:
-        times: dict[str, list[float]] = defaultdict(list)
-        for ts, key, _size, _client in read_trace(trace):
-            times[key_path(key)].append(ts)
-        self.times = dict(times)
-        self.requests = sum(len(t) for t in times.values())
-
-    def next_within(self, key: str, at: float, horizon: float) -> bool:
-        times = self.times.get(key, [])
-        i = bisect.bisect_right(times, at)
-        return i < len(times) and times[i] <= at + horizon
-
-    def count_between(self, key: str, start: float, end: float) -> int:
-        times = self.times.get(key, [])
-        return bisect.bisect_right(times, end) - bisect.bisect_right(times, start)
-
 
 class BudgetedOracle(ExpiryOracle):
     """The next-request oracle that refreshes only while within a warm budget."""
 
-    def __init__(self, future: Future, ttl: float, budget: float) -> None:
+    def __init__(self, ctx: ReplayContext, foresight: Foresight, budget: float) -> None:
         super().__init__(self._decide)
-        self.future = future
-        self.ttl = ttl
+        self.ctx = ctx
+        self.foresight = foresight
         self.budget = budget
         self.requests = 0
         self.fetches = 0
@@ -121,7 +60,7 @@ class BudgetedOracle(ExpiryOracle):
         super().observe(event)
 
     def _decide(self, key: str, at: float) -> bool:
-        if not self.future.next_within(key, at, self.ttl):
+        if not (self.ctx.cached(key) and self.foresight.next_within(key, at, self.ctx.ttl)):
             return False
         if self.fetches + 1 > self.budget * max(self.requests, 1):
             return False
@@ -129,14 +68,23 @@ class BudgetedOracle(ExpiryOracle):
         return True
 
 
-def oracle_with(decide: Decide, ctx: ReplayContext) -> ReplayStrategy:
-    return ExpiryOracle(decide)
-
-
-def factory(
-    make: Callable[[ReplayContext], ReplayStrategy],
+def rate_oracle(
+    foresight: Foresight, window: float, threshold: float
 ) -> Callable[[ReplayContext], list[ReplayStrategy]]:
-    return lambda ctx: [make(ctx)]
+    """Refresh when a Poisson process at the key's true rate (its requests in
+    ``window`` seconds centred on the expiry) asks within a TTL with
+    probability at least ``threshold``."""
+
+    def make(ctx: ReplayContext) -> list[ReplayStrategy]:
+        def decide(key: str, at: float) -> bool:
+            if not ctx.cached(key):
+                return False
+            rate = foresight.count_between(key, at - window / 2, at + window / 2) / window
+            return 1.0 - math.exp(-rate * ctx.ttl) >= threshold
+
+        return [ExpiryOracle(decide)]
+
+    return make
 
 
 def cell(r: ReplayResult) -> str:
@@ -154,7 +102,7 @@ def at_budget(points: Sequence[tuple[float, float]], budget: float) -> float | N
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--trace", type=Path, default=DEFAULT_TRACE)
     parser.add_argument("--cache-size", default="20%")
     parser.add_argument("--ttl", type=float, default=300.0)
@@ -167,49 +115,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     summary = scan_trace(args.trace)
     capacity = CacheSize.parse(args.cache_size).capacity(summary.distinct_keys)
-    ttl = args.ttl
-    future = Future(args.trace)
+    foresight = Foresight(read_trace(args.trace))
 
-    def run(name: str, spec: object) -> ReplayResult:
-        strategy = spec if isinstance(spec, str) else (name, spec)
+    def run(name: str, spec: str | Callable[[ReplayContext], list[ReplayStrategy]]) -> ReplayResult:
         result = replay(
             read_trace(args.trace),
-            strategy,  # type: ignore[arg-type]
+            spec if isinstance(spec, str) else (name, spec),
             capacity=capacity,
-            ttl=ttl,
+            ttl=args.ttl,
             distinct_keys=summary.distinct_keys,
+            path=args.trace,
         )
         print(f"  {name:<24}{cell(result)}", flush=True)
         return result
 
     print(
         f"{args.trace.name}: {summary.requests:,} requests, {summary.distinct_keys:,} keys, "
-        f"cache {args.cache_size} = {capacity} entries, ttl {ttl:g} s"
+        f"cache {args.cache_size} = {capacity} entries, ttl {args.ttl:g} s"
     )
     print(f"  {'strategy':<24}hit ratio · warm/req · precision")
-    for name in ("none", "refresh-ahead", "predictive"):
+    for name in ("none", "refresh-ahead", "predictive", "oracle"):
         run(name, name)
     run(
-        "oracle-refresh",
-        factory(lambda ctx: ExpiryOracle(lambda key, at: future.next_within(key, at, ttl))),
-    )
-    run(
         f"budget-oracle {args.budget:g}",
-        factory(lambda ctx: BudgetedOracle(future, ttl, args.budget)),
+        lambda ctx: [BudgetedOracle(ctx, foresight, args.budget)],
     )
     for window in (float(w) for w in args.windows.split(",")):
         points = []
         for threshold in (float(t) for t in args.thresholds.split(",")):
-
-            def decide(
-                key: str, at: float, window: float = window, threshold: float = threshold
-            ) -> bool:
-                rate = future.count_between(key, at - window / 2, at + window / 2) / window
-                return 1.0 - math.exp(-rate * ttl) >= threshold
-
             result = run(
-                f"rate-oracle {window:g} {threshold:g}",
-                factory(partial(oracle_with, decide)),
+                f"rate-oracle {window:g} {threshold:g}", rate_oracle(foresight, window, threshold)
             )
             points.append((result.warm_fetches_per_request, result.hit_ratio))
         hit = at_budget(points, args.budget)

@@ -106,7 +106,10 @@ def _parser() -> argparse.ArgumentParser:
         "--strategies",
         type=_strategies,
         default=list(STRATEGY_NAMES),
-        help=f"comma-separated, from {','.join(STRATEGY_NAMES)} (default: all of them)",
+        help=(
+            f"comma-separated, from {','.join(STRATEGY_NAMES)} (default: all of them), "
+            "and oracle: a bound that knows every next request"
+        ),
     )
     replay.add_argument("--json", action="store_true", help="one JSON object per strategy per line")
     analyze = commands.add_parser(

@@ -58,7 +58,9 @@ The built-in strategies (:data:`STRATEGIES`): ``none``; ``reactive``,
 hit :data:`REFRESH_MIN_HITS` times in their lifetime at their expiry;
 ``scheduled-top``, :class:`ScheduledTop`; ``predictive``, the
 :class:`~warmer.predictive.Predictor` with a prediction window of one TTL;
-``all``, all of these together.  The one way the replay departs from the
+``all``, all of these together.  ``oracle`` (:mod:`warmer.oracle`), replayed
+only when named, is a bound rather than a strategy: it reads the trace's
+future.  The one way the replay departs from the
 reference model's refresh-ahead: the strategy learns of evictions only
 through requests, so an entry hit twice and evicted before it expired is
 refilled at its expiry (as the live proxy would do); the reference refreshes
@@ -103,6 +105,7 @@ import orjson
 
 from warmer.ledger import EffectivenessLedger
 from warmer.model import DEFAULT_PRIORITY_LEVELS, Observed, Reason, WarmRequest
+from warmer.oracle import Foresight, oracle_refresh
 from warmer.predictive import PredictiveConfig, Predictor
 from warmer.queue import WarmQueue
 from warmer.strategies import MissReactive, RefreshAhead
@@ -165,6 +168,11 @@ class ReplayContext:
     ttl: float
     capacity: int
     distinct_keys: int
+    #: The trace file, when the replay reads one (the oracle reads its future).
+    path: str | None = None
+    #: Whether the simulated cache holds a key now (evicted: no).  Only an
+    #: oracle may look: live strategies learn of evictions through requests.
+    cached: Callable[[str], bool] = lambda key: False
 
     @property
     def reactive_window(self) -> float:
@@ -272,9 +280,15 @@ def _all(ctx: ReplayContext) -> list[ReplayStrategy]:
     return [*_refresh_ahead(ctx), *_reactive(ctx), *_scheduled_top(ctx), *_predictive(ctx)]
 
 
+def _oracle(ctx: ReplayContext) -> list[ReplayStrategy]:
+    if ctx.path is None:
+        raise ValueError("the oracle reads the trace's future: replay a file (replay_file)")
+    return [oracle_refresh(Foresight(read_trace(ctx.path)), ctx.ttl, ctx.cached)]
+
+
 # The built-in factories whose strategies never read the context's tracker.
 _WITHOUT_TRACKER: Final[frozenset[StrategyFactory]] = frozenset(
-    {_none, _refresh_ahead, _predictive}
+    {_none, _refresh_ahead, _predictive, _oracle}
 )
 
 #: The built-in strategies by name (``all``: every other one together).
@@ -285,6 +299,8 @@ STRATEGIES: Final[dict[str, StrategyFactory]] = {
     "scheduled-top": _scheduled_top,
     "predictive": _predictive,
     "all": _all,
+    # Not replayed unless asked for: a bound that knows the future (warmer.oracle).
+    "oracle": _oracle,
 }
 
 #: A strategy as :func:`replay` takes it: a built-in name, or a name and a factory.
@@ -442,6 +458,7 @@ class _Simulation:
         capacity: int,
         ttl: float,
         observe_tracker: bool = True,
+        cache: OrderedDict[str, list[Any]] | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1 entry, got {capacity}")
@@ -459,7 +476,7 @@ class _Simulation:
         self.ledger = EffectivenessLedger(max_tracked=max(100_000, 2 * capacity))
         self.queue = WarmQueue(DEFAULT_PRIORITY_LEVELS, max_items=1_000_000)
         self._rank = {name: level for level, name in enumerate(self.queue.levels)}
-        self.cache: OrderedDict[str, list[Any]] = OrderedDict()
+        self.cache: OrderedDict[str, list[Any]] = OrderedDict() if cache is None else cache
         self.expiries: list[tuple[float, str]] = []
         self.now = -math.inf
         self.wake = math.inf
@@ -754,15 +771,25 @@ def replay(
     capacity: int,
     ttl: float,
     distinct_keys: int = 0,
+    path: str | Path | None = None,
 ) -> ReplayResult:
     """Replay ``rows`` (see :func:`warmer.trace.read_trace`) with one strategy.
 
     ``capacity``: cache entries; ``ttl``: seconds an entry is fresh;
-    ``distinct_keys``: the trace's, for the factories that size by it.
+    ``distinct_keys``: the trace's, for the factories that size by it;
+    ``path``: the file ``rows`` come from, for the ``oracle``.
     """
     name, factory = _resolve(strategy)
     tracker = tracker_for(ttl, distinct_keys)
-    context = ReplayContext(tracker, ttl, capacity, distinct_keys)
+    cache: OrderedDict[str, list[Any]] = OrderedDict()
+    context = ReplayContext(
+        tracker,
+        ttl,
+        capacity,
+        distinct_keys,
+        None if path is None else str(path),
+        cache.__contains__,
+    )
     simulation = _Simulation(
         name,
         factory(context),
@@ -771,6 +798,7 @@ def replay(
         ttl=ttl,
         # Nothing else reads it: the built-in strategies that do not read it skip it.
         observe_tracker=factory not in _WITHOUT_TRACKER,
+        cache=cache,
     )
     # The run makes no reference cycles (its garbage goes as it is dropped),
     # so the cyclic collector would only walk its live objects again and
@@ -829,6 +857,7 @@ def replay_file(
             capacity=capacity,
             ttl=ttl,
             distinct_keys=summary.distinct_keys,
+            path=path,
         )
         results.append(result)
         if name == "none" and factory is _none:

@@ -57,12 +57,22 @@ def test_replay_prints_a_row_per_strategy(tmp_path: Path) -> None:
 def test_replay_json_lines_carry_the_figures(tmp_path: Path) -> None:
     trace = write_trace(tmp_path / "trace.csv")
     result = run_cli(
-        "replay", str(trace), "--json", "--cache-size", "30", "--strategies", "refresh-ahead,none"
+        "replay",
+        str(trace),
+        "--json",
+        "--cache-size",
+        "30",
+        "--strategies",
+        "refresh-ahead,none,oracle",
     )
     assert result.returncode == 0, result.stderr
     objects = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [o["strategy"] for o in objects] == ["refresh-ahead", "none"]
-    ra, none = objects
+    assert [o["strategy"] for o in objects] == ["refresh-ahead", "none", "oracle"]
+    ra, none, oracle = objects
+    # The bound that knows every next request gains at least as much, and
+    # every refresh it makes is used unless evicted first.
+    assert oracle["hit_ratio"] >= ra["hit_ratio"]
+    assert oracle["precision"] > 0.9
     for field in (
         "hit_ratio",
         "warm_fetches_per_request",
