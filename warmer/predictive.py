@@ -10,9 +10,11 @@ docs/decisions.md) has two parts:
   daily/weekly decisions how often its earlier recurrences came true.
 - **A calibration table, learned online.**  Features are bucketed into a cell;
   each cell counts how often a decision in it was followed by a request within
-  the window, and, of this model's own warms, how often the warmed entry was
-  still cached (a hit) when its key was asked for.  Their product is the
-  confidence: a measured probability that a warm is used, not a score.  A cell
+  the window, and, of this model's own warm fetches whose key was then asked
+  for, how many the request found still cached (each fetch judged on its own:
+  one evicted, or replaced by a later fetch, before the request was unused).
+  Their product is the confidence: a measured probability that a warm is
+  used, not a score.  A cell
   with no history starts from a Poisson estimate of the key's own rate
   (weight :data:`PRIOR_WEIGHT`).
 
@@ -101,6 +103,9 @@ _SEASONAL = frozenset({"daily", "weekly"})
 _REVISIT_KINDS: Final = ("revisit", *(f"revisit:{i}" for i in range(1, len(REVISIT_AFTER))))
 _REVISIT_STEP: Final = {kind: step for step, kind in enumerate(_REVISIT_KINDS)}
 _LN2: Final = math.log(2.0)
+#: Warms of a key whose use is remembered (bits of an int).
+_JUDGED: Final = 64
+_JUDGED_MASK: Final = (1 << _JUDGED) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,9 +143,15 @@ class _Key:
     sequences_next: float = 0.0  # when its successors may be decided on again
     revisit_planned: bool = False  # one revisit chain per key, re-anchored lazily
     recurred: dict[str, int] = field(default_factory=dict)  # daily/weekly decisions that came true
-    acted_at: float = -math.inf  # when this model last warmed it
-    # The first request after that warm: 1 a hit, 0 a miss, -1 none yet.
-    acted_outcome: int = -1
+    # This model's warms of it, numbered 1, 2, ...; which of the last
+    # _JUDGED were fetched and then found by the next request (used), or
+    # fetched and gone before it (wasted: evicted, or replaced by another
+    # fetch): bit i is warm ``acts - i``.  A warm that was a free hint, or
+    # whose key was not asked for, is neither.
+    acts: int = 0
+    used: int = 0
+    wasted: int = 0
+    awaiting: int = 0  # the warm whose fetch awaits the next request (0: none)
     # Its warm requests as last made (a hint, a refresh): the same each time.
     hint: WarmRequest | None = None
     refresh: WarmRequest | None = None
@@ -247,9 +258,10 @@ class Predictor:
         }
         self._in_lanes = 0  # decisions waiting in the lanes
         self._lanes_next = math.inf  # the earliest time at the head of a lane
-        # (resolve_at, key, cell, count_then, acted): decisions awaiting their
-        # outcome.  Decisions are taken in time order, so this is a FIFO.
-        self._pending: deque[tuple[float, str, tuple[Any, ...], int, bool]] = deque()
+        # (resolve_at, key, cell, count_then, act): decisions awaiting their
+        # outcome (``act``: the number of the warm it made, 0 none).
+        # Decisions are taken in time order, so this is a FIFO.
+        self._pending: deque[tuple[float, str, tuple[Any, ...], int, int]] = deque()
         self._seq = 0
         self._sampled = 0
         # Requests for entries believed fresh, and those that missed (decayed).
@@ -309,8 +321,16 @@ class Predictor:
                 state.recent *= math.exp(self._recent_rate * elapsed)
                 state.trend *= math.exp(self._trend_rate * elapsed)
                 state.updated = ts
-        if state.acted_outcome < 0 and ts >= state.acted_at:
-            state.acted_outcome = 1 if outcome in _HIT_OUTCOMES else 0
+        awaiting = state.awaiting
+        if awaiting:
+            # The first request since this model's last fetch of it judges that fetch.
+            age = state.acts - awaiting
+            if age < _JUDGED:
+                if outcome in _HIT_OUTCOMES:
+                    state.used |= 1 << age
+                else:
+                    state.wasted |= 1 << age
+            state.awaiting = 0
         if state.fresh_until > ts:
             # The entry should still be cached: a miss means the cache dropped
             # it early (evicted), which is what revisits within a lifetime catch.
@@ -362,10 +382,15 @@ class Predictor:
         A fill this model asked for counts against its warm budget (a hint
         for an entry still fresh costs no fetch and never reaches here).
         """
+        state = self._keys.get(key)
         if self._asked.pop(key, None) is not None:
             self.warm_fetches += 1
             self._recent_fetches += 1.0
-        state = self._keys.get(key)
+            if state is not None:
+                # A fetch of ours before the previous one was asked for: that one was wasted.
+                if state.awaiting and state.acts - state.awaiting < _JUDGED:
+                    state.wasted |= 1 << (state.acts - state.awaiting)
+                state.awaiting = state.acts
         if state is None or fresh_until <= state.fresh_until:
             return
         state.fresh_until = fresh_until
@@ -531,16 +556,18 @@ class Predictor:
                         self._seq = seq
                         decisions = self._compact()
                         limit = self._max_decisions - self._in_lanes
-            acted = confidence >= threshold
+            if confidence >= threshold:
+                act = state.acts = state.acts + 1
+                state.used = (state.used << 1) & _JUDGED_MASK
+                state.wasted = (state.wasted << 1) & _JUDGED_MASK
+                out.append(self._request(key, state, kind, confidence, at))
+            else:
+                act = 0
             # Await the outcome (decisions are taken in time order: a FIFO).
-            pending.append((at + window, key, cell, state.count, acted))
+            pending.append((at + window, key, cell, state.count, act))
             if len(pending) > max_pending:
                 # Resolve the oldest early rather than grow.
                 self._learn(*pending.popleft()[1:])
-            if acted:
-                state.acted_at = at
-                state.acted_outcome = -1
-                out.append(self._request(key, state, kind, confidence, at))
         self._seq = seq
         return out
 
@@ -656,7 +683,7 @@ class Predictor:
         cells = self.calibration.cells
         cells_get = cells.get
         while pending and pending[0][0] <= now:
-            _, key, cell, count, acted = popleft()
+            _, key, cell, count, act = popleft()
             state = keys_get(key)
             # A forgotten key was not asked for recently enough to stay followed.
             if state is None:
@@ -664,9 +691,16 @@ class Predictor:
                 warm_hit = -1
             else:
                 happened = state.count > count
-                # Asked for after this model warmed it: was the warmed entry
-                # still there?  (Evicted or expired first, the warm was wasted.)
-                warm_hit = state.acted_outcome if acted else -1
+                # Fetched by this warm: did the request find it (used), or
+                # was it evicted or replaced first (wasted)?
+                warm_hit = -1
+                if act:
+                    age = state.acts - act
+                    if age < _JUDGED:
+                        if state.used >> age & 1:
+                            warm_hit = 1
+                        elif state.wasted >> age & 1:
+                            warm_hit = 0
             seen = cells_get(cell)
             if seen is None:
                 seen = cells[cell] = [0.0, 0.0, 0.0, 0.0]
@@ -681,13 +715,14 @@ class Predictor:
                     kind = cell[0]
                     state.recurred[kind] = state.recurred.get(kind, 0) + 1
 
-    def _learn(self, key: str, cell: tuple[Any, ...], count: int, acted: bool) -> None:
+    def _learn(self, key: str, cell: tuple[Any, ...], count: int, act: int) -> None:
         state = self._keys.get(key)
         # A forgotten key was not asked for recently enough to stay followed.
         happened = state is not None and state.count > count
-        # Asked for after this model warmed it: was the warmed entry still
-        # there?  (Evicted or expired first, the warm was wasted.)
-        warm_hit = state.acted_outcome if acted and state is not None else -1
+        warm_hit = -1
+        if act and state is not None and state.acts - act < _JUDGED:
+            age = state.acts - act
+            warm_hit = 1 if state.used >> age & 1 else 0 if state.wasted >> age & 1 else -1
         self.calibration.learn(cell, happened, warm_hit)
         if happened and state is not None and cell[0] in _SEASONAL:
             kind = cell[0]

@@ -217,6 +217,29 @@ def test_a_long_tail_stops_being_revisited_but_keeps_a_learning_sample() -> None
     assert predictor.due(ts + 30 * TTL) == []
 
 
+def test_each_warm_is_judged_by_whether_its_own_fetch_was_used() -> None:
+    # Two revisits warm /k before it is asked for again: the first fetch was
+    # gone (evicted or replaced) by the time the key was asked for, only the
+    # second was found.  The table must learn one use in two fetches, not two
+    # (crediting every warm with the request's hit overstated the confidence,
+    # and with it the precision, on a cache that evicts warms before use).
+    predictor = Predictor(PredictiveConfig(enabled=True, prediction_window=TTL, min_confidence=0.0))
+    predictor.observe(Ev(T0, "/k", outcome="miss", fresh_until=T0 + 1))
+    predictor.observe(Ev(T0 + 1, "/k", outcome="miss", fresh_until=T0 + 2))
+    fetched = []
+    for now in (T0 + 0.25 * TTL + 1, T0 + 0.5 * TTL + 1):  # the first two revisits
+        asked = [r for r in predictor.due(now) if not r.refresh]
+        assert [r.url for r in asked] == ["/k"]
+        predictor.filled("/k", "/k", "shop", now, now + TTL)
+        fetched.append(now)
+    predictor.observe(Ev(T0 + 200, "/k", outcome="hit", fresh_until=fetched[-1] + TTL))
+    predictor.due(T0 + 2000)  # the revisits' windows are over: their outcomes are learned
+    revisits = [seen for cell, seen in predictor.calibration.cells.items() if cell[0] == "revisit"]
+    asked_after_warm = sum(seen[2] for seen in revisits)
+    found = sum(seen[3] for seen in revisits)
+    assert (asked_after_warm, found) == (2, 1)
+
+
 def test_the_model_survives_a_round_trip_and_refuses_other_versions() -> None:
     predictor = Predictor(PredictiveConfig(enabled=True, prediction_window=HOUR))
     for event in daily_traffic(2, random.Random(5)):
