@@ -2,7 +2,8 @@
 
 One request per line after the header ``ts,key,size,client``:
 
-- ``ts``: seconds since the epoch (a decimal number), non-decreasing; a step
+- ``ts``: seconds since the epoch (a decimal number, before the year 5000:
+  milliseconds are refused), non-decreasing; a step
   back of up to :data:`BACKWARDS_TOLERANCE` seconds is accepted (logs merged
   from several writers jitter), a larger one is an error;
 - ``key``: what was requested, not empty: a URL path, or an id such as a
@@ -29,6 +30,9 @@ from typing import Final, Protocol
 HEADER: Final = ("ts", "key", "size", "client")
 #: Seconds a timestamp may step back from the latest one before it is an error.
 BACKWARDS_TOLERANCE: Final = 1.0
+#: Larger timestamps (after the year 5000) are taken for milliseconds or
+#: microseconds: replayed as seconds, every TTL would be a thousand times too short.
+LATEST_SECONDS: Final = 1e11
 
 #: One request: (ts, key, size or None, client).
 TraceRow = tuple[float, str, int | None, str]
@@ -133,6 +137,12 @@ def _rows(reader: _Reader) -> Iterator[TraceRow]:
                 _line(reader),
             )
         if ts > latest:
+            if ts > LATEST_SECONDS:
+                raise TraceError(
+                    f"ts {ts_text} is after the year 5000 in seconds since the epoch; "
+                    "a trace in milliseconds or microseconds must be converted to seconds",
+                    _line(reader),
+                )
             latest = ts
             latest_text = ts_text
             floor = ts - BACKWARDS_TOLERANCE

@@ -355,6 +355,7 @@ def test_reading_a_trace(tmp_path: Path) -> None:
         ("1,/a,,c\n2,/b,c\n", 3, "3 columns, expected 4"),
         ("1,/a,,c\n2,/b,,c,extra\n", 3, "5 columns"),
         ("100,/a,,c\n98.5,/b,,c\n", 3, "ts 98.5 goes back 1.5 s from 100"),
+        ("1700000000,/a,,c\n1700000000000,/b,,c\n", 3, "milliseconds or microseconds"),
     ],
 )
 def test_a_malformed_line_is_reported_with_its_number(
