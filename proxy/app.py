@@ -26,6 +26,7 @@ from proxy.store.memory import MemoryStore
 from proxy.store.redis import RedisStore
 from proxy.tasks import BackgroundTasks
 from proxy.warming import build_warmer
+from warmer.executor import Run
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,8 @@ class Warmproxy:
             self.access_log = AccessLog(sys.stderr.buffer, as_json=as_json)
             self.hub.subscribe(self.access_log)
         self.ready = False
+        # The start's warm run /readyz waits for (proactive.warm_on_start = "before_ready").
+        self.warming_on_start: Run | None = None
         self._proxy_runner: web.ServerRunner | None = None
         self._control_runner: web.AppRunner | None = None
         self.proxy_port = 0
@@ -171,6 +174,47 @@ class Warmproxy:
             "warmproxy listening",
             extra={"proxy": p.listen, "control": self.settings.control.listen, "origin": p.origin},
         )
+        self._warm_on_start()
+
+    def _warm_on_start(self) -> None:
+        """Warm every enabled source once, as ``proactive.warm_on_start`` says.
+
+        A restart empties the embedded store; "before_ready" keeps a load
+        balancer's traffic away (``/readyz`` 503) until the run is done or
+        its timeout passed, so the first users find the cache warm.
+        """
+        proactive = self.settings.strategies.proactive
+        if proactive.warm_on_start == "off" or not proactive.enabled:
+            return
+        if not any(s.enabled for s in self.warmer.schedule.sources):
+            return
+        run = self.warmer.start("proactive")
+        log.info("warming every source at start", extra={"run_id": run.id})
+        if proactive.warm_on_start == "before_ready":
+            self.warming_on_start = run
+            self.tasks.spawn(self._ready_after(run), name="warm on start")
+
+    async def _ready_after(self, run: Run) -> None:
+        limit = self.settings.strategies.proactive.warm_on_start_timeout
+        try:
+            async with asyncio.timeout(limit):
+                await run.done.wait()
+        except TimeoutError:
+            log.warning(
+                "warm on start still running after warm_on_start_timeout: ready anyway",
+                extra={"run_id": run.id, "seconds": limit},
+            )
+        else:
+            log.info(
+                "warmed at start: ready",
+                extra={
+                    "run_id": run.id,
+                    "success": run.progress.success,
+                    "failed": run.progress.failed,
+                },
+            )
+        finally:
+            self.warming_on_start = None
 
     async def stop(self, drain: float = 0.0) -> None:
         """Not-ready first (and still serving for ``drain`` seconds), then close the

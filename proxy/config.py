@@ -209,6 +209,11 @@ class ProactiveSettings(_Section):
     # Schedule optimization from the traffic's peaks and the ledger: "off",
     # "propose" (shown in GET /schedule) or "apply" (applied when it changes).
     optimize: Literal["off", "propose", "apply"] = "propose"
+    # At start, warm every enabled source once: "off"; "background" (while
+    # serving); "before_ready" (serving, but /readyz answers 503 until it is
+    # done or warm_on_start_timeout has passed).
+    warm_on_start: Literal["off", "background", "before_ready"] = "off"
+    warm_on_start_timeout: Duration = 300.0
 
     @model_validator(mode="after")
     def _schedule_is_valid(self) -> ProactiveSettings:

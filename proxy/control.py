@@ -28,19 +28,23 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: listening, not shutting down, and the cache store answers.
+    """Readiness: listening, not shutting down, the cache store answers, and
+    the warm run at start is done when ``warm_on_start = "before_ready"``.
 
     With the store down the proxy still passes requests through, but a load
     balancer should prefer a replica whose cache works.
     """
     proxy = request.app[WARMPROXY_KEY]
     store_ok = proxy.cache.healthy
-    ready = proxy.ready and store_ok
+    warming = proxy.warming_on_start
+    ready = proxy.ready and store_ok and warming is None
     body = {
         "status": "ready" if ready else "not ready",
         "accepting": proxy.ready,
         "store": proxy.settings.cache.store,
         "store_healthy": store_ok,
+        # The warm run of proactive.warm_on_start = "before_ready" still running.
+        "warming_on_start": None if warming is None else warming.id,
     }
     return web.json_response(body, status=200 if ready else 503)
 
