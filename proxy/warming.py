@@ -170,6 +170,7 @@ def build_warmer(
         store_paths=store_paths,
         model_file=StateFile(model_path, "predictive model"),
         ledger_file=StateFile(settings.state.path() / "effectiveness.json", "effectiveness ledger"),
+        hot_file=StateFile(settings.state.path() / "hot.json", "hot set"),
     )
 
 

@@ -36,17 +36,21 @@ from warmer.predictive import PredictiveConfig, Predictor
 from warmer.progress import RunProgress
 from warmer.schedule_store import ScheduleState, ScheduleStateError
 from warmer.scheduler import ScheduleClock, SourceDeps, build_source
-from warmer.sources import SourceError
+from warmer.sources import SourceError, is_origin_path
 from warmer.state_file import StateFile
 from warmer.strategies import MissReactive, PathFilter, RefreshAhead
 from warmer.timeline import Timeline
-from warmer.tracker import UsageTracker
+from warmer.tracker import HotKey, UsageTracker
 
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 1.0
 HOSTS_KEPT = 64
-LEDGER_SAVE_INTERVAL = 300.0
+STATE_SAVE_INTERVAL = 300.0
+#: Hot paths saved for the next start's hot sources.
+HOT_SET_KEPT = 1000
+HOT_SET_FORMAT = "warmproxy-hot-set"
+HOT_SET_VERSION = 1
 SOURCE_PATHS_KEPT = 100_000
 START_STRATEGIES = ("proactive", "hot", "reactive")
 
@@ -121,6 +125,7 @@ class Warmer:
         store_paths: Callable[[str], AsyncIterator[tuple[str, str]]],
         model_file: StateFile | None = None,
         ledger_file: StateFile | None = None,
+        hot_file: StateFile | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
@@ -128,7 +133,13 @@ class Warmer:
         executor.on_result = self.on_result
         self.tracker = tracker
         self.state = state
-        self._deps = deps
+        # Hot sources rank by the tracker; before it has seen a request (just
+        # after a restart, when warm_on_start runs) by the hot set saved at
+        # the last stop.
+        self._tracker_hot_paths = deps.hot_paths
+        self._deps = replace(deps, hot_paths=self.hot_paths)
+        self._hot_file = hot_file
+        self._saved_hot: list[str] = []
         self._key_of = key_of  # (url, host) -> cache key
         self._to_path = to_path  # a warm target as given -> (host, path); BadRequest
         self._store_paths = store_paths  # glob -> (host, path) of keys in the store
@@ -317,8 +328,8 @@ class Warmer:
             group.create_task(self._tick_loop())
             group.create_task(self._schedule_loop())
             group.create_task(self._monitor_loop())
-            if self.ledger is not None and self._ledger_file is not None:
-                group.create_task(self._save_ledger_loop())
+            if (self.ledger is not None and self._ledger_file is not None) or self._hot_file:
+                group.create_task(self._save_state_loop())
             if self.predictor is not None:
                 group.create_task(self._retrain_loop())
 
@@ -374,21 +385,54 @@ class Warmer:
             await self._model_file.load(self.predictor.load_document)
         if self.ledger is not None and self._ledger_file is not None:
             await self._ledger_file.load(self.ledger.load_document)
+        if self._hot_file is not None:
+            await self._hot_file.load(self._load_hot_document)
+
+    def hot_paths(self, n: int) -> list[str]:
+        """The top ``n`` hot paths; before any request, those of the last stop."""
+        if self._saved_hot and not self.tracker.totals().requests:
+            return self._saved_hot[:n]
+        return self._tracker_hot_paths(n)
+
+    def _hot_document(self) -> dict[str, Any]:
+        return {
+            "format": HOT_SET_FORMAT,
+            "version": HOT_SET_VERSION,
+            "saved_at": self._clock(),
+            "paths": self.hot_paths(HOT_SET_KEPT),
+        }
+
+    def _load_hot_document(self, document: Any) -> None:
+        if not isinstance(document, dict) or document.get("format") != HOT_SET_FORMAT:
+            raise ValueError("not a warmproxy hot set")
+        if document.get("version") != HOT_SET_VERSION:
+            version = document.get("version")
+            raise ValueError(f"hot set version {version!r}, this warmproxy reads {HOT_SET_VERSION}")
+        paths = document.get("paths")
+        if not isinstance(paths, list) or not all(
+            isinstance(p, str) and is_origin_path(p) for p in paths
+        ):
+            raise ValueError("hot set damaged: paths must be a list of paths")
+        self._saved_hot = paths[:HOT_SET_KEPT]
 
     async def save_model(self) -> None:
         if self.predictor is not None and self._model_file is not None:
             await self._model_file.save(self.predictor.to_document())
 
-    async def save_ledger(self) -> None:
+    async def save_state(self) -> None:
+        """Save the effectiveness ledger and the hot set."""
         if self.ledger is not None and self._ledger_file is not None:
             self.ledger.settle(self._clock())
             await self._ledger_file.save(self.ledger.to_document())
+        if self._hot_file is not None:
+            await self._hot_file.save(self._hot_document())
 
-    async def _save_ledger_loop(self) -> None:
-        """Save the ledger now and then, so a crash loses minutes, not everything."""
+    async def _save_state_loop(self) -> None:
+        """Save the ledger and the hot set now and then, so a crash loses
+        minutes, not everything."""
         while True:
-            await asyncio.sleep(LEDGER_SAVE_INTERVAL)
-            await self.save_ledger()
+            await asyncio.sleep(STATE_SAVE_INTERVAL)
+            await self.save_state()
 
     async def fire_due(self, now: float) -> list[Run]:
         """Start a run for every source whose firing time has come by ``now``.
@@ -484,6 +528,9 @@ class Warmer:
             return run
         n = limit or self.config.hot_top_n
         hot = self.tracker.hot(n, self._clock())
+        if strategy == "hot" and not hot:
+            # Just after a restart: the hot set of the last stop.
+            hot = [HotKey(url, url, "", 0, 0) for url in self.hot_paths(n)]
         if strategy == "reactive":
             threshold = self.config.reactive.threshold
             window = self.config.reactive.time_window
@@ -516,7 +563,7 @@ class Warmer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.save_model()
-        await self.save_ledger()
+        await self.save_state()
         await self.state.close()
 
     def warm_urls(self, targets: Iterable[str], priority: str, strategy: str) -> Run:

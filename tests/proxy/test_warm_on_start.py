@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 
 from proxy.app import Warmproxy
+from proxy.config import load_settings
 from tests.proxy.conftest import Origin, ProxyFactory, control_url, eventually, url
 
 CACHEABLE = {"Cache-Control": "public, max-age=600"}
@@ -113,3 +114,58 @@ async def test_off_warms_nothing_at_start(
     async with client.get(control_url(proxy, "/cache/warming/status")) as response:
         assert (await response.json())["status"] == "idle"
     assert [origin.count(p) for p in PATHS] == [0, 0, 0]
+
+
+async def test_a_restart_warms_the_hot_set_of_the_last_stop_before_ready(
+    origin: Origin, make_proxy: ProxyFactory, client: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    hot = ["/hot/1", "/hot/2", "/hot/3"]
+    for path in hot:
+        origin.set(path, headers=CACHEABLE, body=path.encode())
+    overrides = {
+        "proxy": {"origin": origin.url, "listen": "127.0.0.1:0", "public_host": "shop.example"},
+        "control": {"listen": "127.0.0.1:0"},
+        "state": {"dir": str(tmp_path / "state")},
+    }
+    first = Warmproxy(load_settings(None, overrides))
+    await first.start()
+    try:
+        for path, times in zip(hot, (5, 3, 1), strict=True):
+            for _ in range(times):
+                async with client.get(url(first, path)) as response:
+                    await response.read()
+        await eventually(lambda: first.warmer.tracker.totals().requests == 9)
+    finally:
+        await first.stop()
+    assert [origin.count(p) for p in hot] == [1, 1, 1]
+
+    # A new process, its memory store empty: the two hottest paths of the
+    # last stop are warmed before it reports ready.
+    second = await make_proxy(
+        origin.url,
+        proxy={"public_host": "shop.example"},
+        state={"dir": str(tmp_path / "state")},
+        execution={"rate_limit": 0},
+        strategies={
+            "proactive": {
+                "warm_on_start": "before_ready",
+                "data_sources": [{"name": "hot", "source": {"type": "hot", "top_n": 2}}],
+            }
+        },
+    )
+    await eventually(lambda: readyz_ok(client, second), within=10)
+    assert [origin.count(p) for p in hot] == [2, 2, 1]
+    async with client.get(url(second, "/hot/1")) as response:
+        assert response.headers["Cache-Status"].startswith("warmproxy; hit")
+
+
+async def test_a_damaged_hot_set_is_set_aside_and_the_proxy_starts(
+    origin: Origin, make_proxy: ProxyFactory, client: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "hot.json").write_text('{"format": "warmproxy-hot-set", "paths": ["http://evil/"]}')
+    proxy = await make_proxy(origin.url, state={"dir": str(state)})
+    assert await readyz_ok(client, proxy)
+    assert not (state / "hot.json").exists()
+    assert [p.name for p in state.iterdir() if p.name.startswith("hot.json")] == ["hot.json.bad"]
