@@ -27,6 +27,7 @@ from proxy.store.redis import RedisStore
 from proxy.tasks import BackgroundTasks
 from proxy.warming import build_warmer
 from warmer.executor import Run
+from warmer.service import RunConflict
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,11 @@ class Warmproxy:
             return
         if not any(s.enabled for s in self.warmer.schedule.sources):
             return
-        run = self.warmer.start("proactive")
+        try:
+            run = self.warmer.start("proactive")
+        except RunConflict:  # a run started first (a schedule firing): it warms
+            log.warning("warm on start skipped: a warming run is already running")
+            return
         log.info("warming every source at start", extra={"run_id": run.id})
         if proactive.warm_on_start == "before_ready":
             self.warming_on_start = run

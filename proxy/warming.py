@@ -170,7 +170,12 @@ def build_warmer(
         store_paths=store_paths,
         model_file=StateFile(model_path, "predictive model"),
         ledger_file=StateFile(settings.state.path() / "effectiveness.json", "effectiveness ledger"),
-        hot_file=StateFile(settings.state.path() / "hot.json", "hot set"),
+        # Without tracking there is no hot set to keep.
+        hot_file=(
+            StateFile(settings.state.path() / "hot.json", "hot set")
+            if settings.tracking.enabled
+            else None
+        ),
     )
 
 

@@ -530,7 +530,7 @@ class Warmer:
         hot = self.tracker.hot(n, self._clock())
         if strategy == "hot" and not hot:
             # Just after a restart: the hot set of the last stop.
-            hot = [HotKey(url, url, "", 0, 0) for url in self.hot_paths(n)]
+            hot = [HotKey(self._key_of(url, ""), url, "", 0, 0) for url in self.hot_paths(n)]
         if strategy == "reactive":
             threshold = self.config.reactive.threshold
             window = self.config.reactive.time_window
