@@ -156,6 +156,41 @@ class _Key:
     hint: WarmRequest | None = None
     refresh: WarmRequest | None = None
 
+    def new_warm(self) -> int:
+        """Number a warm of this key (the bits of earlier ones move up)."""
+        self.used = (self.used << 1) & _JUDGED_MASK
+        self.wasted = (self.wasted << 1) & _JUDGED_MASK
+        self.acts += 1
+        return self.acts
+
+    def fetched(self) -> None:
+        """The latest warm fetched it; a fetch still awaiting a request was wasted."""
+        if self.awaiting:
+            self._judge(self.awaiting, used=False)
+        self.awaiting = self.acts
+
+    def asked(self, hit: bool) -> None:
+        """A request for it judges the fetch awaiting one."""
+        self._judge(self.awaiting, used=hit)
+        self.awaiting = 0
+
+    def outcome(self, act: int) -> int:
+        """Warm ``act``: 1 used, 0 wasted, -1 not judged (a free hint, or too old)."""
+        age = self.acts - act
+        if age >= _JUDGED:
+            return -1
+        if self.used >> age & 1:
+            return 1
+        return 0 if self.wasted >> age & 1 else -1
+
+    def _judge(self, act: int, *, used: bool) -> None:
+        age = self.acts - act
+        if age < _JUDGED:
+            if used:
+                self.used |= 1 << age
+            else:
+                self.wasted |= 1 << age
+
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
@@ -321,16 +356,8 @@ class Predictor:
                 state.recent *= math.exp(self._recent_rate * elapsed)
                 state.trend *= math.exp(self._trend_rate * elapsed)
                 state.updated = ts
-        awaiting = state.awaiting
-        if awaiting:
-            # The first request since this model's last fetch of it judges that fetch.
-            age = state.acts - awaiting
-            if age < _JUDGED:
-                if outcome in _HIT_OUTCOMES:
-                    state.used |= 1 << age
-                else:
-                    state.wasted |= 1 << age
-            state.awaiting = 0
+        if state.awaiting:
+            state.asked(outcome in _HIT_OUTCOMES)
         if state.fresh_until > ts:
             # The entry should still be cached: a miss means the cache dropped
             # it early (evicted), which is what revisits within a lifetime catch.
@@ -387,10 +414,7 @@ class Predictor:
             self.warm_fetches += 1
             self._recent_fetches += 1.0
             if state is not None:
-                # A fetch of ours before the previous one was asked for: that one was wasted.
-                if state.awaiting and state.acts - state.awaiting < _JUDGED:
-                    state.wasted |= 1 << (state.acts - state.awaiting)
-                state.awaiting = state.acts
+                state.fetched()
         if state is None or fresh_until <= state.fresh_until:
             return
         state.fresh_until = fresh_until
@@ -557,9 +581,7 @@ class Predictor:
                         decisions = self._compact()
                         limit = self._max_decisions - self._in_lanes
             if confidence >= threshold:
-                act = state.acts = state.acts + 1
-                state.used = (state.used << 1) & _JUDGED_MASK
-                state.wasted = (state.wasted << 1) & _JUDGED_MASK
+                act = state.new_warm()
                 out.append(self._request(key, state, kind, confidence, at))
             else:
                 act = 0
@@ -693,14 +715,7 @@ class Predictor:
                 happened = state.count > count
                 # Fetched by this warm: did the request find it (used), or
                 # was it evicted or replaced first (wasted)?
-                warm_hit = -1
-                if act:
-                    age = state.acts - act
-                    if age < _JUDGED:
-                        if state.used >> age & 1:
-                            warm_hit = 1
-                        elif state.wasted >> age & 1:
-                            warm_hit = 0
+                warm_hit = state.outcome(act) if act else -1
             seen = cells_get(cell)
             if seen is None:
                 seen = cells[cell] = [0.0, 0.0, 0.0, 0.0]
@@ -719,10 +734,7 @@ class Predictor:
         state = self._keys.get(key)
         # A forgotten key was not asked for recently enough to stay followed.
         happened = state is not None and state.count > count
-        warm_hit = -1
-        if act and state is not None and state.acts - act < _JUDGED:
-            age = state.acts - act
-            warm_hit = 1 if state.used >> age & 1 else 0 if state.wasted >> age & 1 else -1
+        warm_hit = state.outcome(act) if act and state is not None else -1
         self.calibration.learn(cell, happened, warm_hit)
         if happened and state is not None and cell[0] in _SEASONAL:
             kind = cell[0]
