@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from warmer.model import Observed
-from warmer.oracle import ExpiryOracle, Foresight
+from warmer.oracle import ExpiryOracle, Foresight, refreshes_when_asked_again
 from warmer.replay import CacheSize, ReplayContext, ReplayResult, ReplayStrategy, replay
 from warmer.trace import read_trace, scan_trace
 
@@ -49,8 +49,7 @@ class BudgetedOracle(ExpiryOracle):
 
     def __init__(self, ctx: ReplayContext, foresight: Foresight, budget: float) -> None:
         super().__init__(self._decide)
-        self.ctx = ctx
-        self.foresight = foresight
+        self.wanted = refreshes_when_asked_again(foresight, ctx.ttl, ctx.cached)
         self.budget = budget
         self.requests = 0
         self.fetches = 0
@@ -60,7 +59,7 @@ class BudgetedOracle(ExpiryOracle):
         super().observe(event)
 
     def _decide(self, key: str, at: float) -> bool:
-        if not (self.ctx.cached(key) and self.foresight.next_within(key, at, self.ctx.ttl)):
+        if not self.wanted(key, at):
             return False
         if self.fetches + 1 > self.budget * max(self.requests, 1):
             return False

@@ -90,8 +90,16 @@ class ExpiryOracle:
             heapq.heappush(self._expiries, (fresh_until, key))
 
 
+def refreshes_when_asked_again(
+    foresight: Foresight, ttl: float, cached: Callable[[str], bool]
+) -> Decide:
+    """The oracle's decision: refresh a cached entry at its expiry exactly when
+    its key is asked for within one TTL.  (``cached``: whether the simulated
+    cache holds a key; an entry evicted before its expiry is not refreshed,
+    as in the reference.)"""
+    return lambda key, at: cached(key) and foresight.next_within(key, at, ttl)
+
+
 def oracle_refresh(foresight: Foresight, ttl: float, cached: Callable[[str], bool]) -> ExpiryOracle:
-    """Refresh a cached entry at its expiry exactly when its key is asked for
-    within one TTL.  (``cached``: whether the simulated cache holds a key; an
-    entry evicted before its expiry is not refreshed, as in the reference.)"""
-    return ExpiryOracle(lambda key, at: cached(key) and foresight.next_within(key, at, ttl))
+    """The ``oracle`` of ``warmproxy replay``: :func:`refreshes_when_asked_again`."""
+    return ExpiryOracle(refreshes_when_asked_again(foresight, ttl, cached))
