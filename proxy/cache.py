@@ -22,6 +22,9 @@ from proxy.store.memory import MemoryStore
 
 log = logging.getLogger(__name__)
 
+#: Variants of a key looked at for one whose content-coding a request accepts.
+CODING_CANDIDATES = 8
+
 
 @dataclass(slots=True)
 class Lookup:
@@ -42,6 +45,7 @@ class Cache:
         *,
         l1: MemoryStore | None = None,
         l1_ttl: float = 1.0,
+        match_coding: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -52,6 +56,9 @@ class Cache:
         # The store is out of process (Redis): L1, when configured, mirrors it.
         self._remote = self._local is not store
         self._l1_ttl = l1_ttl
+        # Answer a request from a variant stored for another Accept-Encoding
+        # when its content-coding is one the request accepts.
+        self._match_coding = match_coding
         self.healthy = True
 
     def peek(self, key: str) -> StoredItem | None:
@@ -97,12 +104,34 @@ class Cache:
                 variant = await self._get(policy.variant_key(key, item.generation, values))
                 if isinstance(variant, CacheEntry) and variant.vary_values == values:
                     return Lookup(variant)
+                if self._match_coding and "accept-encoding" in item.names:
+                    found = await self._by_coding(item, values)
+                    if found is not None:
+                        return Lookup(found)
                 return Lookup(None, vary_miss=True)
         except StoreError:
             return Lookup(None)
         if item is not None and not policy.vary_matches(item, request_headers):
             return Lookup(None, vary_miss=True)
         return Lookup(item)
+
+    async def _by_coding(
+        self, index: VaryIndex, values: tuple[str | None, ...]
+    ) -> CacheEntry | None:
+        """A stored variant that differs from the request only in Accept-Encoding
+        and whose content-coding the request accepts (``policy.serves_by_coding``):
+        the freshest of the newest :data:`CODING_CANDIDATES` variants."""
+        at = index.names.index("accept-encoding")
+        best: CacheEntry | None = None
+        for vkey in index.variant_keys[-CODING_CANDIDATES:][::-1]:
+            variant = await self._get(vkey)
+            if (
+                isinstance(variant, CacheEntry)
+                and policy.serves_by_coding(variant, values, at)
+                and (best is None or variant.fresh_until > best.fresh_until)
+            ):
+                best = variant
+        return best
 
     async def put(self, key: str, entry: CacheEntry) -> bool:
         """Store ``entry`` under ``key`` (or its variant key); False on failure."""

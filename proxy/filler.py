@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -21,11 +22,18 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from proxy import policy
 from proxy.cache import Cache
 from proxy.entry import CacheEntry
-from proxy.forwarding import ForwardingRules
+from proxy.forwarding import FORWARDING_FIELDS, ForwardingRules
 from proxy.metrics import ProxyMetrics
 from proxy.origin import OriginClient, OriginError, read_body
-from proxy.policy import CacheControl, CachePolicyConfig, HeaderSource
+from proxy.policy import (
+    CONDITIONAL_REQUEST_FIELDS,
+    HOP_BY_HOP,
+    CacheControl,
+    CachePolicyConfig,
+    HeaderSource,
+)
 from proxy.tasks import BackgroundTasks
+from warmer.model import NEVER_SENT_BY_WARM, VariantHeaders
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +43,26 @@ log = logging.getLogger(__name__)
 PASS_MEMORY_SECONDS = 30.0
 PASS_MEMORY_KEYS = 10_000
 TOO_LARGE = "too large"
-WARM_HEADER_HOSTS = 256
+# Prepared header sets of warm fetches kept, one per (host, variant): a
+# variant is a few values per key, so a handful per host in practice.
+WARM_HEADER_SETS = 1024
+
+# Request fields a warm fetch never takes from the variant it is asked for:
+# credentials (a warm fetch is nobody's, and RFC 9111 §3.5 would make the
+# answer unshareable), hop-by-hop fields, the fields the warm request sets
+# itself (Host, the forwarding fields, Via, the warm marker, added per rules),
+# and what would turn the plain GET of a fill into something else
+# (validators and ranges: the fill adds its own validators; a body).
+_NOT_A_VARIANT_FIELD = (
+    NEVER_SENT_BY_WARM
+    | HOP_BY_HOP
+    | FORWARDING_FIELDS
+    | CONDITIONAL_REQUEST_FIELDS
+    | {"host", "via", "content-length", "content-type", "expect"}
+)
+# RFC 9110 §5.1 field names (tokens) and §5.5 field values without CR, LF or NUL.
+_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
+_BAD_VALUE = re.compile(r"[\r\n\x00]")
 
 
 @dataclass(slots=True)
@@ -72,6 +99,28 @@ class FillResult:
     already_fresh: bool = False
 
 
+def variant_fields(variant: VariantHeaders, warm_header: str) -> list[tuple[str, str]]:
+    """The fields of ``variant`` a warm fetch may send, in order.
+
+    Anything else is dropped without a word: the warmer never asks for it, so
+    it can only be a mistake, and a warm fetch must never carry credentials
+    or override what the proxy itself tells the origin.
+    """
+    marker = warm_header.lower()
+    fields: list[tuple[str, str]] = []
+    for name, value in variant:
+        lower = name.lower()
+        if (
+            lower in _NOT_A_VARIANT_FIELD
+            or lower == marker
+            or not _FIELD_NAME.fullmatch(lower)
+            or _BAD_VALUE.search(value)
+        ):
+            continue
+        fields.append((lower, value))
+    return fields
+
+
 class Filler:
     """Fetches from the origin and writes what may be stored."""
 
@@ -98,16 +147,20 @@ class Filler:
         self._inflight: dict[str, asyncio.Future[FillResult]] = {}
         # key -> (until when, why its response could not be stored)
         self._pass_until: OrderedDict[str, tuple[float, str]] = OrderedDict()
-        # host -> the warm fetch's request headers, as a list to send and as
-        # the multidict the Vary lookup reads; the rules are fixed, so they
-        # are built once per host rather than on every warm fill.
-        self._warm_headers: dict[str, tuple[list[tuple[str, str]], CIMultiDictProxy[str]]] = {}
+        # (host, variant) -> the warm fetch's request headers, as a list to
+        # send and as the multidict the Vary lookup and the stored entry read;
+        # the rules are fixed, so they are built once per (host, variant)
+        # rather than on every warm fill.
+        self._warm_headers: dict[
+            tuple[str, VariantHeaders], tuple[list[tuple[str, str]], CIMultiDictProxy[str]]
+        ] = {}
 
     async def fill(
         self,
         path_qs: str,
         host: str | None = None,
         *,
+        headers: VariantHeaders = (),
         refresh: bool = True,
         ttl: float | None = None,
         before_fetch: Callable[[], Awaitable[None]] | None = None,
@@ -116,7 +169,13 @@ class Filler:
 
         ``host`` is the host clients ask for (default: ``proxy.public_host``,
         else the origin's authority); it decides the cache key as it does for
-        clients.  A stale entry with validators is revalidated.  A fresh one
+        clients.  ``headers`` select the variant to warm (DESIGN rule 4): they
+        are sent with the warm request's own fields, and the cache lookup and
+        the stored entry's Vary values are computed from that same set, so
+        what is stored is what a client sending those values is answered
+        with.  Fields a warm fetch never sends (credentials, hop-by-hop, Host,
+        the forwarding fields, the warm marker, validators) are dropped from
+        them.  A stale entry with validators is revalidated.  A fresh one
         is refetched only with ``refresh`` (refresh-ahead); otherwise nothing
         is fetched and the result says ``already_fresh``.  ``ttl`` overrides
         the freshness lifetime of what is stored.  ``before_fetch`` is awaited
@@ -124,7 +183,7 @@ class Filler:
         Streams are closed.
         """
         host = host or self._rules.default_host
-        send_headers, proxy_headers = self._warm_request_headers(host)
+        send_headers, proxy_headers = self._warm_request_headers(host, headers)
         key = self._rules.cache_key(path_qs, host)
         lookup = await self._cache.lookup(key, proxy_headers)
         entry = lookup.entry
@@ -148,15 +207,18 @@ class Filler:
         return result
 
     def _warm_request_headers(
-        self, host: str
+        self, host: str, variant: VariantHeaders
     ) -> tuple[list[tuple[str, str]], CIMultiDictProxy[str]]:
-        cached = self._warm_headers.get(host)
+        cached = self._warm_headers.get((host, variant))
         if cached is None:
-            send_headers = self._rules.warm_request_headers(host)
+            send_headers = [
+                *self._rules.warm_request_headers(host),
+                *variant_fields(variant, self._rules.warm_header),
+            ]
             cached = (send_headers, CIMultiDictProxy(CIMultiDict(send_headers)))
-            if len(self._warm_headers) >= WARM_HEADER_HOSTS:
+            if len(self._warm_headers) >= WARM_HEADER_SETS:
                 self._warm_headers.clear()
-            self._warm_headers[host] = cached
+            self._warm_headers[(host, variant)] = cached
         return cached
 
     async def fetch(

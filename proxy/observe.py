@@ -36,7 +36,7 @@ class AccessEvent:
     """One proxied request, as the warmer sees it."""
 
     ts: float  # wall-clock seconds when the request arrived
-    key: str  # cache key: the path and query, prefixed by the host unless public_host is set
+    key: str  # cache key: the path and query, prefixed by the host with per-host keying
     url: str  # the path and query as requested
     method: str
     outcome: Outcome
@@ -53,6 +53,13 @@ class AccessEvent:
     warmed: bool = False
     # The X-Request-Id the origin was sent, or the client's (hits); "" when none.
     request_id: str = ""
+    # The Vary field names (lower-case) of the entry that answered the request
+    # or that its fill stored, and this request's normalized values of them
+    # (None: the field was absent): which variant clients of the key use.
+    # Both are the entry's own tuples, decided when it was stored; empty when
+    # no entry is involved (bypass, streamed, not stored) or it does not vary.
+    vary: tuple[str, ...] = ()
+    vary_values: tuple[str | None, ...] = ()
 
 
 Observer = Callable[[AccessEvent], None]

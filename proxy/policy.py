@@ -618,6 +618,60 @@ def _normalize_vary_value(name: str, value: str) -> str:
     return ",".join(members)
 
 
+def coding_acceptable(coding: str, accept_encoding: str | None) -> bool:
+    """Whether a response with content-coding ``coding`` ("" for none) is
+    acceptable to a request whose normalized Accept-Encoding is ``accept_encoding``
+    (RFC 9110 §12.5.3): listed, or covered by ``*``, with a non-zero weight.
+
+    A request without Accept-Encoding is taken to want the identity coding
+    only: RFC 9110 would accept any coding, but clients that send none (curl
+    without --compressed, scripts) cannot decode what they did not ask for.
+    """
+    if accept_encoding is None:
+        return coding in ("", "identity")
+    wanted = coding or "identity"
+    star: float | None = None
+    for member in accept_encoding.split(","):
+        name, _, params = member.partition(";")
+        weight = 1.0
+        for param in params.split(";"):
+            key, _, number = param.partition("=")
+            if key.strip() == "q":
+                try:
+                    weight = float(number)
+                except ValueError:
+                    weight = 0.0
+        name = name.strip()
+        if name == wanted:
+            return weight > 0
+        if name == "*":
+            star = weight
+    if star is not None:
+        return star > 0
+    # Identity is acceptable unless refused (by name, or by "*;q=0" above).
+    return wanted == "identity"
+
+
+def serves_by_coding(
+    entry: CacheEntry, values: tuple[str | None, ...], accept_encoding_at: int
+) -> bool:
+    """Whether a stored variant may answer a request whose Vary values are
+    ``values`` though their Accept-Encoding differs (RFC 9111 §4.1 lets a cache
+    match fields by their semantics): every other Vary field matches, and the
+    variant's content-coding is one the request accepts (RFC 9110 §12.5.3).
+    Accept-Encoding only selects a coding, so any acceptable one is a correct
+    answer; the exact variant is still preferred when it is stored."""
+    stored = entry.vary_values
+    for i, value in enumerate(values):
+        if i != accept_encoding_at and stored[i] != value:
+            return False
+    coding = ""
+    for name, field_value in entry.headers:
+        if name.lower() == "content-encoding":
+            coding = field_value.strip().lower()
+    return coding_acceptable(coding, values[accept_encoding_at])
+
+
 def variant_key(primary: str, generation: str, values: tuple[str | None, ...]) -> str:
     """Secondary cache key of one variant of ``primary``."""
     digest = hashlib.blake2b(repr(values).encode(), digest_size=12).hexdigest()

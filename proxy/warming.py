@@ -8,7 +8,6 @@ store.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -20,15 +19,18 @@ from proxy.forwarding import BadHost, ForwardingRules, normalize_host
 from proxy.origin import OriginClient, OriginError, read_body
 from proxy.store.base import StoreError
 from warmer.alerts import AlertThresholds
+from warmer.audience import AudienceConfig
+from warmer.clock import Clock, WallClock
+from warmer.config import MonitoringConfig, ReactiveConfig, WarmerConfig
+from warmer.core import build_tracker
 from warmer.executor import WarmExecutor
 from warmer.model import Fill, FillReport, WarmRequest
 from warmer.pacing import AdaptiveConcurrency, ResourceGuard
 from warmer.predictive import PredictiveConfig
 from warmer.schedule_store import FileScheduleState, RedisScheduleState, ScheduleState
 from warmer.scheduler import SourceDeps
-from warmer.service import BadRequest, MonitoringConfig, ReactiveConfig, Warmer, WarmerConfig
+from warmer.service import BadRequest, Warmer
 from warmer.state_file import StateFile
-from warmer.tracker import UsageTracker
 
 SITEMAP_MAX_BYTES = 50 * 1024 * 1024
 
@@ -40,7 +42,14 @@ def build_warmer(
     origin: OriginClient,
     cache: Cache,
     rules: ForwardingRules,
+    clock: Clock | None = None,
 ) -> Warmer:
+    """The warmer of this proxy; ``clock`` is the proxy's (default: the wall clock).
+
+    The executor's queue and the warmer read the same clock, so "ready at"
+    times and the strategies' ``now`` agree.
+    """
+    now: Clock = clock if clock is not None else WallClock()
     ex = settings.execution
     levels = tuple(ex.priority_levels)
     allowed_hosts = {rules.origin_authority.lower()}
@@ -71,11 +80,10 @@ def build_warmer(
             else None
         ),
         max_queue=ex.max_queue,
+        clock=now,
     )
-    tr = settings.tracking
-    r = settings.strategies.reactive
-    windows = sorted({*tr.windows, r.time_window})
-    tracker = UsageTracker(windows=windows, top_k=tr.top_k, max_known_urls=tr.max_known_urls)
+    config = warmer_config(settings, per_host=not rules.keys_are_paths)
+    tracker = build_tracker(config)
 
     async def fetch(path: str) -> bytes:
         headers = rules.warm_request_headers(rules.default_host)
@@ -94,13 +102,14 @@ def build_warmer(
         return body
 
     def hot_paths(n: int) -> list[str]:
-        return [h.url for h in tracker.hot(n, time.time())]
+        return [h.url for h in tracker.hot(n, now())]
 
     def to_path(target: str) -> tuple[str, str]:
         return warm_target(target, allowed_hosts)
 
     async def store_paths(pattern: str) -> AsyncIterator[tuple[str, str]]:
-        glob = pattern if rules.single_host else f"//*{pattern}"
+        # Keys are paths, or //host/path with any host (per-host keying).
+        glob = pattern if rules.keys_are_paths else f"//*{pattern}"
         try:
             async for key in cache.keys(glob):
                 parsed = _split_key(key)
@@ -123,40 +132,6 @@ def build_warmer(
     else:
         state = FileScheduleState(settings.state.path())
     p = settings.strategies.predictive
-    mon = settings.monitoring
-    th = mon.alert_thresholds
-    config = WarmerConfig(
-        levels=levels,
-        proactive_enabled=settings.strategies.proactive.enabled,
-        reactive=ReactiveConfig(**r.model_dump()),
-        predictive=PredictiveConfig(
-            enabled=p.enabled,
-            prediction_window=p.prediction_window,
-            min_confidence=p.min_confidence,
-            max_warm_ratio=p.max_warm_ratio,
-            max_keys=p.max_keys,
-            priority=p.priority or levels[-1],
-            sequences=p.sequences,
-        ),
-        retrain_schedule=p.retrain_schedule,
-        monitoring=MonitoringConfig(
-            track_effectiveness=mon.track_effectiveness,
-            interval=mon.metrics_interval,
-            max_tracked=mon.max_tracked_entries,
-            # 0 switches a rule off.
-            thresholds=AlertThresholds(
-                min_improvement=th.min_improvement or None,
-                min_success_rate=th.min_success_rate or None,
-                min_precision=th.min_precision or None,
-                min_samples=th.min_samples,
-            ),
-        ),
-        optimize=settings.strategies.proactive.optimize,
-        fill_rate=ex.rate_limit,
-        include=tuple(settings.strategies.include),
-        exclude=tuple(settings.strategies.exclude),
-        analysis=tr.analysis,
-    )
     model_path = Path(p.model_path) if p.model_path else settings.state.path() / "model.json"
     return Warmer(
         config,
@@ -176,6 +151,7 @@ def build_warmer(
             if settings.tracking.enabled
             else None
         ),
+        clock=now,
     )
 
 
@@ -186,11 +162,15 @@ def fill_through(filler: Filler) -> Fill:
         result = await filler.fill(
             request.url,
             request.host or None,
+            headers=request.headers,
             refresh=request.refresh,
             ttl=request.ttl,
             before_fetch=admit,
         )
         entry = result.entry
+        # The variant now in the cache for this request (stored, or found
+        # fresh): what a client must send for the warm fill to pay off.
+        cached = entry if entry is not None and (result.stored or result.already_fresh) else None
         return FillReport(
             status=result.status,
             stored=result.stored,
@@ -199,6 +179,8 @@ def fill_through(filler: Filler) -> Fill:
             not_stored=result.uncacheable,
             bytes=len(entry.body) if entry is not None and not result.already_fresh else 0,
             fresh_until=entry.fresh_until if entry is not None and result.stored else 0.0,
+            vary=cached.vary if cached is not None else (),
+            vary_values=cached.vary_values if cached is not None else (),
         )
 
     return fill
@@ -237,3 +219,63 @@ def _split_key(key: str) -> tuple[str, str] | None:
         host, sep, rest = key[2:].partition("/")
         return (host, "/" + rest) if sep else None
     return ("", key) if key.startswith("/") else None
+
+
+def warmer_config(settings: Settings, *, per_host: bool = False) -> WarmerConfig:
+    """The warmer's settings from the proxy's configuration: what the live
+    warmer runs with, and what ``warmproxy replay --config`` replays.
+
+    ``per_host``: cache keys include the host (``proxy.host_keying``), so warm
+    fetches are made for the hosts clients use.
+    """
+    ex = settings.execution
+    levels = tuple(ex.priority_levels)
+    r = settings.strategies.reactive
+    tr = settings.tracking
+    p = settings.strategies.predictive
+    s = settings.strategies
+    mon = settings.monitoring
+    th = mon.alert_thresholds
+    return WarmerConfig(
+        levels=levels,
+        proactive_enabled=settings.strategies.proactive.enabled,
+        reactive=ReactiveConfig(**r.model_dump()),
+        predictive=PredictiveConfig(
+            enabled=p.enabled,
+            prediction_window=p.prediction_window,
+            min_confidence=p.min_confidence,
+            max_warm_ratio=p.max_warm_ratio,
+            max_keys=p.max_keys,
+            priority=p.priority or levels[-1],
+            sequences=p.sequences,
+        ),
+        retrain_schedule=p.retrain_schedule,
+        monitoring=MonitoringConfig(
+            track_effectiveness=mon.track_effectiveness,
+            interval=mon.metrics_interval,
+            max_tracked=mon.max_tracked_entries,
+            # 0 switches a rule off.
+            thresholds=AlertThresholds(
+                min_improvement=th.min_improvement or None,
+                min_success_rate=th.min_success_rate or None,
+                min_precision=th.min_precision or None,
+                min_samples=th.min_samples,
+            ),
+        ),
+        optimize=settings.strategies.proactive.optimize,
+        fill_rate=ex.rate_limit,
+        include=tuple(s.include),
+        exclude=tuple(s.exclude),
+        analysis=tr.analysis,
+        windows=tuple(tr.windows),
+        top_k=tr.top_k,
+        max_known_urls=tr.max_known_urls,
+        audience=AudienceConfig(
+            variant_min_share=s.variant_min_share,
+            max_variants=s.max_variants,
+            host_min_share=s.host_min_share,
+            max_hosts=s.max_hosts,
+            per_host=per_host,
+            max_keys=tr.max_known_urls,
+        ),
+    )

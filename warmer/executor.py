@@ -31,7 +31,7 @@ from typing import Any
 
 from aiolimiter import AsyncLimiter
 
-from warmer.model import Fill, FillReport, WarmRequest
+from warmer.model import Fill, FillReport, WarmIdentity, WarmRequest
 from warmer.pacing import AdaptiveConcurrency, ResourceGuard, backoff_delay
 from warmer.progress import RunProgress
 from warmer.queue import WarmQueue
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 GUARD_SAMPLE_SECONDS = 1.0
 FINISHED_RUNS_KEPT = 20
 
-Identity = tuple[str, str]
+Identity = WarmIdentity
 
 
 @dataclass(eq=False)

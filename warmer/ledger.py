@@ -14,7 +14,8 @@ Sans-I/O (DESIGN rule 2): time is the ``now`` each call takes (the events'
 Memory is bounded by ``max_tracked`` open lifetimes and :data:`MAX_LABELS`
 labels; each call costs O(1), or O(log n) for a lifetime stored or settled.
 
-Lifetime rules (one open lifetime per key):
+Lifetime rules (one open lifetime per key; per key and variant where the
+response varies, RFC 9111 §4.1):
 
 - a ``hit`` event with ``warmed`` set, on the key and with the lifetime's
   ``fresh_until`` (or 0, unknown), is a hit gained on it; its first such hit
@@ -38,7 +39,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Final, Literal, TypeVar
 
-from warmer.model import Observed
+from warmer.model import Observed, variant_tag
 
 #: Distinct labels counted apart; any further label counts as :data:`OTHER_LABEL`.
 MAX_LABELS: Final = 64
@@ -542,8 +543,11 @@ class EffectivenessLedger:
         if outcome == "bypass":
             self._bypass += 1
             return
-        if event.key in self._open:
-            self._follow(event, outcome)
+        # A response that varies is followed per variant (RFC 9111 §4.1): the
+        # key of its lifetime names the variant, as warm fills book it.
+        key = event.key + variant_tag(event.vary, event.vary_values) if event.vary else event.key
+        if key in self._open:
+            self._follow(event, outcome, key)
         elif outcome == "hit":
             self._unattributed += event.warmed  # what _follow does without a lifetime
         # Entries are warmed only after warming started: an answer from one
@@ -728,10 +732,10 @@ class EffectivenessLedger:
 
     # -------------------------------------------------------------- internal
 
-    def _follow(self, event: Observed, outcome: str) -> None:
-        """Apply a user request to the open lifetime of its key, if any."""
+    def _follow(self, event: Observed, outcome: str, key: str) -> None:
+        """Apply a user request to the open lifetime of its key (and variant), if any."""
         warmed_hit = outcome == "hit" and event.warmed
-        life = self._open.get(event.key)
+        life = self._open.get(key)
         if life is None:
             self._unattributed += warmed_hit
             return

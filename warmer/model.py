@@ -16,6 +16,19 @@ from typing import Protocol
 #: Priority names, highest first (``[execution] priority_levels``).
 DEFAULT_PRIORITY_LEVELS: tuple[str, ...] = ("high", "medium", "low")
 
+#: Request header fields a warm fetch sends to select one variant of a
+#: response that varies (RFC 9111 §4.1): ``(lower-case name, value)`` pairs in
+#: name order, values normalized as the cache's Vary index normalizes them.
+#: Never ``Cookie`` or ``Authorization``: a warm fetch carries no credentials.
+VariantHeaders = tuple[tuple[str, str], ...]
+
+#: What tells warm requests apart (the queue de-duplicates by it): host, path
+#: and query, and variant.
+WarmIdentity = tuple[str, str, VariantHeaders]
+
+#: Request fields a warm fetch never sends, whatever a stored Vary names.
+NEVER_SENT_BY_WARM: frozenset[str] = frozenset({"cookie", "authorization", "proxy-authorization"})
+
 
 class Reason(StrEnum):
     """Which strategy asked for a warm fetch (a metrics label and a status field)."""
@@ -34,8 +47,8 @@ class WarmRequest:
     url: str  # path and query on the origin, starting with "/"
     priority: str = "medium"
     reason: Reason = Reason.ON_DEMAND
-    # The host clients ask for (it is part of the cache key unless
-    # proxy.public_host is set); empty: the proxy's default host.
+    # The host clients ask for: part of the cache key with
+    # proxy.host_keying = "per-host"; empty: the proxy's default host.
     host: str = ""
     # Freshness lifetime to store the warmed response with, overriding the
     # origin's (a source's ``ttl``); None keeps what RFC 9111 gives.
@@ -45,6 +58,9 @@ class WarmRequest:
     # The scheduled source that asked for it (empty for other strategies):
     # the effectiveness ledger judges each source by whether its entries are used.
     source: str = ""
+    # The variant to warm: the Vary'd request fields clients of the key send
+    # (empty: the warmer's defaults are sent, see warmer.audience).
+    headers: VariantHeaders = ()
 
     @property
     def label(self) -> str:
@@ -52,9 +68,9 @@ class WarmRequest:
         return f"scheduled:{self.source}" if self.source else self.reason.value
 
     @property
-    def identity(self) -> tuple[str, str]:
-        """What de-duplicates requests: the same URL for the same host."""
-        return (self.host, self.url)
+    def identity(self) -> WarmIdentity:
+        """What de-duplicates requests: the same URL for the same host and variant."""
+        return (self.host, self.url, self.headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +84,10 @@ class FillReport:
     not_stored: str | None = None  # why a response that came was not stored
     bytes: int = 0
     fresh_until: float = 0.0  # freshness end of what was stored (0: nothing)
+    # The stored entry's Vary field names (lower-case) and the request's
+    # normalized values of them: which variant the fill stored.
+    vary: tuple[str, ...] = ()
+    vary_values: tuple[str | None, ...] = ()
 
     @property
     def retryable(self) -> bool:
@@ -123,3 +143,18 @@ class Observed(Protocol):
     def fresh_until(self) -> float: ...  # freshness end of the entry served/stored; 0 unknown
     @property
     def warmed(self) -> bool: ...  # the entry answering it was stored by a warm fetch
+    @property
+    def vary(self) -> tuple[str, ...]: ...  # Vary names of the entry served or stored
+    @property
+    def vary_values(self) -> tuple[str | None, ...]: ...  # this request's values of them
+
+
+def variant_tag(vary: tuple[str, ...], vary_values: tuple[str | None, ...]) -> str:
+    """A short, stable name of one variant, appended to a key where variants are
+    told apart (the ledger); "" for a response that does not vary."""
+    if not vary:
+        return ""
+    return "#" + "&".join(
+        f"{name}={'' if value is None else value}"
+        for name, value in zip(vary, vary_values, strict=True)
+    )

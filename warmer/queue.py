@@ -1,7 +1,7 @@
 """The warm queue: which request the executor fetches next.
 
 A priority queue of :class:`~warmer.model.WarmRequest`, de-duplicated by
-``request.identity`` (host and URL), highest priority level first and first
+``request.identity`` (host, URL and variant), highest priority level first and first
 come, first served within a level.  A request may be held back until a time
 (``not_before``): that is how retries wait out their backoff.
 
@@ -35,13 +35,14 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, Final, TypeVar
 
-from warmer.model import WarmRequest
+from warmer.model import WarmIdentity, WarmRequest
 
-Identity = tuple[str, str]
+Identity = WarmIdentity
 # A heap item: (level or not_before, sequence, version, identity).
 _Item = TypeVar("_Item", bound=tuple[float, int, int, Identity])
 
@@ -156,6 +157,45 @@ class WarmQueue:
             return entry.request
         return None
 
+    def drain(self, requests: Sequence[WarmRequest], now: float) -> list[WarmRequest]:
+        """Push ``requests`` (ready at once) and pop every ready request, in
+        :meth:`pop` order: what a runner that fetches at once (the replay)
+        takes from the queue.
+
+        When nothing is queued, the order is computed without the heaps (the
+        replay asks this before every request); the merge rules are the same.
+        Raises ValueError for an unknown priority name, as :meth:`push`.
+        """
+        if self._entries or len(requests) > self.max_items:
+            for request in requests:
+                self.push(request, now)
+            out = []
+            while (popped := self.pop(now)) is not None:
+                out.append(popped)
+            return out
+        if len(requests) == 1:
+            self._level_of(requests[0].priority)
+            return list(requests)
+        rank = self._rank
+        # identity -> [level, order of the first push, request as merged]
+        merged: dict[Identity, list[Any]] = {}
+        for order, request in enumerate(requests):
+            level = rank.get(request.priority)
+            if level is None:
+                self._level_of(request.priority)  # raises, naming it
+            identity = request.identity
+            entry = merged.get(identity)
+            if entry is None:
+                merged[identity] = [level, order, request]
+                continue
+            upgraded = level < entry[0]
+            entry[2] = _merged(entry[2], request, upgraded)
+            if upgraded:
+                entry[0] = level
+        if len(merged) == 1:
+            return [entry[2] for entry in merged.values()]
+        return [entry[2] for entry in sorted(merged.values(), key=_LEVEL_ORDER)]
+
     def pop_batch(self, now: float, n: int) -> list[WarmRequest]:
         """Remove and return up to ``n`` ready requests, in :meth:`pop` order."""
         batch: list[WarmRequest] = []
@@ -204,16 +244,8 @@ class WarmQueue:
             raise ValueError(f"unknown priority level {priority!r}; allowed: {allowed}") from None
 
     def _merge(self, entry: _Entry, request: WarmRequest, level: int) -> None:
-        old = entry.request
-        ttls = [t for t in (old.ttl, request.ttl) if t is not None]
         upgraded = level < entry.level
-        entry.request = dataclasses.replace(
-            old,
-            priority=request.priority if upgraded else old.priority,
-            reason=request.reason if upgraded else old.reason,
-            refresh=old.refresh or request.refresh,
-            ttl=min(ttls) if ttls else None,
-        )
+        entry.request = _merged(entry.request, request, upgraded)
         if upgraded:
             self._depth[entry.level] -= 1
             self._depth[level] += 1
@@ -269,3 +301,18 @@ class WarmQueue:
         heapq.heapify(self._ready)
         heapq.heapify(self._delayed)
         self._stale = 0
+
+
+def _merged(old: WarmRequest, new: WarmRequest, upgraded: bool) -> WarmRequest:
+    """A queued request merged with another push of its identity (module docstring)."""
+    ttls = [t for t in (old.ttl, new.ttl) if t is not None]
+    return dataclasses.replace(
+        old,
+        priority=new.priority if upgraded else old.priority,
+        reason=new.reason if upgraded else old.reason,
+        refresh=old.refresh or new.refresh,
+        ttl=min(ttls) if ttls else None,
+    )
+
+
+_LEVEL_ORDER: Final = operator.itemgetter(0, 1)

@@ -1,11 +1,13 @@
 """The warmer as the control API and the proxy see it: one object that observes
 traffic, runs the strategies and the schedule, and answers for all of it.
 
-The decisions are made by the pure parts (tracker, strategies, schedule clock,
-queue); this module routes events to them, turns what they return into warm
-requests for the executor, and runs the two loops that need a clock: the
-strategy tick and the scheduler.  ``tick(now)`` is the whole of a tick, so a
-test (or the replay) can drive it on a virtual clock.
+Every warming decision is the :class:`~warmer.core.WarmerCore`'s (DESIGN
+rule 5): this module is its asyncio runner.  It hands the core each access
+event, asks it what is due once a tick and queues that with the executor,
+books each finished fetch with it, and runs the loops that need a clock (the
+tick, the scheduler, alerts, saving state) on an injected
+:class:`~warmer.clock.Clock`, so tests and the live replay run it on virtual
+time.  The replay drives the same core without this runner.
 """
 
 from __future__ import annotations
@@ -14,9 +16,8 @@ import asyncio
 import contextlib
 import logging
 import math
-import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from typing import Any
@@ -25,16 +26,19 @@ import psutil
 from pydantic import ValidationError
 
 from warmer import schedule as spec
-from warmer.alerts import AlertMonitor, AlertThresholds
+from warmer.alerts import AlertMonitor
 from warmer.analysis import Analyzer
+from warmer.audience import Audience
+from warmer.clock import Clock, WallClock
+from warmer.config import WarmerConfig
+from warmer.core import TICK_SECONDS, WarmerCore, build_strategies
 from warmer.cron import Cron
 from warmer.executor import Run, WarmExecutor
 from warmer.ledger import EffectivenessLedger
-from warmer.model import FillReport, Observed, Reason, WarmRequest
+from warmer.model import FillReport, Observed, Reason, WarmIdentity, WarmRequest
 from warmer.optimizer import Proposal, propose, usage_by_source
-from warmer.predictive import PredictiveConfig, Predictor
 from warmer.progress import RunProgress
-from warmer.schedule_store import ScheduleState, ScheduleStateError
+from warmer.schedule_store import FileScheduleState, ScheduleState, ScheduleStateError
 from warmer.scheduler import ScheduleClock, SourceDeps, build_source
 from warmer.sources import SourceError, is_origin_path
 from warmer.state_file import StateFile
@@ -44,8 +48,6 @@ from warmer.tracker import HotKey, UsageTracker
 
 log = logging.getLogger(__name__)
 
-TICK_SECONDS = 1.0
-HOSTS_KEPT = 64
 STATE_SAVE_INTERVAL = 300.0
 #: Hot paths saved for the next start's hot sources.
 HOT_SET_KEPT = 1000
@@ -67,47 +69,6 @@ class BadRequest(ValueError):
         self.field = field
 
 
-@dataclass(frozen=True, slots=True)
-class ReactiveConfig:
-    enabled: bool = True
-    auto_warm: bool = True
-    threshold: int = 10
-    time_window: float = 3600.0
-    refresh_ahead: bool = True
-    refresh_min_hits: int = 2
-    refresh_fraction: float = 0.1
-    max_tracked_keys: int = 10_000
-
-
-@dataclass(frozen=True, slots=True)
-class MonitoringConfig:
-    track_effectiveness: bool = True
-    interval: float = 15.0  # seconds between alert evaluations
-    max_tracked: int = 100_000
-    thresholds: AlertThresholds = field(default_factory=AlertThresholds)
-
-
-@dataclass(frozen=True, slots=True)
-class WarmerConfig:
-    """The warmer's settings, taken from the proxy's configuration by the app."""
-
-    levels: tuple[str, ...] = ("high", "medium", "low")
-    proactive_enabled: bool = True
-    reactive: ReactiveConfig = field(default_factory=ReactiveConfig)
-    predictive: PredictiveConfig = field(default_factory=PredictiveConfig)
-    retrain_schedule: str = "0 * * * *"
-    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
-    # "off", "propose" or "apply": schedule optimization (see optimizer.py).
-    optimize: str = "propose"
-    # Paths per second warming can achieve at most (the origin rate limit).
-    fill_rate: float = 50.0
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    hot_top_n: int = 100
-    # The usage analysis of hot-data (trends, seasonality, segments, sequences).
-    analysis: bool = True
-
-
 class Warmer:
     """Observation, strategies, schedule and runs, over one executor."""
 
@@ -126,7 +87,7 @@ class Warmer:
         model_file: StateFile | None = None,
         ledger_file: StateFile | None = None,
         hot_file: StateFile | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock | Callable[[], float] | None = None,
     ) -> None:
         self.config = config
         self.executor = executor
@@ -143,53 +104,41 @@ class Warmer:
         self._key_of = key_of  # (url, host) -> cache key
         self._to_path = to_path  # a warm target as given -> (host, path); BadRequest
         self._store_paths = store_paths  # glob -> (host, path) of keys in the store
-        self._clock = clock
-        self.filter = PathFilter(config.include, config.exclude)
-        r = config.reactive
-        self.refresh_ahead = (
-            RefreshAhead(
-                min_hits=r.refresh_min_hits,
-                fraction=r.refresh_fraction,
-                max_keys=r.max_tracked_keys,
-                priority=config.levels[0],
-            )
-            if r.enabled and r.refresh_ahead
-            else None
-        )
-        window = r.time_window
-        self.miss_reactive = (
-            MissReactive(
-                threshold=r.threshold,
-                misses=lambda key, now: tracker.misses(key, window, now),
-                max_keys=r.max_tracked_keys,
-                priority=_middle(config.levels),
-            )
-            if r.enabled and r.auto_warm
-            else None
-        )
+        clock = clock if clock is not None else WallClock()
+        self._clock: Callable[[], float] = clock
+        # Loops sleep on the same clock they read (a scaled or manual clock in
+        # the live replay and tests); a bare function of time sleeps for real.
+        self._sleep = getattr(clock, "sleep", asyncio.sleep)
         self.analyzer = Analyzer(tracker.windows) if config.analysis else None
-        p = config.predictive
-        self.predictor = (
-            Predictor(
-                replace(p, refresh_lead=2 * TICK_SECONDS, priority=p.priority or config.levels[-1]),
-                # One sequence model for the analysis and the predictions, fed
-                # by the analysis when there is one.
-                sequences=self.analyzer.sequences if p.sequences and self.analyzer else None,
-                feed_sequences=self.analyzer is None,
-            )
-            if p.enabled
-            else None
+        m = config.monitoring
+        ledger = EffectivenessLedger(max_tracked=m.max_tracked) if m.track_effectiveness else None
+        self.core = WarmerCore(
+            # One sequence model for the analysis and the predictions, fed by
+            # the analysis when there is one.
+            build_strategies(
+                config, tracker, sequences=self.analyzer.sequences if self.analyzer else None
+            ),
+            tracker=tracker,
+            ledger=ledger,
+            audience=Audience(config.audience, key_of=key_of),
+            path_filter=PathFilter(config.include, config.exclude),
+            key_of=key_of,
+            observers=(self.analyzer.observe,) if self.analyzer is not None else (),
         )
+        self.filter = self.core.filter
+        self.ledger = ledger
+        self.refresh_ahead = self.core.strategy(RefreshAhead)
+        self.miss_reactive = self.core.strategy(MissReactive)
+        self.predictor = self.core.predictor
         self._model_file = model_file
         self._ledger_file = ledger_file
         self._retrain = Cron.parse(config.retrain_schedule)
-        m = config.monitoring
-        self.ledger = (
-            EffectivenessLedger(max_tracked=m.max_tracked) if m.track_effectiveness else None
-        )
         self.alerts = AlertMonitor(m.thresholds)
         self.timeline = Timeline()
         self.schedule = schedule
+        # The configuration file's schedule, told apart from a posted one.
+        self._configured_schedule = schedule
+        self._posted_at: float | None = None  # when the schedule in force was posted
         self._clock_of_schedule = ScheduleClock(schedule, clock())
         self._schedule_changed = asyncio.Event()
         self._source_runs: dict[str, Run] = {}
@@ -202,7 +151,6 @@ class Warmer:
         # stored, and (hits, misses) at the first warm fill.
         self.hits_on_warmed = 0
         self._hits_before: tuple[int, int] | None = None
-        self._hosts: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._process = psutil.Process()
         self._process.cpu_percent(interval=None)  # the first reading primes it
@@ -225,100 +173,33 @@ class Warmer:
         """One access event; O(1), never awaits (called for every request)."""
         if self._first_seen is None:
             self._first_seen = event.ts
-        self.tracker.observe(event)
+        self.core.observe(event)
         self.timeline.request(event.ts, event.outcome)
-        if self.refresh_ahead is not None:
-            self.refresh_ahead.observe(event)
-        if self.miss_reactive is not None:
-            self.miss_reactive.observe(event)
-        if self.analyzer is not None:
-            self.analyzer.observe(event)
-        if self.predictor is not None:
-            self.predictor.observe(event)
-        ledger = self.ledger
-        if ledger is not None:
-            latency = getattr(event, "latency", None)
-            ledger.observe(event, latency=latency)
-            if event.outcome in _ORIGIN_OUTCOMES and latency is not None:
-                # A user miss waited for the origin: its latency is what a
-                # warmed entry saves the next user.
-                ledger.origin_fetch(event.ts, latency)
-        elif event.outcome == "hit" and event.warmed:
+        if self.ledger is None and event.outcome == "hit" and event.warmed:
             # Without the ledger, the one effectiveness figure kept.
             self.hits_on_warmed += 1
-        host = event.host
-        if host:
-            hosts = self._hosts
-            hosts[host] = hosts.get(host, 0) + 1
-            if len(hosts) > HOSTS_KEPT:
-                # Keep the busiest: a flood of made-up Host values cannot grow it.
-                for name, _ in sorted(hosts.items(), key=lambda kv: kv[1])[: HOSTS_KEPT // 2]:
-                    del hosts[name]
-
-    def usual_host(self) -> str:
-        """The host clients ask for most: what warm requests naming none are for."""
-        if not self._hosts:
-            return ""
-        return max(self._hosts.items(), key=lambda kv: kv[1])[0]
 
     def _submit(self, requests: list[WarmRequest], run: Run | None = None) -> None:
-        """Queue requests, each for a definite host (the usual one when none is named)."""
-        usual = self.usual_host()
-        if usual:
-            requests = [r if r.host else replace(r, host=usual) for r in requests]
-        self.executor.submit(requests, run)
+        """Queue requests as the core prepares them: for the hosts and variants
+        their clients use."""
+        self.executor.submit(self.core.prepare(requests), run)
 
     def tick(self, now: float) -> list[WarmRequest]:
-        """What the reactive strategies want warmed now (filtered, not yet queued)."""
-        wanted: list[WarmRequest] = []
-        if self.refresh_ahead is not None:
-            wanted.extend(self.refresh_ahead.due(now))
-        if self.miss_reactive is not None:
-            wanted.extend(self.miss_reactive.due(now))
-        if self.predictor is not None:
-            wanted.extend(self.predictor.due(now))
+        """What the core wants warmed now (prepared, not yet queued)."""
+        wanted = self.core.due(now)
         if self.ledger is not None:
             self.ledger.run_active(bool(self.executor.active_runs()), now)
-        return [w for w in wanted if self.filter.allows(w.url)]
+        return wanted
 
     def on_result(self, request: WarmRequest, report: FillReport, seconds: float = 0.0) -> None:
-        """The executor finished a warm request: the ledger books it, strategies
-        follow the new lifetime."""
+        """The executor finished a warm request: the core books it."""
         if report.stored and self._hits_before is None and self.ledger is None:
             t = self.tracker.totals()
             self._hits_before = (t.hits, t.misses)
         now = self._clock()
         if not report.already_fresh:
             self.timeline.warm_fetch(now)
-        key = self._key_of(request.url, request.host)
-        ledger = self.ledger
-        if ledger is not None:
-            label = request.label
-            if report.already_fresh:
-                ledger.warm_already_fresh(key, now, label=label)
-            elif report.stored:
-                ledger.warm_stored(
-                    key,
-                    now,
-                    report.fresh_until,
-                    label=label,
-                    bytes=report.bytes,
-                    fetch_seconds=seconds,
-                )
-            else:
-                ledger.warm_not_stored(
-                    key,
-                    now,
-                    label=label,
-                    failed=report.retryable or report.failure is not None,
-                    bytes=report.bytes,
-                    fetch_seconds=seconds,
-                )
-        if not report.stored:
-            return
-        for strategy in (self.refresh_ahead, self.miss_reactive, self.predictor):
-            if strategy is not None:
-                strategy.filled(key, request.url, request.host, now, report.fresh_until)
+        self.core.completed(request, report, now, seconds)
 
     # ---------------------------------------------------------------- loops
 
@@ -337,8 +218,8 @@ class Warmer:
         while True:
             wanted = self.tick(self._clock())
             if wanted:
-                self._submit(wanted)
-            await asyncio.sleep(TICK_SECONDS)
+                self.executor.submit(wanted)
+            await self._sleep(TICK_SECONDS)
 
     async def _schedule_loop(self) -> None:
         while True:
@@ -347,12 +228,24 @@ class Warmer:
                 await self.fire_due(self._clock())
             next_at = self._clock_of_schedule.next_at() if self.config.proactive_enabled else None
             timeout = None if next_at is None else max(0.0, next_at - self._clock())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._schedule_changed.wait(), timeout)
+            await self._changed_or_slept(timeout)
+
+    async def _changed_or_slept(self, seconds: float | None) -> None:
+        """Until the schedule changes or ``seconds`` pass on the clock."""
+        changed = asyncio.ensure_future(self._schedule_changed.wait())
+        if seconds is None:
+            await changed
+            return
+        slept = asyncio.ensure_future(self._sleep(seconds))
+        try:
+            await asyncio.wait({changed, slept}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (changed, slept):
+                waiter.cancel()
 
     async def _monitor_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.config.monitoring.interval)
+            await self._sleep(self.config.monitoring.interval)
             self.check_alerts(self._clock())
             if self.config.optimize == "apply":
                 await self.apply_optimization()
@@ -373,7 +266,7 @@ class Warmer:
         """On ``retrain_schedule``: weigh old evidence down and save the model."""
         while True:
             now = self._clock()
-            await asyncio.sleep(max(0.0, self._retrain.next_after(now) - now))
+            await self._sleep(max(0.0, self._retrain.next_after(now) - now))
             if self.predictor is not None:
                 self.predictor.retrain()
                 await self.save_model()
@@ -431,7 +324,7 @@ class Warmer:
         """Save the ledger and the hot set now and then, so a crash loses
         minutes, not everything."""
         while True:
-            await asyncio.sleep(STATE_SAVE_INTERVAL)
+            await self._sleep(STATE_SAVE_INTERVAL)
             await self.save_state()
 
     async def fire_due(self, now: float) -> list[Run]:
@@ -616,12 +509,23 @@ class Warmer:
     # ------------------------------------------------------------- schedule
 
     def schedule_document(self) -> dict[str, Any]:
+        """The schedule in force as ``GET /schedule`` shows it, and where it came from.
+
+        ``origin`` is "config" while the configuration file's
+        ``[strategies.proactive]`` sources are in force, "posted" once a schedule
+        posted through the control API (or applied by the optimizer) replaced
+        them; a posted one is saved and also wins after a restart.
+        ``posted_at`` is when it was saved, where that is known.
+        """
         document = self.schedule.model_dump(mode="json")
         document["next_runs"] = {
             s.name: _iso(self._clock_of_schedule.next_of(s.name)) for s in self.schedule.sources
         }
         document["errors"] = dict(self.schedule_errors)
         document["persisted_in"] = self.state.describe()
+        posted = self.schedule is not self._configured_schedule
+        document["origin"] = "posted" if posted else "config"
+        document["posted_at"] = _iso(self._posted_at) if posted else None
         if self.config.optimize != "off":
             proposal = self.proposal(self._clock())
             document["proposed"] = {
@@ -686,6 +590,7 @@ class Warmer:
             field_name, _, message = str(exc).partition(": ")
             raise BadRequest(field_name, message) from None
         await self.state.save(plan.model_dump(mode="json"))
+        self._posted_at = self._clock()
         self._apply(plan)
         return plan
 
@@ -695,7 +600,12 @@ class Warmer:
         self._schedule_changed.set()
 
     async def load_saved_schedule(self) -> None:
-        """Use the saved schedule, if any, over the configured one."""
+        """Use the saved (posted) schedule, if any, over the configured one, and say so.
+
+        A schedule posted once outlives every later change of the configuration
+        file, so using it is logged as a warning naming where it is saved.
+        """
+        configured = self._configured_schedule
         try:
             document = await self.state.load()
         except ScheduleStateError as exc:
@@ -710,6 +620,30 @@ class Warmer:
             log.error("saved schedule invalid, using the configured one: %s", exc)
             return
         self._apply(plan)
+        # The file is rewritten at every post: its time is the last post's.
+        # (Redis keeps no time with the key: not known there.)
+        self._posted_at = None
+        if isinstance(self.state, FileScheduleState):
+            with contextlib.suppress(OSError):
+                self._posted_at = (await asyncio.to_thread(self.state.path.stat)).st_mtime
+        posted_at = _iso(self._posted_at)
+        where = self.state.describe()
+        log.warning(
+            "the schedule posted through the control API and saved in %s (at %s) overrides "
+            "the configuration file's [strategies.proactive] sources: %d saved source(s) "
+            "in force instead of %d configured; POST /cache/warming/schedule to change it, "
+            "or delete the saved one to use the configuration file's again",
+            where,
+            posted_at or "an unknown time",
+            len(plan.sources),
+            len(configured.sources),
+            extra={
+                "saved_in": where,
+                "posted_at": posted_at,
+                "saved_sources": len(plan.sources),
+                "configured_sources": len(configured.sources),
+            },
+        )
 
     # --------------------------------------------------------------- reports
 
@@ -895,12 +829,12 @@ class Warmer:
         }
 
 
-_READ_ONLY_FIELDS = ("next_runs", "errors", "persisted_in", "proposed")
+_READ_ONLY_FIELDS = ("next_runs", "errors", "persisted_in", "proposed", "origin", "posted_at")
 _ORIGIN_OUTCOMES = frozenset({"miss", "stale"})
 
 
 def _unique_by_url(requests: list[WarmRequest]) -> list[WarmRequest]:
-    seen: set[tuple[str, str]] = set()
+    seen: set[WarmIdentity] = set()
     out = []
     for r in requests:
         if r.identity not in seen:

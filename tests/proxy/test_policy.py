@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -553,3 +554,53 @@ def test_s5_2_cache_control_parsing_is_the_same_with_and_without_quotes() -> Non
     assert policy.response_directives([("Cache-Control", "max-age=5")], CONFIG).cc == {
         "max-age": "5"
     }
+
+
+# --- Accept-Encoding matched by content-coding (RFC 9110 §12.5.3) -------------
+
+
+@pytest.mark.parametrize(
+    ("coding", "accept_encoding", "acceptable"),
+    [
+        ("gzip", "br,deflate,gzip,zstd", True),  # Chrome and Firefox
+        ("gzip", "br,deflate,gzip", True),  # Safari
+        ("br", "deflate,gzip", False),
+        ("gzip", "gzip;q=0", False),
+        ("gzip", "*", True),
+        ("gzip", "*;q=0,identity", False),
+        ("", "br,gzip", True),  # identity is acceptable unless refused
+        ("", "gzip,identity;q=0", False),
+        ("", "*;q=0", False),
+        ("", None, True),  # no Accept-Encoding: identity only
+        ("gzip", None, False),
+        ("gzip", "gzip;q=bad", False),
+    ],
+)
+def test_a_content_coding_is_acceptable_as_accept_encoding_says(
+    coding: str, accept_encoding: str | None, acceptable: bool
+) -> None:
+    assert policy.coding_acceptable(coding, accept_encoding) is acceptable
+
+
+def test_a_variant_serves_by_coding_only_when_every_other_vary_field_matches() -> None:
+    entry = policy.build_entry(
+        url="/p",
+        status=200,
+        headers=[
+            ("Cache-Control", "max-age=60"),
+            ("Vary", "Accept-Encoding, Accept-Language"),
+            ("Content-Encoding", "gzip"),
+        ],
+        body=b"x",
+        request_headers=CIMultiDictProxy(
+            CIMultiDict({"Accept-Encoding": "gzip, deflate, br", "Accept-Language": "en"})
+        ),
+        request_time=0.0,
+        response_time=0.0,
+        fetch_seconds=0.0,
+        config=policy.CachePolicyConfig(),
+    )
+    assert entry.vary == ("accept-encoding", "accept-language")
+    assert policy.serves_by_coding(entry, ("br,deflate,gzip,zstd", "en"), 0)
+    assert not policy.serves_by_coding(entry, ("br,deflate,gzip,zstd", "fr"), 0)
+    assert not policy.serves_by_coding(entry, (None, "en"), 0)

@@ -17,6 +17,8 @@ class Ev:
     url: str = ""
     host: str = "shop"
     client: str = "c1"
+    vary: tuple[str, ...] = ()
+    vary_values: tuple[str | None, ...] = ()
 
     def __post_init__(self) -> None:
         self.url = self.url or self.key
@@ -33,6 +35,8 @@ class HostEv:
     client: str = "10.0.0.1"
     fresh_until: float = 0.0
     warmed: bool = False
+    vary: tuple[str, ...] = ()
+    vary_values: tuple[str | None, ...] = ()
 
     @property
     def key(self) -> str:

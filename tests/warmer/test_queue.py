@@ -17,7 +17,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from warmer.model import Reason, WarmRequest
+from warmer.model import DEFAULT_PRIORITY_LEVELS, Reason, WarmRequest
 from warmer.queue import WarmQueue
 
 LEVELS = ("high", "medium", "low")
@@ -95,8 +95,16 @@ def test_identity_includes_the_host() -> None:
     q.push(req("/a", host="one.example"), 0.0)
     q.push(req("/a", host="two.example"), 0.0)
     assert len(q) == 2
-    assert ("one.example", "/a") in q
-    assert ("", "/a") not in q
+    assert ("one.example", "/a", ()) in q
+    assert ("", "/a", ()) not in q
+
+
+def test_identity_includes_the_variant() -> None:
+    """Two variants of one path are two warm fetches (each is its own entry)."""
+    q = WarmQueue(LEVELS)
+    q.push(req("/a"), 0.0)
+    q.push(WarmRequest(url="/a", headers=(("accept-encoding", "gzip"),)), 0.0)
+    assert len(q) == 2
 
 
 def test_duplicate_upgrades_priority_and_moves_to_the_new_level() -> None:
@@ -151,7 +159,7 @@ def test_duplicate_refresh_true_wins(first: bool, second: bool) -> None:
     q = WarmQueue(LEVELS)
     q.push(req("/a", refresh=first), 0.0)
     q.push(req("/a", refresh=second), 0.0)
-    assert q.get(("", "/a")) == req("/a", refresh=True)
+    assert q.get(("", "/a", ())) == req("/a", refresh=True)
 
 
 def test_duplicate_does_not_change_when_it_is_ready() -> None:
@@ -206,7 +214,7 @@ def test_next_ready_at() -> None:
     q.push(req("/b"), 0.0, not_before=20.0)
     q.push(req("/a"), 0.0, not_before=10.0)
     assert q.next_ready_at() == 10.0
-    q.discard(("", "/a"))
+    q.discard(("", "/a", ()))
     assert q.next_ready_at() == 20.0
     # A ready item: the answer is not after now, so a runner does not sleep.
     q.push(req("/c"), 30.0, not_before=25.0)
@@ -221,7 +229,7 @@ def test_delayed_items_count_in_len_depth_and_contains() -> None:
     q = WarmQueue(LEVELS)
     q.push(req("/a", "low"), 0.0, not_before=50.0)
     assert len(q) == 1
-    assert ("", "/a") in q
+    assert ("", "/a", ()) in q
     assert q.depth_by_level() == {"high": 0, "medium": 0, "low": 1}
 
 
@@ -249,7 +257,7 @@ def test_unknown_priority_is_a_value_error_naming_the_levels() -> None:
     q.push(req("/a", "low"), 0.0)
     with pytest.raises(ValueError, match="urgent"):
         q.push(req("/a", "urgent"), 0.0)
-    assert q.get(("", "/a")) == req("/a", "low")
+    assert q.get(("", "/a", ())) == req("/a", "low")
     assert q.rejected == 0
 
 
@@ -267,10 +275,10 @@ def test_discard() -> None:
     q.push(req("/a", "high"), 0.0)
     q.push(req("/b", "high"), 0.0)
     q.push(req("/d"), 0.0, not_before=9.0)
-    assert q.discard(("", "/a"))
-    assert not q.discard(("", "/a"))
-    assert q.discard(("", "/d"))
-    assert ("", "/a") not in q
+    assert q.discard(("", "/a", ()))
+    assert not q.discard(("", "/a", ()))
+    assert q.discard(("", "/d", ()))
+    assert ("", "/a", ()) not in q
     assert q.depth_by_level() == {"high": 1, "medium": 0, "low": 0}
     assert drain(q, 10.0) == ["/b"]
 
@@ -279,7 +287,7 @@ def test_discarded_then_pushed_again_goes_to_the_back() -> None:
     q = WarmQueue(LEVELS)
     q.push(req("/a"), 0.0)
     q.push(req("/b"), 0.0)
-    q.discard(("", "/a"))
+    q.discard(("", "/a", ()))
     q.push(req("/a"), 0.0)
     assert drain(q, 0.0) == ["/b", "/a"]
 
@@ -302,7 +310,7 @@ def test_many_discards_and_upgrades_do_not_grow_the_heaps() -> None:
         q.push(req(f"/{i}", "medium"), 0.0)
         q.push(req(f"/{i}", "high"), 0.0)
         if i % 10:
-            q.discard(("", f"/{i}"))
+            q.discard(("", f"/{i}", ()))
     assert len(q) == 500
     heap_items = len(q._ready) + len(q._delayed)
     assert heap_items <= 2 * len(q) + 1024 + 2
@@ -351,7 +359,7 @@ def test_every_pushed_item_comes_out_once_in_priority_then_fifo_order(
                 assert popped.url == min(ready, key=ready.__getitem__)
                 assert popped.priority == LEVELS[queued.pop(popped.url)[0]]
         elif op == "discard":
-            assert q.discard(("", url)) == (queued.pop(url, None) is not None)
+            assert q.discard(("", url, ())) == (queued.pop(url, None) is not None)
         else:
             now += 1.0
         assert len(q) == len(queued)
@@ -423,7 +431,7 @@ class QueueMachine(RuleBasedStateMachine):
 
     @rule(url=consumes(pushed))
     def discard(self, url: str) -> None:
-        assert self.q.discard(("", url)) == (self.model.pop(url, None) is not None)
+        assert self.q.discard(("", url, ())) == (self.model.pop(url, None) is not None)
 
     @rule(dt=st.sampled_from([0.25, 1.0, 5.0]))
     def tick(self, dt: float) -> None:
@@ -444,7 +452,7 @@ class QueueMachine(RuleBasedStateMachine):
         assert self.q.depth_by_level() == depth
         assert self.q.rejected == self.rejected
         for url in self.model:
-            assert ("", url) in self.q
+            assert ("", url, ()) in self.q
 
     @invariant()
     def next_ready_at_agrees(self) -> None:
@@ -462,3 +470,47 @@ class QueueMachine(RuleBasedStateMachine):
 
 TestQueueMachine = QueueMachine.TestCase
 TestQueueMachine.settings = settings(max_examples=200, stateful_step_count=60, deadline=None)
+
+
+requests_in_a_round = st.lists(
+    st.builds(
+        WarmRequest,
+        url=st.sampled_from(["/a", "/b", "/c"]),
+        priority=st.sampled_from(["high", "medium", "low"]),
+        reason=st.sampled_from(list(Reason)),
+        host=st.sampled_from(["", "h"]),
+        ttl=st.one_of(st.none(), st.sampled_from([5.0, 60.0])),
+        refresh=st.booleans(),
+        source=st.sampled_from(["", "top"]),
+        headers=st.sampled_from([(), (("accept-encoding", "gzip"),)]),
+    ),
+    max_size=8,
+)
+
+
+@given(requests_in_a_round, st.booleans())
+def test_drain_hands_back_what_push_and_pop_would(
+    requests: list[WarmRequest], something_queued: bool
+) -> None:
+    """The replay's drain (a fast path when nothing is queued) keeps the queue's
+    order and merging: one owner of the order."""
+    pushed = WarmQueue(DEFAULT_PRIORITY_LEVELS)
+    drained = WarmQueue(DEFAULT_PRIORITY_LEVELS)
+    if something_queued:
+        for queue in (pushed, drained):
+            queue.push(WarmRequest(url="/queued", priority="medium"), 100.0)
+    for request in requests:
+        pushed.push(request, 100.0)
+    expected = []
+    while (popped := pushed.pop(100.0)) is not None:
+        expected.append(popped)
+    assert drained.drain(requests, 100.0) == expected
+    assert len(drained) == 0
+
+
+def test_drain_refuses_an_unknown_priority_like_push() -> None:
+    queue = WarmQueue(["medium"])
+    with pytest.raises(ValueError, match="unknown priority level 'low'"):
+        queue.drain([WarmRequest(url="/a"), WarmRequest(url="/b", priority="low")], 0.0)
+    with pytest.raises(ValueError, match="unknown priority level 'low'"):
+        queue.drain([WarmRequest(url="/b", priority="low")], 0.0)

@@ -28,6 +28,8 @@ class Ev:
     host: str = "example.test"
     fresh_until: float = 0.0
     warmed: bool = False
+    vary: tuple[str, ...] = ()
+    vary_values: tuple[str | None, ...] = ()
 
     @property
     def key(self) -> str:
