@@ -5,11 +5,13 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal
 
 from multidict import CIMultiDictProxy
 
+from proxy.cache_key import NO_RULES, KeyRules
 from proxy.policy import CONDITIONAL_REQUEST_FIELDS, HOP_BY_HOP, connection_named
 
 # Client-supplied forwarding fields: replaced by ours unless the peer is a
@@ -17,6 +19,14 @@ from proxy.policy import CONDITIONAL_REQUEST_FIELDS, HOP_BY_HOP, connection_name
 # cache then shares with everyone) from a host name of its choosing.
 FORWARDING_FIELDS = frozenset(
     {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"}
+)
+
+
+PRESERVE_HOST_NEEDS_PER_HOST = (
+    'preserve_host = true needs host_keying = "per-host": with "single" keying the '
+    "cache key leaves out the Host the origin would be told, so one client could put "
+    'a host of its choosing into entries shared by all; set proxy.host_keying = "per-host" '
+    "(the client's host becomes part of the key) or proxy.preserve_host = false"
 )
 
 
@@ -58,15 +68,37 @@ def end_to_end(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(k, v) for k, v in items if k.lower() not in drop]
 
 
+HostKeying = Literal["single", "per-host"]
+
+
+def _path_only(path_qs: str, host: str) -> str:
+    return path_qs
+
+
 @dataclass(frozen=True, slots=True)
 class ForwardingRules:
     """How requests are rewritten for the origin, and how they are keyed in the cache.
 
-    The origin may build links from the host it is told (``X-Forwarded-Host``,
-    or ``Host`` with ``preserve_host``).  Whatever host it is told is part of
-    the cache key, so no client can make a shared entry carry a host of its
-    choosing.  With ``public_host`` configured the origin is always told that
-    one host, and the path and query alone are the key.
+    The one owner of cache keys: the handler (hit and full path), the
+    Filler's warm fetches, invalidations and the warmer all key through it.
+
+    The origin may build links from what it is told about the client's host
+    (``Host``, ``X-Forwarded-Host``, ``Forwarded``), so each of those is
+    either part of the cache key or the same for every request; never both
+    varying and unkeyed, or one client could make a shared entry carry a
+    host of its choosing (cache poisoning).
+
+    ``host_keying = "single"`` (a sidecar in front of one site): keys are the
+    path and query; the origin is told its own authority in ``Host`` and
+    ``public_host`` (if set) in ``X-Forwarded-Host``, whatever the client
+    sent.  ``"per-host"`` (an origin serving several hosts): keys are
+    ``//host/path`` with the host the origin is told (the client's, a
+    trusted proxy's ``X-Forwarded-Host``, or ``public_host``).
+
+    ``cache_key(path_qs, host)``: the key of a request for ``path_qs`` told to
+    the origin as ``host`` (ignored when keys are paths), with the
+    ``[cache]`` query rules applied.  It is a function chosen once here, so
+    the hit path pays for neither the keying mode nor unconfigured rules.
     """
 
     origin_authority: str
@@ -75,6 +107,35 @@ class ForwardingRules:
     via: str
     public_host: str = ""
     warm_header: str = "X-Warmproxy-Warm"
+    host_keying: HostKeying = "single"
+    key_rules: KeyRules = NO_RULES
+    keys_are_paths: bool = field(init=False)
+    cache_key: Callable[[str, str], str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.preserve_host and self.host_keying == "single":
+            raise ValueError(PRESERVE_HOST_NEEDS_PER_HOST)
+        # Per-host keying with only public_host ever told to the origin is
+        # single-host in effect: the host would be the same in every key.
+        paths = self.host_keying == "single" or (
+            bool(self.public_host) and not self.preserve_host and not self.trusted_networks
+        )
+        normalize = self.key_rules.normalizer
+        key: Callable[[str, str], str]
+        if paths and not self.key_rules.active:
+            key = _path_only
+        elif paths:
+
+            def key(path_qs: str, host: str) -> str:
+                return normalize(path_qs)
+
+        else:
+
+            def key(path_qs: str, host: str) -> str:
+                return f"//{normalize_host(host)}{normalize(path_qs)}"
+
+        object.__setattr__(self, "keys_are_paths", paths)
+        object.__setattr__(self, "cache_key", key)
 
     @classmethod
     def build(
@@ -86,6 +147,8 @@ class ForwardingRules:
         via: str,
         public_host: str = "",
         warm_header: str = "X-Warmproxy-Warm",
+        host_keying: HostKeying = "single",
+        key_rules: KeyRules = NO_RULES,
     ) -> ForwardingRules:
         return cls(
             origin_authority=origin_authority,
@@ -94,19 +157,32 @@ class ForwardingRules:
             via=via,
             public_host=public_host,
             warm_header=warm_header,
+            host_keying=host_keying,
+            key_rules=key_rules,
         )
 
     @property
-    def single_host(self) -> bool:
-        """The origin is told one host whatever the client sends: keys are paths."""
-        return bool(self.public_host) and not self.preserve_host and not self.trusted_networks
+    def keying(self) -> str:
+        """How keys are made, in words (what ``warm --standalone`` reports)."""
+        if self.host_keying == "single":
+            return "path only (proxy.host_keying = single)"
+        if self.keys_are_paths:
+            return (
+                "path only (proxy.host_keying = per-host, but proxy.public_host "
+                f"{self.public_host} is the only host the origin is told)"
+            )
+        return f"per host, warming for host {normalize_host(self.default_host)}"
 
     def forwarded_host(self, headers: CIMultiDictProxy[str], peer: str | None) -> str:
         """The host the origin is told the client asked for, normalized.
 
-        Raises BadHost when the client's (or a trusted proxy's) value is not a
-        host[:port]; the request is then refused.
+        With single keying: ``public_host``, else the origin's authority,
+        whatever the client sent.  Per host, raises BadHost when the client's
+        (or a trusted proxy's) value is not a host[:port]; the request is
+        then refused.
         """
+        if self.host_keying == "single":
+            return self.default_host
         if self.trusted_networks and self.is_trusted(peer):
             prior = headers.get("X-Forwarded-Host")
             if prior:
@@ -114,19 +190,30 @@ class ForwardingRules:
         if self.public_host and not self.preserve_host:
             return self.public_host
         host = headers.get("Host")
-        return normalize_host(host) if host else (self.public_host or self.origin_authority)
+        return normalize_host(host) if host else self.default_host
 
-    def cache_key(self, path_qs: str, host: str) -> str:
-        """The cache key of a request for ``path_qs`` told to the origin as ``host``."""
-        if self.single_host:
-            return path_qs
-        return f"//{normalize_host(host)}{path_qs}"
+    def own_authorities(self, headers: CIMultiDictProxy[str], peer: str | None) -> tuple[str, ...]:
+        """Authorities that name the requested site, for RFC 9111 §4.4's
+        same-origin check of Location / Content-Location after unsafe methods.
+
+        With keys as paths every name a client uses for the proxy is this one
+        site, so the client's own Host counts too (``localhost`` and
+        ``127.0.0.1`` share entries).
+        """
+        told = self.forwarded_host(headers, peer)
+        if not self.keys_are_paths:
+            return (told, self.origin_authority)
+        try:
+            asked = normalize_host(headers.get("Host", ""))
+        except BadHost:
+            return (told, self.origin_authority)
+        return (told, self.origin_authority, asked)
 
     def key_of(self, headers: CIMultiDictProxy[str], peer: str | None, path_qs: str) -> str:
         """The cache key of a client's request (BadHost for an unusable host)."""
-        if self.single_host:
-            return path_qs
-        return f"//{self.forwarded_host(headers, peer)}{path_qs}"
+        if self.keys_are_paths:
+            return self.cache_key(path_qs, "")
+        return self.cache_key(path_qs, self.forwarded_host(headers, peer))
 
     def is_trusted(self, peer: str | None) -> bool:
         if peer is None or not self.trusted_networks:
@@ -154,6 +241,7 @@ class ForwardingRules:
         warm_header = self.warm_header.lower()
         forwarded: list[tuple[str, str]] = []
         prior_for: list[str] = []
+        prior_forwarded_for: list[str] = []
         prior_proto: str | None = None
         for k, v in end_to_end(headers.items()):
             lk = k.lower()
@@ -164,7 +252,9 @@ class ForwardingRules:
                     elif lk == "x-forwarded-proto":
                         prior_proto = v
                     elif lk == "forwarded":
-                        forwarded.append((k, v))
+                        # Not passed on: its host= is not in the key.  Its
+                        # for= chain continues in X-Forwarded-For.
+                        prior_forwarded_for.extend(forwarded_for(v))
                 continue
             if lk == warm_header:
                 continue  # only the warmer's own fetches carry it: clients cannot forge it
@@ -177,11 +267,18 @@ class ForwardingRules:
                 # content no meaning), no client validators.
                 continue
             forwarded.append((k, v))
-        chain = [*prior_for, peer] if peer else prior_for
+        prior = prior_for or prior_forwarded_for
+        chain = [*prior, peer] if peer else prior
         if chain:
             forwarded.append(("X-Forwarded-For", ", ".join(chain)))
         forwarded.append(("X-Forwarded-Proto", prior_proto or scheme))
-        forwarded.append(("X-Forwarded-Host", self.forwarded_host(headers, peer)))
+        if self.host_keying == "single":
+            # The origin hears what it would if called directly (plus the
+            # configured public name): the same for every request.
+            if self.public_host:
+                forwarded.append(("X-Forwarded-Host", self.public_host))
+        else:
+            forwarded.append(("X-Forwarded-Host", self.forwarded_host(headers, peer)))
         vias = headers.getall("Via", [])
         forwarded.append(("Via", ", ".join([*vias, self.via])))
         host = headers.get("Host", self.origin_authority)
@@ -189,15 +286,36 @@ class ForwardingRules:
         return forwarded
 
     def warm_request_headers(self, host: str) -> list[tuple[str, str]]:
-        """Headers of a fetch the warmer makes for ``host``: marked so the origin can tell."""
-        return [
-            ("Host", host if self.preserve_host else self.origin_authority),
-            ("X-Forwarded-Host", host),
-            ("Via", self.via),
-            (self.warm_header, "1"),
-        ]
+        """Headers of a fetch the warmer makes for ``host``: marked so the origin can tell.
+
+        The origin is told what it is told for a client of ``host`` (with
+        single keying: what it is told for every client).
+        """
+        headers = [("Host", host if self.preserve_host else self.origin_authority)]
+        if self.host_keying == "per-host":
+            headers.append(("X-Forwarded-Host", host))
+        elif self.public_host:
+            headers.append(("X-Forwarded-Host", self.public_host))
+        headers.append(("Via", self.via))
+        headers.append((self.warm_header, "1"))
+        return headers
 
     @property
     def default_host(self) -> str:
         """The host warm fetches are made for when none is named."""
         return self.public_host or self.origin_authority
+
+
+def forwarded_for(value: str) -> list[str]:
+    """The ``for=`` values of a ``Forwarded`` field (RFC 7239 §4), in order, unquoted."""
+    found = []
+    for element in value.split(","):
+        for pair in element.split(";"):
+            name, sep, node = pair.strip().partition("=")
+            if sep and name.strip().lower() == "for":
+                node = node.strip()
+                if len(node) >= 2 and node[0] == node[-1] == '"':
+                    node = node[1:-1].replace('\\"', '"')
+                if node:
+                    found.append(node)
+    return found

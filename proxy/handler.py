@@ -106,11 +106,19 @@ class ProxyHandler:
         self._client_id_header = client_id_header
         self._name = cache_name
         self._clock = clock
-        self._keys_are_paths = rules.single_host
+        # Chosen once: keys are paths (any name clients use for the proxy
+        # shares entries) or carry the host; the key function already has
+        # the [cache] query rules in it, or nothing when none is configured.
+        self._keys_are_paths = rules.keys_are_paths
+        self._cache_key = rules.cache_key
+        # With keys as paths, requests (and their events) name no host: ""
+        # is the default one, as for a WarmRequest and a key read back from
+        # the store, so the warmer sees one (host, url) per path.
+        self._path_host = ""
 
     def _key(self, request: web.BaseRequest) -> str:
         if self._keys_are_paths:
-            return request.raw_path
+            return self._cache_key(request.raw_path, self._path_host)
         return self._rules.key_of(request.headers, request.remote, request.raw_path)
 
     def _event_key(self, request: web.BaseRequest) -> str:
@@ -120,6 +128,8 @@ class ProxyHandler:
             return request.raw_path  # a refused request: it has no cache key
 
     def _event_host(self, request: web.BaseRequest) -> str:
+        if self._keys_are_paths:
+            return self._path_host
         try:
             return self._rules.forwarded_host(request.headers, request.remote)
         except BadHost:
@@ -136,7 +146,7 @@ class ProxyHandler:
                 return self._plain(request, 400, "warmproxy: bad request target\n", status, started)
             request = origin_form
         if self._keys_are_paths:
-            host = self._rules.public_host
+            host = self._path_host
         else:
             try:
                 host = self._rules.forwarded_host(request.headers, request.remote)
@@ -156,7 +166,7 @@ class ProxyHandler:
                 if name in headers:
                     break
             else:
-                key = self._rules.cache_key(request.raw_path, host)
+                key = self._cache_key(request.raw_path, host)
                 entry = self._cache.peek(key)
                 if isinstance(entry, CacheEntry):
                     now = self._clock()
@@ -189,6 +199,8 @@ class ProxyHandler:
             host,
             entry.fresh_until,
             entry.warmed,
+            entry.vary,
+            entry.vary_values,
         )
         return response
 
@@ -336,6 +348,8 @@ class ProxyHandler:
         ``cached``: ``entry`` is (now) in the cache.
         """
         fresh_until = entry.fresh_until if cached else 0.0
+        # The variant that answered: only an entry in the cache is one clients share.
+        vary, vary_values = (entry.vary, entry.vary_values) if cached else ((), ())
         headers = request.headers
         if 200 <= entry.status < 300:
             inm = ", ".join(headers.getall("if-none-match", [])) or None
@@ -347,7 +361,18 @@ class ProxyHandler:
                 not_modified["Age"] = str(int(policy.age_of(entry, now)))
                 not_modified["Cache-Status"] = cache_status
                 self._emit(
-                    request, outcome, 304, started, 0, now, None, None, fresh_until, entry.warmed
+                    request,
+                    outcome,
+                    304,
+                    started,
+                    0,
+                    now,
+                    None,
+                    None,
+                    fresh_until,
+                    entry.warmed,
+                    vary,
+                    vary_values,
                 )
                 return web.Response(status=304, headers=not_modified)
         out = CIMultiDict(relayed) if relayed is not None else entry.response_head()
@@ -358,7 +383,18 @@ class ProxyHandler:
         if range_value is not None and status == 200:
             status, body = self._cut_range(entry, range_value, headers.get("if-range"), out)
         self._emit(
-            request, outcome, status, started, len(body), now, None, None, fresh_until, entry.warmed
+            request,
+            outcome,
+            status,
+            started,
+            len(body),
+            now,
+            None,
+            None,
+            fresh_until,
+            entry.warmed,
+            vary,
+            vary_values,
         )
         return web.Response(status=status, body=body, headers=out)
 
@@ -417,7 +453,7 @@ class ProxyHandler:
                 request_path=request.raw_path,
                 status=upstream.status,
                 response_headers=list(upstream.headers.items()),
-                authorities=(host, self._origin.authority),
+                authorities=self._rules.own_authorities(request.headers, request.remote),
             ):
                 await self._cache.invalidate(self._rules.cache_key(path, host))
         status = policy.cache_status(fwd=fwd, fwd_status=upstream.status, name=self._name)
@@ -558,6 +594,8 @@ class ProxyHandler:
         host: str | None = None,
         fresh_until: float = 0.0,
         warmed: bool = False,
+        vary: tuple[str, ...] = (),
+        vary_values: tuple[str | None, ...] = (),
     ) -> None:
         self._metrics.requests[(outcome, request.method)] += 1
         client = (
@@ -578,6 +616,8 @@ class ProxyHandler:
                 host=host if host is not None else self._event_host(request),
                 fresh_until=fresh_until,
                 warmed=warmed,
+                vary=vary,
+                vary_values=vary_values,
                 # Hits never reach the origin: they keep the client's id, if any.
                 request_id=str(
                     request.get(_REQUEST_ID_KEY) or request.headers.get(REQUEST_ID_FIELD, "")

@@ -4,8 +4,9 @@ Against a running proxy it uses the control API like any other client (the
 run is started, then its progress polled until it ends).  ``--standalone``
 starts the proxy's fill path in this process (no listeners used by anyone)
 and warms the configured store directly, e.g. a shared Redis before the
-proxies in front of it start.  Exit status: 0 when every item was warmed,
-1 when some failed, 2 for bad input.
+proxies in front of it start, under the keys ``warmproxy serve`` with the
+same configuration reads (it says which on stderr).  Exit status: 0 when
+every item was warmed, 1 when some failed, 2 for bad input.
 """
 
 from __future__ import annotations
@@ -142,7 +143,15 @@ async def _standalone(
         "proxy": {"listen": "127.0.0.1:0"},
         "control": {"listen": "127.0.0.1:0"},
         # The schedule is the serving proxy's business, not this one-off's.
-        "strategies": {"proactive": {"enabled": False}, "reactive": {"enabled": False}},
+        "strategies": {
+            "proactive": {"enabled": False},
+            "reactive": {"enabled": False},
+            "predictive": {"enabled": False},
+        },
+        # A one-off keeps no state: with state.dir empty and the listener on
+        # port 0 it gets a directory of its own, removed at exit, so it neither
+        # overwrites a serving proxy's model and ledger nor waits for its lock.
+        "state": {"dir": ""},
     }
     data = settings.model_dump()
     for section, values in overrides.items():
@@ -150,6 +159,11 @@ async def _standalone(
     if args.origin:
         data["proxy"]["origin"] = args.origin
     proxy = Warmproxy(Settings.model_validate(data))
+    # The entries must land under the keys `serve` with this configuration
+    # reads; say which, so a mismatch (e.g. another host) is visible.
+    rules = proxy.rules
+    query = rules.key_rules.describe()
+    print(f"keys: {rules.keying}" + (f"; {query}" if query else ""), file=sys.stderr)
     await proxy.start()
     bar = _Bar(not args.no_progress)
     try:

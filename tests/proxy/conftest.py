@@ -15,6 +15,7 @@ from multidict import CIMultiDictProxy
 
 from proxy.app import Warmproxy
 from proxy.config import load_settings
+from tests.variants import VaryingOrigin
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -142,12 +143,13 @@ def url(proxy: Warmproxy, path: str) -> str:
 
 
 def client_host(proxy: Warmproxy) -> str:
-    """The Host a test client sends to ``proxy``."""
+    """The Host a test client sends to ``proxy`` (keyed only with ``host_keying = "per-host"``)."""
     return f"127.0.0.1:{proxy.proxy_port}"
 
 
 def key(proxy: Warmproxy, path: str) -> str:
-    """The cache key of a test client's request for ``path``."""
+    """The cache key of a test client's request for ``path``: the path (with the
+    ``[cache]`` query rules applied) by default, ``//host/path`` per host."""
     return proxy.rules.cache_key(path, client_host(proxy))
 
 
@@ -174,3 +176,12 @@ async def eventually(predicate: Callable[[], bool | Awaitable[bool]], within: fl
 async def _holds(predicate: Callable[[], bool | Awaitable[bool]]) -> bool:
     result = predicate()
     return bool(await result) if inspect.isawaitable(result) else bool(result)
+
+
+@pytest.fixture
+async def varying_origin() -> AsyncIterator[VaryingOrigin]:
+    """An origin answering like a compressing, localized app (``tests.variants``)."""
+    state = VaryingOrigin()
+    await state.start()
+    yield state
+    await state.close()

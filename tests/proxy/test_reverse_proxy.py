@@ -14,6 +14,9 @@ from aiohttp import web
 
 from tests.proxy.conftest import Origin, ProxyFactory, eventually, url
 
+# An origin serving several hosts: the host it is told is part of the key.
+PER_HOST = {"host_keying": "per-host"}
+
 
 async def test_every_method_path_and_query_is_forwarded(origin, proxy, client) -> None:
     async def echo(request: web.Request) -> web.Response:
@@ -57,7 +60,8 @@ async def test_forwarding_headers_added_and_client_spoofs_replaced(origin, proxy
     seen = origin.last("/fw").headers
     assert seen["X-Forwarded-For"] == "127.0.0.1"
     assert seen["X-Forwarded-Proto"] == "http"
-    assert seen["X-Forwarded-Host"] == f"127.0.0.1:{proxy.proxy_port}"
+    # Single-host keying (the default): no host the client could choose.
+    assert "X-Forwarded-Host" not in seen
     assert seen["Via"] == "1.1 warmproxy"
     assert seen["Host"] == origin.url.removeprefix("http://")
 
@@ -276,7 +280,7 @@ async def test_preserve_host_keeps_hosts_apart_in_the_cache(origin, make_proxy, 
         return web.Response(text=request.host, headers={"Cache-Control": "max-age=60"})
 
     origin.handle("/site", by_host)
-    proxy = await make_proxy(origin.url, proxy={"preserve_host": True})
+    proxy = await make_proxy(origin.url, proxy={"preserve_host": True, "host_keying": "per-host"})
     bodies = []
     for host in ("a.example", "b.example", "a.example", "B.EXAMPLE"):
         async with client.get(url(proxy, "/site"), headers={"Host": host}) as response:
@@ -285,12 +289,15 @@ async def test_preserve_host_keeps_hosts_apart_in_the_cache(origin, make_proxy, 
     assert origin.count("/site") == 2
 
 
-async def test_a_spoofed_host_cannot_poison_other_clients_entries(origin, proxy, client) -> None:
+async def test_a_spoofed_host_cannot_poison_other_clients_entries(
+    origin, make_proxy, client
+) -> None:
     async def links(request: web.Request) -> web.Response:
         host = request.headers["X-Forwarded-Host"]
         return web.Response(text=f"https://{host}/x", headers={"Cache-Control": "max-age=60"})
 
     origin.handle("/links", links)
+    proxy = await make_proxy(origin.url, proxy=PER_HOST)
     async with client.get(url(proxy, "/links"), headers={"Host": "evil.example"}) as response:
         assert await response.text() == "https://evil.example/x"
     async with client.get(url(proxy, "/links")) as response:
@@ -338,7 +345,8 @@ async def _raw(proxy, request: bytes) -> bytes:
     return head
 
 
-async def test_rfc9112_s3_2_2_absolute_form_target_is_accepted(origin, proxy) -> None:
+async def test_rfc9112_s3_2_2_absolute_form_target_is_accepted(origin, make_proxy) -> None:
+    proxy = await make_proxy(origin.url, proxy=PER_HOST)
     origin.set("/abs", headers={"Cache-Control": "no-store"}, body=b"abs")
     head = await _raw(proxy, b"GET http://shop.example/abs HTTP/1.1\r\nHost: other\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")
@@ -413,7 +421,9 @@ async def test_a_failed_start_closes_what_it_opened(origin) -> None:
     assert not proxy.ready
 
 
-async def test_a_host_that_is_not_a_host_is_refused(origin, proxy, client) -> None:
+async def test_a_host_that_is_not_a_host_is_refused(origin, make_proxy, client) -> None:
+    # Per host, the Host enters the key: "/" or "?" in it could make two URLs share one.
+    proxy = await make_proxy(origin.url, proxy=PER_HOST)
     origin.set("/b/c", headers={"Cache-Control": "max-age=60"}, body=b"c")
     for bad in (f"127.0.0.1:{proxy.proxy_port}/a", "x?y", "user@host", "host:port"):
         async with client.get(url(proxy, "/b/c"), headers={"Host": bad}) as response:
@@ -421,7 +431,8 @@ async def test_a_host_that_is_not_a_host_is_refused(origin, proxy, client) -> No
     assert origin.count("/b/c") == 0
 
 
-async def test_spellings_of_one_host_share_entries(origin, proxy, client) -> None:
+async def test_spellings_of_one_host_share_entries(origin, make_proxy, client) -> None:
+    proxy = await make_proxy(origin.url, proxy=PER_HOST)
     origin.set("/same", headers={"Cache-Control": "max-age=60"})
     for host in ("Shop.Example", "shop.example.", "shop.example:80"):
         async with client.get(url(proxy, "/same"), headers={"Host": host}) as response:
