@@ -14,7 +14,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import tomli_w
 
+from proxy import state_dir
 from proxy.config import ConfigError, Settings, load_settings
+from proxy.state_dir import state_root
 
 MASK = "********"
 
@@ -58,10 +60,33 @@ def check_config(path: Path, *, as_json: bool, out: TextIO, err: TextIO) -> int:
         print(f"warmproxy: {exc}", file=err)
         return 2
     data = effective(settings)
+    directory = state_directory(settings)
     if as_json:
-        out.write(json.dumps(data, indent=2) + "\n")
+        out.write(json.dumps({**data, "effective_state_dir": directory}, indent=2) + "\n")
     else:
         out.write(f"# {path}: valid. Effective settings (file, then WARMPROXY_* variables,\n")
         out.write("# then defaults); secrets masked.\n")
+        out.write(f"# State directory in effect: {directory}\n")
         out.write(tomli_w.dumps(_without_none(data)))
     return 0
+
+
+def state_directory(settings: Settings) -> str:
+    """Where this configuration keeps its state: ``state.dir``, or the derived one.
+
+    A listener on port 0 gets a new directory at each start, so only where
+    it will be is shown.
+    """
+    if settings.state.ephemeral:
+        return f"{state_root()}/{identity_name(settings)}-<random>, removed at stop"
+    return str(settings.state.path())
+
+
+def identity_name(settings: Settings) -> str:
+    """The derived directory's name for this configuration (proxy/state_dir.py)."""
+    return state_dir.identity_name(
+        origin=settings.proxy.origin,
+        listen=settings.proxy.listen,
+        store=settings.cache.store,
+        redis_prefix=settings.cache.redis_prefix,
+    )

@@ -132,6 +132,60 @@ _STATS: dict[str, Any] = {
     },
 }
 
+_SCHEDULE_ADDED: dict[str, Any] = {
+    "next_runs": {
+        "type": "object",
+        "description": "per source, its next firing (null: none)",
+        "additionalProperties": {"type": ["string", "null"], "format": "date-time"},
+    },
+    "errors": {
+        "type": "object",
+        "description": "per failing source, its last error",
+        "additionalProperties": {"type": "string"},
+    },
+    "persisted_in": {
+        "type": "string",
+        "description": "where a posted schedule is saved (a file or a Redis key)",
+    },
+    "origin": {
+        "enum": ["config", "posted"],
+        "description": (
+            "config: the configuration file's [strategies.proactive] sources; posted: a "
+            "schedule posted here (or applied by the optimizer), saved and in force over "
+            "the configuration file, also after a restart"
+        ),
+    },
+    "posted_at": {
+        "type": ["string", "null"],
+        "format": "date-time",
+        "description": "when the posted schedule was saved; null when not known",
+    },
+    "proposed": {
+        "type": "object",
+        "description": "the optimizer's proposal (absent with optimize = off)",
+    },
+}
+
+
+def _schedule_document(schedule: dict[str, Any]) -> dict[str, Any]:
+    """What GET /schedule answers: the Schedule plus the fields the proxy adds
+    (ignored when the document is posted back)."""
+    return {
+        "type": "object",
+        "description": "The schedule in force, where it came from, and its next firings.",
+        "properties": {**schedule["properties"], **_SCHEDULE_ADDED},
+        "required": [
+            "schedule",
+            "sources",
+            "next_runs",
+            "errors",
+            "persisted_in",
+            "origin",
+            "posted_at",
+        ],
+    }
+
+
 _ERROR: dict[str, Any] = {
     "type": "object",
     "required": ["error"],
@@ -176,6 +230,7 @@ def document() -> dict[str, Any]:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
+    schemas["ScheduleDocument"] = _schedule_document(schemas["Schedule"])
     obj: dict[str, Any] = {"type": "object"}
     paths: dict[str, Any] = {
         f"{PREFIX}/start": {
@@ -241,15 +296,17 @@ def document() -> dict[str, Any]:
         f"{PREFIX}/schedule": {
             "get": {
                 "summary": (
-                    "The schedule, next firings, source errors, and the optimizer's "
-                    "proposed schedule"
+                    "The schedule, whether it is the configuration file's or a posted one, "
+                    "next firings, source errors, and the optimizer's proposed schedule"
                 ),
-                "responses": _responses(200, {"$ref": "#/components/schemas/Schedule"}),
+                "responses": _responses(200, {"$ref": "#/components/schemas/ScheduleDocument"}),
             },
             "post": {
                 "summary": "Replace the schedule (validated, persisted, applied live)",
                 "requestBody": _body(Schedule),
-                "responses": _responses(200, {"$ref": "#/components/schemas/Schedule"}, 400, 503),
+                "responses": _responses(
+                    200, {"$ref": "#/components/schemas/ScheduleDocument"}, 400, 503
+                ),
             },
         },
         f"{PREFIX}/stats": {

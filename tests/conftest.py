@@ -1,4 +1,4 @@
-"""Fixtures shared by all tests: real Redis servers.
+"""Fixtures shared by all tests: real Redis servers, and a state root per test.
 
 ``redis_url`` is ``REDIS_URL`` when set and answering, else a throw-away
 ``redis-server`` for the session.  Only when there is no ``redis-server`` at
@@ -16,6 +16,21 @@ from uuid import uuid4
 import pytest
 
 from tests.redis_server import RedisServer, answers_ping, delete_prefix, start_redis_server
+
+
+@pytest.fixture(autouse=True)
+def state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The state root of this test: ``XDG_STATE_HOME`` under its tmp dir.
+
+    A proxy with an empty ``state.dir`` (in this process, or a ``warmproxy``
+    process started with this environment) keeps its schedule, model,
+    ledger and hot set under it, never in the user's own state directory;
+    a ``state.dir`` from the developer's shell does not apply.
+    """
+    home = tmp_path / "xdg-state"
+    monkeypatch.setenv("XDG_STATE_HOME", str(home))
+    monkeypatch.delenv("WARMPROXY_STATE__DIR", raising=False)
+    return home
 
 
 @pytest.fixture(scope="session")
