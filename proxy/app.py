@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from proxy.access_log import AccessLog
 from proxy.cache import Cache
+from proxy.cache_key import KeyRules
 from proxy.config import Settings, parse_hostport
 from proxy.control import build_control_app
 from proxy.filler import Filler
@@ -21,11 +24,13 @@ from proxy.metrics import ProxyMetrics
 from proxy.observe import EventHub
 from proxy.origin import OriginClient
 from proxy.policy import CachePolicyConfig
+from proxy.state_dir import StateLock
 from proxy.store.base import CacheStore, StoreError
 from proxy.store.memory import MemoryStore
 from proxy.store.redis import RedisStore
 from proxy.tasks import BackgroundTasks
 from proxy.warming import build_warmer
+from warmer.clock import Clock, WallClock
 from warmer.executor import Run
 from warmer.service import RunConflict
 
@@ -35,8 +40,13 @@ HEALTH_INTERVAL_OK = 5.0
 HEALTH_INTERVAL_FAILING = 1.0
 
 
-def build_store(settings: Settings) -> tuple[CacheStore, MemoryStore | None]:
-    """The configured store and, in front of Redis, the optional L1 tier."""
+def build_store(
+    settings: Settings, clock: Callable[[], float] = time.time
+) -> tuple[CacheStore, MemoryStore | None]:
+    """The configured store and, in front of Redis, the optional L1 tier.
+
+    ``clock``: the time the memory store measures expiry on (the proxy's).
+    """
     cache = settings.cache
     if cache.store == "redis":
         store: CacheStore = RedisStore(
@@ -51,22 +61,44 @@ def build_store(settings: Settings) -> tuple[CacheStore, MemoryStore | None]:
             l1 = MemoryStore(
                 max_bytes=cache.l1_max_bytes,
                 max_entry_bytes=min(cache.max_entry_bytes, cache.l1_max_bytes),
+                clock=clock,
             )
         return store, l1
-    return MemoryStore(max_bytes=cache.max_bytes, max_entry_bytes=cache.max_entry_bytes), None
+    memory = MemoryStore(
+        max_bytes=cache.max_bytes,
+        max_entry_bytes=cache.max_entry_bytes,
+        clock=clock,
+        max_entries=cache.max_entries,
+    )
+    return memory, None
 
 
 class Warmproxy:
-    """A running proxy: the proxy listener, the control listener and what they share."""
+    """A running proxy: the proxy listener, the control listener and what they share.
 
-    def __init__(self, settings: Settings) -> None:
+    ``clock`` is the time everything on the proxy side reads (freshness, expiry
+    in the memory store, access events, the warmer and its queue): the wall
+    clock in production, a :class:`~warmer.clock.ScaledClock` to replay a trace
+    faster than real time, a :class:`~warmer.clock.ManualClock` in tests.
+    Real durations (fetch timing, timeouts, health pings) stay in real time.
+    """
+
+    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
         self.settings = settings
+        self.clock: Clock = clock if clock is not None else WallClock()
         self.metrics = ProxyMetrics()
         self.hub = EventHub()
         self.metrics.hub = self.hub
         self.tasks = BackgroundTasks()
-        store, l1 = build_store(settings)
-        self.cache = Cache(store, self.metrics, l1=l1, l1_ttl=settings.cache.l1_ttl)
+        store, l1 = build_store(settings, self.clock)
+        self.cache = Cache(
+            store,
+            self.metrics,
+            l1=l1,
+            l1_ttl=settings.cache.l1_ttl,
+            match_coding=settings.cache.vary_accept_encoding == "coding",
+            clock=self.clock,
+        )
         self.origin = OriginClient(settings.proxy, self.metrics)
         self.rules = ForwardingRules.build(
             origin_authority=urlsplit(settings.proxy.origin).netloc,
@@ -75,6 +107,8 @@ class Warmproxy:
             trusted=settings.proxy.trusted_proxies,
             via=f"1.1 {settings.proxy.via_name}",
             warm_header=settings.execution.warm_header,
+            host_keying=settings.proxy.host_keying,
+            key_rules=KeyRules.from_settings(settings.cache),
         )
         policy_config = CachePolicyConfig(
             heuristic_fraction=settings.cache.heuristic_fraction,
@@ -92,6 +126,7 @@ class Warmproxy:
             metrics=self.metrics,
             max_entry_bytes=settings.cache.max_entry_bytes,
             tasks=self.tasks,
+            clock=self.clock,
         )
         self.handler = ProxyHandler(
             cache=self.cache,
@@ -102,11 +137,20 @@ class Warmproxy:
             metrics=self.metrics,
             client_id_header=settings.proxy.client_id_header,
             cache_name=settings.proxy.via_name,
+            clock=self.clock,
         )
         self.warmer = build_warmer(
-            settings, filler=self.filler, origin=self.origin, cache=self.cache, rules=self.rules
+            settings,
+            filler=self.filler,
+            origin=self.origin,
+            cache=self.cache,
+            rules=self.rules,
+            clock=self.clock,
         )
         self.metrics.warmer = self.warmer
+        self.state_lock = StateLock(
+            settings.state.path(), remove_at_release=settings.state.ephemeral
+        )
         if settings.tracking.enabled:
             self.hub.subscribe(self.warmer.observe)
         self.access_log: AccessLog | None = None
@@ -142,6 +186,9 @@ class Warmproxy:
         if self.settings.cache.store == "redis" and interval > 0:
             self.tasks.spawn(self._count_redis(interval), name="redis stats")
         await self.cache.check_health()
+        # Before any state is read: one process per state directory (StateDirBusy).
+        self.state_lock.acquire()
+        log.info("state directory", extra={"path": str(self.state_lock.directory)})
         await self.warmer.load_saved_schedule()
         await self.warmer.load_state()
         self.tasks.spawn(self.warmer.executor.run_forever(), name="warm executor")
@@ -236,11 +283,15 @@ class Warmproxy:
             await self._control_runner.cleanup()
         # A running warm run stops cleanly: queued requests dropped, in-flight
         # fetches finish (each store write is whole or absent).
-        await self.warmer.shutdown()
+        if self.state_lock.held:
+            await self.warmer.shutdown()
+        # Else start was refused (or never reached the state): the warmer never
+        # ran, and the files there may be another process's, so nothing is saved.
         await self.tasks.close()
         self.hub.drain()
         await self.origin.close()
         await self.cache.store.close()
+        self.state_lock.release()
 
     async def refresh_store_stats(self) -> None:
         """Count what the memory store holds (cheap); Redis is counted in the background."""

@@ -7,8 +7,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,13 +19,17 @@ from proxy import __version__
 from proxy.app import Warmproxy
 from proxy.config import ConfigError, Settings, load_settings, parse_hostport
 from proxy.logs import configure
+from proxy.state_dir import StateDirBusy, fresh_dir
 from warmer.replay import (
     STRATEGY_NAMES,
     CacheSize,
     analyze_command,
     parse_strategies,
+    parse_ttl,
+    parse_warm_ratio,
     replay_command,
 )
+from warmer.workloads import WORKLOADS
 
 log = logging.getLogger("warmproxy")
 
@@ -58,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     common(serve)
     demo = commands.add_parser("demo", help="run a demo origin with the proxy in front of it")
     demo.add_argument("--origin-port", type=int, default=9000, help="demo origin port")
+    demo.add_argument(
+        "--state-dir",
+        help="keep the demo's state here (state.dir); default: a fresh directory removed at exit",
+    )
     common(demo)
     warm = commands.add_parser(
         "warm",
@@ -92,7 +102,29 @@ def _parser() -> argparse.ArgumentParser:
             "are warmed as '/' + key."
         ),
     )
-    replay.add_argument("trace", type=Path, help="CSV trace with the header ts,key,size,client")
+    replay.add_argument(
+        "trace",
+        type=Path,
+        nargs="?",
+        default=None,
+        help="CSV trace with the header ts,key,size,client (or --synthetic KIND)",
+    )
+    replay.add_argument(
+        "--synthetic",
+        choices=list(WORKLOADS),
+        default=None,
+        metavar="KIND",
+        help=f"replay a generated trace of this kind instead of a file: {', '.join(WORKLOADS)}",
+    )
+    replay.add_argument(
+        "--scale",
+        type=_positive_int,
+        default=None,
+        help="with --synthetic: the number of requests (default: the kind's own)",
+    )
+    replay.add_argument(
+        "--seed", type=int, default=0, help="with --synthetic: the generator's seed (default 0)"
+    )
     replay.add_argument(
         "--cache-size",
         type=_cache_size,
@@ -100,7 +132,13 @@ def _parser() -> argparse.ArgumentParser:
         help="cache entries, or a share of the trace's distinct keys such as 20%% (default)",
     )
     replay.add_argument(
-        "--ttl", type=_ttl, default=300.0, help="seconds an entry is fresh (default 300)"
+        "--ttl",
+        type=_replay_ttl,
+        default=300.0,
+        help=(
+            "seconds an entry is fresh (default 300), or 'never' (also 'inf'): entries "
+            "never expire, only eviction drops them"
+        ),
     )
     replay.add_argument(
         "--strategies",
@@ -108,10 +146,47 @@ def _parser() -> argparse.ArgumentParser:
         default=list(STRATEGY_NAMES),
         help=(
             f"comma-separated, from {','.join(STRATEGY_NAMES)} (default: all of them), "
-            "and oracle: a bound that knows every next request"
+            "and the bounds that know the future, replayed only when named: oracle "
+            "(refreshes an entry at its expiry exactly when that answers a request) and "
+            "oracle-prefetch (a warm fetch just before each repeat request that would "
+            "miss, within --max-warm-ratio)"
+        ),
+    )
+    replay.add_argument(
+        "--max-warm-ratio",
+        type=_warm_ratio,
+        default=None,
+        metavar="RATIO",
+        help=(
+            "the run's warm budget, warm fetches per request so far: oracle-prefetch holds "
+            "it and predictive uses it as its max_warm_ratio (default: unlimited, and "
+            "predictive's own 0.2)"
         ),
     )
     replay.add_argument("--json", action="store_true", help="one JSON object per strategy per line")
+    replay.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help=(
+            "replay the warming of this TOML config (strategies, thresholds, include/exclude, "
+            "budgets, cache-key rules) as strategy 'config', beside none"
+        ),
+    )
+    replay.add_argument(
+        "--live",
+        action="store_true",
+        help=(
+            "run the real proxy (sockets, memory store, live warmer) on the trace against a "
+            "generated origin, beside the simulation (strategies none, refresh-ahead, predictive)"
+        ),
+    )
+    replay.add_argument(
+        "--speed",
+        type=_speed,
+        default=None,
+        help="with --live: times faster than real time (default: the trace in at most 10 min)",
+    )
     analyze = commands.add_parser(
         "analyze",
         help="the usage analysis (what /cache/warming/hot-data shows) of a request trace",
@@ -165,6 +240,40 @@ def _ttl(text: str) -> float:
     return ttl
 
 
+def _replay_ttl(text: str) -> float:
+    try:
+        return parse_ttl(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _warm_ratio(text: str) -> float:
+    try:
+        return parse_warm_ratio(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _speed(text: str) -> float:
+    try:
+        speed = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"speed {text!r} is not a number") from None
+    if not 0 < speed < float("inf"):
+        raise argparse.ArgumentTypeError(f"speed {text!r}: must be a positive number")
+    return speed
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
+
+
 def _strategies(text: str) -> list[str]:
     try:
         return parse_strategies(text)
@@ -184,6 +293,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "max_bytes": ("cache", "max_bytes"),
         "log_level": ("logging", "level"),
         "log_format": ("logging", "format"),
+        "state_dir": ("state", "dir"),
     }
     out: dict[str, dict[str, Any]] = {}
     for attr, (section, key) in mapping.items():
@@ -191,6 +301,54 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         if value is not None:
             out.setdefault(section, {})[key] = value
     return out
+
+
+def _budget(args: argparse.Namespace) -> float:
+    """``--max-warm-ratio``, or no budget (``math.inf``) when not given."""
+    return float("inf") if args.max_warm_ratio is None else float(args.max_warm_ratio)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    """``warmproxy replay``: the built-in strategies, or with ``--config`` the
+    warming of that configuration, built as the proxy builds it."""
+    if args.config is None:  # no configuration: the trace and flags are all it reads
+        return replay_command(
+            args.trace,
+            cache_size=args.cache_size,
+            ttl=args.ttl,
+            strategies=args.strategies,
+            max_warm_ratio=_budget(args),
+            as_json=args.json,
+            out=sys.stdout,
+            err=sys.stderr,
+        )
+    from proxy.cache_key import KeyRules
+    from proxy.warming import warmer_config
+    from warmer.replay import configured_factory
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"warmproxy replay: {exc}", file=sys.stderr)
+        return 2
+    named = args.strategies != list(STRATEGY_NAMES)  # built-ins asked for beside it
+    rules = KeyRules.from_settings(settings.cache)
+    # A replayed trace has no hosts: keys are paths, whatever the keying.
+    config = warmer_config(settings, per_host=False)
+    return replay_command(
+        args.trace,
+        cache_size=args.cache_size,
+        ttl=args.ttl,
+        strategies=[
+            *(args.strategies if named else ["none"]),
+            ("config", configured_factory(config)),
+        ],
+        key_rules=rules.normalizer if rules.active else None,
+        max_warm_ratio=_budget(args),
+        as_json=args.json,
+        out=sys.stdout,
+        err=sys.stderr,
+    )
 
 
 def load(args: argparse.Namespace, extra: dict[str, dict[str, Any]] | None = None) -> Settings:
@@ -295,6 +453,12 @@ Try:
   curl -s  http://{control}/metrics | grep ^warmproxy_requests              # hits and misses
   curl -s  http://{control}/readyz
 
+Warm a page before anyone asks for it, then ask as a browser would (gzip):
+  curl -s  -X POST http://{control}/cache/warming/warm-key \\
+       -H 'Content-Type: application/json' -d '{{"url": "/products/42"}}'
+  curl -si --compressed {base}/products/42 | grep -i cache-status          # a hit
+  dashboard: http://{control}/cache/warming/dashboard
+
 Ctrl-C stops it.
 """
 
@@ -306,8 +470,29 @@ def _install_uvloop() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def _replay_synthetic(args: argparse.Namespace) -> int:
+    """``warmproxy replay --synthetic KIND``: the kind's trace (:mod:`warmer.workloads`)
+    written to a temporary file and replayed as a trace file is."""
+    from warmer.workloads import generate, write_csv
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{args.synthetic}.csv"
+        write_csv(path, generate(args.synthetic, args.scale, seed=args.seed))
+        return _run(argparse.Namespace(**{**vars(args), "trace": path, "synthetic": None}))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    return _run(_parser().parse_args(argv))
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "replay" and (args.trace is None) == (args.synthetic is None):
+        print(
+            "warmproxy replay: give a trace file or --synthetic KIND (one of them)", file=sys.stderr
+        )
+        return 2
+    if args.command == "replay" and args.synthetic is not None:
+        return _replay_synthetic(args)
     if args.command == "check-config":
         from proxy.check_config import check_config
 
@@ -323,16 +508,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             out=sys.stdout,
             err=sys.stderr,
         )
-    if args.command == "replay":  # no configuration: the trace and flags are all it reads
-        return replay_command(
+    if args.command == "replay" and args.live:
+        from proxy.live_replay import live_replay_command
+
+        # The live run's origin answers with a max-age and its warmer keeps its
+        # own budget: neither flag has a live meaning.
+        if args.ttl == float("inf") or args.max_warm_ratio is not None:
+            flag = "--ttl never" if args.ttl == float("inf") else "--max-warm-ratio"
+            print(
+                f"warmproxy replay --live: {flag} is for the simulated replay only", file=sys.stderr
+            )
+            return 2
+
+        configure("warning", "auto")
+        return live_replay_command(
             args.trace,
             cache_size=args.cache_size,
             ttl=args.ttl,
-            strategies=args.strategies,
+            # Not named: the strategies that have a live configuration.
+            strategies=None if args.strategies == list(STRATEGY_NAMES) else args.strategies,
+            speed=args.speed,
+            config=getattr(args, "config", None),
             as_json=args.json,
             out=sys.stdout,
             err=sys.stderr,
         )
+    if args.command == "replay":
+        return _replay(args)
     try:
         if args.command == "demo":
             settings = load(args, {"proxy": {"origin": f"http://127.0.0.1:{args.origin_port}"}})
@@ -347,14 +549,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         from proxy.warm_command import run_warm_command
 
         return run_warm_command(args, settings)
+    demo_state: Path | None = None
     try:
         if args.command == "demo":
+            if not settings.state.dir:
+                # A fresh state directory, removed at exit: a demo never shows
+                # an earlier run's figures nor adopts its posted schedule.
+                demo_state = fresh_dir("demo-")
+                settings.state.dir = str(demo_state)
             asyncio.run(_demo(settings, args.origin_port))
         else:
             asyncio.run(_serve(settings))
+    except StateDirBusy as exc:
+        print(f"warmproxy: cannot start: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"warmproxy: cannot start: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if demo_state is not None:
+            shutil.rmtree(demo_state, ignore_errors=True)
     return 0
 
 

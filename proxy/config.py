@@ -35,6 +35,10 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from proxy.cache_key import check_globs
+from proxy.forwarding import PRESERVE_HOST_NEEDS_PER_HOST
+from proxy.state_dir import derive as derive_state_dir
+from proxy.state_dir import is_ephemeral as is_ephemeral_listener
 from warmer.cron import Cron
 from warmer.schedule import Schedule, ScheduledSource
 
@@ -104,6 +108,9 @@ class ProxySettings(_Section):
     max_origin_connections: int = Field(100, ge=1)
     pool_timeout: float = Field(5.0, gt=0)
     preserve_host: bool = False
+    # "single": cache keys are paths, the origin is told one host; "per-host":
+    # keys carry the host the origin is told (an origin serving several hosts).
+    host_keying: Literal["single", "per-host"] = "single"
     public_host: str = ""
     trusted_proxies: list[str] = Field(default_factory=list)
     client_id_header: str = ""
@@ -150,6 +157,12 @@ class ProxySettings(_Section):
             ipaddress.ip_network(item, strict=False)
         return value
 
+    @model_validator(mode="after")
+    def _preserve_host_is_keyed(self) -> ProxySettings:
+        if self.preserve_host and self.host_keying == "single":
+            raise ValueError(PRESERVE_HOST_NEEDS_PER_HOST)
+        return self
+
 
 class CacheSettings(_Section):
     """Where and how responses are stored."""
@@ -157,6 +170,8 @@ class CacheSettings(_Section):
     store: Literal["memory", "redis"] = "memory"
     max_bytes: Annotated[ByteSize, Field(gt=0)] = 256 * 1024 * 1024
     max_entry_bytes: Annotated[ByteSize, Field(gt=0)] = 8 * 1024 * 1024
+    # Memory store: most responses held (each variant counts); 0 = max_bytes alone.
+    max_entries: int = Field(0, ge=0)
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "warmproxy:"
     redis_timeout: float = Field(0.5, gt=0)
@@ -168,6 +183,18 @@ class CacheSettings(_Section):
     revalidation_retention: float = Field(3600.0, ge=0)
     store_set_cookie: bool = False
     targeted_cache_control: list[str] = Field(default_factory=lambda: ["CDN-Cache-Control"])
+    # A response that varies on Accept-Encoding: "coding" answers a request
+    # from a stored variant whose content-coding it accepts (one gzip variant
+    # serves every browser); "exact" needs the same normalized field value.
+    vary_accept_encoding: Literal["coding", "exact"] = "coding"
+    # Cache-key rules over the query string (the origin still gets the full URL).
+    ignore_query_params: list[str] = Field(default_factory=list)
+    sort_query_params: bool = False
+
+    @field_validator("ignore_query_params")
+    @classmethod
+    def _bounded_globs(cls, value: list[str]) -> list[str]:
+        return check_globs(value)
 
     @field_validator("targeted_cache_control")
     @classmethod
@@ -239,6 +266,10 @@ class ReactiveSettings(_Section):
     refresh_fraction: float = Field(0.1, gt=0, lt=1)
     # Keys followed for both (least recently seen are forgotten first).
     max_tracked_keys: int = Field(10_000, ge=1)
+    # Each of the two stops warming for a class of its decisions whose warms
+    # are used less often than this (raised on its own to the measured
+    # break-even where the cache evicts fresh entries); 0: never stops.
+    min_precision: float = Field(0.1, ge=0, le=1)
 
 
 class PredictiveSettings(_Section):
@@ -277,6 +308,15 @@ class StrategiesSettings(_Section):
     # matches an include (when any is given) and no exclude.
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
+    # Every warm fetch is made as the key's clients ask for it: for each
+    # variant (the values of the fields a stored Vary names) carrying at least
+    # variant_min_share of the key's requests, at most max_variants of them...
+    variant_min_share: float = Field(0.1, gt=0, le=1)
+    max_variants: int = Field(3, ge=1, le=16)
+    # ...and, with proxy.host_keying = "per-host", for each host used by at
+    # least host_min_share of the path's distinct clients, at most max_hosts.
+    host_min_share: float = Field(0.1, gt=0, le=1)
+    max_hosts: int = Field(3, ge=1, le=16)
 
 
 class ExecutionSettings(_Section):
@@ -360,14 +400,51 @@ class MonitoringSettings(_Section):
 class StateSettings(_Section):
     """Where state that outlives a restart is kept: schedule (without Redis), model, ledger."""
 
-    # Empty: $XDG_STATE_HOME/warmproxy, else ~/.local/state/warmproxy.
+    # Empty: a directory of this proxy's own under $XDG_STATE_HOME/warmproxy
+    # (else ~/.local/state/warmproxy), named for its listener, origin and store
+    # (proxy/state_dir.py).
     dir: str = ""
 
+    # (origin, listen, store, redis_prefix), bound by Settings; and an
+    # ephemeral listener's random directory, chosen at the first path().
+    _identity: tuple[str, str, str, str] | None = None
+    _derived: Path | None = None
+
+    def bind(self, *, origin: str, listen: str, store: str, redis_prefix: str) -> None:
+        """Tell the section who the proxy is, for the directory ``dir = ""`` stands for."""
+        identity = (origin, listen, store, redis_prefix)
+        if identity != self._identity:
+            self._identity, self._derived = identity, None
+
     def path(self) -> Path:
+        """The state directory in effect: ``dir``, else the one derived for this proxy.
+
+        Every user of the directory (schedule, model, ledger, hot set, the lock)
+        asks here, so they agree; an ephemeral listener's random directory is
+        chosen once.
+        """
         if self.dir:
             return Path(self.dir)
-        base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-        return Path(base) / "warmproxy"
+        if self._derived is not None:
+            return self._derived
+        origin, listen, store, prefix = self._identity or _default_identity()
+        path = derive_state_dir(origin=origin, listen=listen, store=store, redis_prefix=prefix)
+        if is_ephemeral_listener(listen):
+            self._derived = path
+        return path
+
+    @property
+    def ephemeral(self) -> bool:
+        """True when the directory is this process's alone and is removed at stop
+        (``dir`` empty and the listener on port 0)."""
+        identity = self._identity or _default_identity()
+        return not self.dir and is_ephemeral_listener(identity[1])
+
+
+def _default_identity() -> tuple[str, str, str, str]:
+    """The identity of a proxy on the defaults (a StateSettings outside Settings)."""
+    proxy, cache = ProxySettings(), CacheSettings()
+    return proxy.origin, proxy.listen, cache.store, cache.redis_prefix
 
 
 class LoggingSettings(_Section):
@@ -412,6 +489,17 @@ class Settings(BaseSettings):
                 f"strategies.predictive.priority: {predictive.priority!r} is not one of "
                 f"execution.priority_levels {list(levels)}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _bind_state_dir(self) -> Settings:
+        # state.dir empty: the directory is derived from who this proxy is.
+        self.state.bind(
+            origin=self.proxy.origin,
+            listen=self.proxy.listen,
+            store=self.cache.store,
+            redis_prefix=self.cache.redis_prefix,
+        )
         return self
 
     @classmethod

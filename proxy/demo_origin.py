@@ -3,10 +3,22 @@
 It exists so that warmproxy can be tried, demonstrated and tested end to end
 without a real backend: every kind of response a shared cache has to get right
 is here (fresh, revalidated, heuristically fresh, immutable, private, no-store,
-Set-Cookie, Vary, slow, flaky, failing, large, and unsafe methods that should
-invalidate).  Content is derived from ``seed`` so two origins built with the
-same seed serve the same bodies and ETags; the only state is per application
-(product edits, per-path request counters) and lives under typed ``web.AppKey``s.
+Set-Cookie, Vary, slow, flaky, failing, large, short-lived, and unsafe methods
+that should invalidate).  Content is derived from ``seed`` so two origins built
+with the same seed serve the same bodies and ETags; the only state is per
+application (product edits, per-path request counters) and lives under typed
+``web.AppKey``s.
+
+It compresses like a real app's server: text (HTML, JSON, CSS, JavaScript,
+XML) is sent gzip-compressed (``Content-Encoding: gzip``) to a request that
+accepts gzip (RFC 9110 §12.5.3) and as is to one that does not (curl without
+``--compressed``), and every such response, 304s included, carries ``Vary:
+Accept-Encoding`` (added to any Vary it has, e.g. ``/search``'s
+``Accept-Language``).  So a shared cache in front keeps one variant per
+``Accept-Encoding`` its clients send (RFC 9111 §4.1), as it would in front of
+most production origins.  The gzip representation has its own strong ETag
+(the identity one with ``-gzip`` inside the quotes), since it is another
+representation (RFC 9110 §8.8.3).  Images and ``/big`` are not compressed.
 
 Routes (all GET routes answer HEAD too):
 
@@ -25,6 +37,8 @@ Routes (all GET routes answer HEAD too):
 ``/api/session``          JSON, ``public, max-age=60`` but sets a cookie
 ``/account``              HTML, ``no-store``
 ``/search?q=``            HTML, ``public, max-age=120``, ``Vary: Accept-Language``
+                          (and ``Accept-Encoding``, like every compressible response)
+``/live/{1..100}``        HTML, ``public, max-age=5``, ETag; a score that changes every 5 s
 ``/slow/{n}``             sleeps ``n`` x 100 ms (at most 5 s), ``public, max-age=60``
 ``/flaky/{n}``            503 on one request in ``k`` (``k`` in 2..5, from ``n`` and the
                           seed); successes carry ``stale-if-error=600``
@@ -37,6 +51,7 @@ Routes (all GET routes answer HEAD too):
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import html
 import json
@@ -65,6 +80,14 @@ PRODUCT_CACHE_CONTROL: Final = "public, max-age=60, stale-while-revalidate=30"
 ARTICLE_CACHE_CONTROL: Final = "public, max-age=300, s-maxage=600"
 IMMUTABLE_CACHE_CONTROL: Final = "public, max-age=31536000, immutable"
 FLAKY_CACHE_CONTROL: Final = "public, max-age=5, stale-if-error=600"
+LIVE_CACHE_CONTROL: Final = "public, max-age=5"
+LIVE_COUNT: Final = 100
+LIVE_PERIOD_SECONDS: Final = 5
+#: Media types sent gzip-compressed when the request accepts it, as a web
+#: server's default list would have them (images and archives are compressed already).
+COMPRESSIBLE_TYPES: Final = frozenset(
+    {"text/html", "text/css", "text/javascript", "application/json", "application/xml"}
+)
 
 _MIB: Final = 1 << 20
 _BIG_CHUNK: Final = 64 * 1024
@@ -84,7 +107,7 @@ _NOUNS: Final = (
 _SPECIAL_PAGES: Final = (
     "/api/prices", "/api/cart", "/api/session", "/account", "/search?q=lamp", "/search?q=tea",
     "/slow/5", "/slow/20", "/flaky/1", "/flaky/2", "/error/500", "/big/1", "/big/16",
-    "/sitemap.xml",
+    "/live/1", "/live/2", "/sitemap.xml",
 )  # fmt: skip
 _CATEGORIES: Final = ("kitchen", "outdoors", "office", "home", "travel", "audio")
 _TOPICS: Final = (
@@ -165,6 +188,7 @@ def build_demo_origin(*, seed: int = 7) -> web.Application:
     app.router.add_get("/flaky/{n:\\d{1,6}}", _flaky)
     app.router.add_get("/error/{code:\\d{3}}", _error)
     app.router.add_get("/big/{mib:\\d{1,6}}", _big)
+    app.router.add_get("/live/{n:\\d{1,6}}", _live)
     app.router.add_get("/sitemap.xml", _sitemap)
     return app
 
@@ -323,18 +347,67 @@ def _respond(
     headers: CIMultiDict[str] = CIMultiDict()
     if cache_control is not None:
         headers["Cache-Control"] = cache_control
-    if etag is not None:
-        headers["ETag"] = etag
     if last_modified is not None:
         headers["Last-Modified"] = formatdate(last_modified, usegmt=True)
     if extra:
         headers.update(extra)
+    gzipped = False
+    if content_type.partition(";")[0].strip() in COMPRESSIBLE_TYPES:
+        # The answer depends on Accept-Encoding whichever coding this request
+        # gets, so every representation says so (RFC 9110 §12.5.5).
+        headers["Vary"] = merge_vary(headers.get("Vary"), "Accept-Encoding")
+        gzipped = accepts_gzip(request.headers.get("Accept-Encoding"))
+        if gzipped and etag is not None:
+            # Another representation, so another strong validator (RFC 9110 §8.8.3).
+            etag = etag[:-1] + '-gzip"'
+    if etag is not None:
+        headers["ETag"] = etag
     if status == 200 and _not_modified(request, etag, last_modified):
         # RFC 9110 §15.4.5: a 304 repeats the fields a 200 would have carried
-        # for caching, so a cache can refresh its stored headers from it.
+        # for caching (Vary and ETag included), so a cache can refresh its
+        # stored headers from it.
         return web.Response(status=304, headers=headers)
     headers["Content-Type"] = content_type
+    if gzipped:
+        headers["Content-Encoding"] = "gzip"
+        body = _gzip(body)
     return web.Response(status=status, body=body, headers=headers)
+
+
+def accepts_gzip(accept_encoding: str | None) -> bool:
+    """Whether a request's Accept-Encoding admits gzip (RFC 9110 §12.5.3):
+    ``gzip`` or ``x-gzip`` with a q-value above 0, or failing those ``*``."""
+    explicit: float | None = None
+    wildcard: float | None = None
+    for member in (accept_encoding or "").split(","):
+        coding, *params = (part.strip().lower() for part in member.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if coding in ("gzip", "x-gzip"):
+            explicit = q if explicit is None else max(explicit, q)
+        elif coding == "*":
+            wildcard = q
+    chosen = explicit if explicit is not None else wildcard
+    return chosen is not None and chosen > 0
+
+
+def merge_vary(current: str | None, name: str) -> str:
+    """``current`` Vary with ``name`` added unless it (or ``*``) is there already."""
+    members = [m.strip() for m in (current or "").split(",") if m.strip()]
+    if any(m == "*" or m.lower() == name.lower() for m in members):
+        return ", ".join(members)
+    return ", ".join([*members, name])
+
+
+def _gzip(body: bytes) -> bytes:
+    # mtime=0: the same body always compresses to the same bytes.
+    return gzip.compress(body, compresslevel=6, mtime=0)
 
 
 def _html(
@@ -561,6 +634,19 @@ async def _slow(request: web.Request) -> web.Response:
     await asyncio.sleep(delay)
     body = _page(f"Slow page {n}", f"<p>This page took {delay:.1f} s to make.</p>")
     return _html(request, body, "public, max-age=60")
+
+
+async def _live(request: web.Request) -> web.Response:
+    n = _int(request, "n")
+    if not 1 <= n <= LIVE_COUNT:
+        raise web.HTTPNotFound(text="no such live page\n")
+    # A score that moves every period: short-lived, like a live ticker or a
+    # match page, the kind of page refresh-ahead keeps warm.
+    period = int(time.time()) // LIVE_PERIOD_SECONDS
+    rng = random.Random(f"{request.app[DEMO_STATE].seed}:live:{n}:{period}")
+    score = f"{rng.randrange(6)} : {rng.randrange(6)}"
+    body = _page(f"Live match {n}", f"<p class=score>{score}</p><p>Updated every 5 s.</p>")
+    return _html(request, body, LIVE_CACHE_CONTROL)
 
 
 def flaky_period(seed: int, n: int) -> int:

@@ -1,4 +1,5 @@
-"""The embedded store: a byte-bounded, LRU-evicting, per-item-TTL map in this process.
+"""The embedded store: a byte- (and optionally count-) bounded, LRU-evicting,
+per-item-TTL map in this process.
 
 It is the default store (no server needed) and the optional L1 tier in front of
 Redis.  The proxy's hit path calls :meth:`MemoryStore.get_nowait` without
@@ -22,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from typing import NamedTuple
 
-from proxy.entry import StoredItem
+from proxy.entry import StoredItem, VaryIndex
 from proxy.store.base import StoreStats
 
 # scan() yields to the event loop this often so one big scan cannot stall the
@@ -35,15 +36,26 @@ class _Slot(NamedTuple):
     size: int
     # Clock second from which the item is expired (``now >= deadline``).
     deadline: float
+    # Counts against ``max_entries``: a response (a Vary index does not).
+    counted: bool
 
 
 class MemoryStore:
-    """A CacheStore held in process memory, bounded by the sum of ``item.size``.
+    """A CacheStore held in process memory, bounded by the sum of ``item.size``
+    and, when ``max_entries`` is set, by the number of responses it holds.
 
     When a new item does not fit, every expired item is dropped first, then the
     least recently used live items until it fits.  Items bigger than
     ``max_entry_bytes`` (or than ``max_bytes``) are not stored; the ``rejected``
     counter says how often that happened.  Expired items are never returned.
+
+    ``max_entries`` counts responses: each variant of a URL is one, while the
+    small index of a URL's variants (:class:`~proxy.entry.VaryIndex`) is not
+    counted, so a URL with one variant counts once, as a cache that ignores
+    ``Vary`` would count it.  An index is read before its variants on every
+    lookup, so it is never older than its most recent variant: when it reaches
+    the least recently used end it goes with that variant.  ``clock`` is the
+    time expiry is measured on (the proxy's clock).
     """
 
     def __init__(
@@ -51,13 +63,19 @@ class MemoryStore:
         max_bytes: int,
         max_entry_bytes: int,
         clock: Callable[[], float] = time.time,
+        *,
+        max_entries: int = 0,
     ) -> None:
         if max_bytes <= 0:
             raise ValueError(f"max_bytes must be positive, got {max_bytes}")
         if max_entry_bytes <= 0:
             raise ValueError(f"max_entry_bytes must be positive, got {max_entry_bytes}")
+        if max_entries < 0:
+            raise ValueError(f"max_entries must be 0 (no bound) or positive, got {max_entries}")
         self.max_bytes = max_bytes
         self.max_entry_bytes = max_entry_bytes
+        #: Most responses held (0: bounded by ``max_bytes`` alone).
+        self.max_entries = max_entries
         self._clock = clock
         # Recency order: the first key is the least recently used.
         self._items: OrderedDict[str, _Slot] = OrderedDict()
@@ -67,8 +85,12 @@ class MemoryStore:
         # longer matching the slot's and skipped.
         self._deadlines: list[tuple[float, str]] = []
         self._bytes = 0
+        self._counted = 0  # items that count against max_entries
         #: Live items dropped to make room for new ones.
         self.evictions = 0
+        #: Told the key of each live item dropped to make room (not of expired
+        #: ones), e.g. to follow what happened to warmed entries.
+        self.on_evict: Callable[[str], None] | None = None
         #: Items not stored because they were bigger than ``max_entry_bytes``.
         self.rejected = 0
         #: Expired items dropped (on access, or to make room).
@@ -110,11 +132,15 @@ class MemoryStore:
             self.rejected += 1
             return
         now = self._clock()
-        if self._bytes + size > self.max_bytes:
-            self._make_room(size, now)
+        counted = not isinstance(item, VaryIndex)
+        if self._bytes + size > self.max_bytes or (
+            counted and self.max_entries and self._counted >= self.max_entries
+        ):
+            self._make_room(size, counted, now)
         deadline = now + ttl
-        self._items[key] = _Slot(item, size, deadline)
+        self._items[key] = _Slot(item, size, deadline, counted)
         self._bytes += size
+        self._counted += counted
         heapq.heappush(self._deadlines, (deadline, key))
         self._compact_deadlines()
 
@@ -136,6 +162,11 @@ class MemoryStore:
     def __len__(self) -> int:
         """Items held, expired ones not yet dropped included."""
         return len(self._items)
+
+    @property
+    def entries(self) -> int:
+        """Responses held (what ``max_entries`` bounds), expired ones not yet dropped included."""
+        return self._counted
 
     # -- CacheStore protocol -----------------------------------------------
 
@@ -176,6 +207,7 @@ class MemoryStore:
         self._items.clear()
         self._deadlines.clear()
         self._bytes = 0
+        self._counted = 0
 
     # -- internals -----------------------------------------------------------
 
@@ -184,6 +216,7 @@ class MemoryStore:
         # O(n)); _compact_deadlines bounds how many such records accumulate.
         del self._items[key]
         self._bytes -= slot.size
+        self._counted -= slot.counted
 
     def _drop_expired(self, now: float) -> int:
         heap = self._deadlines
@@ -197,14 +230,19 @@ class MemoryStore:
         self.expired += dropped
         return dropped
 
-    def _make_room(self, size: int, now: float) -> None:
-        """Drop expired items, then least recently used ones, until ``size`` fits."""
+    def _make_room(self, size: int, counted: bool, now: float) -> None:
+        """Drop expired items, then least recently used ones, until an item of
+        ``size`` bytes (a response when ``counted``) fits."""
         self._drop_expired(now)
         items = self._items
-        while self._bytes + size > self.max_bytes:
-            _, slot = items.popitem(last=False)
+        limit = self.max_entries - 1 if counted and self.max_entries else -1
+        while self._bytes + size > self.max_bytes or self._counted > limit >= 0:
+            key, slot = items.popitem(last=False)
             self._bytes -= slot.size
+            self._counted -= slot.counted
             self.evictions += 1
+            if self.on_evict is not None:
+                self.on_evict(key)
 
     def _compact_deadlines(self) -> None:
         # Stale heap records (from overwrites, deletes and evictions) would

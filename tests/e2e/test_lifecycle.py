@@ -28,7 +28,9 @@ def test_sigterm_drains_stops_the_run_saves_state_and_a_restart_continues(
         assert status == 202, body
         assert wait_run(base, body["run_id"])["status"] == "completed"
         for n in range(1, 4):  # three warmed entries used
-            _, headers, _ = get(f"{proxy}/products/{n}", {"X-Request-Id": f"req-{n}"})
+            # As a browser asks (it accepts the gzip the demo origin sends).
+            browser = {"X-Request-Id": f"req-{n}", "Accept-Encoding": "gzip, deflate, br, zstd"}
+            _, headers, _ = get(f"{proxy}/products/{n}", browser)
             assert headers["Cache-Status"].startswith("warmproxy; hit")
         # A slow warm run, still running at SIGTERM.
         status, slow_run = post(f"{base}/warm-key", {"urls": [f"/slow/{n}" for n in range(8, 40)]})
@@ -49,7 +51,7 @@ def test_sigterm_drains_stops_the_run_saves_state_and_a_restart_continues(
             assert time.monotonic() < deadline, "/readyz did not turn not-ready"
             time.sleep(0.02)
         # Still draining: new requests are served while load balancers notice.
-        status, _, _ = get(f"{proxy}/products/4")
+        status, _, _ = get(f"{proxy}/products/4", {"Accept-Encoding": "gzip, deflate, br"})
         assert status == 200
         thread.join(10)
         assert in_flight["status"] == 200

@@ -22,6 +22,9 @@ from tests.e2e.test_cli import ROOT, free_port, get, run_cli, wait_http
 TOKEN = "e2e-token"
 
 
+BROWSER = {"Accept-Encoding": "gzip, deflate, br, zstd", "Accept-Language": "en-US,en;q=0.9"}
+
+
 def post(url: str, body: object, token: str | None = TOKEN) -> tuple[int, dict[str, object]]:
     request = urllib.request.Request(
         url,
@@ -126,7 +129,8 @@ def test_control_api_end_to_end_with_a_token(served: Served) -> None:
     assert status == 202, body
     progress = wait_run(base, body["run_id"])
     assert progress["status"] == "completed", progress
-    status, headers, _ = get(f"http://127.0.0.1:{served.listen}/products/42")
+    # A browser's request (it accepts the gzip the demo origin sends).
+    status, headers, _ = get(f"http://127.0.0.1:{served.listen}/products/42", BROWSER)
     assert headers["Cache-Status"].startswith("warmproxy; hit")
     status, body = post(f"{base}/warm-key", {"url": "http://elsewhere.example/x"})
     assert status == 400 and body["field"] == "url"
@@ -151,7 +155,7 @@ def test_warm_command_shows_progress_and_warms_a_file_of_paths(
     assert result.returncode == 0, result.stderr
     assert "completed: 30 warmed, 0 failed of 30" in result.stdout
     assert "30/30" in result.stderr  # the progress bar reached the end
-    _, headers, _ = get(f"http://127.0.0.1:{served.listen}/products/17")
+    _, headers, _ = get(f"http://127.0.0.1:{served.listen}/products/17", BROWSER)
     assert headers["Cache-Status"].startswith("warmproxy; hit")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -20,15 +21,20 @@ from proxy.demo_origin import (
     BIG_MAX_MIB,
     FLAKY_CACHE_CONTROL,
     IMMUTABLE_CACHE_CONTROL,
+    LIVE_CACHE_CONTROL,
+    LIVE_COUNT,
     PRODUCT_CACHE_CONTROL,
     PRODUCT_COUNT,
+    accepts_gzip,
     build_demo_origin,
     flaky_period,
+    merge_vary,
     start_demo_origin,
 )
+from tests.variants import CHROME, CURL, FIREFOX, PYTHON_REQUESTS, SAFARI, UserAgent
 
 Client = TestClient[web.Request, web.Application]
-MakeClient = Callable[[web.Application], Awaitable[Client]]
+MakeClient = Callable[..., Awaitable[Client]]
 
 STRONG_ETAG = re.compile(r'^"[^"]+"$')
 
@@ -176,7 +182,7 @@ async def test_search_varies_by_query_and_language(client: Client) -> None:
     other = await client.get("/search", params={"q": "tea"}, headers={"Accept-Language": "en"})
     for resp in (en, de, other):
         assert resp.status == 200
-        assert resp.headers["Vary"] == "Accept-Language"
+        assert resp.headers["Vary"] == "Accept-Language, Accept-Encoding"
         assert resp.headers["Cache-Control"] == "public, max-age=120"
     assert en.headers["Content-Language"] == "en"
     assert de.headers["Content-Language"] == "de"
@@ -332,3 +338,126 @@ async def test_start_demo_origin_serves_until_cleanup() -> None:
     async with aiohttp.ClientSession() as session:
         with pytest.raises(aiohttp.ClientConnectionError):
             await session.get(f"http://127.0.0.1:{port}/")
+
+
+# -- compression, as a real app's server does it ---------------------------------------
+
+
+@pytest.fixture
+async def raw(aiohttp_client: MakeClient) -> Client:
+    """A client that leaves bodies as sent, so the coding on the wire shows."""
+    return await aiohttp_client(build_demo_origin(), auto_decompress=False)
+
+
+async def fetch_as(client: Client, path: str, agent: UserAgent) -> aiohttp.ClientResponse:
+    resp = await client.get(path, **agent.request_kwargs())
+    await resp.read()
+    return resp
+
+
+@pytest.mark.parametrize("agent", [CHROME, FIREFOX, SAFARI, PYTHON_REQUESTS], ids=lambda a: a.name)
+async def test_a_browser_gets_gzip_with_vary(raw: Client, agent: UserAgent) -> None:
+    resp = await fetch_as(raw, "/products/42", agent)
+    assert resp.status == 200
+    assert resp.headers["Content-Encoding"] == "gzip"
+    assert resp.headers["Vary"] == "Accept-Encoding"
+    body = gzip.decompress(await resp.read())
+    assert b"/products/" in body
+    assert resp.headers["Content-Length"] == str(len(await resp.read()))
+
+
+async def test_curl_gets_identity_with_the_same_vary(raw: Client) -> None:
+    browser = await fetch_as(raw, "/products/42", SAFARI)
+    curl = await fetch_as(raw, "/products/42", CURL)
+    assert curl.status == 200
+    assert "Content-Encoding" not in curl.headers
+    assert curl.headers["Vary"] == "Accept-Encoding"
+    assert await curl.read() == gzip.decompress(await browser.read())
+    # Two representations, two strong validators (RFC 9110 §8.8.3).
+    assert STRONG_ETAG.match(curl.headers["ETag"])
+    assert browser.headers["ETag"] == curl.headers["ETag"][:-1] + '-gzip"'
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/", "/articles/1", "/static/app.css", "/static/app.js", "/api/prices", "/sitemap.xml"],
+)
+async def test_every_text_response_is_compressed_for_a_browser(raw: Client, path: str) -> None:
+    browser = await fetch_as(raw, path, CHROME)
+    assert browser.headers["Content-Encoding"] == "gzip"
+    assert "Accept-Encoding" in browser.headers["Vary"]
+    curl = await fetch_as(raw, path, CURL)
+    assert "Content-Encoding" not in curl.headers
+    assert gzip.decompress(await browser.read()) == await curl.read()
+
+
+@pytest.mark.parametrize("path", ["/static/img/1.png", "/big/1", "/error/500"])
+async def test_images_and_binaries_are_sent_as_they_are(raw: Client, path: str) -> None:
+    resp = await fetch_as(raw, path, CHROME)
+    assert "Content-Encoding" not in resp.headers
+    assert "Vary" not in resp.headers
+
+
+async def test_search_keeps_its_own_vary_and_adds_accept_encoding(raw: Client) -> None:
+    resp = await fetch_as(raw, "/search?q=lamp", SAFARI)
+    assert resp.headers["Vary"] == "Accept-Language, Accept-Encoding"
+    assert resp.headers["Content-Language"] == "en"
+    assert resp.headers["Content-Encoding"] == "gzip"
+
+
+async def test_a_304_of_the_gzip_variant_repeats_its_vary_and_etag(raw: Client) -> None:
+    first = await fetch_as(raw, "/products/3", CHROME)
+    kwargs = CHROME.request_kwargs()
+    kwargs["headers"]["If-None-Match"] = first.headers["ETag"]
+    again = await raw.get("/products/3", **kwargs)
+    assert again.status == 304
+    assert again.headers["ETag"] == first.headers["ETag"]
+    assert again.headers["Vary"] == "Accept-Encoding"
+    # The gzip variant's validator does not validate the identity one.
+    identity = CURL.request_kwargs()
+    identity["headers"]["If-None-Match"] = first.headers["ETag"]
+    assert (await raw.get("/products/3", **identity)).status == 200
+
+
+@pytest.mark.parametrize(
+    ("accept_encoding", "gzip_ok"),
+    [
+        ("gzip, deflate, br, zstd", True),
+        ("br;q=1.0, gzip;q=0.8", True),
+        ("x-gzip", True),
+        ("*", True),
+        ("identity", False),
+        ("br, zstd", False),
+        ("gzip;q=0", False),
+        ("gzip;q=0, *", False),
+        ("*;q=0", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_accepts_gzip_follows_rfc_9110(accept_encoding: str | None, gzip_ok: bool) -> None:
+    assert accepts_gzip(accept_encoding) is gzip_ok
+
+
+def test_merge_vary_adds_a_field_once() -> None:
+    assert merge_vary(None, "Accept-Encoding") == "Accept-Encoding"
+    assert merge_vary("Accept-Language", "Accept-Encoding") == "Accept-Language, Accept-Encoding"
+    assert merge_vary("accept-encoding", "Accept-Encoding") == "accept-encoding"
+    assert merge_vary("*", "Accept-Encoding") == "*"
+
+
+async def test_live_pages_are_short_lived_and_change_every_period(client: Client) -> None:
+    start = 1_900_000_000  # a multiple of 5
+    with time_machine.travel(start, tick=False) as traveller:
+        first = await client.get("/live/7")
+        assert first.status == 200
+        assert first.headers["Cache-Control"] == LIVE_CACHE_CONTROL
+        text = await first.text()
+        traveller.move_to(start + 4)
+        assert await (await client.get("/live/7")).text() == text
+        scores = set()
+        for step in range(1, 8):
+            traveller.move_to(start + 5 * step)
+            scores.add(await (await client.get("/live/7")).text())
+        assert len(scores) > 1
+    assert (await client.get(f"/live/{LIVE_COUNT + 1}")).status == 404

@@ -1,4 +1,5 @@
-"""MemoryStore beyond the contract: the byte bound, LRU order, expiry before eviction."""
+"""MemoryStore beyond the contract: the byte and count bounds, LRU order, expiry
+before eviction."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from proxy.entry import CacheEntry
+from proxy.entry import CacheEntry, VaryIndex
 from proxy.store import MemoryStore
 from tests.proxy.store.test_contract import FakeClock
 
@@ -143,10 +144,95 @@ def test_limits_must_be_positive(max_bytes: int, max_entry_bytes: int) -> None:
         MemoryStore(max_bytes=max_bytes, max_entry_bytes=max_entry_bytes)
 
 
+# -- the count bound (cache.max_entries) ---------------------------------------
+
+
+def test_count_bound_evicts_the_least_recently_used_response() -> None:
+    store = MemoryStore(max_bytes=1_000_000, max_entry_bytes=10_000, max_entries=2)
+    store.put_nowait("/a", entry_of_size(300), 60)
+    store.put_nowait("/b", entry_of_size(300), 60)
+    assert store.get_nowait("/a") is not None  # /b is now the least recently used
+    store.put_nowait("/c", entry_of_size(300), 60)
+    assert store.get_nowait("/b") is None
+    assert store.get_nowait("/a") is not None
+    assert store.get_nowait("/c") is not None
+    assert (store.entries, store.evictions) == (2, 1)
+
+
+def test_count_bound_drops_expired_responses_before_live_ones() -> None:
+    clock = FakeClock()
+    store = MemoryStore(max_bytes=1_000_000, max_entry_bytes=10_000, clock=clock, max_entries=2)
+    store.put_nowait("/old-live", entry_of_size(300), 600)
+    store.put_nowait("/short", entry_of_size(300), 5)
+    clock.advance(10)
+    store.put_nowait("/new", entry_of_size(300), 600)
+    assert store.get_nowait("/old-live") is not None
+    assert store.get_nowait("/new") is not None
+    assert (store.evictions, store.expired) == (0, 1)
+
+
+def test_overwriting_a_response_does_not_count_it_twice() -> None:
+    store = MemoryStore(max_bytes=1_000_000, max_entry_bytes=10_000, max_entries=2)
+    store.put_nowait("/a", entry_of_size(300), 60)
+    store.put_nowait("/b", entry_of_size(300), 60)
+    store.put_nowait("/b", entry_of_size(300), 60)
+    assert store.get_nowait("/a") is not None
+    assert (store.entries, store.evictions) == (2, 0)
+
+
+def index_of(*variant_keys: str) -> VaryIndex:
+    return VaryIndex(
+        names=("accept-encoding",), generation="g", expires_at=0.0, variant_keys=list(variant_keys)
+    )
+
+
+def test_a_url_with_one_variant_counts_once() -> None:
+    """The Vary index is not a response: with ``Vary`` the bound still counts URLs
+    that have one variant, as a cache without ``Vary`` would."""
+    store = MemoryStore(max_bytes=1_000_000, max_entry_bytes=10_000, max_entries=2)
+    for url in ("/a", "/b"):
+        # The cache writes the variant, then the index.
+        store.put_nowait(f"{url}#vg:1", entry_of_size(300), 60)
+        store.put_nowait(url, index_of(f"{url}#vg:1"), 60)
+    assert len(store) == 4
+    assert store.entries == 2
+    assert all(store.get_nowait(k) is not None for k in ("/a", "/a#vg:1", "/b", "/b#vg:1"))
+    # A third URL's response: the least recently used URL (/a) goes, index and variant.
+    store.put_nowait("/c#vg:1", entry_of_size(300), 60)
+    store.put_nowait("/c", index_of("/c#vg:1"), 60)
+    assert store.get_nowait("/a#vg:1") is None
+    assert all(store.get_nowait(k) is not None for k in ("/b", "/b#vg:1", "/c", "/c#vg:1"))
+    assert store.entries == 2
+
+
+def test_each_variant_counts() -> None:
+    store = MemoryStore(max_bytes=1_000_000, max_entry_bytes=10_000, max_entries=2)
+    store.put_nowait("/a#vg:gzip", entry_of_size(300), 60)
+    store.put_nowait("/a#vg:br", entry_of_size(300), 60)
+    store.put_nowait("/a", index_of("/a#vg:gzip", "/a#vg:br"), 60)
+    store.put_nowait("/b", entry_of_size(300), 60)
+    assert store.get_nowait("/a#vg:gzip") is None
+    assert store.get_nowait("/a#vg:br") is not None
+    assert store.entries == 2
+
+
+def test_no_count_bound_by_default() -> None:
+    store = MemoryStore(max_bytes=1_000_000, max_entry_bytes=10_000)
+    for n in range(1000):
+        store.put_nowait(f"/k{n}", entry_of_size(300), 60)
+    assert (store.entries, store.evictions) == (1000, 0)
+
+
+def test_negative_max_entries_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_entries"):
+        MemoryStore(max_bytes=1000, max_entry_bytes=1000, max_entries=-1)
+
+
 # -- model-based test --------------------------------------------------------
 
 MAX_BYTES = 4000
 MAX_ENTRY = 2500
+MAX_ENTRIES = 3
 KEYS = st.sampled_from([f"/k{n}" for n in range(8)])
 
 
@@ -163,6 +249,7 @@ class Model:
     """The specified behaviour in the plainest form: a list in recency order."""
 
     now: float = 1000.0
+    max_entries: int = 0
     items: list[ModelItem] = field(default_factory=list)
     evictions: int = 0
     rejected: int = 0
@@ -178,12 +265,15 @@ class Model:
         if size > MAX_ENTRY or size > MAX_BYTES:
             self.rejected += 1
             return
-        if self.used() + size > MAX_BYTES:
+        if self.used() + size > MAX_BYTES or self.full():
             self.items = [i for i in self.items if i.deadline > self.now]
-            while self.used() + size > MAX_BYTES:
+            while self.used() + size > MAX_BYTES or self.full():
                 self.items.pop(0)
                 self.evictions += 1
         self.items.append(ModelItem(key, size, self.now + ttl, tag))
+
+    def full(self) -> bool:
+        return bool(self.max_entries) and len(self.items) >= self.max_entries
 
     def get(self, key: str) -> str | None:
         item = self.find(key)
@@ -199,11 +289,15 @@ class Model:
 class MemoryStoreMachine(RuleBasedStateMachine):
     """Random puts, gets, deletes and clock steps, checked against :class:`Model`."""
 
+    max_entries = 0
+
     def __init__(self) -> None:
         super().__init__()
-        self.model = Model()
+        self.model = Model(max_entries=self.max_entries)
         self.clock = FakeClock(self.model.now)
-        self.store = MemoryStore(MAX_BYTES, MAX_ENTRY, clock=self.clock)
+        self.store = MemoryStore(
+            MAX_BYTES, MAX_ENTRY, clock=self.clock, max_entries=self.max_entries
+        )
         self.counter = 0
 
     @rule(
@@ -243,6 +337,10 @@ class MemoryStoreMachine(RuleBasedStateMachine):
         assert self.store.bytes_used <= MAX_BYTES
 
     @invariant()
+    def count_bound_holds(self) -> None:
+        assert not self.max_entries or self.store.entries <= self.max_entries
+
+    @invariant()
     def matches_the_model(self) -> None:
         assert self.store.bytes_used == self.model.used()
         assert len(self.store) == len(self.model.items)
@@ -252,3 +350,26 @@ class MemoryStoreMachine(RuleBasedStateMachine):
 
 MemoryStoreMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=60)
 TestMemoryStoreAgainstModel = MemoryStoreMachine.TestCase
+
+
+class CountBoundedMachine(MemoryStoreMachine):
+    """The same, with both bounds: bytes and ``max_entries``."""
+
+    max_entries = MAX_ENTRIES
+
+
+CountBoundedMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=60)
+TestCountBoundedStoreAgainstModel = CountBoundedMachine.TestCase
+
+
+def test_evicted_keys_are_told_expired_ones_are_not() -> None:
+    clock = FakeClock()
+    store = MemoryStore(max_bytes=1_000_000, max_entry_bytes=10_000, clock=clock, max_entries=2)
+    evicted: list[str] = []
+    store.on_evict = evicted.append
+    store.put_nowait("/short", entry_of_size(300), 5)
+    store.put_nowait("/a", entry_of_size(300), 600)
+    clock.advance(10)
+    store.put_nowait("/b", entry_of_size(300), 600)  # /short expired: dropped, not evicted
+    store.put_nowait("/c", entry_of_size(300), 600)
+    assert evicted == ["/a"]
