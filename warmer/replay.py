@@ -12,7 +12,9 @@ compare with its table:
 
 - a count-based LRU of ``capacity`` entries (``--cache-size``: entries, or a
   share of the trace's distinct keys, rounded half up, at least 1); an entry
-  is fresh for ``ttl`` seconds after it is fetched;
+  is fresh for ``ttl`` seconds after it is fetched (``ttl`` may be
+  ``math.inf``, ``--ttl never``: entries never expire, only eviction drops
+  them, and no strategy is asked at an expiry);
 - a user request at ``t`` is a hit when the key is cached with an expiry
   after ``t`` (the entry becomes most recently used), else a miss: the
   origin is asked and the entry is (re)inserted as most recently used,
@@ -35,21 +37,25 @@ Trace keys that are not paths are mapped to ``"/" + key``
 (:func:`warmer.trace.key_path`); that path is the cache key, the event's
 ``key`` and ``url`` (the host is empty).
 
-Driving the strategies: each request becomes an access event (outcome
-``hit``/``miss``, ``fresh_until`` the entry's expiry after the request,
-``warmed`` whether a warm fetch stored the entry) observed by the tracker,
-every strategy and the ledger.  ``due(now)`` is asked of every strategy
-before each request, at each expiry instant before the entry is dropped, and
-at the wake-up times a strategy names (:class:`Waking`, e.g. the hourly
-firing of :class:`ScheduledTop`), at most once per instant between two
-observations.  What they return goes through a :class:`~warmer.queue.WarmQueue`
-(de-duplication and priorities) and is executed at once; a stored fill is
-reported to every strategy's ``filled``, as the live warmer's ``on_result``
-does.  (The queue is empty when a round is pushed, so :func:`drain_order`
-hands the round back in the queue's order, merged as it merges, without it.)
-The built-in strategies that do not read the usage tracker (``none``,
-``refresh-ahead``, ``predictive``) run without it being fed: nothing else
-reads it.
+Driving the warmer: the replay is a second runner of the live warmer's
+:class:`~warmer.core.WarmerCore` (DESIGN rule 5), with no orchestration of
+its own.  Each request becomes an access event (outcome ``hit``/``miss``,
+``fresh_until`` the entry's expiry after the request, ``warmed`` whether a
+warm fetch stored the entry) handed to ``core.observe``.  ``core.due(now)``
+is asked before each request, at each expiry instant before the entry is
+dropped, and at the wake-up times a strategy names (:class:`Waking`, e.g. the
+hourly firing of :class:`ScheduledTop`), at most once per instant between
+two observations (with ``oracle-prefetch``, once more just before each
+request, after the entries expiring at its instant are dropped: see
+:attr:`ReplayContext.settled`).  What it returns is pushed into a
+:class:`~warmer.queue.WarmQueue` and drained at once (:meth:`WarmQueue.drain`:
+the queue's own order and merging); each fetch is booked with
+``core.completed``, as the live runner books the executor's results.  The
+built-in strategies that do not read the usage tracker (``none``,
+``refresh-ahead``, ``predictive``, ``markov``, the oracles) run without it
+being fed: nothing else reads it.  ``warmproxy replay --config FILE`` builds
+the core from the user's configuration exactly as the proxy does
+(:func:`configured_factory`).
 
 The built-in strategies (:data:`STRATEGIES`): ``none``; ``reactive``,
 :class:`~warmer.strategies.MissReactive` refilling keys missed more than
@@ -57,16 +63,27 @@ The built-in strategies (:data:`STRATEGIES`): ``none``; ``reactive``,
 ``refresh-ahead``, :class:`~warmer.strategies.RefreshAhead` refreshing entries
 hit :data:`REFRESH_MIN_HITS` times in their lifetime at their expiry;
 ``scheduled-top``, :class:`ScheduledTop`; ``predictive``, the
-:class:`~warmer.predictive.Predictor` with a prediction window of one TTL;
-``all``, all of these together.  ``oracle`` (:mod:`warmer.oracle`), replayed
-only when named, is a bound rather than a strategy: it reads the trace's
-future.  The one way the replay departs from the
-reference model's refresh-ahead: the strategy learns of evictions only
-through requests, so an entry hit twice and evicted before it expired is
-refilled at its expiry (as the live proxy would do); the reference refreshes
-only entries still cached.  Where such evictions are rare the two agree
-exactly; on a cache small for its trace the replay's refresh-ahead fetches
-more.
+:class:`~warmer.predictive.Predictor` with a prediction window of one TTL
+(an hour, the model's default, when entries never expire);
+``all``, all of these together (``markov`` is not part of it).
+``markov`` (:mod:`warmer.markov`) is the simplest sequence prefetcher, a
+baseline: after a request for A, the successor clients most often asked for
+next after A.  ``oracle`` and ``oracle-prefetch`` (:mod:`warmer.oracle`),
+replayed only when named, are bounds rather than strategies: they read the
+trace's future.  ``oracle`` refreshes an entry at its expiry exactly when
+the refreshed entry answers a request; ``oracle-prefetch`` warms a key just
+before each repeat request that would miss, within the run's warm budget
+(``max_warm_ratio``, ``--max-warm-ratio``: warm fetches per request;
+unlimited by default).  The budget also sets ``predictive``'s
+``max_warm_ratio`` when it is given (else the model's default, 0.2), so the
+model can be replayed at the spend of another strategy.
+
+The one way the replay departs from the reference model's refresh-ahead:
+the strategy learns of evictions only through requests, so an entry hit
+twice and evicted before it expired is refilled at its expiry (as the live
+proxy would do); the reference refreshes only entries still cached.  Where
+such evictions are rare the two agree exactly; on a cache small for its
+trace the replay's refresh-ahead fetches more.
 
 Repeatability: the usage tracker's sketches hash keys with Python's
 ``hash()``, salted per process, so figures of strategies that read the
@@ -89,27 +106,29 @@ built-in ones by name; :func:`replay` and :func:`replay_file` take a name or
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import heapq
 import math
-import operator
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol, TextIO, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, TextIO, TypeVar
 
 import orjson
 
+from warmer.audience import Audience
+from warmer.config import WarmerConfig
+from warmer.core import Strategy, Waking, WarmerCore, build_strategies, build_tracker
 from warmer.ledger import EffectivenessLedger
-from warmer.model import DEFAULT_PRIORITY_LEVELS, Observed, Reason, WarmRequest
-from warmer.oracle import Foresight, oracle_refresh
+from warmer.markov import MarkovPrefetch
+from warmer.model import DEFAULT_PRIORITY_LEVELS, FillReport, Observed, Reason, WarmRequest
+from warmer.oracle import Foresight, PrefetchOracle, oracle_refresh
 from warmer.predictive import PredictiveConfig, Predictor
 from warmer.queue import WarmQueue
-from warmer.strategies import MissReactive, RefreshAhead
-from warmer.trace import TraceError, TraceRow, TraceSummary, read_trace, scan_trace
+from warmer.strategies import MissReactive, PathFilter, RefreshAhead
+from warmer.trace import TraceError, TraceRow, TraceSummary, key_path, read_trace, scan_trace
 from warmer.tracker import UsageTracker
 
 if TYPE_CHECKING:
@@ -131,11 +150,21 @@ REACTIVE_WINDOW_TTLS: Final = 4.0
 #: Scheduled-top: every hour, the top share of the distinct keys seen so far,
 #: ranked by their requests in the past hour.
 TOP_SHARE: Final = 0.01
+#: Markov: keys with successor counts kept, at least (more on a trace with more keys).
+MARKOV_MAX_KEYS: Final = 300_000
 
 _INF: Final = math.inf
 
 #: The built-in strategies, in the order they are reported.
-STRATEGY_NAMES: Final = ("none", "reactive", "refresh-ahead", "scheduled-top", "predictive", "all")
+STRATEGY_NAMES: Final = (
+    "none",
+    "reactive",
+    "refresh-ahead",
+    "scheduled-top",
+    "predictive",
+    "markov",
+    "all",
+)
 
 # An entry of the simulated cache: [expiry, warmed, used].
 _EXPIRY: Final = 0
@@ -143,21 +172,9 @@ _WARMED: Final = 1
 _USED: Final = 2
 
 
-class ReplayStrategy(Protocol):
-    """What the replay drives: the protocol of the live warmer's strategies."""
-
-    def observe(self, event: Observed) -> None: ...
-    def due(self, now: float) -> list[WarmRequest]: ...
-    def filled(self, key: str, url: str, host: str, now: float, fresh_until: float) -> None: ...
-
-
-@runtime_checkable
-class Waking(Protocol):
-    """A strategy with times of its own: ``due`` is also asked at :meth:`next_wake`."""
-
-    def next_wake(self) -> float:
-        """The next time ``due`` must be asked at (``math.inf``: none)."""
-        ...
+#: What the replay drives: the live warmer's :class:`~warmer.core.Strategy`.
+ReplayStrategy = Strategy
+__all__ = ["ReplayStrategy", "Waking"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +190,16 @@ class ReplayContext:
     #: Whether the simulated cache holds a key now (evicted: no).  Only an
     #: oracle may look: live strategies learn of evictions through requests.
     cached: Callable[[str], bool] = lambda key: False
+    #: The simulated entry's expiry (``-math.inf``: not cached); for oracles only.
+    fresh_until: Callable[[str], float] = lambda key: -math.inf
+    #: The run's warm budget, warm fetches per request (``math.inf``: none given).
+    max_warm_ratio: float = math.inf
+    #: Whether every expiry up to ``t`` has been processed: true in the due
+    #: round just before a request at ``t``, false in the rounds at expiry
+    #: instants before it.  (Read by ``oracle-prefetch``, for which the replay
+    #: asks the core again before each request once the entries expiring at
+    #: its instant are dropped, so its fill evicts what the miss would.)
+    settled: Callable[[float], bool] = lambda t: True
 
     @property
     def reactive_window(self) -> float:
@@ -180,12 +207,18 @@ class ReplayContext:
         return reactive_window(self.ttl)
 
 
-StrategyFactory = Callable[[ReplayContext], Sequence[ReplayStrategy]]
+#: Builds one run's strategies (the replay puts them in a core of its own)
+#: or a whole :class:`~warmer.core.WarmerCore` (as :func:`configured_factory`).
+StrategyFactory = Callable[[ReplayContext], "Sequence[ReplayStrategy] | WarmerCore"]
 
 
 def reactive_window(ttl: float) -> float:
-    """The window the miss-reactive strategy counts misses in, for entries fresh ``ttl`` s."""
-    return REACTIVE_WINDOW_TTLS * ttl
+    """The window the miss-reactive strategy counts misses in, for entries fresh ``ttl`` s.
+
+    Entries that never expire are never refilled at expiry; the tracker still
+    needs a finite window: :data:`REACTIVE_WINDOW_TTLS` hours.
+    """
+    return REACTIVE_WINDOW_TTLS * (HOUR if math.isinf(ttl) else ttl)
 
 
 class ScheduledTop:
@@ -273,11 +306,54 @@ def _scheduled_top(ctx: ReplayContext) -> list[ReplayStrategy]:
 
 
 def _predictive(ctx: ReplayContext) -> list[ReplayStrategy]:
-    return [Predictor(PredictiveConfig(enabled=True, prediction_window=ctx.ttl))]
+    defaults = PredictiveConfig()
+    return [
+        Predictor(
+            PredictiveConfig(
+                enabled=True,
+                # One TTL; entries that never expire: the model's default window.
+                prediction_window=(defaults.prediction_window if math.isinf(ctx.ttl) else ctx.ttl),
+                max_warm_ratio=(
+                    defaults.max_warm_ratio
+                    if math.isinf(ctx.max_warm_ratio)
+                    else ctx.max_warm_ratio
+                ),
+            )
+        )
+    ]
+
+
+def _markov(ctx: ReplayContext) -> list[ReplayStrategy]:
+    return [MarkovPrefetch(max_keys=max(MARKOV_MAX_KEYS, ctx.distinct_keys))]
 
 
 def _all(ctx: ReplayContext) -> list[ReplayStrategy]:
     return [*_refresh_ahead(ctx), *_reactive(ctx), *_scheduled_top(ctx), *_predictive(ctx)]
+
+
+def configured_factory(config: WarmerConfig) -> StrategyFactory:
+    """Strategies as the live proxy builds them from ``config`` (``warmproxy
+    replay --config``): the same strategies, thresholds, include/exclude and
+    budgets, in the same :class:`~warmer.core.WarmerCore`.
+
+    Scheduled sources are not replayed (they read files, sitemaps and
+    databases, not the trace); the usage analysis is left out (it decides
+    nothing; the predictive model keeps its own sequences without it).
+    """
+
+    def factory(ctx: ReplayContext) -> WarmerCore:
+        tracker = build_tracker(config)
+        r = config.reactive
+        return WarmerCore(
+            build_strategies(config, tracker),
+            # Only the miss-reactive strategy reads it (the usage analysis is off).
+            tracker=tracker if r.enabled and r.auto_warm else None,
+            ledger=EffectivenessLedger(max_tracked=max(100_000, 2 * ctx.capacity)),
+            audience=Audience(config.audience),
+            path_filter=PathFilter(config.include, config.exclude),
+        )
+
+    return factory
 
 
 def _oracle(ctx: ReplayContext) -> list[ReplayStrategy]:
@@ -286,9 +362,15 @@ def _oracle(ctx: ReplayContext) -> list[ReplayStrategy]:
     return [oracle_refresh(Foresight(read_trace(ctx.path)), ctx.ttl, ctx.cached)]
 
 
+def _oracle_prefetch(ctx: ReplayContext) -> list[ReplayStrategy]:
+    if ctx.path is None:
+        raise ValueError("oracle-prefetch reads the trace's future: replay a file (replay_file)")
+    return [PrefetchOracle(read_trace(ctx.path), ctx.fresh_until, ctx.max_warm_ratio, ctx.settled)]
+
+
 # The built-in factories whose strategies never read the context's tracker.
 _WITHOUT_TRACKER: Final[frozenset[StrategyFactory]] = frozenset(
-    {_none, _refresh_ahead, _predictive, _oracle}
+    {_none, _refresh_ahead, _predictive, _markov, _oracle, _oracle_prefetch}
 )
 
 #: The built-in strategies by name (``all``: every other one together).
@@ -298,9 +380,11 @@ STRATEGIES: Final[dict[str, StrategyFactory]] = {
     "refresh-ahead": _refresh_ahead,
     "scheduled-top": _scheduled_top,
     "predictive": _predictive,
+    "markov": _markov,
     "all": _all,
-    # Not replayed unless asked for: a bound that knows the future (warmer.oracle).
+    # Not replayed unless asked for: bounds that know the future (warmer.oracle).
     "oracle": _oracle,
+    "oracle-prefetch": _oracle_prefetch,
 }
 
 #: A strategy as :func:`replay` takes it: a built-in name, or a name and a factory.
@@ -420,7 +504,7 @@ class ReplayResult:
             "evictions": self.evictions,
             "warm_fetches_by_label": dict(sorted(self.warm_fetches_by_label.items())),
             "cache_entries": self.capacity,
-            "ttl": self.ttl,
+            "ttl": None if math.isinf(self.ttl) else self.ttl,  # null: never expires
             "seconds": round(self.seconds, 3),
         }
 
@@ -433,7 +517,19 @@ class _Event:
     keep), so one mutable object serves the whole run.
     """
 
-    __slots__ = ("client", "fresh_until", "host", "key", "outcome", "ts", "url", "warmed")
+    __slots__ = (
+        "client",
+        "fresh_until",
+        "host",
+        "key",
+        "latency",
+        "outcome",
+        "ts",
+        "url",
+        "vary",
+        "vary_values",
+        "warmed",
+    )
 
     def __init__(self) -> None:
         self.ts = 0.0
@@ -444,43 +540,49 @@ class _Event:
         self.client = ""
         self.fresh_until = 0.0
         self.warmed = False
+        # The simulated origin's responses do not vary, and take no time.
+        self.vary: tuple[str, ...] = ()
+        self.vary_values: tuple[str | None, ...] = ()
+        self.latency: float | None = None
 
 
 class _Simulation:
-    """One strategy's run: the simulated cache and origin, and the warmer parts."""
+    """One strategy's run: the simulated cache and origin, driving one warmer core."""
 
     def __init__(
         self,
         name: str,
-        strategies: Sequence[ReplayStrategy],
-        tracker: UsageTracker,
+        core: WarmerCore,
         *,
         capacity: int,
         ttl: float,
-        observe_tracker: bool = True,
         cache: OrderedDict[str, list[Any]] | None = None,
+        settled: list[float] | None = None,
+        settle: bool = False,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1 entry, got {capacity}")
-        if not ttl > 0 or math.isinf(ttl):
-            raise ValueError(f"ttl must be positive seconds, got {ttl}")
+        if not ttl > 0:
+            raise ValueError(f"ttl must be positive seconds or math.inf, got {ttl}")
         self.name = name
         self.capacity = capacity
         self.ttl = ttl
-        self.tracker = tracker
-        # Without a strategy that reads it, nothing reads the tracker.
-        self.observe_tracker = observe_tracker
-        self.strategies = tuple(strategies)
-        self._dues = tuple(s.due for s in self.strategies)
-        self.wakers = tuple(s for s in self.strategies if isinstance(s, Waking))
-        self.ledger = EffectivenessLedger(max_tracked=max(100_000, 2 * capacity))
+        self.core = core
+        if core.ledger is None:
+            core.ledger = EffectivenessLedger(max_tracked=max(100_000, 2 * capacity))
+        self.ledger: EffectivenessLedger = core.ledger
+        self.driven = bool(core.strategies)
         self.queue = WarmQueue(DEFAULT_PRIORITY_LEVELS, max_items=1_000_000)
-        self._rank = {name: level for level, name in enumerate(self.queue.levels)}
         self.cache: OrderedDict[str, list[Any]] = OrderedDict() if cache is None else cache
         self.expiries: list[tuple[float, str]] = []
         self.now = -math.inf
         self.wake = math.inf
         self.due_at = math.nan  # the instant of the last due round, until the next observation
+        # [t]: every expiry up to t is processed (ReplayContext.settled); with
+        # ``settle`` the core is asked again just before each request, once the
+        # entries expiring at its instant are dropped (oracle-prefetch acts then).
+        self.settled = [-math.inf] if settled is None else settled
+        self.settle = settle
         self.requests = 0
         self.hits = 0
         self.warm_fetches = 0
@@ -499,31 +601,27 @@ class _Simulation:
         push = heapq.heappush
         ttl = self.ttl
         capacity = self.capacity
-        ledger = self.ledger
         event = _Event()
-        driven = bool(self.strategies)
-        # Without strategies nothing reads the tracker or the ledger: the
-        # baseline runs on the cache alone.
-        observers = (
-            [
-                *([self.tracker.observe] if self.observe_tracker else []),
-                *(s.observe for s in self.strategies),
-                ledger.observe,
-            ]
-            if driven
-            else []
-        )
+        driven = self.driven
+        # Without strategies nothing reads the events: the baseline runs on
+        # the cache alone.
+        observe = self.core.observe if driven else None
         advance = self._advance
         due = self._due
         nan = math.nan
         now = self.now
+        settle = self.settle
+        settled = self.settled
         requests = hits = 0
         for ts, key, _size, client in rows:
             if ts > now:
                 now = ts  # a step back (within the reader's tolerance) replays at the latest time
             if (expiries and expiries[0][0] <= now) or self.wake <= now:
                 advance(now)
-            if driven and self.due_at != now:
+            if settle:
+                settled[0] = now
+                due(now)
+            elif driven and self.due_at != now:
                 due(now)
             if key[0] != "/":
                 key = "/" + key
@@ -543,18 +641,19 @@ class _Simulation:
                     del cache[key]
                 expiry = now + ttl
                 cache[key] = [expiry, False, False]
-                push(expiries, (expiry, key))
+                if expiry != _INF:  # an entry that never expires is only evicted
+                    push(expiries, (expiry, key))
                 if len(cache) > capacity:
                     self._evict(now)
                 event.outcome = "miss"
                 event.fresh_until = expiry
                 event.warmed = False
-            event.ts = now
-            event.key = event.url = key
-            event.client = client
-            for observe in observers:
+            if observe is not None:
+                event.ts = now
+                event.key = event.url = key
+                event.client = client
                 observe(event)
-            self.due_at = nan
+                self.due_at = nan
         self.now = now
         self.requests += requests
         self.hits += hits
@@ -592,7 +691,7 @@ class _Simulation:
         get = cache.get
         expiries = self.expiries
         heappop = heapq.heappop
-        driven = bool(self.strategies)
+        driven = self.driven
         due = self._due
         while True:
             at = expiries[0][0] if expiries else math.inf
@@ -615,56 +714,23 @@ class _Simulation:
             del cache[key]
 
     def _due(self, now: float) -> None:
-        """Ask every strategy what is due; queue it and fetch it at once."""
+        """Ask the core what is due; queue it and fetch it at once."""
         self.due_at = now
-        dues = self._dues
-        if len(dues) == 1:
-            wanted = dues[0](now)
-        else:
-            wanted = []
-            for due in dues:
-                asked = due(now)
-                if asked:
-                    wanted.extend(asked)
-        wakers = self.wakers
-        if wakers:
-            if len(wakers) == 1:
-                self.wake = wakers[0].next_wake()
-            else:
-                self.wake = min(s.next_wake() for s in wakers)
+        core = self.core
+        wanted = core.due(now)
+        self.wake = core.next_wake()
         if wanted:
-            self._execute(wanted, now)
-
-    def _execute(self, requests: list[WarmRequest], now: float) -> None:
-        queue = self.queue
-        if not queue and not now < 0.0 and len(requests) <= queue.max_items:
-            # Nothing queued (it is drained each time), pushed with no delay
-            # (ready at ``now``) and room for all: what the queue would hand
-            # back, without it.
-            if len(requests) == 1:
-                (request,) = requests
-                if request.priority in self._rank:
-                    self._fetch(request, now)
-                    return
-            else:
-                drained = drain_order(requests, self._rank)
-                if drained is not None:
-                    for request in drained:
-                        self._fetch(request, now)
-                    return
-        for wanted in requests:
-            queue.push(wanted, now)
-        while (popped := queue.pop(now)) is not None:
-            self._fetch(popped, now)
+            for request in self.queue.drain(wanted, now):
+                self._fetch(request, now)
 
     def _fetch(self, request: WarmRequest, now: float) -> None:
-        """The warm fetch of ``request``, completed at once."""
+        """The warm fetch of ``request``, completed at once, booked by the core."""
         key = request.url
         cache = self.cache
         entry = cache.get(key)
         if entry is not None and entry[_EXPIRY] > now and not request.refresh:
             self.free_hints += 1
-            self.ledger.warm_already_fresh(key, now, label=request.label)
+            self.core.completed(request, _ALREADY_FRESH, now)
             return
         fresh_until = now + (self.ttl if request.ttl is None else request.ttl)
         if entry is not None:
@@ -677,13 +743,12 @@ class _Simulation:
             cache[key] = [fresh_until, True, False]
             if len(cache) > self.capacity:
                 self._evict(now)
-        heapq.heappush(self.expiries, (fresh_until, key))
+        if fresh_until != _INF:
+            heapq.heappush(self.expiries, (fresh_until, key))
         self.warm_fetches += 1
-        self.ledger.warm_stored(key, now, fresh_until, label=request.label)
-        url = request.url
-        host = request.host
-        for strategy in self.strategies:
-            strategy.filled(key, url, host, now, fresh_until)
+        self.core.completed(
+            request, FillReport(status=200, stored=True, fresh_until=fresh_until), now
+        )
 
     def _evict(self, now: float) -> None:
         cache = self.cache
@@ -703,46 +768,7 @@ class _Simulation:
                 self.warm_unused += 1
 
 
-def drain_order(requests: Sequence[WarmRequest], rank: dict[str, int]) -> list[WarmRequest] | None:
-    """What a :class:`~warmer.queue.WarmQueue` with nothing queued hands back
-    when ``requests`` are pushed, ready at once, and popped until it is empty.
-
-    ``rank``: the queue's level of each priority name (0 highest).  Requests
-    of one identity are merged as the queue merges them; the merged ones come
-    out highest level first, first pushed first within a level.  None when a
-    priority is not a level (the queue refuses it).
-    """
-    # identity -> [level, order of the first push, request as merged]
-    entries: dict[tuple[str, str], list[Any]] = {}
-    for order, request in enumerate(requests):
-        level = rank.get(request.priority)
-        if level is None:
-            return None
-        identity = (request.host, request.url)
-        entry = entries.get(identity)
-        if entry is None:
-            entries[identity] = [level, order, request]
-            continue
-        # WarmQueue._merge: the higher priority (its reason; on a tie the
-        # queued one stays), refresh if either asked, the smaller TTL.
-        old = entry[2]
-        ttls = [t for t in (old.ttl, request.ttl) if t is not None]
-        upgraded = level < entry[0]
-        entry[2] = dataclasses.replace(
-            old,
-            priority=request.priority if upgraded else old.priority,
-            reason=request.reason if upgraded else old.reason,
-            refresh=old.refresh or request.refresh,
-            ttl=min(ttls) if ttls else None,
-        )
-        if upgraded:
-            entry[0] = level
-    if len(entries) == 1:
-        return [entry[2] for entry in entries.values()]
-    return [entry[2] for entry in sorted(entries.values(), key=_LEVEL_ORDER)]
-
-
-_LEVEL_ORDER: Final = operator.itemgetter(0, 1)
+_ALREADY_FRESH: Final = FillReport(already_fresh=True)
 
 
 def _resolve(spec: StrategySpec) -> tuple[str, StrategyFactory]:
@@ -772,16 +798,30 @@ def replay(
     ttl: float,
     distinct_keys: int = 0,
     path: str | Path | None = None,
+    max_warm_ratio: float = math.inf,
 ) -> ReplayResult:
     """Replay ``rows`` (see :func:`warmer.trace.read_trace`) with one strategy.
 
-    ``capacity``: cache entries; ``ttl``: seconds an entry is fresh;
-    ``distinct_keys``: the trace's, for the factories that size by it;
-    ``path``: the file ``rows`` come from, for the ``oracle``.
+    ``capacity``: cache entries; ``ttl``: seconds an entry is fresh
+    (``math.inf``: never expires); ``distinct_keys``: the trace's, for the
+    factories that size by it; ``path``: the file ``rows`` come from, for the
+    oracles; ``max_warm_ratio``: the run's warm budget in warm fetches per
+    request, held by ``oracle-prefetch`` and given to ``predictive``
+    (``math.inf``: none).
     """
+    if not max_warm_ratio >= 0:
+        raise ValueError(f"max_warm_ratio must be at least 0, got {max_warm_ratio}")
     name, factory = _resolve(strategy)
     tracker = tracker_for(ttl, distinct_keys)
     cache: OrderedDict[str, list[Any]] = OrderedDict()
+    get = cache.get
+
+    def fresh_until(key: str) -> float:
+        entry = get(key)
+        return -math.inf if entry is None else float(entry[_EXPIRY])
+
+    settled_until = [-math.inf]
+
     context = ReplayContext(
         tracker,
         ttl,
@@ -789,16 +829,28 @@ def replay(
         distinct_keys,
         None if path is None else str(path),
         cache.__contains__,
+        fresh_until,
+        max_warm_ratio,
+        lambda t: settled_until[0] >= t,
     )
+    built = factory(context)
+    if isinstance(built, WarmerCore):
+        core = built
+    else:
+        core = WarmerCore(
+            built,
+            # Nothing else reads it: the built-in strategies that do not read it skip it.
+            tracker=None if factory in _WITHOUT_TRACKER else tracker,
+            ledger=EffectivenessLedger(max_tracked=max(100_000, 2 * capacity)),
+        )
     simulation = _Simulation(
         name,
-        factory(context),
-        tracker,
+        core,
         capacity=capacity,
         ttl=ttl,
-        # Nothing else reads it: the built-in strategies that do not read it skip it.
-        observe_tracker=factory not in _WITHOUT_TRACKER,
         cache=cache,
+        settled=settled_until,
+        settle=any(isinstance(s, PrefetchOracle) for s in core.strategies),
     )
     # The run makes no reference cycles (its garbage goes as it is dropped),
     # so the cyclic collector would only walk its live objects again and
@@ -826,6 +878,7 @@ class ReplayReport:
     ttl: float
     results: tuple[ReplayResult, ...]
     baseline: ReplayResult
+    max_warm_ratio: float = math.inf
 
     def json_lines(self) -> list[dict[str, Any]]:
         return [r.to_json(self.baseline) for r in self.results]
@@ -837,13 +890,26 @@ def replay_file(
     *,
     cache_size: CacheSize | None = None,
     ttl: float = 300.0,
+    key_rules: Callable[[str], str] | None = None,
+    max_warm_ratio: float = math.inf,
 ) -> ReplayReport:
     """Replay the trace at ``path`` once per strategy (the file is read again each time).
 
     The trace is checked in a first pass (its distinct keys size the cache),
     so a malformed line is reported before any replay starts.  ``none`` is
     replayed as the baseline of the gains even when not asked for.
+    ``key_rules``: the proxy's cache-key rules (``[cache]
+    ignore_query_params`` ...), applied to each key's path as the proxy keys
+    requests; the cache is still sized by the trace's distinct raw keys (the
+    oracles read the raw keys).  ``ttl``: ``math.inf`` for entries that never
+    expire; ``max_warm_ratio``: the run's warm budget (see :func:`replay`).
     """
+
+    def rows() -> Iterable[TraceRow]:
+        if key_rules is None:
+            return read_trace(path)
+        return ((ts, key_rules(key_path(k)), size, c) for ts, k, size, c in read_trace(path))
+
     size = cache_size if cache_size is not None else CacheSize(fraction=0.2)
     resolved = [_resolve(s) for s in strategies]
     summary = scan_trace(path)
@@ -852,25 +918,28 @@ def replay_file(
     baseline: ReplayResult | None = None
     for name, factory in resolved:
         result = replay(
-            read_trace(path),
+            rows(),
             (name, factory),
             capacity=capacity,
             ttl=ttl,
             distinct_keys=summary.distinct_keys,
             path=path,
+            max_warm_ratio=max_warm_ratio,
         )
         results.append(result)
         if name == "none" and factory is _none:
             baseline = result
     if baseline is None:
         baseline = replay(
-            read_trace(path),
+            rows(),
             "none",
             capacity=capacity,
             ttl=ttl,
             distinct_keys=summary.distinct_keys,
         )
-    return ReplayReport(str(path), summary, size, capacity, ttl, tuple(results), baseline)
+    return ReplayReport(
+        str(path), summary, size, capacity, ttl, tuple(results), baseline, max_warm_ratio
+    )
 
 
 def format_table(report: ReplayReport) -> str:
@@ -881,7 +950,12 @@ def format_table(report: ReplayReport) -> str:
         f"{s.distinct_keys:,} distinct keys, {s.span / HOUR:.1f} h",
         f"cache {report.capacity:,} entries"
         + (f" ({report.cache_size})" if report.cache_size.fraction else "")
-        + f", ttl {report.ttl:g} s",
+        + f", ttl {format_ttl(report.ttl)}"
+        + (
+            ""
+            if math.isinf(report.max_warm_ratio)
+            else f", warm budget {report.max_warm_ratio:g} fetches/request"
+        ),
         "",
         f"{'strategy':<16}{'hit ratio':>10}{'warm/request':>14}{'precision':>11}"
         f"{'gain over none':>16}",
@@ -895,6 +969,40 @@ def format_table(report: ReplayReport) -> str:
             + (f"{gain * 100:>+11.2f} pts" if gain is not None else f"{'-':>16}")
         )
     return "\n".join(lines)
+
+
+def format_ttl(ttl: float) -> str:
+    """``"300 s"``, or ``"never"`` (entries never expire)."""
+    return "never" if math.isinf(ttl) else f"{ttl:g} s"
+
+
+def parse_ttl(text: str) -> float:
+    """``--ttl``: positive seconds, or ``never`` / ``inf`` (``math.inf``); ValueError otherwise."""
+    word = text.strip().lower()
+    if word in ("never", "inf", "infinity"):
+        return math.inf
+    try:
+        ttl = float(word)
+    except ValueError:
+        raise ValueError(
+            f"ttl {text!r} is not a number of seconds (or 'never': entries never expire)"
+        ) from None
+    if not 0 < ttl < math.inf:
+        raise ValueError(f"ttl {text!r}: must be positive seconds (or 'never')")
+    return ttl
+
+
+def parse_warm_ratio(text: str) -> float:
+    """``--max-warm-ratio``: warm fetches per request, at least 0; ValueError otherwise."""
+    try:
+        ratio = float(text)
+    except ValueError:
+        raise ValueError(
+            f"max warm ratio {text!r} is not a number of warm fetches per request"
+        ) from None
+    if not 0 <= ratio < math.inf:
+        raise ValueError(f"max warm ratio {text!r}: must be a finite number of at least 0")
+    return ratio
 
 
 def parse_strategies(text: str) -> list[str]:
@@ -913,7 +1021,9 @@ def replay_command(
     *,
     cache_size: CacheSize,
     ttl: float,
-    strategies: Sequence[str] = STRATEGY_NAMES,
+    strategies: Sequence[StrategySpec] = STRATEGY_NAMES,
+    key_rules: Callable[[str], str] | None = None,
+    max_warm_ratio: float = math.inf,
     as_json: bool = False,
     out: TextIO,
     err: TextIO,
@@ -924,7 +1034,17 @@ def replay_command(
     of a malformed line) and gives 2.
     """
     report = _reading(
-        "replay", trace, err, lambda: replay_file(trace, strategies, cache_size=cache_size, ttl=ttl)
+        "replay",
+        trace,
+        err,
+        lambda: replay_file(
+            trace,
+            strategies,
+            cache_size=cache_size,
+            ttl=ttl,
+            key_rules=key_rules,
+            max_warm_ratio=max_warm_ratio,
+        ),
     )
     if report is None:
         return 2

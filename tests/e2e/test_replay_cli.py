@@ -45,7 +45,15 @@ def test_replay_prints_a_row_per_strategy(tmp_path: Path) -> None:
         "none",
     ]
     rows = {line.split()[0]: line for line in lines[4:]}
-    assert list(rows) == ["none", "reactive", "refresh-ahead", "scheduled-top", "predictive", "all"]
+    assert list(rows) == [
+        "none",
+        "reactive",
+        "refresh-ahead",
+        "scheduled-top",
+        "predictive",
+        "markov",
+        "all",
+    ]
     none = rows["none"].split()
     assert none[2:] == ["%", "0.0000", "-", "+0.00", "pts"]
     assert 0 < float(none[1]) < 100
@@ -109,7 +117,12 @@ def test_bad_arguments_and_missing_files_exit_2(tmp_path: Path) -> None:
     for args, message in (
         (["--cache-size", "0%"], "cache size '0%'"),
         (["--ttl", "-1"], "must be positive"),
+        (["--ttl", "forever"], "ttl 'forever' is not a number of seconds (or 'never'"),
+        (["--max-warm-ratio", "-0.5"], "max warm ratio '-0.5'"),
+        (["--max-warm-ratio", "lots"], "max warm ratio 'lots' is not a number"),
         (["--strategies", "none,magic"], "unknown strategy 'magic'"),
+        (["--live", "--ttl", "never"], "--ttl never is for the simulated replay only"),
+        (["--live", "--max-warm-ratio", "0.2"], "--max-warm-ratio is for the simulated replay"),
     ):
         result = run_cli("replay", str(trace), *args)
         assert result.returncode == 2
@@ -123,6 +136,50 @@ def test_bad_arguments_and_missing_files_exit_2(tmp_path: Path) -> None:
     result = run_cli("replay", str(empty))
     assert result.returncode == 2
     assert "empty file" in result.stderr
+
+
+def test_entries_that_never_expire_and_a_warm_budget(tmp_path: Path) -> None:
+    trace = write_trace(tmp_path / "trace.csv")
+    result = run_cli(
+        "replay",
+        str(trace),
+        "--ttl",
+        "never",
+        "--cache-size",
+        "10",
+        "--max-warm-ratio",
+        "0.05",
+        "--strategies",
+        "none,markov,oracle,oracle-prefetch",
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1] == "cache 10 entries, ttl never, warm budget 0.05 fetches/request"
+    rows = {line.split()[0]: line.split() for line in lines[4:]}
+    assert list(rows) == ["none", "markov", "oracle", "oracle-prefetch"]
+    # Nothing expires, so the refresh oracle has nothing to refresh; the
+    # prefetch oracle spends its whole budget on capacity misses, one hit each.
+    assert rows["oracle"][3] == "0.0000"
+    prefetch = rows["oracle-prefetch"]
+    assert prefetch[3] == "0.0500"
+    assert prefetch[4:6] == ["100.0", "%"]
+    assert float(prefetch[1]) == round(float(rows["none"][1]) + 5.0, 2)
+    as_json = run_cli(
+        "replay", str(trace), "--ttl", "inf", "--json", "--strategies", "none", "--cache-size", "10"
+    )
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["ttl"] is None
+
+
+def test_replay_help_describes_every_flag() -> None:
+    result = run_cli("replay", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for flag in ("--cache-size", "--ttl", "--strategies", "--max-warm-ratio", "--json", "--config"):
+        assert flag in text
+    assert "'never'" in text
+    assert "oracle-prefetch" in text
+    assert "markov" in text
 
 
 def test_analyze_prints_the_hot_data_report_of_a_trace(tmp_path: Path) -> None:
