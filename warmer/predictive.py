@@ -28,15 +28,21 @@ Decisions are taken at moments where warming can change the outcome:
 - ``daily`` / ``weekly``: a lead time before the same moment one day / one week
   after a request: recurring peaks are learned (the table only trusts them once
   they have recurred), not assumed;
-- ``sequence``: when a client asks for A, what clients asked for next after A
-  (the next page, tile or segment), from :class:`~warmer.sequences.SequenceModel`.
+- ``sequence``: after every request for A, what clients asked for next after A
+  (the next page, tile or segment), from :class:`~warmer.sequences.SequenceModel`
+  sized to follow as many keys as the model (a successor still cached is a
+  free hint).
 
-A decision warms when its confidence is at least ``min_confidence``, and the
-threshold rises above that floor while warm fetches exceed ``max_warm_ratio``
-of the user requests (a budget of origin load), so the model spends its fetches
-on its surest predictions.  A revisit chain stops at a step far below the
-floor (in a cell with enough evidence) until the key's next request, but for
-a sample that keeps the table learning: a long tail of rare URLs costs little.
+A decision warms when its confidence is at least ``min_confidence``.  The
+budget (``max_warm_ratio`` warm fetches per user request) is a token bucket
+(:data:`BUDGET_BURST`): when it runs low the threshold rises above that floor,
+so the last tokens go to the surest predictions, and over any stretch of
+traffic the fetches stay within the budget plus the bucket.  Whether a warmed
+entry is still cached when asked for is learned per cell, starting from its
+kind's measured rate (a cell new to the table borrows it).  A revisit chain
+stops at a step far below the floor (in a cell with enough evidence) until
+the key's next request, but for a sample that keeps the table learning: a
+long tail of rare URLs costs little.
 
 Sans-I/O (DESIGN rule 2): ``observe``, ``due`` and ``filled`` take time from the
 events and the caller; :meth:`Predictor.to_document` / :meth:`Predictor.load_document`
@@ -61,6 +67,9 @@ MODEL_VERSION: Final = 2
 MODEL_FORMAT: Final = "warmproxy-predictive"
 #: Weight, in observations, of the Poisson estimate a cell starts from.
 PRIOR_WEIGHT: Final = 4.0
+#: Weight, in warms, of the certainty a kind of decision starts from that its
+#: warmed entries are still cached when asked for.
+KIND_PRIOR: Final = 2.0
 #: Revisit decisions, in prediction windows after a key's last request.
 REVISIT_AFTER: Final = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0)
 #: How far ahead of a recurring moment a daily/weekly decision is taken, in windows.
@@ -80,8 +89,6 @@ LEARNING_SAMPLE: Final = 16
 CHAIN_CUT: Final = 1 / 3
 #: Decisions a cell needs before a revisit chain in it may be cut.
 EVIDENCE_TO_SKIP: Final = 50
-#: Successors of a key are decided on at most once per this share of the window.
-SEQUENCE_SPACING: Final = 1 / 4
 #: Below this share of early drops (misses of entries believed fresh), revisits
 #: within an entry's lifetime are skipped.
 EARLY_DROPS_RARE: Final = 0.01
@@ -93,9 +100,18 @@ RECENT_KEPT: Final = 200
 MAX_PENDING: Final = 200_000
 #: Decisions awaiting their time, at most this many per followed key on average.
 _HEAP_PER_KEY: Final = 8
-#: Per-request decay of the recent warm ratio (about the last 20,000 requests).
+#: Per-request decay of the early-drop rate (about the last 20,000 requests).
 _RATIO_DECAY: Final = 1.0 - 1.0 / 20_000
-_THRESHOLD_STEP: Final = 0.0002
+#: The warm budget is a token bucket: ``max_warm_ratio`` tokens a user
+#: request, one a warm fetch.  It holds at most :data:`BUDGET_BURST` requests'
+#: worth (credit saved in quiet times is spent when the traffic comes, within
+#: bounds) and starts with :data:`BUDGET_RESERVE` requests' worth.  While at
+#: least the reserve is left, every decision at ``min_confidence`` warms;
+#: below it the threshold rises towards 1 (nothing warmed with the bucket
+#: empty), so the surest decisions get the last tokens.  Over any stretch of
+#: traffic, warm fetches stay within the budget plus the bucket.
+BUDGET_BURST: Final = 10_000
+BUDGET_RESERVE: Final = 500
 _CACHED_OUTCOMES = frozenset({"hit", "miss", "stale", "revalidated"})
 _HIT_OUTCOMES = frozenset({"hit", "revalidated"})
 _SEASONAL = frozenset({"daily", "weekly"})
@@ -140,7 +156,6 @@ class _Key:
     clients: set[str] = field(default_factory=set)  # up to 4 distinct ones
     fresh_until: float = 0.0  # the cached entry's freshness end, as events showed
     seasonal_hour: int = -1  # hour (since epoch) of the last seasonal decision planted
-    sequences_next: float = 0.0  # when its successors may be decided on again
     revisit_planned: bool = False  # one revisit chain per key, re-anchored lazily
     recurred: dict[str, int] = field(default_factory=dict)  # daily/weekly decisions that came true
     # This model's warms of it, numbered 1, 2, ...; which of the last
@@ -175,9 +190,10 @@ class _Key:
         self.awaiting = 0
 
     def outcome(self, act: int) -> int:
-        """Warm ``act``: 1 used, 0 wasted, -1 not judged (a free hint, or too old)."""
+        """Warm ``act``: 1 used, 0 wasted, -1 not judged (a free hint, too old,
+        or not a warm of this state)."""
         age = self.acts - act
-        if age >= _JUDGED:
+        if not 0 <= age < _JUDGED:
             return -1
         if self.used >> age & 1:
             return 1
@@ -185,7 +201,7 @@ class _Key:
 
     def _judge(self, act: int, *, used: bool) -> None:
         age = self.acts - act
-        if age < _JUDGED:
+        if 0 <= age < _JUDGED:
             if used:
                 self.used |= 1 << age
             else:
@@ -214,33 +230,36 @@ class _Calibration:
 
     def __init__(self) -> None:
         self.cells: dict[tuple[Any, ...], list[float]] = {}
+        # Per kind of decision (by its initial: expiry, revisit, daily, weekly,
+        # sequence): [warmed and asked for, hit].  Whether a warmed entry is
+        # still cached when asked for depends on the cache's pressure more
+        # than on the key, so a cell with few warms of its own borrows its
+        # kind's rate instead of starting from certainty.
+        self.kinds: dict[str, list[float]] = {}
+
+    def still_cached(self, kind: str) -> float:
+        """The kind's share of warmed entries found cached: 1 at first (warming
+        starts trusted), corrected by its first few warms."""
+        seen = self.kinds.get(kind[0])
+        return 1.0 if seen is None else (seen[1] + KIND_PRIOR) / (seen[0] + KIND_PRIOR)
 
     def confidence(self, cell: tuple[Any, ...], prior: float) -> float:
         """P(asked for within the window) x P(still cached then | warmed)."""
+        cached = self.still_cached(cell[0])
         seen = self.cells.get(cell)
         if seen is None:
-            return prior
+            return prior * cached
         asked = (seen[1] + prior * PRIOR_WEIGHT) / (seen[0] + PRIOR_WEIGHT)
-        return asked * (seen[3] + PRIOR_WEIGHT) / (seen[2] + PRIOR_WEIGHT)
-
-    def learn(self, cell: tuple[Any, ...], happened: bool, warm_hit: int) -> None:
-        """One decision's outcome; ``warm_hit``: -1 not warmed (or not asked
-        for), else whether the warmed entry was a hit when asked for."""
-        seen = self.cells.get(cell)
-        if seen is None:
-            seen = self.cells[cell] = [0.0, 0.0, 0.0, 0.0]
-        seen[0] += 1.0
-        if happened:
-            seen[1] += 1.0
-            if warm_hit >= 0:
-                seen[2] += 1.0
-                seen[3] += warm_hit
+        return asked * (seen[3] + cached * PRIOR_WEIGHT) / (seen[2] + PRIOR_WEIGHT)
 
     def age(self, factor: float) -> None:
         """Weigh old evidence down (a retrain), so the table follows drift."""
         for seen in self.cells.values():
             for i in range(4):
                 seen[i] *= factor
+        for kind in self.kinds.values():
+            kind[0] *= factor
+            kind[1] *= factor
 
     def decisions(self) -> float:
         return sum(seen[0] for seen in self.cells.values())
@@ -273,7 +292,15 @@ class Predictor:
         # Revisits, in seconds after a key's last request.
         self._revisit_offsets = tuple(after * self.window for after in REVISIT_AFTER)
         self.sequences = (
-            sequences if sequences is not None else (SequenceModel() if config.sequences else None)
+            sequences
+            if sequences is not None
+            # As many keys as the model follows, so what follows what is
+            # not forgotten before the keys themselves are.
+            else (
+                SequenceModel(max_clients=config.max_keys, max_keys=config.max_keys)
+                if config.sequences
+                else None
+            )
         )
         self._feed_sequences = feed_sequences
         self.calibration = _Calibration()
@@ -293,10 +320,13 @@ class Predictor:
         }
         self._in_lanes = 0  # decisions waiting in the lanes
         self._lanes_next = math.inf  # the earliest time at the head of a lane
-        # (resolve_at, key, cell, count_then, act): decisions awaiting their
-        # outcome (``act``: the number of the warm it made, 0 none).
+        # (resolve_at, key, state, cell, count_then, act): decisions awaiting
+        # their outcome (``act``: the number of the warm it made, 0 none).
+        # ``state`` is the key's state the decision was taken on: one dropped
+        # since (more keys than max_keys) and re-created when the key came
+        # back is another, and the decision is discarded, not judged on it.
         # Decisions are taken in time order, so this is a FIFO.
-        self._pending: deque[tuple[float, str, tuple[Any, ...], int, int]] = deque()
+        self._pending: deque[tuple[float, str, _Key, tuple[Any, ...], int, int]] = deque()
         self._seq = 0
         self._sampled = 0
         # Requests for entries believed fresh, and those that missed (decayed).
@@ -306,11 +336,11 @@ class Predictor:
         self.requests = 0
         self.warm_fetches = 0  # warm requests returned that were not free hints, as reported
         self.threshold = config.min_confidence
+        self._bucket = max(1.0, config.max_warm_ratio * BUDGET_BURST)
+        self._reserve = max(1.0, config.max_warm_ratio * BUDGET_RESERVE)
+        self._tokens = self._reserve
         # Keys this model asked to warm whose fill has not been reported yet.
         self._asked: OrderedDict[str, float] = OrderedDict()
-        # Requests and warm fetches, decayed per request: the recent warm ratio.
-        self._recent_requests = 0.0
-        self._recent_fetches = 0.0
         # The latest warming predictions, newest last: (key, url, confidence, at, kind).
         self._recent: deque[tuple[str, str, float, float, str]] = deque(maxlen=RECENT_KEPT)
         self._now = 0.0
@@ -330,16 +360,12 @@ class Predictor:
         config = self.config
         self._now = ts
         self.requests += 1
-        recent_requests = self._recent_requests = self._recent_requests * _RATIO_DECAY + 1.0
-        recent_fetches = self._recent_fetches = self._recent_fetches * _RATIO_DECAY
-        # Raise the threshold while warming spends more than its budget;
-        # stepped per user request, so the speed of the adjustment follows
-        # the traffic, not how often ``due`` is called.
-        if recent_fetches > config.max_warm_ratio * recent_requests:
-            # Up to 1: confidences stay below it, so a budget can stop all warming.
-            self.threshold = min(1.0, self.threshold + _THRESHOLD_STEP)
-        elif self.threshold > config.min_confidence:
-            self.threshold = max(config.min_confidence, self.threshold - _THRESHOLD_STEP)
+        # The budget earns its share of every user request (BUDGET_BURST).
+        tokens = self._tokens + config.max_warm_ratio
+        if tokens > self._bucket:
+            tokens = self._bucket
+        self._tokens = tokens
+        self.threshold = self._rationed(tokens)
         key = event.key
         keys = self._keys
         state = keys.get(key)
@@ -394,14 +420,9 @@ class Predictor:
         if sequences is not None and client:
             if self._feed_sequences:
                 sequences.observe(client, key, ts)
-            # A transition from a key seen once cannot have been seen twice;
-            # and what follows a key is asked for at most once per slice of
-            # the window (the successors warmed then are still cached).
-            if follow:
-                followed = keys.get(key)
-                if followed is not None and ts >= followed.sequences_next:
-                    followed.sequences_next = ts + self.window * SEQUENCE_SPACING
-                    self._sequence_decisions(key, ts)
+            # What tends to follow the key, after every request for it (a
+            # successor still cached is a free hint).
+            self._sequence_decisions(key, ts)
 
     def filled(self, key: str, url: str, host: str, now: float, fresh_until: float) -> None:
         """A warm fill stored a new lifetime: follow its expiry like any other.
@@ -412,7 +433,8 @@ class Predictor:
         state = self._keys.get(key)
         if self._asked.pop(key, None) is not None:
             self.warm_fetches += 1
-            self._recent_fetches += 1.0
+            self._tokens -= 1.0
+            self.threshold = self._rationed(self._tokens)
             if state is not None:
                 state.fetched()
         if state is None or fresh_until <= state.fresh_until:
@@ -451,6 +473,7 @@ class Predictor:
         window = self.window
         threshold = self.threshold
         cells_get = self.calibration.cells.get
+        kinds_get = self.calibration.kinds.get
         log2 = math.log2
         exp = math.exp
         recent_rate = self._recent_rate
@@ -553,12 +576,18 @@ class Predictor:
                     prior = (int(kind[9:]) + 0.5) / 10
                 else:
                     prior = 1.0 - exp(-trend_count * trend_per_window)
+            kind_seen = kinds_get(kind[0])
+            cached = (
+                1.0
+                if kind_seen is None
+                else (kind_seen[1] + KIND_PRIOR) / (kind_seen[0] + KIND_PRIOR)
+            )
             seen = cells_get(cell)
             if seen is None:
-                confidence = prior
+                confidence = prior * cached
             else:
                 asked = (seen[1] + prior * PRIOR_WEIGHT) / (seen[0] + PRIOR_WEIGHT)
-                confidence = asked * (seen[3] + PRIOR_WEIGHT) / (seen[2] + PRIOR_WEIGHT)
+                confidence = asked * (seen[3] + cached * PRIOR_WEIGHT) / (seen[2] + PRIOR_WEIGHT)
             if chain_next is not None:
                 # The chain goes on to its next step, unless the key is
                 # hopeless now (in a cell with enough evidence; a later step
@@ -586,12 +615,22 @@ class Predictor:
             else:
                 act = 0
             # Await the outcome (decisions are taken in time order: a FIFO).
-            pending.append((at + window, key, cell, state.count, act))
+            pending.append((at + window, key, state, cell, state.count, act))
             if len(pending) > max_pending:
                 # Resolve the oldest early rather than grow.
                 self._learn(*pending.popleft()[1:])
         self._seq = seq
         return out
+
+    def _rationed(self, tokens: float) -> float:
+        """The confidence threshold with ``tokens`` left (see :data:`BUDGET_BURST`)."""
+        floor = self.config.min_confidence
+        if tokens >= self._reserve:
+            return floor
+        if tokens <= 0:
+            return 1.0  # confidences stay below it: an empty budget stops warming
+        short = 1.0 - tokens / self._reserve
+        return floor + (1.0 - floor) * short * short
 
     @property
     def recent(self) -> list[Prediction]:
@@ -697,48 +736,48 @@ class Predictor:
     # --------------------------------------------------------------- learning
 
     def _resolve(self, now: float) -> None:
-        """Learn the outcome of every decision whose window ended by ``now``
-        (:meth:`_learn`, with :meth:`_Calibration.learn` written out)."""
+        """Learn the outcome of every decision whose window ended by ``now``."""
         pending = self._pending
-        popleft = pending.popleft
-        keys_get = self._keys.get
-        cells = self.calibration.cells
-        cells_get = cells.get
+        learn = self._learn
         while pending and pending[0][0] <= now:
-            _, key, cell, count, act = popleft()
-            state = keys_get(key)
-            # A forgotten key was not asked for recently enough to stay followed.
-            if state is None:
-                happened = False
-                warm_hit = -1
-            else:
-                happened = state.count > count
-                # Fetched by this warm: did the request find it (used), or
-                # was it evicted or replaced first (wasted)?
-                warm_hit = state.outcome(act) if act else -1
-            seen = cells_get(cell)
-            if seen is None:
-                seen = cells[cell] = [0.0, 0.0, 0.0, 0.0]
-            seen[0] += 1.0
-            if happened:
-                seen[1] += 1.0
-                if warm_hit >= 0:
-                    seen[2] += 1.0
-                    seen[3] += warm_hit
-                if cell[0] in _SEASONAL:
-                    assert state is not None
-                    kind = cell[0]
-                    state.recurred[kind] = state.recurred.get(kind, 0) + 1
+            learn(*pending.popleft()[1:])
 
-    def _learn(self, key: str, cell: tuple[Any, ...], count: int, act: int) -> None:
-        state = self._keys.get(key)
-        # A forgotten key was not asked for recently enough to stay followed.
-        happened = state is not None and state.count > count
-        warm_hit = state.outcome(act) if act and state is not None else -1
-        self.calibration.learn(cell, happened, warm_hit)
-        if happened and state is not None and cell[0] in _SEASONAL:
-            kind = cell[0]
-            state.recurred[kind] = state.recurred.get(kind, 0) + 1
+    def _learn(self, key: str, state: _Key, cell: tuple[Any, ...], count: int, act: int) -> None:
+        """One decision's outcome into the calibration table.
+
+        A key forgotten since (not asked for recently enough to stay
+        followed) was not asked for within the window.  A key forgotten and
+        followed anew has a state that knows nothing of this decision: the
+        decision is discarded.
+        """
+        current = self._keys.get(key)
+        if current is not None and current is not state:
+            return
+        if current is None:
+            happened = False
+            warm_hit = -1
+        else:
+            happened = state.count > count
+            # Fetched by this warm: did the request find it (used), or was it
+            # evicted or replaced first (wasted)?
+            warm_hit = state.outcome(act) if act else -1
+        seen = self.calibration.cells.get(cell)
+        if seen is None:
+            seen = self.calibration.cells[cell] = [0.0, 0.0, 0.0, 0.0]
+        seen[0] += 1.0
+        if happened:
+            seen[1] += 1.0
+            if warm_hit >= 0:
+                seen[2] += 1.0
+                seen[3] += warm_hit
+                kind = self.calibration.kinds.get(cell[0][0])
+                if kind is None:
+                    kind = self.calibration.kinds[cell[0][0]] = [0.0, 0.0]
+                kind[0] += 1.0
+                kind[1] += warm_hit
+            if cell[0] in _SEASONAL:
+                kind = cell[0]
+                state.recurred[kind] = state.recurred.get(kind, 0) + 1
 
     def _plant(self, at: float, key: str, kind: str, generation: int) -> None:
         self._seq += 1
