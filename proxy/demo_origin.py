@@ -67,6 +67,8 @@ from typing import Final
 from aiohttp import web
 from multidict import CIMultiDict
 
+from proxy import policy
+
 PRODUCT_COUNT: Final = 200
 ARTICLE_COUNT: Final = 100
 IMAGE_COUNT: Final = 50
@@ -377,24 +379,9 @@ def _respond(
 def accepts_gzip(accept_encoding: str | None) -> bool:
     """Whether a request's Accept-Encoding admits gzip (RFC 9110 §12.5.3):
     ``gzip`` or ``x-gzip`` with a q-value above 0, or failing those ``*``."""
-    explicit: float | None = None
-    wildcard: float | None = None
-    for member in (accept_encoding or "").split(","):
-        coding, *params = (part.strip().lower() for part in member.split(";"))
-        q = 1.0
-        for param in params:
-            name, _, value = param.partition("=")
-            if name.strip() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
-        if coding in ("gzip", "x-gzip"):
-            explicit = q if explicit is None else max(explicit, q)
-        elif coding == "*":
-            wildcard = q
-    chosen = explicit if explicit is not None else wildcard
-    return chosen is not None and chosen > 0
+    if accept_encoding is None:
+        return False
+    return policy.coding_acceptable("gzip", accept_encoding.lower())
 
 
 def merge_vary(current: str | None, name: str) -> str:

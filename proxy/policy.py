@@ -642,7 +642,7 @@ def coding_acceptable(coding: str, accept_encoding: str | None) -> bool:
                 except ValueError:
                     weight = 0.0
         name = name.strip()
-        if name == wanted:
+        if name == wanted or (name == "x-gzip" and wanted == "gzip"):  # §8.4.1.3
             return weight > 0
         if name == "*":
             star = weight
