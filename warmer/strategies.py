@@ -12,6 +12,18 @@ whatever the number of keys followed.
 - :class:`MissReactive`: a key whose misses in the tracker's window exceed
   ``threshold`` is warmed again as soon as its entry expires, so repeated
   misses stop.  Nothing is asked for while the entry is fresh.
+
+Both pay for themselves (:mod:`warmer.precision`): each follows its own warms
+until they are used (hit when the key would have missed) or not (expired,
+evicted, replaced), measures the precision of each *class* of its decisions,
+and stops warming for a class whose precision stays below its floor (but for
+one decision in 16, then fewer, which keep the class measured, so it reopens
+when the traffic changes).  The classes: for refresh-ahead, the entry's hits
+in its lifetime (1, 2-3, 4-7, ... up to 32 and more); for miss-reactive, the
+key's misses in the window (bucketed the same way); each with whether the
+key's previous warm was used, not used, or is its first, and whether its
+entry is likely evicted.  The floor is ``min_precision``, raised for a key
+likely evicted to what displacing another entry costs on this cache.
 """
 
 from __future__ import annotations
@@ -23,6 +35,13 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from warmer.model import Observed, Reason, WarmRequest
+from warmer.precision import (
+    DEFAULT_MIN_PRECISION,
+    DisplacementCost,
+    PrecisionGate,
+    WarmWatch,
+    bucket,
+)
 
 _CACHED_OUTCOMES = frozenset({"hit", "miss", "stale", "revalidated"})
 _MISS_OUTCOMES = frozenset({"miss", "stale"})
@@ -97,6 +116,7 @@ class RefreshAhead:
         fraction: float = 0.1,
         max_keys: int = 10_000,
         priority: str = "high",
+        min_precision: float = DEFAULT_MIN_PRECISION,
     ) -> None:
         if not 0 < fraction < 1:
             raise ValueError("fraction must be between 0 and 1")
@@ -104,14 +124,22 @@ class RefreshAhead:
         self.fraction = fraction
         self.priority = priority
         self._followed = _FollowedKeys(max_keys)
+        self.min_precision = min_precision
+        self.gate = PrecisionGate(min_precision)
+        self.displacement = DisplacementCost(max_keys=max_keys)
+        self.watch = WarmWatch(self.gate, max_open=max_keys, max_keys=max_keys)
 
     def observe(self, event: Observed) -> None:
         """Follow the lifetime and hits of the entry that answered ``event``."""
         fresh_until = event.fresh_until
         outcome = event.outcome
+        key = event.key
+        watch = self.watch
+        if key in watch.open:
+            watch.observe(key, outcome, fresh_until, event.ts)
+        self.displacement.observe(key, outcome, fresh_until, event.ts)
         if fresh_until <= 0 or outcome not in _CACHED_OUTCOMES:
             return
-        key = event.key
         life = self._followed.keys.get(key)
         if life is None or life.fresh_until != fresh_until:
             # A new lifetime: a fill (miss/revalidation) or an entry first
@@ -132,20 +160,41 @@ class RefreshAhead:
         """A warm fill stored a new lifetime for ``key`` (hits start again from 0)."""
         if fresh_until <= 0:
             return
+        watch = self.watch
+        if key in watch.open:
+            watch.filled(key, fresh_until, now)
+        self.displacement.filled(key, fresh_until, now)
         self._followed.put(key, _Lifetime(url, host, now, fresh_until))
 
     def due(self, now: float) -> list[WarmRequest]:
-        """Entries whose refresh time has come, once per lifetime."""
+        """Entries whose refresh time has come, once per lifetime, but for
+        decisions of a class whose precision is below the floor."""
         out: list[WarmRequest] = []
+        watch = self.watch
+        watch.settle(now)
         heap = self._followed.heap  # asked before every request: nothing due is the rule
         if not heap or not heap[0][0] <= now:
             return out
-        for _, life in self._followed.pop_due(now):
+        gate = self.gate
+        # A warm of a key likely evicted displaces another entry: the floor
+        # rises to what that costs (warmer.precision.DisplacementCost).
+        evicted = self.displacement.evicted
+        cost = self.displacement.cost
+        base = self.min_precision
+        allows = gate.allows
+        for key, life in self._followed.pop_due(now):
             if life.fresh_until < now:
                 # Expired before we got to it: a miss will refill it.  At the
                 # instant of expiry the entry is still there to refresh.
                 continue
             life.asked = True
+            gone = evicted(key, now)
+            cls = ("hits", bucket(life.hits), watch.last(key), gone >= 0.5)
+            gate.floor = max(base, cost * gone) if base > 0.0 else 0.0
+            if not allows(cls):
+                continue
+            # Hits before its old lifetime ends would have been hits anyway.
+            watch.asked(key, cls, now, covered=life.fresh_until)
             out.append(
                 WarmRequest(
                     url=life.url,
@@ -175,15 +224,24 @@ class MissReactive:
         misses: Callable[[str, float], int],
         max_keys: int = 10_000,
         priority: str = "medium",
+        min_precision: float = DEFAULT_MIN_PRECISION,
     ) -> None:
         self.threshold = threshold
         self.priority = priority
         self._misses = misses  # (key, now) -> misses within the window
         self._followed = _FollowedKeys(max_keys)
+        self.min_precision = min_precision
+        self.gate = PrecisionGate(min_precision)
+        self.displacement = DisplacementCost(max_keys=max_keys)
+        self.watch = WarmWatch(self.gate, max_open=max_keys, max_keys=max_keys)
 
     def observe(self, event: Observed) -> None:
         """Note a key's misses and its entry's expiry."""
         key = event.key
+        watch = self.watch
+        if key in watch.open:
+            watch.observe(key, event.outcome, event.fresh_until, event.ts)
+        self.displacement.observe(key, event.outcome, event.fresh_until, event.ts)
         life = self._followed.keys.get(key)
         if event.outcome in _MISS_OUTCOMES:
             if life is None and self._misses(key, event.ts) <= self.threshold:
@@ -198,20 +256,41 @@ class MissReactive:
 
     def filled(self, key: str, url: str, host: str, now: float, fresh_until: float) -> None:
         """A warm fill stored a new lifetime: warm again when it expires."""
+        watch = self.watch
+        if key in watch.open:
+            watch.filled(key, fresh_until, now)
+        self.displacement.filled(key, fresh_until, now)
         if fresh_until > 0 and key in self._followed.keys:
             self._follow(key, url, host, now, fresh_until)
 
     def due(self, now: float) -> list[WarmRequest]:
-        """Followed keys whose entry has expired and which still miss often."""
+        """Followed keys whose entry has expired and which still miss often,
+        but for decisions of a class whose precision is below the floor."""
         out: list[WarmRequest] = []
+        watch = self.watch
+        watch.settle(now)
         heap = self._followed.heap  # asked before every request: nothing due is the rule
         if not heap or not heap[0][0] <= now:
             return out
+        gate = self.gate
+        # A warm of a key likely evicted displaces another entry: the floor
+        # rises to what that costs (warmer.precision.DisplacementCost).
+        evicted = self.displacement.evicted
+        cost = self.displacement.cost
+        base = self.min_precision
+        allows = gate.allows
         for key, life in self._followed.pop_due(now):
-            if self._misses(key, now) <= self.threshold:
+            misses = self._misses(key, now)
+            if misses <= self.threshold:
                 self._followed.keys.pop(key, None)  # cooled down: stop following
                 continue
             life.asked = True
+            gone = evicted(key, now)
+            cls = ("misses", bucket(misses), watch.last(key), gone >= 0.5)
+            gate.floor = max(base, cost * gone) if base > 0.0 else 0.0
+            if not allows(cls):
+                continue
+            watch.asked(key, cls, now)
             out.append(
                 WarmRequest(
                     url=life.url, host=life.host, priority=self.priority, reason=Reason.REACTIVE

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from warmer.model import Observed, Reason, WarmRequest
 from warmer.replay import (
+    REFRESH_FRACTION,
     STRATEGY_NAMES,
     CacheSize,
     ReplayContext,
@@ -450,12 +451,26 @@ def reference(
     return hits, fetches, used, unused
 
 
+def _reference_refresh_ahead(ctx: ReplayContext) -> list[ReplayStrategy]:
+    """The reference model's refresh-ahead: every entry hit twice, no precision floor."""
+    return [
+        RefreshAhead(
+            min_hits=2,
+            fraction=REFRESH_FRACTION,
+            max_keys=max(10_000, ctx.distinct_keys),
+            priority="high",
+            min_precision=0.0,
+        )
+    ]
+
+
 def agree(trace: list[TraceRow], capacity: int, ttl: float) -> None:
-    for name, refresh in (("none", False), ("refresh-ahead", True)):
-        result = replay(trace, name, capacity=capacity, ttl=ttl)
+    """The simulated cache replays exactly as the traces README's reference model."""
+    for spec, refresh in (("none", False), (("refresh-ahead", _reference_refresh_ahead), True)):
+        result = replay(trace, spec, capacity=capacity, ttl=ttl)
         expected = reference(trace, capacity, ttl, refresh_ahead=refresh)
         got = (result.hits, result.warm_fetches, result.warm_used, result.warm_unused)
-        assert got == expected, name
+        assert got == expected, spec
 
 
 SLICES = Path(__file__).resolve().parents[1] / "data"

@@ -71,7 +71,9 @@ def test_refresh_ahead_is_bounded_and_uncacheable_is_ignored() -> None:
 
 
 def test_many_keys_come_due_in_order_of_their_time() -> None:
-    s = RefreshAhead(min_hits=1, fraction=0.5)
+    # The floor off: a hundred refreshes at once, none judged yet, would put
+    # a new class of decisions on probation (see the tests further down).
+    s = RefreshAhead(min_hits=1, fraction=0.5, min_precision=0.0)
     for n in range(100):
         s.observe(Ev(T0, f"/k{n}", "miss", fresh_until=T0 + 10 + n))
         s.observe(Ev(T0 + 1, f"/k{n}", "hit", fresh_until=T0 + 10 + n))
@@ -125,6 +127,131 @@ def test_uncacheable_misses_are_never_followed() -> None:
     misses.by_key["/private"] = 50
     s.observe(Ev(T0, "/private", "miss", fresh_until=0.0))
     assert len(s) == 0
+
+
+# -- strategies that pay for themselves ---------------------------------------------
+
+
+class MissLog:
+    """Misses per key within a window, as the usage tracker counts them."""
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self.at: dict[str, list[float]] = {}
+
+    def add(self, key: str, ts: float) -> None:
+        self.at.setdefault(key, []).append(ts)
+
+    def __call__(self, key: str, now: float) -> int:
+        return sum(1 for ts in self.at.get(key, ()) if ts > now - self.window)
+
+
+class Run:
+    """A strategy driven as the live runner drives it, on a virtual clock: a
+    ``due`` round every second, warm requests filled at once into a cache
+    with room for everything, entries fresh ``ttl`` seconds."""
+
+    def __init__(self, strategy: MissReactive | RefreshAhead, ttl: float, log: MissLog) -> None:
+        self.strategy = strategy
+        self.ttl = ttl
+        self.log = log
+        self.fresh: dict[str, float] = {}  # key -> freshness end
+        self.warmed: list[str] = []
+        self.hits: list[str] = []
+
+    def play(self, reads: list[tuple[float, str]]) -> None:
+        reads = sorted(reads)
+        s = self.strategy
+        t = reads[0][0]
+        i = 0
+        while i < len(reads):
+            for request in s.due(t):
+                fresh_until = t + self.ttl
+                self.fresh[request.url] = fresh_until
+                self.warmed.append(request.url)
+                s.filled(request.url, request.url, "shop", t, fresh_until)
+            while i < len(reads) and reads[i][0] < t + 1:
+                ts, key = reads[i]
+                i += 1
+                fresh_until = self.fresh.get(key, 0.0)
+                if fresh_until > ts:
+                    self.hits.append(key)
+                    s.observe(Ev(ts, key, "hit", fresh_until=fresh_until))
+                else:
+                    self.fresh[key] = ts + self.ttl
+                    self.log.add(key, ts)
+                    s.observe(Ev(ts, key, "miss", fresh_until=ts + self.ttl))
+            t += 1
+
+
+def reads_of(prefix: str, keys: int, start: float, times: int) -> list[tuple[float, str]]:
+    """``keys`` keys, one starting every 20 s, each read ``times`` times 70 s
+    apart (entries are fresh 60 s: each read misses unless warmed)."""
+    return [(start + 20 * k + 70 * n, f"{prefix}{k}") for k in range(keys) for n in range(times)]
+
+
+def test_reactive_stops_warming_keys_that_are_never_asked_for_again() -> None:
+    log = MissLog(240.0)
+    s = MissReactive(threshold=2, misses=log, min_precision=0.1)
+    run = Run(s, 60.0, log)
+    # A scan: each block read three times, then never again.  Past the third
+    # miss the block is warmed when its entry expires: a wasted fetch.
+    run.play(reads_of("/scan/", 300, T0, 3))
+    first = sum(1 for key in run.warmed if int(key.rsplit("/", 1)[1]) < 100)
+    last = sum(1 for key in run.warmed if int(key.rsplit("/", 1)[1]) >= 100)
+    assert first >= 15  # until the class of these decisions has enough evidence
+    assert last <= 200 // 16  # then only the explorations, fewer and fewer
+    assert run.hits == []
+    assert s.gate.refused >= 180
+    assert s.watch.precision == 0.0
+
+
+def test_reactive_warms_again_when_the_traffic_comes_back_to_reuse() -> None:
+    log = MissLog(240.0)
+    s = MissReactive(threshold=2, misses=log, min_precision=0.1)
+    run = Run(s, 60.0, log)
+    run.play(reads_of("/scan/", 300, T0, 3))
+    # 2-3 misses, the key's first warm, likely still cached (nothing is ever
+    # evicted here): what a scan's decisions were.
+    cls = ("misses", 2, 0, False)
+    assert s.gate.closed(cls)
+    warmed_in_scan = len(run.warmed)
+    # Now each key is read eight times, 70 s apart: the warm at the expiry
+    # after the third miss is hit, so are the explorations, and the class
+    # reopens.
+    run.play(reads_of("/page/", 300, T0 + 10_000, 8))
+    assert not s.gate.closed(cls)
+    late = [key for key in run.hits if key.startswith("/page/") and int(key[6:]) >= 150]
+    # Each key is kept warm while its misses stay over the threshold: two
+    # reads in eight become hits (as with no floor at all).
+    assert len(late) == 150 * 2
+    assert len(run.warmed) - warmed_in_scan >= 300
+    assert s.watch.precision is not None and s.watch.precision > 0.4
+
+
+def test_refresh_ahead_closes_on_one_off_bursts_and_reopens_on_reuse() -> None:
+    log = MissLog(240.0)
+    s = RefreshAhead(min_hits=2, fraction=0.1, min_precision=0.1)
+    run = Run(s, 60.0, log)
+    # Bursts: each key read three times in two seconds, never again.
+    bursts = [(T0 + 20 * k + n, f"/burst/{k}") for k in range(400) for n in range(3)]
+    run.play(bursts)
+    refreshed = [key for key in run.warmed if int(key.rsplit("/", 1)[1]) >= 200]
+    assert len(refreshed) <= 200 // 16
+    cls = ("hits", 2, 0, False)  # hits 2-3, the key's first refresh, entry cached
+    assert s.gate.closed(cls)
+    # The same decision now pays: after the burst the key is read every 20 s
+    # for ten minutes, from the instant its first entry expires.  The
+    # explorations find it out, and the class reopens.
+    reuse = [
+        (T0 + 20_000 + 20 * k + t, f"/hot/{k}")
+        for k in range(400)
+        for t in (0, 1, 2, *range(60, 600, 20))
+    ]
+    run.play(reuse)
+    assert not s.gate.closed(cls)
+    late = [key for key in run.hits if key.startswith("/hot/") and int(key[5:]) >= 300]
+    assert len(late) == 100 * 29  # every read of the last hundred keys but the first
 
 
 def test_path_filter() -> None:
