@@ -102,12 +102,28 @@ class Cache:
             if isinstance(item, VaryIndex):
                 values = policy.request_vary_values(item.names, request_headers)
                 variant = await self._get(policy.variant_key(key, item.generation, values))
-                if isinstance(variant, CacheEntry) and variant.vary_values == values:
-                    return Lookup(variant)
+                exact = (
+                    variant
+                    if isinstance(variant, CacheEntry) and variant.vary_values == values
+                    else None
+                )
+                if exact is not None and (
+                    not self._match_coding or exact.fresh_until > self._clock()
+                ):
+                    return Lookup(exact)
                 if self._match_coding and "accept-encoding" in item.names:
+                    # The exact variant is missing or stale: another variant
+                    # of an acceptable coding may be fresh (one a warm fetch
+                    # or another browser stored), and a fresh answer beats
+                    # revalidating a stale one.  The stale exact variant is
+                    # kept for revalidation when none is fresher.
                     found = await self._by_coding(item, values)
-                    if found is not None:
+                    if found is not None and (
+                        exact is None or found.fresh_until > exact.fresh_until
+                    ):
                         return Lookup(found)
+                if exact is not None:
+                    return Lookup(exact)
                 return Lookup(None, vary_miss=True)
         except StoreError:
             return Lookup(None)

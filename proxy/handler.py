@@ -197,10 +197,7 @@ class ProxyHandler:
             now,
             key,
             host,
-            entry.fresh_until,
-            entry.warmed,
-            entry.vary,
-            entry.vary_values,
+            entry,
         )
         return response
 
@@ -347,9 +344,8 @@ class ProxyHandler:
         the fetch (they may include fields the stored entry leaves out).
         ``cached``: ``entry`` is (now) in the cache.
         """
-        fresh_until = entry.fresh_until if cached else 0.0
-        # The variant that answered: only an entry in the cache is one clients share.
-        vary, vary_values = (entry.vary, entry.vary_values) if cached else ((), ())
+        # The entry that answered: only one in the cache is one clients share.
+        answered = entry if cached else None
         headers = request.headers
         if 200 <= entry.status < 300:
             inm = ", ".join(headers.getall("if-none-match", [])) or None
@@ -369,10 +365,7 @@ class ProxyHandler:
                     now,
                     None,
                     None,
-                    fresh_until,
-                    entry.warmed,
-                    vary,
-                    vary_values,
+                    answered,
                 )
                 return web.Response(status=304, headers=not_modified)
         out = CIMultiDict(relayed) if relayed is not None else entry.response_head()
@@ -391,10 +384,7 @@ class ProxyHandler:
             now,
             None,
             None,
-            fresh_until,
-            entry.warmed,
-            vary,
-            vary_values,
+            answered,
         )
         return web.Response(status=status, body=body, headers=out)
 
@@ -592,12 +582,21 @@ class ProxyHandler:
         now: float | None = None,
         key: str | None = None,
         host: str | None = None,
-        fresh_until: float = 0.0,
-        warmed: bool = False,
-        vary: tuple[str, ...] = (),
-        vary_values: tuple[str | None, ...] = (),
+        entry: CacheEntry | None = None,
     ) -> None:
+        """Count the request and emit its access event; ``entry``: the cached
+        entry that answered it or that its fill stored."""
         self._metrics.requests[(outcome, request.method)] += 1
+        vary: tuple[str, ...]
+        vary_values: tuple[str | None, ...]
+        if entry is None:
+            fresh_until, warmed, vary, vary_values, coding = 0.0, False, (), (), ""
+        else:
+            fresh_until, warmed = entry.fresh_until, entry.warmed
+            vary, vary_values = entry.vary, entry.vary_values
+            # Which coding answered tells variants one entry serves by coding
+            # (cache.vary_accept_encoding) apart from real ones, for the warmer.
+            coding = policy.content_coding(entry) if "accept-encoding" in vary else ""
         client = (
             request.headers.get(self._client_id_header, "") if self._client_id_header else ""
         ) or (request.remote or "")
@@ -618,9 +617,11 @@ class ProxyHandler:
                 warmed=warmed,
                 vary=vary,
                 vary_values=vary_values,
+                coding=coding,
                 # Hits never reach the origin: they keep the client's id, if any.
                 request_id=str(
                     request.get(_REQUEST_ID_KEY) or request.headers.get(REQUEST_ID_FIELD, "")
                 ),
             )
         )
+

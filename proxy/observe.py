@@ -60,6 +60,10 @@ class AccessEvent:
     # no entry is involved (bypass, streamed, not stored) or it does not vary.
     vary: tuple[str, ...] = ()
     vary_values: tuple[str | None, ...] = ()
+    # The entry's content-coding ("" none) when it varies on Accept-Encoding:
+    # variants that differ only in Accept-Encoding but share a coding are one
+    # entry to a cache matching by coding (``cache.vary_accept_encoding``).
+    coding: str = ""
 
 
 Observer = Callable[[AccessEvent], None]

@@ -276,6 +276,7 @@ def warmer_config(settings: Settings, *, per_host: bool = False) -> WarmerConfig
             host_min_share=s.host_min_share,
             max_hosts=s.max_hosts,
             per_host=per_host,
+            match_coding=settings.cache.vary_accept_encoding == "coding",
             max_keys=tr.max_known_urls,
         ),
     )

@@ -9,7 +9,12 @@ Two things decide that beyond the path:
   browser then misses.  The audience counts, per key, the variants clients'
   requests were answered with (the ``vary``/``vary_values`` of their access
   events) and warms each variant that carries at least ``variant_min_share``
-  of the key's requests, at most ``max_variants`` of them, most used first;
+  of the key's requests, at most ``max_variants`` of them, most used first.
+  Where the cache serves a request any stored variant of a coding it
+  accepts (``cache.vary_accept_encoding = "coding"``), variants that differ
+  only in ``Accept-Encoding`` and were answered in the same content-coding
+  are one entry to it, so they are counted, and warmed, as one: a warm fetch
+  per coding, not per browser's spelling of its ``Accept-Encoding``;
 - **the host**, where keys include it (``proxy.host_keying = "per-host"``):
   each host that at least ``host_min_share`` of the path's *distinct
   clients* use, so one client sending thousands of made-up ``Host`` values
@@ -66,6 +71,9 @@ class AudienceConfig:
     max_hosts: int = 3
     #: Keys include the host (``proxy.host_keying = "per-host"``).
     per_host: bool = False
+    #: The cache serves any stored variant whose content-coding a request
+    #: accepts (``cache.vary_accept_encoding = "coding"``).
+    match_coding: bool = True
     max_keys: int = 100_000
 
     def __post_init__(self) -> None:
@@ -150,6 +158,8 @@ class Audience:
         self.config = config or AudienceConfig()
         self._key_of = key_of  # (url, host) -> cache key, as the proxy keys it
         self._variants: OrderedDict[str, _Counter] = OrderedDict()
+        # key -> variant class -> the variant last seen in it: what to send
+        self._exemplars: dict[str, dict[object, Variant]] = {}
         # field name -> counts of the values requests carried, across keys
         self._values: dict[str, _Counter] = {}
         self._defaults: VariantHeaders = BROWSER_DEFAULTS
@@ -164,22 +174,30 @@ class Audience:
         """Count the variant and (per-host keying) the host of a client's request."""
         vary = event.vary
         if vary:
-            self._count_variant(event.key, (vary, event.vary_values))
+            self._count_variant(event.key, (vary, event.vary_values), event.coding)
         if self.config.per_host and event.host:
             self._count_host(event.url, event.host, event.client)
 
-    def _count_variant(self, key: str, variant: Variant) -> None:
+    def _count_variant(self, key: str, variant: Variant, coding: str) -> None:
         counters = self._variants
         counter = counters.get(key)
         if counter is None:
             counter = counters[key] = _Counter(VARIANTS_KEPT)
+            exemplars = self._exemplars[key] = {}
             if len(counters) > self.config.max_keys:
-                counters.popitem(last=False)
+                gone, _ = counters.popitem(last=False)
+                del self._exemplars[gone]
         else:
             counters.move_to_end(key)
-        counter.add(variant)
+            exemplars = self._exemplars[key]
+        kind = self._variant_class(variant, coding)
+        counter.add(kind)
+        exemplars[kind] = variant
         if counter.total >= DECAY_AT:
             counter.halve()
+        if len(exemplars) > len(counter.counts):
+            for dropped in [k for k in exemplars if k not in counter.counts]:
+                del exemplars[dropped]
         names, values = variant
         for name, value in zip(names, values, strict=True):
             field = self._values.get(name)
@@ -189,6 +207,16 @@ class Audience:
             if field.total >= 64 * DECAY_AT:
                 field.halve()
         self._defaults_stale = True
+
+    def _variant_class(self, variant: Variant, coding: str) -> object:
+        """What one entry serves: the variant itself, or, where the cache matches
+        Accept-Encoding by coding, the variant with its Accept-Encoding value
+        replaced by the coding that answered it."""
+        names, values = variant
+        if not self.config.match_coding or "accept-encoding" not in names:
+            return variant
+        at = names.index("accept-encoding")
+        return (names, (*values[:at], _Coding(coding), *values[at + 1 :]))
 
     def _count_host(self, url: str, host: str, client: str) -> None:
         paths = self._path_hosts
@@ -227,8 +255,9 @@ class Audience:
         if counter is not None:
             chosen: list[VariantHeaders] = []
             c = self.config
-            for variant in counter.top(c.variant_min_share, VARIANTS_KEPT):
-                headers = _as_headers(variant)  # type: ignore[arg-type]
+            exemplars = self._exemplars[key]
+            for kind in counter.top(c.variant_min_share, VARIANTS_KEPT):
+                headers = _as_headers(exemplars[kind])
                 if headers is not None and headers not in chosen:
                     chosen.append(headers)
                     if len(chosen) == c.max_variants:
@@ -291,6 +320,19 @@ def _as_headers(variant: Variant) -> VariantHeaders | None:
             return None
         headers.append((name, _by_preference(value) if name in _WEIGHTED_LISTS else value))
     return tuple(sorted(headers))
+
+
+class _Coding(str):
+    """A content-coding standing for every Accept-Encoding value answered with
+    it (never equal to a real value: a variant class, not a variant)."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Coding) and str.__eq__(self, other)
+
+    def __hash__(self) -> int:
+        return hash(("coding", str(self)))
 
 
 # Fields whose members carry q-values (RFC 9110 §12.4.2).  The cache compares

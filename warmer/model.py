@@ -147,6 +147,8 @@ class Observed(Protocol):
     def vary(self) -> tuple[str, ...]: ...  # Vary names of the entry served or stored
     @property
     def vary_values(self) -> tuple[str | None, ...]: ...  # this request's values of them
+    @property
+    def coding(self) -> str: ...  # the entry's content-coding, when it varies on Accept-Encoding
 
 
 def variant_tag(vary: tuple[str, ...], vary_values: tuple[str | None, ...]) -> str:

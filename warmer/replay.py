@@ -519,6 +519,7 @@ class _Event:
 
     __slots__ = (
         "client",
+        "coding",
         "fresh_until",
         "host",
         "key",
@@ -543,6 +544,7 @@ class _Event:
         # The simulated origin's responses do not vary, and take no time.
         self.vary: tuple[str, ...] = ()
         self.vary_values: tuple[str | None, ...] = ()
+        self.coding = ""
         self.latency: float | None = None
 
 

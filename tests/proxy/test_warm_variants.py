@@ -4,6 +4,7 @@ compressing app, and the access events say which variant answered."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -307,6 +308,41 @@ async def test_warm_key_before_any_traffic_asks_for_the_common_codings(
     assert varying_origin.count("/assets/site.css") == 1
     # A client that accepts no coding is not sent gzip: it gets its own variant.
     assert not (await fetch(client, url(shop, "/assets/site.css"), CURL)).hit
+
+
+async def test_a_fresh_variant_of_an_accepted_coding_beats_a_stale_exact_one(
+    varying_origin: VaryingOrigin, shop: Warmproxy, client: aiohttp.ClientSession
+) -> None:
+    """Safari's own variant has gone stale; Chrome's, gzip too, was just
+    stored (by Chrome, or by a warm fetch in Chrome's spelling): Safari is
+    served the fresh one, not sent to the origin for its stale one."""
+    varying_origin.max_ages["/assets/app.js"] = 1
+    assert not (await fetch(client, url(shop, "/assets/app.js"), SAFARI)).hit
+    await asyncio.sleep(1.1)  # Safari's variant is stale now
+    assert (
+        await shop.filler.fill("/assets/app.js", headers=CHROME.variant(ASSET_VARY_NAMES))
+    ).stored
+    answer = await fetch(client, url(shop, "/assets/app.js"), SAFARI)
+    assert answer.hit, answer.cache_status
+    assert answer.headers["Content-Encoding"] == "gzip"
+    assert varying_origin.count("/assets/app.js") == 2
+
+
+async def test_events_name_the_coding_that_answered(
+    varying_origin: VaryingOrigin, shop: Warmproxy, client: aiohttp.ClientSession
+) -> None:
+    """The warmer counts variants one entry serves by coding as one: each
+    event names the content-coding of the entry that answered it."""
+    events: list[AccessEvent] = []
+    shop.hub.subscribe(events.append)
+    for agent in (CHROME, SAFARI, CURL):
+        await fetch(client, url(shop, "/assets/site.js"), agent)
+    shop.hub.drain()
+    assert [(e.outcome, e.coding) for e in events] == [
+        (Outcome.MISS, "gzip"),
+        (Outcome.HIT, "gzip"),  # Safari served Chrome's gzip entry
+        (Outcome.MISS, ""),  # curl accepts no coding: the identity variant
+    ]
 
 
 async def test_exact_accept_encoding_matching_is_a_setting(

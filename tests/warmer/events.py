@@ -19,6 +19,7 @@ class Ev:
     client: str = "c1"
     vary: tuple[str, ...] = ()
     vary_values: tuple[str | None, ...] = ()
+    coding: str = ""
 
     def __post_init__(self) -> None:
         self.url = self.url or self.key
@@ -37,6 +38,7 @@ class HostEv:
     warmed: bool = False
     vary: tuple[str, ...] = ()
     vary_values: tuple[str | None, ...] = ()
+    coding: str = ""
 
     @property
     def key(self) -> str:

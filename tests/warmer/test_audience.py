@@ -16,7 +16,16 @@ CHROME = ("br,deflate,gzip,zstd", "en,en-us;q=0.9")
 SAFARI = ("br,deflate,gzip", "en-gb,en;q=0.9")
 
 
+def answered_coding(names: tuple[str, ...], values: tuple[str | None, ...]) -> str:
+    """The coding an origin preferring br, then gzip, answers these values with."""
+    if "accept-encoding" not in names:
+        return ""
+    members = {m.split(";")[0] for m in (values[names.index("accept-encoding")] or "").split(",")}
+    return "br" if "br" in members else "gzip" if "gzip" in members else ""
+
+
 def varied(key: str, names: tuple[str, ...], values: tuple[str | None, ...], **kw: object) -> Ev:
+    kw.setdefault("coding", answered_coding(names, values))
     return Ev(ts=0.0, key=key, outcome="hit", vary=names, vary_values=values, **kw)  # type: ignore[arg-type]
 
 
@@ -53,6 +62,40 @@ def test_variants_below_the_share_or_beyond_the_limit_are_not_warmed() -> None:
     assert [r.headers for r in audience.expand([WarmRequest(url="/a")])] == [
         (("accept-encoding", "gzip"),)
     ]
+
+
+def test_spellings_answered_in_one_coding_are_warmed_as_one_entry() -> None:
+    """Chrome, Firefox and Safari spell Accept-Encoding differently, but an
+    origin answers all three with gzip; a cache matching by coding serves all
+    three from one entry, so one warm fetch keeps them warm, not three."""
+    audience = Audience()
+    for value in ("deflate,gzip,zstd", "deflate,gzip", "gzip") * 4:
+        audience.observe(varied("/a", AE, (value,), coding="gzip"))
+    for _ in range(4):
+        audience.observe(varied("/a", AE, (None,), coding=""))  # curl: identity
+    warmed = [r.headers for r in audience.expand([WarmRequest(url="/a")])]
+    # One per coding: the latest spelling seen for gzip, and no header for identity.
+    assert warmed == [(("accept-encoding", "gzip"),), ()]
+
+
+def test_matching_by_exact_value_warms_each_spelling() -> None:
+    """With ``cache.vary_accept_encoding = "exact"`` each spelling is its own entry."""
+    audience = Audience(AudienceConfig(match_coding=False))
+    for value in ("deflate,gzip,zstd", "deflate,gzip", "gzip") * 4:
+        audience.observe(varied("/a", AE, (value,), coding="gzip"))
+    assert len(audience.expand([WarmRequest(url="/a")])) == 3
+
+
+def test_one_coding_class_keeps_other_vary_fields_apart() -> None:
+    audience = Audience()
+    for _ in range(3):
+        audience.observe(varied("/a", AE_AL, ("deflate,gzip", "fr"), coding="gzip"))
+        audience.observe(varied("/a", AE_AL, ("gzip", "de"), coding="gzip"))
+    warmed = {r.headers for r in audience.expand([WarmRequest(url="/a")])}
+    assert warmed == {
+        (("accept-encoding", "deflate,gzip"), ("accept-language", "fr")),
+        (("accept-encoding", "gzip"), ("accept-language", "de")),
+    }
 
 
 def test_a_variant_that_needs_a_cookie_or_credentials_is_never_warmed() -> None:
@@ -154,12 +197,16 @@ def test_per_host_variants_are_those_of_that_hosts_key() -> None:
 
 
 def test_memory_is_bounded() -> None:
-    audience = Audience(AudienceConfig(max_keys=100))
+    audience = Audience(AudienceConfig(max_keys=100, match_coding=False))
     for i in range(1000):
         for v in range(VARIANTS_KEPT * 2):
             audience.observe(varied(f"/k{i}", AE, (f"v{v}",)))
     assert len(audience._variants) == 100
     assert all(len(c.counts) <= VARIANTS_KEPT for c in audience._variants.values())
+    assert audience._exemplars.keys() == audience._variants.keys()
+    assert all(
+        audience._exemplars[k].keys() == c.counts.keys() for k, c in audience._variants.items()
+    )
 
 
 @given(

@@ -30,6 +30,7 @@ class Ev:
     warmed: bool = False
     vary: tuple[str, ...] = ()
     vary_values: tuple[str | None, ...] = ()
+    coding: str = ""
 
     @property
     def key(self) -> str:
