@@ -61,6 +61,15 @@ class Waking(Protocol):
         ...
 
 
+@runtime_checkable
+class Budgeted(Protocol):
+    """A strategy with a warm budget, charged per warm request after the fan-out."""
+
+    def fanned_out(self, key: str, requests: int) -> None:
+        """The one request asked for ``key`` became ``requests`` warm requests."""
+        ...
+
+
 def build_tracker(config: WarmerConfig) -> UsageTracker:
     """The usage tracker ``config`` asks for, with the window the miss-reactive
     strategy counts misses in."""
@@ -143,7 +152,8 @@ class WarmerCore:
             *(s.observe for s in self.strategies),
             self.audience.observe,
         )
-        self._dues = tuple(s.due for s in self.strategies)
+        # (due, the strategy if its budget is charged after the fan-out)
+        self._dues = tuple((s.due, s if isinstance(s, Budgeted) else None) for s in self.strategies)
         self._wakers = tuple(s for s in self.strategies if isinstance(s, Waking))
 
     # ------------------------------------------------------------ observe
@@ -165,18 +175,33 @@ class WarmerCore:
     def due(self, now: float) -> list[WarmRequest]:
         """What the strategies want warmed by ``now``: filtered, expanded to
         the hosts and variants clients use, not yet queued."""
-        dues = self._dues
-        if len(dues) == 1:
-            wanted = dues[0](now)
-        else:
-            wanted = []
-            for due in dues:
-                asked = due(now)
-                if asked:
-                    wanted.extend(asked)
-        if not wanted:
-            return wanted
-        return self.prepare(wanted)
+        wanted: list[WarmRequest] = []
+        prepared: list[WarmRequest] = []
+        for due, budgeted in self._dues:
+            asked = due(now)
+            if not asked:
+                continue
+            if budgeted is not None:
+                # Its budget is spent per warm request the origin sees.
+                out = self.prepare(asked)
+                if len(out) > len(asked):
+                    self._charge_fan_out(budgeted, out)
+                prepared.extend(out)
+            else:
+                wanted.extend(asked)
+        if wanted:
+            prepared.extend(self.prepare(wanted))
+        return prepared
+
+    def _charge_fan_out(self, strategy: Budgeted, requests: list[WarmRequest]) -> None:
+        counts: dict[str, int] = {}
+        key_of = self._key_of
+        for request in requests:
+            key = key_of(request.url, request.host)
+            counts[key] = counts.get(key, 0) + 1
+        for key, count in counts.items():
+            if count > 1:
+                strategy.fanned_out(key, count)
 
     def prepare(self, requests: Iterable[WarmRequest]) -> list[WarmRequest]:
         """Requests of any origin (strategies, schedule, the control API) as the

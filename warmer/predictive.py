@@ -340,7 +340,9 @@ class Predictor:
         self._reserve = max(1.0, config.max_warm_ratio * BUDGET_RESERVE)
         self._tokens = self._reserve
         # Keys this model asked to warm whose fill has not been reported yet.
-        self._asked: OrderedDict[str, float] = OrderedDict()
+        # key -> warm fetches asked for and not yet stored (one per variant
+        # the core fans a request out to), and whether one has been stored
+        self._asked: OrderedDict[str, tuple[int, bool]] = OrderedDict()
         # The latest warming predictions, newest last: (key, url, confidence, at, kind).
         self._recent: deque[tuple[str, str, float, float, str]] = deque(maxlen=RECENT_KEPT)
         self._now = 0.0
@@ -431,16 +433,31 @@ class Predictor:
         for an entry still fresh costs no fetch and never reaches here).
         """
         state = self._keys.get(key)
-        if self._asked.pop(key, None) is not None:
+        asked = self._asked.get(key)
+        if asked is not None:
+            # Every variant stored is a fetch: the budget is counted after the
+            # fan-out to variants and hosts, as the origin sees it.
+            left, stored_one = asked
+            if left > 1:
+                self._asked[key] = (left - 1, True)
+            else:
+                del self._asked[key]
             self.warm_fetches += 1
             self._tokens -= 1.0
             self.threshold = self._rationed(self._tokens)
-            if state is not None:
+            if state is not None and not stored_one:
                 state.fetched()
         if state is None or fresh_until <= state.fresh_until:
             return
         state.fresh_until = fresh_until
         self._plant(fresh_until - self.config.refresh_lead, key, "expiry", 0)
+
+    def fanned_out(self, key: str, requests: int) -> None:
+        """The core made ``requests`` warm requests (variants, hosts) of the one
+        this model asked for ``key``: each that stores is charged."""
+        asked = self._asked.get(key)
+        if asked is not None:
+            self._asked[key] = (requests, asked[1])
 
     # -------------------------------------------------------------- decisions
 
@@ -676,7 +693,7 @@ class Predictor:
         self, key: str, state: _Key, kind: str, confidence: float, at: float
     ) -> WarmRequest:
         self._recent.append((key, state.url, confidence, at, kind))
-        self._asked[key] = at
+        self._asked[key] = (1, False)
         if len(self._asked) > self.config.max_keys:
             self._asked.popitem(last=False)
         priority = self.config.priority

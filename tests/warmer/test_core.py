@@ -12,7 +12,7 @@ from proxy.app import Warmproxy
 from proxy.config import load_settings
 from proxy.warming import warmer_config
 from tests.warmer.events import Ev
-from warmer.audience import Audience
+from warmer.audience import Audience, AudienceConfig
 from warmer.clock import ManualClock
 from warmer.core import WarmerCore
 from warmer.ledger import EffectivenessLedger
@@ -156,3 +156,44 @@ def test_completed_books_each_variant_as_its_own_entry() -> None:
     figures = ledger.figures(200.0)
     assert figures.precision == pytest.approx(0.5)
     assert figures.by_label["on-demand"].stored == 2
+
+
+def test_a_budgeted_strategy_is_charged_per_variant_it_was_fanned_out_to() -> None:
+    """Predictive warming asks once for a key its clients use in two variants
+    (exact Accept-Encoding matching): the core makes two warm requests, and
+    both fetches count against the warm budget, as the origin sees them."""
+    from warmer.predictive import PredictiveConfig, Predictor
+
+    predictor = Predictor(PredictiveConfig(enabled=True, prediction_window=300.0, sequences=False))
+    core = WarmerCore(
+        [predictor], audience=Audience(AudienceConfig(match_coding=False, variant_min_share=0.1))
+    )
+    names = ("accept-encoding",)
+    fresh_until = 0.0
+    fanned = 0
+    for i in range(2000):
+        ts = 1_767_225_600.0 + i * 5.0  # /hot every 5 s, in two variants
+        for request in core.due(ts):
+            fanned += 1
+            value = dict(request.headers)["accept-encoding"]
+            report = FillReport(
+                status=200, stored=True, fresh_until=ts + 300.0, vary=names, vary_values=(value,)
+            )
+            core.completed(request, report, ts)
+            fresh_until = ts + 300.0
+        outcome = "hit" if ts < fresh_until else "miss"
+        if outcome == "miss":
+            fresh_until = ts + 300.0
+        value = "gzip" if i % 2 else "br,gzip"
+        core.observe(
+            Ev(
+                ts,
+                "/hot",
+                outcome=outcome,
+                fresh_until=fresh_until,
+                vary=names,
+                vary_values=(value,),
+            )
+        )
+    assert fanned >= 20
+    assert predictor.warm_fetches == fanned  # every variant fetched is charged
