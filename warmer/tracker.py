@@ -384,13 +384,18 @@ class UsageTracker:
     def misses(self, key: str, window: float, now: float) -> int:
         """Misses (``miss`` or ``stale``) of ``key`` in the ``window`` seconds to ``now``."""
         # A miss-reactive strategy asks at every miss: the helpers are inlined.
+        # The batch is not folded for it (a fold per miss would undo the
+        # batching): its misses of ``key``, all in the current slice, are
+        # added to the sketch's estimate instead.
         sketch = self._missed.get(window)
         if sketch is None:
             sketch = self._sketch(self._missed, window)  # raises
-        if self._batch:
-            self._fold_keys()
         top = self._top.get(key)
-        return sketch.estimate_cells(top.cells if top is not None else self._hasher.cells(key), now)
+        found = sketch.estimate_cells(
+            top.cells if top is not None else self._hasher.cells(key), now
+        )
+        pending = self._batch.get(key)
+        return found + pending[1] if pending is not None else found
 
     def hot(self, n: int, now: float, window: float | None = None) -> list[HotKey]:
         """The ``n`` hottest keys with a known URL, count descending (ties by key).
