@@ -81,6 +81,7 @@ def build_warmer(
         ),
         max_queue=ex.max_queue,
         clock=now,
+        sleep=now.sleep,
     )
     config = warmer_config(settings, per_host=not rules.keys_are_paths)
     tracker = build_tracker(config)

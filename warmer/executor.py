@@ -25,7 +25,7 @@ import random
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +97,7 @@ class WarmExecutor:
         guard: ResourceGuard | None = None,
         max_queue: int = 100_000,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
         on_result: Callable[[WarmRequest, FillReport, float], None] | None = None,
     ) -> None:
@@ -113,6 +114,9 @@ class WarmExecutor:
         self.adaptive = adaptive
         self.guard = guard
         self._clock = clock
+        # Waits measured on ``clock`` (retry delays, the resource guard's
+        # period): a scaled or manual clock's sleep, not the event loop's.
+        self._sleep = sleep
         self._rand = rand
         # Told of every final outcome (the warmer's strategies follow lifetimes).
         self.on_result = on_result
@@ -284,11 +288,23 @@ class WarmExecutor:
                 await asyncio.wait_for(self._slot_freed.wait(), 0.05)
 
     async def _wait_for_work(self) -> None:
+        """Until something is pushed, or the first request held back (a retry's
+        delay) is ready, on the executor's clock."""
         self._wakeup.clear()
         ready_at = self.queue.next_ready_at()
-        timeout = None if ready_at is None else max(0.0, ready_at - self._clock())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), timeout)
+        if ready_at is None:
+            await self._wakeup.wait()
+            return
+        delay = ready_at - self._clock()
+        if delay <= 0:
+            return
+        woken = asyncio.ensure_future(self._wakeup.wait())
+        slept = asyncio.ensure_future(self._sleep(delay))
+        try:
+            await asyncio.wait((woken, slept), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+            slept.cancel()
 
     async def _wait_for_slot(self) -> None:
         while self.in_flight >= self.limit:
@@ -313,7 +329,7 @@ class WarmExecutor:
                     )
             if not self.paused:
                 return
-            await asyncio.sleep(GUARD_SAMPLE_SECONDS)
+            await self._sleep(GUARD_SAMPLE_SECONDS)
 
     def _start_batch(self, batch: list[WarmRequest], now: float) -> None:
         per_run: dict[Run, int] = defaultdict(int)

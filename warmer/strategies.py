@@ -29,6 +29,7 @@ likely evicted to what displacing another entry costs on this cache.
 from __future__ import annotations
 
 import heapq
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -153,7 +154,8 @@ class RefreshAhead:
             # No LRU touch per hit (this runs for every request): a key is put
             # anew at each lifetime, so the oldest lifetimes are forgotten first.
             life.hits += 1
-        if life.hits == self.min_hits and not life.asked:
+        if life.hits == self.min_hits and not life.asked and fresh_until != math.inf:
+            # An entry that never expires (replay --ttl never) is never refreshed.
             self._followed.schedule(key, self._due_at(life), fresh_until)
 
     def filled(self, key: str, url: str, host: str, now: float, fresh_until: float) -> None:

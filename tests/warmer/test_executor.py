@@ -14,6 +14,7 @@ from aiohttp import web
 from proxy.app import Warmproxy
 from proxy.warming import fill_through
 from tests.proxy.conftest import Origin, ProxyFactory, eventually
+from warmer.clock import ManualClock
 from warmer.executor import WarmExecutor
 from warmer.model import WarmRequest
 from warmer.pacing import AdaptiveConcurrency, ResourceGuard
@@ -118,6 +119,41 @@ async def test_retries_back_off_exponentially(
     assert len(gaps) == 3
     for gap, expected in zip(gaps, (0.1, 0.2, 0.4), strict=True):
         assert gap >= expected * 0.95
+
+
+async def test_retry_delays_are_waited_on_the_executors_clock(
+    proxy: Warmproxy, origin: Origin, run_executor: Callable[..., WarmExecutor]
+) -> None:
+    """A retry 600 s away on a manual clock happens when the clock is moved
+    on, not after 600 real seconds (a live replay or a test on virtual time)."""
+    clock = ManualClock()
+    answers: list[int] = []
+
+    async def flaky(request: web.Request) -> web.Response:
+        answers.append(503 if not answers else 200)
+        if answers[-1] == 503:
+            return web.Response(status=503)
+        return web.Response(body=b"ok", headers=CACHEABLE)
+
+    origin.handle("/flaky-clocked", flaky)
+    executor = run_executor(
+        proxy,
+        retry_attempts=1,
+        retry_base_delay=600.0,
+        retry_max_delay=600.0,
+        rand=lambda: 0.999,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    run = executor.new_run("test")
+    executor.submit([WarmRequest("/flaky-clocked")], run)
+    executor.seal(run)
+    await eventually(lambda: answers == [503])
+    await asyncio.sleep(0.2)
+    assert answers == [503]  # still waiting: 600 s have not passed on the clock
+    clock.advance(601.0)
+    await asyncio.wait_for(run.done.wait(), 5)
+    assert answers == [503, 200] and run.progress.success == 1
 
 
 async def test_retries_give_up_and_the_error_is_kept(

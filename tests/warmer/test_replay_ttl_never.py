@@ -143,3 +143,17 @@ def test_ttl_parsing() -> None:
     for text in ("0", "-5", "nan", "soon"):
         with pytest.raises(ValueError, match="ttl"):
             parse_ttl(text)
+
+
+def test_refresh_ahead_never_schedules_an_entry_that_never_expires() -> None:
+    """An infinite lifetime has no refresh time (inf - fraction * inf is NaN,
+    which a heap would order arbitrarily)."""
+    from tests.warmer.events import Ev
+    from warmer.strategies import RefreshAhead
+
+    strategy = RefreshAhead(min_hits=2)
+    strategy.observe(Ev(0.0, "/a", outcome="miss", fresh_until=math.inf))
+    for ts in (1.0, 2.0, 3.0):
+        strategy.observe(Ev(ts, "/a", outcome="hit", fresh_until=math.inf))
+    assert strategy._followed.heap == []
+    assert strategy.due(1e12) == []
