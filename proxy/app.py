@@ -18,12 +18,13 @@ from proxy.config import Settings, parse_hostport
 from proxy.control import build_control_app
 from proxy.filler import Filler
 from proxy.forwarding import ForwardingRules
-from proxy.handler import ProxyHandler
+from proxy.handler import Admission, ProxyHandler
 from proxy.logs import writes_json
 from proxy.metrics import ProxyMetrics
 from proxy.observe import EventHub
 from proxy.origin import OriginClient
 from proxy.policy import CachePolicyConfig
+from proxy.redact import mask_url
 from proxy.state_dir import StateLock
 from proxy.store.base import CacheStore, StoreError
 from proxy.store.memory import MemoryStore
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 
 HEALTH_INTERVAL_OK = 5.0
 HEALTH_INTERVAL_FAILING = 1.0
+#: Pending connections the proxy listener queues (the kernel caps it at
+#: net.core.somaxconn).
+LISTEN_BACKLOG = 4096
 
 
 def build_store(
@@ -62,6 +66,7 @@ def build_store(
                 max_bytes=cache.l1_max_bytes,
                 max_entry_bytes=min(cache.max_entry_bytes, cache.l1_max_bytes),
                 clock=clock,
+                count_overhead=True,
             )
         return store, l1
     memory = MemoryStore(
@@ -69,6 +74,8 @@ def build_store(
         max_entry_bytes=cache.max_entry_bytes,
         clock=clock,
         max_entries=cache.max_entries,
+        # max_bytes bounds the memory the entries take, not their body bytes.
+        count_overhead=True,
     )
     return memory, None
 
@@ -109,6 +116,8 @@ class Warmproxy:
             warm_header=settings.execution.warm_header,
             host_keying=settings.proxy.host_keying,
             key_rules=KeyRules.from_settings(settings.cache),
+            public_scheme=settings.proxy.public_scheme,
+            drop_request_headers=settings.proxy.drop_request_headers,
         )
         policy_config = CachePolicyConfig(
             heuristic_fraction=settings.cache.heuristic_fraction,
@@ -128,6 +137,11 @@ class Warmproxy:
             tasks=self.tasks,
             clock=self.clock,
         )
+        # Overload shedding (proxy.max_concurrent_requests, proxy.max_loop_lag).
+        self.admission = Admission(
+            settings.proxy.max_concurrent_requests, settings.proxy.max_loop_lag
+        )
+        self.metrics.admission = self.admission
         self.handler = ProxyHandler(
             cache=self.cache,
             filler=self.filler,
@@ -138,6 +152,7 @@ class Warmproxy:
             client_id_header=settings.proxy.client_id_header,
             cache_name=settings.proxy.via_name,
             clock=self.clock,
+            admission=self.admission,
         )
         self.warmer = build_warmer(
             settings,
@@ -181,6 +196,7 @@ class Warmproxy:
     async def _start(self) -> None:
         await self.origin.start()
         self.tasks.spawn(self.hub.run(), name="event delivery")
+        self.tasks.spawn(self.admission.watch_lag(), name="event loop lag")
         self.tasks.spawn(self._watch_store(), name="store health")
         interval = self.settings.cache.redis_stats_interval
         if self.settings.cache.store == "redis" and interval > 0:
@@ -207,7 +223,11 @@ class Warmproxy:
         )
         await self._proxy_runner.setup()
         host, port = parse_hostport(p.listen, what="proxy.listen")
-        site = web.TCPSite(self._proxy_runner, host, port, reuse_address=True)
+        # A burst of new connections waits in the listen queue, not refused
+        # by the kernel (aiohttp's default backlog is 128).
+        site = web.TCPSite(
+            self._proxy_runner, host, port, reuse_address=True, backlog=LISTEN_BACKLOG
+        )
         await site.start()
         self.proxy_port = _bound_port(self._proxy_runner, port)
 
@@ -220,7 +240,11 @@ class Warmproxy:
         self.ready = True
         log.info(
             "warmproxy listening",
-            extra={"proxy": p.listen, "control": self.settings.control.listen, "origin": p.origin},
+            extra={
+                "proxy": p.listen,
+                "control": self.settings.control.listen,
+                "origin": mask_url(p.origin),  # userinfo may hold a password
+            },
         )
         self._warm_on_start()
 

@@ -10,34 +10,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import urlsplit, urlunsplit
 
 import tomli_w
 
 from proxy import state_dir
 from proxy.config import ConfigError, Settings, load_settings
+from proxy.redact import redacted
 from proxy.state_dir import state_root
+from proxy.store.memory import RESIDENT_FACTOR
 
 MASK = "********"
 
 
 def effective(settings: Settings) -> dict[str, Any]:
-    """The settings as plain data, secrets masked (the token, a Redis password)."""
-    data: dict[str, Any] = settings.model_dump(mode="json")
+    """The settings as plain data, secrets masked: the token, and the
+    credentials of every URL (the Redis URL, the origin, SQL sources' DSNs)."""
+    data: dict[str, Any] = redacted(settings.model_dump(mode="json"), MASK)
     data["control"]["token"] = MASK if settings.control.token.get_secret_value() else ""
-    data["cache"]["redis_url"] = _mask_password(settings.cache.redis_url)
     return data
-
-
-def _mask_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))
 
 
 def _without_none(value: Any) -> Any:
@@ -67,7 +57,7 @@ def check_config(path: Path, *, as_json: bool, out: TextIO, err: TextIO) -> int:
         out.write(f"# {path}: valid. Effective settings (file, then WARMPROXY_* variables,\n")
         out.write("# then defaults); secrets masked.\n")
         out.write(f"# State directory in effect: {directory}\n")
-        out.write(tomli_w.dumps(_without_none(data)))
+        out.write(with_memory_notes(tomli_w.dumps(_without_none(data))))
     return 0
 
 
@@ -90,3 +80,24 @@ def identity_name(settings: Settings) -> str:
         store=settings.cache.store,
         redis_prefix=settings.cache.redis_prefix,
     )
+
+
+def with_memory_notes(toml: str) -> str:
+    """``toml`` (the effective settings) with what each in-process cache size
+    costs in resident memory noted beside it, as measured (docs/operations.md)."""
+    lines = toml.splitlines()
+    section = ""
+    for i, line in enumerate(lines):
+        if line.startswith("["):
+            section = line
+        elif section == "[cache]" and line.startswith(("max_bytes = ", "l1_max_bytes = ")):
+            size = int(line.partition("= ")[2])
+            lines[i] = (
+                f"{line}  # {_mib(size)}: about {_mib(size * RESIDENT_FACTOR)} resident "
+                "with the entries' Python objects"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _mib(size: float) -> str:
+    return f"{size / 2**20:.0f} MiB" if size >= 2**20 else f"{size / 2**10:.0f} KiB"

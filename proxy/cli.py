@@ -19,6 +19,7 @@ from proxy import __version__
 from proxy.app import Warmproxy
 from proxy.config import ConfigError, Settings, load_settings, parse_hostport
 from proxy.logs import configure
+from proxy.redact import mask_url
 from proxy.state_dir import StateDirBusy, fresh_dir
 from warmer.replay import (
     STRATEGY_NAMES,
@@ -392,7 +393,7 @@ async def _serve(settings: Settings) -> None:
     await _run_until_signalled(
         proxy,
         f"warmproxy {__version__}: proxy on http://{settings.proxy.listen} -> "
-        f"{settings.proxy.origin}, control on http://{settings.control.listen}, "
+        f"{mask_url(settings.proxy.origin)}, control on http://{settings.control.listen}, "
         f"store {settings.cache.store}",
     )
 

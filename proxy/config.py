@@ -36,11 +36,12 @@ from pydantic_settings import (
 )
 
 from proxy.cache_key import check_globs
-from proxy.forwarding import PRESERVE_HOST_NEEDS_PER_HOST
+from proxy.forwarding import DEFAULT_DROPPED_REQUEST_FIELDS, PRESERVE_HOST_NEEDS_PER_HOST
 from proxy.state_dir import derive as derive_state_dir
 from proxy.state_dir import is_ephemeral as is_ephemeral_listener
 from warmer.cron import Cron
-from warmer.schedule import Schedule, ScheduledSource
+from warmer.schedule import Schedule, ScheduledSource, SourcePolicy, SqlSource
+from warmer.sources import mask_url, parse_host, postgres_hosts
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
@@ -82,7 +83,13 @@ def _parse_duration(value: object) -> object:
     return value
 
 
-Duration = Annotated[float, BeforeValidator(_parse_duration), Field(ge=0)]
+#: The longest duration any setting takes (a year, in seconds): larger ones
+#: are typos, and 1e308 would overflow the arithmetic and Redis expiries.
+MAX_DURATION = 365 * 86400.0
+
+Duration = Annotated[
+    float, BeforeValidator(_parse_duration), Field(ge=0, le=MAX_DURATION, allow_inf_nan=False)
+]
 
 
 def parse_hostport(value: str, *, what: str) -> tuple[str, int]:
@@ -112,7 +119,17 @@ class ProxySettings(_Section):
     # keys carry the host the origin is told (an origin serving several hosts).
     host_keying: Literal["single", "per-host"] = "single"
     public_host: str = ""
+    # The scheme clients use, told to the origin in X-Forwarded-Proto: every
+    # entry is built from it (a trusted proxy's other scheme bypasses the cache).
+    public_scheme: Literal["http", "https"] = "http"
     trusted_proxies: list[str] = Field(default_factory=list)
+    # Request fields never sent to the origin: they make common origins answer
+    # another URL, method or host than the one the cache keys the request by.
+    drop_request_headers: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_DROPPED_REQUEST_FIELDS), max_length=64
+    )
+    # Longest status line or header field read from the origin; beyond it, 502.
+    max_origin_header_size: Annotated[ByteSize, Field(ge=1024, le=1024 * 1024)] = 32 * 1024
     client_id_header: str = ""
     max_request_line: int = Field(8190, ge=256)
     max_header_size: int = Field(8190, ge=256)
@@ -124,13 +141,23 @@ class ProxySettings(_Section):
     # listener closes and in-flight requests get up to shutdown_timeout.
     shutdown_delay: float = Field(2.0, ge=0, le=300)
     shutdown_timeout: float = Field(30.0, gt=0, le=3600)
+    # Overload shedding: a request the in-process cache cannot answer at once
+    # gets 503 + Retry-After instead of queueing while this many are being
+    # handled, or while the event loop runs more than max_loop_lag seconds
+    # behind; 0 switches either off.  The default is four times the default
+    # origin pool: more misses than that in flight wait for a pooled
+    # connection past pool_timeout with any but a fast origin.
+    max_concurrent_requests: int = Field(400, ge=0)
+    max_loop_lag: Duration = 1.0
 
     @field_validator("origin")
     @classmethod
     def _origin_is_http_url(cls, value: str) -> str:
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"must be an http(s) URL such as http://127.0.0.1:9000, got {value!r}")
+            raise ValueError(
+                f"must be an http(s) URL such as http://127.0.0.1:9000, got {mask_url(value)!r}"
+            )
         if parts.path not in ("", "/") or parts.query:
             raise ValueError("must be scheme://host[:port] without a path")
         return value.rstrip("/")
@@ -149,6 +176,15 @@ class ProxySettings(_Section):
         ):
             raise ValueError(f"must be a host[:port] such as shop.example.com, got {value!r}")
         return value.lower()
+
+    @field_validator("drop_request_headers")
+    @classmethod
+    def _field_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            # RFC 9110 §5.1: a field name is a token.
+            if len(name) > 128 or not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", name):
+                raise ValueError(f"not a header field name (at most 128 characters): {name[:64]!r}")
+        return value
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -208,7 +244,10 @@ class CacheSettings(_Section):
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
         if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got {value!r}")
+            # The URL may hold a password: masked.
+            raise ValueError(
+                f"must be a redis://, rediss:// or unix:// URL, got {mask_url(value)!r}"
+            )
         return value
 
 
@@ -224,6 +263,22 @@ class ControlSettings(_Section):
     def _listen_is_hostport(cls, value: str) -> str:
         parse_hostport(value, what="listen")
         return value
+
+    @field_validator("token")
+    @classmethod
+    def _token_is_long_enough(cls, value: SecretStr) -> SecretStr:
+        # A short token can be guessed; the message never shows the token.
+        length = len(value.get_secret_value())
+        if 0 < length < MIN_TOKEN_CHARS:
+            raise ValueError(
+                f"must be at least {MIN_TOKEN_CHARS} characters (got {length}); "
+                "e.g. openssl rand -hex 32"
+            )
+        return value
+
+
+#: The shortest control token accepted.
+MIN_TOKEN_CHARS = 16
 
 
 class ProactiveSettings(_Section):
@@ -241,6 +296,28 @@ class ProactiveSettings(_Section):
     # done or warm_on_start_timeout has passed).
     warm_on_start: Literal["off", "background", "before_ready"] = "off"
     warm_on_start_timeout: Duration = 300.0
+    # The directory file and SQLite sources posted through the control API
+    # may read from (resolved, symlinks followed); empty: they may not be
+    # posted.  The sources of this file may read any path.
+    file_source_dir: str = ""
+    # PostgreSQL hosts ("host" or "host:port", default port 5432) SQL sources
+    # posted through the control API may connect to, besides the hosts this
+    # file's own SQL sources name; empty: only those.
+    sql_allowed_hosts: list[str] = Field(default_factory=list, max_length=100)
+
+    @field_validator("file_source_dir")
+    @classmethod
+    def _directory(cls, value: str) -> str:
+        if any(ord(c) < 0x20 for c in value):
+            raise ValueError("holds control characters")
+        return value
+
+    @field_validator("sql_allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        for item in value:
+            parse_host(item)
+        return value
 
     @model_validator(mode="after")
     def _schedule_is_valid(self) -> ProactiveSettings:
@@ -249,6 +326,19 @@ class ProactiveSettings(_Section):
 
     def as_schedule(self) -> Schedule:
         return Schedule(schedule=self.schedule, sources=self.data_sources)
+
+    def source_policy(self) -> SourcePolicy:
+        """What sources posted through the control API may read (this file's may read anything)."""
+        configured = tuple(s.source for s in self.data_sources)
+        hosts = {parse_host(h) for h in self.sql_allowed_hosts}
+        for spec in configured:
+            if isinstance(spec, SqlSource) and not spec.dsn.startswith("sqlite:"):
+                hosts.update(postgres_hosts(spec.dsn))
+        return SourcePolicy(
+            file_source_dir=Path(self.file_source_dir) if self.file_source_dir else None,
+            sql_allowed_hosts=frozenset(hosts),
+            configured=configured,
+        )
 
 
 class ReactiveSettings(_Section):
@@ -286,6 +376,8 @@ class PredictiveSettings(_Section):
     max_warm_ratio: float = Field(0.2, gt=0)
     # Predict what a client asks for next from what it asked for (pages, tiles, segments).
     sequences: bool = True
+    # Keys followed: a few hundred bytes each with ordinary paths (about
+    # 120 MB at the default, see docs/operations.md).
     max_keys: int = Field(50_000, ge=100)
     # Where the learned model is kept across restarts; empty: state.dir/model.json.
     model_path: str = ""

@@ -6,9 +6,17 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from proxy.control_api import add_routes, auth_middleware, error_middleware
+from proxy.config import parse_hostport
+from proxy.control_api import (
+    add_routes,
+    auth_middleware,
+    error_middleware,
+    guard_middleware,
+    respond,
+)
 from proxy.dashboard import add_dashboard_routes
 from proxy.metrics import CONTENT_TYPE
+from proxy.openapi import MAX_BODY_BYTES, Health, Readiness
 
 if TYPE_CHECKING:
     from proxy.app import Warmproxy
@@ -24,7 +32,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     """Liveness: the process serves requests."""
-    return web.json_response({"status": "ok"})
+    return respond(Health, {"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -46,15 +54,20 @@ async def readyz(request: web.Request) -> web.Response:
         # The warm run of proactive.warm_on_start = "before_ready" still running.
         "warming_on_start": None if warming is None else warming.id,
     }
-    return web.json_response(body, status=200 if ready else 503)
+    return respond(Readiness, body, status=200 if ready else 503)
 
 
 def build_control_app(proxy: Warmproxy) -> web.Application:
     token = proxy.settings.control.token.get_secret_value()
+    listen_host, _ = parse_hostport(proxy.settings.control.listen, what="control.listen")
     app = web.Application(
         # Room for a bulk warm of 10,000 paths or a large schedule, no more.
-        client_max_size=4 * 1024 * 1024,
-        middlewares=[auth_middleware(token), error_middleware],
+        client_max_size=MAX_BODY_BYTES,
+        middlewares=[
+            guard_middleware(listen_host, token=bool(token)),
+            auth_middleware(token),
+            error_middleware,
+        ],
     )
     app[WARMPROXY_KEY] = proxy
     app.router.add_get("/metrics", metrics)

@@ -14,11 +14,68 @@ from multidict import CIMultiDictProxy
 from proxy.cache_key import NO_RULES, KeyRules
 from proxy.policy import CONDITIONAL_REQUEST_FIELDS, HOP_BY_HOP, connection_named
 
-# Client-supplied forwarding fields: replaced by ours unless the peer is a
-# trusted proxy, so one client cannot make the origin build links (that the
-# cache then shares with everyone) from a host name of its choosing.
-FORWARDING_FIELDS = frozenset(
-    {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"}
+# Forwarding fields (RFC 7239 and its X- forerunners) this proxy sets itself:
+# a client's are replaced by ours unless the peer is a trusted proxy, so one
+# client cannot make the origin build links (that the cache then shares with
+# everyone) from a host name or scheme of its choosing.
+_OWN_FIELDS = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"})
+
+# The client's address under other names (nginx's X-Real-IP, CDNs' True-Client-IP,
+# ...): passed on from a trusted proxy, as its X-Forwarded-For chain is (the
+# address of the client, not a part of the URL); dropped from anyone else, who
+# could name any address.
+CLIENT_ADDRESS_FIELDS = frozenset(
+    {
+        "x-real-ip",
+        "x-client-ip",
+        "true-client-ip",
+        "client-ip",
+        "x-cluster-client-ip",
+        "cf-connecting-ip",
+        "fastly-client-ip",
+        "x-original-forwarded-for",
+        "forwarded-for",
+        "x-forwarded",
+    }
+)
+
+# Parts of the public URL under names other than X-Forwarded-Proto/-Host.
+# Frameworks build links and redirects from them when a trusted proxy sends
+# them (Werkzeug's ProxyFix x_port/x_prefix, Spring's ForwardedHeaderFilter,
+# Symfony's trusted headers), and no cache key carries them: never passed on,
+# not even a trusted proxy's.  The origin learns the scheme from our
+# X-Forwarded-Proto and the host (with any port) from Host / X-Forwarded-Host.
+PUBLIC_URL_FIELDS = frozenset(
+    {
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-forwarded-scheme",
+        "x-forwarded-protocol",
+        "x-forwarded-server",
+        "x-forwarded-ssl",
+        "front-end-https",
+        "x-url-scheme",
+        "x-scheme",
+    }
+)
+
+# Every forwarding field a client's request may carry: none reaches the origin
+# as the client sent it, and a warm fetch never copies one from a variant.
+FORWARDING_FIELDS = _OWN_FIELDS | CLIENT_ADDRESS_FIELDS | PUBLIC_URL_FIELDS
+
+# Request fields that make common origins answer a different resource or
+# method (IIS/Symfony URL rewriting, method overrides, alternative host
+# fields) while the cache keys the request by its own method, target and host:
+# dropped by default (``proxy.drop_request_headers``), from every peer.
+DEFAULT_DROPPED_REQUEST_FIELDS = (
+    "X-Original-URL",
+    "X-Rewrite-URL",
+    "X-HTTP-Method-Override",
+    "X-HTTP-Method",
+    "X-Method-Override",
+    "X-Host",
+    "X-Original-Host",
+    "X-Forwarded-Path",
 )
 
 
@@ -69,6 +126,18 @@ def end_to_end(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 HostKeying = Literal["single", "per-host"]
+Scheme = Literal["http", "https"]
+
+
+def field_key(name: str) -> str:
+    """``name`` as CGI-style servers see it: the same key for ``X_Forwarded_Host``
+    and ``X-Forwarded-Host``.
+
+    CGI, WSGI, PHP and Rack servers map both spellings to one
+    ``HTTP_X_FORWARDED_HOST`` variable (RFC 3875 §4.1.18), so a field dropped
+    under one spelling must be dropped under every one.
+    """
+    return name.lower().replace("_", "-")
 
 
 def _path_only(path_qs: str, host: str) -> str:
@@ -95,6 +164,16 @@ class ForwardingRules:
     ``//host/path`` with the host the origin is told (the client's, a
     trusted proxy's ``X-Forwarded-Host``, or ``public_host``).
 
+    The scheme is treated alike, as one value for every entry: the origin is
+    told ``public_scheme`` in ``X-Forwarded-Proto`` (fills and warm fetches
+    always; a trusted proxy that says the same, too).  A trusted proxy that
+    says another scheme has its value passed on, but that request neither
+    reads nor fills the cache (:meth:`scheme_bypasses_cache`).  This is
+    simpler than keying by scheme (keys, warm targets and purges stay
+    scheme-less) and as correct: no shared entry is built from a scheme other
+    than the one all are built from.  Other public-URL fields and the drop
+    list never reach the origin.
+
     ``cache_key(path_qs, host)``: the key of a request for ``path_qs`` told to
     the origin as ``host`` (ignored when keys are paths), with the
     ``[cache]`` query rules applied.  It is a function chosen once here, so
@@ -109,6 +188,11 @@ class ForwardingRules:
     warm_header: str = "X-Warmproxy-Warm"
     host_keying: HostKeying = "single"
     key_rules: KeyRules = NO_RULES
+    public_scheme: Scheme = "http"
+    # field_key() spellings of the request fields never sent to the origin.
+    dropped_fields: frozenset[str] = frozenset(
+        field_key(name) for name in DEFAULT_DROPPED_REQUEST_FIELDS
+    )
     keys_are_paths: bool = field(init=False)
     cache_key: Callable[[str, str], str] = field(init=False, repr=False, compare=False)
 
@@ -149,6 +233,8 @@ class ForwardingRules:
         warm_header: str = "X-Warmproxy-Warm",
         host_keying: HostKeying = "single",
         key_rules: KeyRules = NO_RULES,
+        public_scheme: Scheme = "http",
+        drop_request_headers: Iterable[str] = DEFAULT_DROPPED_REQUEST_FIELDS,
     ) -> ForwardingRules:
         return cls(
             origin_authority=origin_authority,
@@ -159,6 +245,8 @@ class ForwardingRules:
             warm_header=warm_header,
             host_keying=host_keying,
             key_rules=key_rules,
+            public_scheme=public_scheme,
+            dropped_fields=frozenset(field_key(name) for name in drop_request_headers),
         )
 
     @property
@@ -215,6 +303,21 @@ class ForwardingRules:
             return self.cache_key(path_qs, "")
         return self.cache_key(path_qs, self.forwarded_host(headers, peer))
 
+    def scheme_bypasses_cache(self, headers: CIMultiDictProxy[str], peer: str | None) -> bool:
+        """Whether a trusted proxy told a scheme other than ``public_scheme``.
+
+        Such a request is forwarded with that scheme but neither answered
+        from nor stored in the cache: every entry is built from
+        ``public_scheme`` (an origin redirecting http to https would
+        otherwise put its redirect into the entry https clients are served).
+        """
+        if not self.trusted_networks:
+            return False
+        told = headers.getall("X-Forwarded-Proto", ())
+        if not told:
+            return False
+        return ", ".join(told).strip().lower() != self.public_scheme and self.is_trusted(peer)
+
     def is_trusted(self, peer: str | None) -> bool:
         if peer is None or not self.trusted_networks:
             return False
@@ -229,32 +332,40 @@ class ForwardingRules:
         headers: CIMultiDictProxy[str],
         *,
         peer: str | None,
-        scheme: str,
         for_fill: bool,
     ) -> list[tuple[str, str]]:
         """Headers to send to the origin for a client's request.
 
         ``for_fill`` drops the client's conditional and range fields: the
-        cache asks for the full response and evaluates those itself.
+        cache asks for the full response and evaluates those itself.  A fill
+        builds a shared entry, so it always tells ``public_scheme``.
         """
         trusted = self.is_trusted(peer)
         warm_header = self.warm_header.lower()
+        dropped = self.dropped_fields
         forwarded: list[tuple[str, str]] = []
         prior_for: list[str] = []
         prior_forwarded_for: list[str] = []
-        prior_proto: str | None = None
+        prior_proto: list[str] = []
         for k, v in end_to_end(headers.items()):
             lk = k.lower()
-            if lk in FORWARDING_FIELDS:
-                if trusted:
+            name = field_key(lk)
+            if name in FORWARDING_FIELDS:
+                # Only the plain spelling of a trusted proxy's field counts:
+                # X_Forwarded_For is no field any proxy sets.
+                if trusted and name == lk:
                     if lk == "x-forwarded-for":
                         prior_for.append(v)
                     elif lk == "x-forwarded-proto":
-                        prior_proto = v
+                        prior_proto.append(v)
                     elif lk == "forwarded":
                         # Not passed on: its host= is not in the key.  Its
                         # for= chain continues in X-Forwarded-For.
                         prior_forwarded_for.extend(forwarded_for(v))
+                    elif lk in CLIENT_ADDRESS_FIELDS:
+                        forwarded.append((k, v))
+                continue
+            if name in dropped:
                 continue
             if lk == warm_header:
                 continue  # only the warmer's own fetches carry it: clients cannot forge it
@@ -271,7 +382,11 @@ class ForwardingRules:
         chain = [*prior, peer] if peer else prior
         if chain:
             forwarded.append(("X-Forwarded-For", ", ".join(chain)))
-        forwarded.append(("X-Forwarded-Proto", prior_proto or scheme))
+        # A trusted proxy's other scheme reaches the origin only on requests
+        # that bypass the cache (scheme_bypasses_cache); a fill is told
+        # public_scheme whatever was sent, so no entry is built from another.
+        told = ", ".join(prior_proto) if prior_proto and not for_fill else self.public_scheme
+        forwarded.append(("X-Forwarded-Proto", told))
         if self.host_keying == "single":
             # The origin hears what it would if called directly (plus the
             # configured public name): the same for every request.
@@ -291,7 +406,10 @@ class ForwardingRules:
         The origin is told what it is told for a client of ``host`` (with
         single keying: what it is told for every client).
         """
-        headers = [("Host", host if self.preserve_host else self.origin_authority)]
+        headers = [
+            ("Host", host if self.preserve_host else self.origin_authority),
+            ("X-Forwarded-Proto", self.public_scheme),
+        ]
         if self.host_keying == "per-host":
             headers.append(("X-Forwarded-Host", host))
         elif self.public_host:

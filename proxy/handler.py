@@ -8,11 +8,15 @@ comparison and one write.  Everything else takes the full path below it.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
+import math
 import secrets
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -61,7 +65,70 @@ def usable_request_id(value: str) -> bool:
 
 
 _STREAM_CHUNK = 64 * 1024
+# RFC 9112 §2.3: the versions this proxy speaks.  aiohttp's parser also lets
+# HTTP/0.9 and HTTP/2.0 request lines through (without its C extension, any
+# 1.x or 3.x too); they are refused with a 505 (RFC 9110 §15.6.6), never
+# answered (least of all from the cache) as if they were HTTP/1.1.
+_HTTP_VERSIONS = (aiohttp.HttpVersion11, aiohttp.HttpVersion10)
 _RETRYABLE_BODY_BYTES = 64 * 1024
+
+
+# Seconds a shed client is asked to wait before retrying (RFC 9110 §10.2.3):
+# the burst that overloads the proxy is usually over by then.
+RETRY_AFTER = "1"
+# How often the event loop's lag is sampled.
+LAG_SAMPLE_INTERVAL = 0.1
+
+
+class Admission:
+    """Overload shedding: whether a request that may wait is taken on now.
+
+    A request the in-process cache cannot answer at once waits: for the
+    store, for the origin, for a free origin connection.  With
+    ``max_in_flight`` such requests already being handled, or while the event
+    loop runs more than ``max_lag`` seconds behind (every callback, timeouts
+    included, is that late), one more only waits longer, and ends in a
+    timeout that blames the origin; it is refused at once instead (503 with
+    Retry-After, RFC 9110 §15.6.4).  0 switches a limit off.
+
+    The handler asks only for requests off the hit path: a fresh hit from
+    process memory costs about what a refusal costs, and never waits.
+    """
+
+    def __init__(self, max_in_flight: int = 0, max_lag: float = 0.0) -> None:
+        self.max_in_flight = max_in_flight if max_in_flight > 0 else sys.maxsize
+        self.max_lag = max_lag
+        #: Requests taken on and not answered yet.
+        self.in_flight = 0
+        #: How late the sampler woke up last time, in seconds.
+        self.lag = 0.0
+        self._lagging = False
+        # Monotonic second after which the sampler's next wake-up is already
+        # later than max_lag: a loop too busy to run the sampler at all is
+        # overloaded before the sampler can measure it.
+        self._late_after = math.inf
+
+    def overloaded(self) -> bool:
+        return (
+            self.in_flight >= self.max_in_flight
+            or self._lagging
+            or time.monotonic() > self._late_after
+        )
+
+    async def watch_lag(self, interval: float = LAG_SAMPLE_INTERVAL) -> None:
+        """Measure the event loop's lag forever: how late a timer of ``interval`` fires."""
+        try:
+            while True:
+                expected = time.monotonic() + interval
+                if self.max_lag > 0:
+                    self._late_after = expected + self.max_lag
+                await asyncio.sleep(interval)
+                self.lag = max(0.0, time.monotonic() - expected)
+                self._lagging = 0 < self.max_lag < self.lag
+        finally:
+            # Stopped: the wake-up that will not come is no sign of overload.
+            self._late_after = math.inf
+            self._lagging = False
 
 
 def _to_origin_form(request: web.BaseRequest) -> web.BaseRequest | None:
@@ -96,8 +163,10 @@ class ProxyHandler:
         client_id_header: str = "",
         cache_name: str = "warmproxy",
         clock: Callable[[], float] = time.time,
+        admission: Admission | None = None,
     ) -> None:
         self._cache = cache
+        self._admission = admission if admission is not None else Admission()
         self._filler = filler
         self._origin = origin
         self._rules = rules
@@ -111,6 +180,8 @@ class ProxyHandler:
         # the [cache] query rules in it, or nothing when none is configured.
         self._keys_are_paths = rules.keys_are_paths
         self._cache_key = rules.cache_key
+        # Only a trusted proxy can tell a scheme other than the uniform one.
+        self._scheme_may_vary = bool(rules.trusted_networks)
         # With keys as paths, requests (and their events) name no host: ""
         # is the default one, as for a WarmRequest and a key read back from
         # the store, so the warmer sees one (host, url) per path.
@@ -139,6 +210,13 @@ class ProxyHandler:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
+        if request.version not in _HTTP_VERSIONS:
+            status = policy.cache_status(fwd="bypass", detail="bad-version", name=self._name)
+            refused = self._plain(
+                request, 505, "warmproxy: HTTP version not supported\n", status, started
+            )
+            refused.force_close()
+            return refused
         if request.raw_path[:1] != "/":
             origin_form = _to_origin_form(request)
             if origin_form is None:
@@ -157,11 +235,20 @@ class ProxyHandler:
         if method == "GET" or method == "HEAD":
             headers = request.headers
             if "upgrade" in headers and websocket.is_upgrade(request):
+                if self._admission.overloaded():
+                    return self._shed(request, started)
+                # Not counted in flight: a WebSocket may stay open for hours.
                 return await self._websocket(request, started)
             if request.body_exists:
                 # The body may select the response (search APIs): a cache
                 # keyed by URL must not answer it (RFC 9110 §9.3.1).
-                return await self._forward(request, started, fwd="bypass")
+                return await self._admit(
+                    self._forward(request, started, fwd="bypass"), request, started
+                )
+            if self._scheme_may_vary and self._rules.scheme_bypasses_cache(headers, request.remote):
+                return await self._admit(
+                    self._forward(request, started, fwd="bypass"), request, started
+                )
             for name in _SLOW_PATH_FIELDS:
                 if name in headers:
                     break
@@ -172,8 +259,33 @@ class ProxyHandler:
                     now = self._clock()
                     if now < entry.fresh_until and not entry.no_cache:
                         return self._respond_hit(request, entry, now, started, key, host)
-            return await self._handle_cacheable(request, started)
-        return await self._forward(request, started)
+            return await self._admit(self._handle_cacheable(request, started), request, started)
+        return await self._admit(self._forward(request, started), request, started)
+
+    async def _admit(
+        self,
+        handling: Coroutine[Any, Any, web.StreamResponse],
+        request: web.BaseRequest,
+        started: float,
+    ) -> web.StreamResponse:
+        """Run ``handling`` (a request that may wait) unless overloaded, counted in flight."""
+        admission = self._admission
+        if admission.overloaded():
+            handling.close()  # never started: nothing to undo
+            return self._shed(request, started)
+        admission.in_flight += 1
+        try:
+            return await handling
+        finally:
+            admission.in_flight -= 1
+
+    def _shed(self, request: web.BaseRequest, started: float) -> web.Response:
+        status = policy.cache_status(fwd="bypass", detail="overload", name=self._name)
+        response = self._plain(
+            request, 503, "warmproxy: overloaded, retry later\n", status, started, reason="overload"
+        )
+        response.headers["Retry-After"] = RETRY_AFTER
+        return response
 
     def _respond_hit(
         self,
@@ -241,7 +353,12 @@ class ProxyHandler:
             # §5.2.1.7: nothing usable is stored; do not contact the origin.
             status = policy.cache_status(fwd="miss", detail="only-if-cached", name=self._name)
             return self._plain(
-                request, 504, "warmproxy: not in cache (only-if-cached)\n", status, started
+                request,
+                504,
+                "warmproxy: not in cache (only-if-cached)\n",
+                status,
+                started,
+                reason="only-if-cached",
             )
         if request.method == "HEAD" and entry is None:
             return await self._forward(request, started, fwd="miss")
@@ -415,9 +532,7 @@ class ProxyHandler:
         method = request.method
         send_headers = self._with_request_id(
             request,
-            self._rules.request_headers(
-                request.headers, peer=request.remote, scheme=request.scheme, for_fill=False
-            ),
+            self._rules.request_headers(request.headers, peer=request.remote, for_fill=False),
         )
         body: bytes | aiohttp.StreamReader | None = None
         if request.body_exists:
@@ -497,7 +612,7 @@ class ProxyHandler:
             [
                 (k, v)
                 for k, v in self._rules.request_headers(
-                    request.headers, peer=request.remote, scheme=request.scheme, for_fill=False
+                    request.headers, peer=request.remote, for_fill=False
                 )
                 if k.lower() not in websocket.HANDSHAKE_FIELDS
                 and k.lower() != "sec-websocket-protocol"
@@ -532,9 +647,7 @@ class ProxyHandler:
     def _fill_headers(self, request: web.BaseRequest) -> list[tuple[str, str]]:
         return self._with_request_id(
             request,
-            self._rules.request_headers(
-                request.headers, peer=request.remote, scheme=request.scheme, for_fill=True
-            ),
+            self._rules.request_headers(request.headers, peer=request.remote, for_fill=True),
         )
 
     @staticmethod
@@ -555,16 +668,33 @@ class ProxyHandler:
     def _origin_failed(
         self, request: web.BaseRequest, error: OriginError, fwd: str, started: float
     ) -> web.Response:
+        detail = f"origin-{error.kind}"
         if error.kind is OriginFailure.TIMEOUT:
             code, text = 504, "warmproxy: origin timed out\n"
+        elif error.kind is OriginFailure.POOL_WAIT:
+            # The origin was never asked: every pooled connection stayed busy
+            # (a slow origin, or more load than proxy.max_origin_connections).
+            code, text = 504, "warmproxy: waited for an origin connection, none came free\n"
+            detail = "pool-wait"
+        elif error.kind is OriginFailure.HEAD_TOO_LARGE:
+            code, text = 502, "warmproxy: origin response head too large\n"
         else:
             code, text = 502, "warmproxy: origin unreachable\n"
-        status = policy.cache_status(fwd=fwd, detail=f"origin-{error.kind}", name=self._name)
-        return self._plain(request, code, text, status, started)
+        status = policy.cache_status(fwd=fwd, detail=detail, name=self._name)
+        return self._plain(request, code, text, status, started, reason=detail)
 
     def _plain(
-        self, request: web.BaseRequest, code: int, text: str, cache_status: str, started: float
+        self,
+        request: web.BaseRequest,
+        code: int,
+        text: str,
+        cache_status: str,
+        started: float,
+        *,
+        reason: str = "bad-request",
     ) -> web.Response:
+        """An error response the proxy makes itself, counted by ``reason``."""
+        self._metrics.proxy_errors.labels(reason).inc()
         self._emit(request, Outcome.BYPASS, code, started, len(text))
         return web.Response(
             status=code,
@@ -624,4 +754,3 @@ class ProxyHandler:
                 ),
             )
         )
-

@@ -24,6 +24,7 @@ from proxy.observe import EventHub
 from proxy.store.base import StoreStats
 
 if TYPE_CHECKING:
+    from proxy.handler import Admission
     from warmer.service import Warmer
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -53,6 +54,18 @@ class _RequestCollector(Collector):
                 "warmproxy_observer_errors",
                 "Exceptions raised by access-event observers.",
                 value=hub.observer_errors,
+            )
+        admission = self._metrics.admission
+        if admission is not None:
+            yield GaugeMetricFamily(
+                "warmproxy_requests_in_flight",
+                "Requests being handled that the in-process cache could not answer at once.",
+                value=admission.in_flight,
+            )
+            yield GaugeMetricFamily(
+                "warmproxy_event_loop_lag_seconds",
+                "How late the event loop ran a timer at the last sample (every 0.1 s).",
+                value=admission.lag,
             )
         stats = self._metrics.store_stats
         if stats is not None:
@@ -169,6 +182,8 @@ class ProxyMetrics:
         self.requests: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.hub: EventHub | None = None
         self.warmer: Warmer | None = None
+        # The overload limits' state (in-flight requests, loop lag), read at scrape.
+        self.admission: Admission | None = None
         # The store's last counted contents (see Warmproxy.refresh_store_stats).
         self.store_stats: StoreStats | None = None
         r = self.registry
@@ -182,6 +197,13 @@ class ProxyMetrics:
         self.origin_errors = Counter(
             "warmproxy_origin_errors_total",
             "Origin requests that failed without a response.",
+            ["reason"],
+            registry=r,
+        )
+        self.proxy_errors = Counter(
+            "warmproxy_proxy_errors_total",
+            "Error responses the proxy made itself (the origin's own are relayed, not "
+            "counted here), by reason: overload, pool-wait, origin-timeout, ...",
             ["reason"],
             registry=r,
         )

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterable
 from enum import StrEnum
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import aiohttp
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from prometheus_client import Histogram
 from yarl import URL
 
 from proxy.config import ProxySettings
 from proxy.metrics import ProxyMetrics
+
+log = logging.getLogger(__name__)
 
 # Characters the URL parser treats specially in a path (a fragment; tabs and
 # line breaks it removes): targets holding them take the parser's own path.
@@ -22,6 +27,13 @@ _NEEDS_PARSING = frozenset("#\t\r\n")
 class OriginFailure(StrEnum):
     UNREACHABLE = "unreachable"  # answered 502
     TIMEOUT = "timeout"  # answered 504
+    # The origin answered, with a status line or header field longer than
+    # proxy.max_origin_header_size (or more fields than the client reads):
+    # answered 502, named apart so nobody hunts for a network fault.
+    HEAD_TOO_LARGE = "head-too-large"
+    # Every pooled connection stayed busy for proxy.pool_timeout: the origin
+    # was never asked (answered 504, named so the origin is not blamed).
+    POOL_WAIT = "pool-wait"
 
 
 class OriginError(Exception):
@@ -31,6 +43,30 @@ class OriginError(Exception):
         super().__init__(f"origin {kind}: {detail}")
         self.kind = kind
         self.detail = detail
+
+
+# aiohttp's message for a head with more header fields than its max_headers;
+# it raises the same class for any malformed head, so only the text tells.
+_TOO_MANY_FIELDS = "Too many headers"
+
+
+def _head_too_large(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is the response parser's refusal of
+    a head over its size bounds.
+
+    aiohttp wraps the parser's error twice (ClientResponseError from
+    HttpProcessingError from LineTooLong), so the chain of causes is walked.
+    """
+    cause: BaseException | None = exc
+    for _ in range(4):
+        if cause is None:
+            return False
+        if isinstance(cause, LineTooLong):
+            return True
+        if isinstance(cause, BadHttpMessage) and cause.message.startswith(_TOO_MANY_FIELDS):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 class OriginClient:
@@ -91,6 +127,11 @@ class OriginClient:
             cookie_jar=aiohttp.DummyCookieJar(),
             # Only the client's own headers go to the origin.
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            # aiohttp's 8190-byte default is below what real origins send
+            # (long Content-Security-Policy, Link or Set-Cookie fields).
+            max_line_size=settings.max_origin_header_size,
+            max_field_size=settings.max_origin_header_size,
+            trace_configs=[_pool_wait_trace()],
         )
 
     async def close(self) -> None:
@@ -115,6 +156,7 @@ class OriginClient:
         assert self._session is not None, "OriginClient.start() was not awaited"
         url = self._url(path_qs)
         started = time.perf_counter()
+        queued = _Queued()
         try:
             response = await self._session.request(
                 method,
@@ -122,11 +164,20 @@ class OriginClient:
                 headers=headers,
                 data=body,
                 allow_redirects=False,
+                trace_request_ctx=queued,
             )
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            if queued.waiting:
+                self._metrics.origin_errors.labels(OriginFailure.POOL_WAIT).inc()
+                raise OriginError(
+                    OriginFailure.POOL_WAIT,
+                    "no origin connection came free within proxy.pool_timeout",
+                ) from exc
             self._metrics.origin_errors.labels(OriginFailure.TIMEOUT).inc()
             raise OriginError(OriginFailure.TIMEOUT, str(exc) or "no response in time") from exc
         except (aiohttp.ClientError, OSError) as exc:
+            if _head_too_large(exc):
+                raise self._head_too_large(method, path_qs) from exc
             self._metrics.origin_errors.labels(OriginFailure.UNREACHABLE).inc()
             raise OriginError(OriginFailure.UNREACHABLE, str(exc) or type(exc).__name__) from exc
         duration = self._durations.get(purpose)
@@ -134,6 +185,19 @@ class OriginClient:
             duration = self._durations[purpose] = self._metrics.origin_duration.labels(purpose)
         duration.observe(time.perf_counter() - started)
         return response
+
+    def _head_too_large(self, method: str, path_qs: str) -> OriginError:
+        self._metrics.origin_errors.labels(OriginFailure.HEAD_TOO_LARGE).inc()
+        limit = self._settings.max_origin_header_size
+        # Neither the parser's own message (it quotes the field's start) nor
+        # the query is logged: either may hold a cookie or a token.
+        path = path_qs.partition("?")[0][:200]
+        detail = (
+            f"response head to {method} {path} has a status line or header "
+            f"field over proxy.max_origin_header_size ({limit} bytes) or too many fields"
+        )
+        log.warning("origin response head too large: %s", detail)
+        return OriginError(OriginFailure.HEAD_TOO_LARGE, detail)
 
     async def websocket(
         self, path_qs: str, headers: list[tuple[str, str]], protocols: list[str]
@@ -162,6 +226,8 @@ class OriginClient:
         except aiohttp.WSServerHandshakeError as exc:
             raise OriginError(OriginFailure.UNREACHABLE, f"upgrade refused: {exc.status}") from exc
         except (aiohttp.ClientError, OSError) as exc:
+            if _head_too_large(exc):
+                raise self._head_too_large("GET", path_qs) from exc
             raise OriginError(OriginFailure.UNREACHABLE, str(exc) or type(exc).__name__) from exc
 
 
@@ -189,3 +255,38 @@ async def read_body(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes
     except (aiohttp.ClientError, OSError) as exc:
         raise OriginError(OriginFailure.UNREACHABLE, f"body read failed: {exc}") from exc
     return b"".join(chunks), True
+
+
+class _Queued:
+    """Whether a request waits for a free pooled connection (told by aiohttp's
+    trace signals), so a timeout there is named a pool wait, not the origin's."""
+
+    __slots__ = ("waiting",)
+
+    def __init__(self) -> None:
+        self.waiting = False
+
+
+async def _queued_start(
+    _session: aiohttp.ClientSession,
+    context: SimpleNamespace,
+    _params: aiohttp.TraceConnectionQueuedStartParams,
+) -> None:
+    if isinstance(context.trace_request_ctx, _Queued):
+        context.trace_request_ctx.waiting = True
+
+
+async def _queued_end(
+    _session: aiohttp.ClientSession,
+    context: SimpleNamespace,
+    _params: aiohttp.TraceConnectionQueuedEndParams,
+) -> None:
+    if isinstance(context.trace_request_ctx, _Queued):
+        context.trace_request_ctx.waiting = False
+
+
+def _pool_wait_trace() -> aiohttp.TraceConfig:
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_queued_start.append(_queued_start)
+    trace.on_connection_queued_end.append(_queued_end)
+    return trace

@@ -8,11 +8,13 @@ store.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from proxy.cache import Cache
+from proxy.cache_key import check_path_glob, glob_literal_prefix, path_glob_matcher
 from proxy.config import Settings
 from proxy.filler import Filler
 from proxy.forwarding import BadHost, ForwardingRules, normalize_host
@@ -30,9 +32,15 @@ from warmer.predictive import PredictiveConfig
 from warmer.schedule_store import FileScheduleState, RedisScheduleState, ScheduleState
 from warmer.scheduler import SourceDeps
 from warmer.service import BadRequest, Warmer
+from warmer.sources import is_origin_path
 from warmer.state_file import StateFile
 
 SITEMAP_MAX_BYTES = 50 * 1024 * 1024
+#: Seconds of glob matching between two turns of the event loop.
+MATCH_SLICE = 0.005
+#: The longest warm target: the proxy's default bound on a client's request
+#: line (``proxy.max_request_line``); a longer path is no client's request.
+MAX_TARGET_CHARS = 8190
 
 
 def build_warmer(
@@ -109,13 +117,29 @@ def build_warmer(
         return warm_target(target, allowed_hosts)
 
     async def store_paths(pattern: str) -> AsyncIterator[tuple[str, str]]:
-        # Keys are paths, or //host/path with any host (per-host keying).
-        glob = pattern if rules.keys_are_paths else f"//*{pattern}"
+        try:
+            check_path_glob(pattern)
+        except ValueError as exc:
+            raise BadRequest("pattern", str(exc)) from None
+        match = path_glob_matcher(pattern)
+        # The store is asked only for the glob's literal prefix, which any
+        # store matches in one pass over each key; the glob itself is
+        # matched here, on the path (with per-host keying, keys are
+        # //host/path for any host), giving way to the event loop between
+        # slices.  Redis never runs a user's glob either: SCAN MATCH with
+        # it would take the shared server's time from every replica.
+        prefix = glob_literal_prefix(pattern)
+        glob = f"{prefix}*" if rules.keys_are_paths else f"//*{prefix}*"
+        loop = asyncio.get_running_loop()
+        slice_end = loop.time() + MATCH_SLICE
         try:
             async for key in cache.keys(glob):
                 parsed = _split_key(key)
-                if parsed is not None:
+                if parsed is not None and match(parsed[1]):
                     yield parsed
+                if loop.time() > slice_end:
+                    await asyncio.sleep(0)
+                    slice_end = loop.time() + MATCH_SLICE
         except StoreError:  # the store is down: warm from what else is known
             return
 
@@ -124,6 +148,7 @@ def build_warmer(
         allowed_hosts=allowed_hosts,
         hot_paths=hot_paths,
         base_dir=Path.cwd(),
+        policy=settings.strategies.proactive.source_policy(),
     )
     state: ScheduleState
     if settings.cache.store == "redis":
@@ -195,9 +220,14 @@ def warm_target(target: str, allowed_hosts: set[str]) -> tuple[str, str]:
     """
     if not isinstance(target, str) or not target:
         raise BadRequest("url", "must be a non-empty string")
+    if len(target) > MAX_TARGET_CHARS:
+        raise BadRequest("url", f"must be at most {MAX_TARGET_CHARS} characters")
     if target.startswith("/") and not target.startswith("//"):
-        return "", target
-    parts = urlsplit(target)
+        return "", _origin_path(target)
+    try:
+        parts = urlsplit(target)
+    except ValueError:  # e.g. an unclosed "[" of an IPv6 address
+        raise BadRequest("url", f"not a URL: {target[:100]!r}") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise BadRequest("url", f"must be a path such as /products/42, got {target!r}")
     try:
@@ -211,7 +241,24 @@ def warm_target(target: str, allowed_hosts: set[str]) -> tuple[str, str]:
     path = parts.path or "/"
     if parts.query:
         path = f"{path}?{parts.query}"
-    return "", path
+    return "", _origin_path(path)
+
+
+def _origin_path(path: str) -> str:
+    """``path`` as it goes into the origin's request line: checked as the
+    scheduled sources' paths are (no whitespace, no control characters, not
+    ``//``, which would name a host), and with any non-ASCII character
+    percent-encoded as UTF-8, as a browser sends it (a request target is
+    ASCII, RFC 9112 §3.2), so the warm fill lands under the key of a
+    browser's request for it."""
+    if not is_origin_path(path):
+        raise BadRequest(
+            "url", f"must be a path without spaces or control characters, got {path[:100]!r}"
+        )
+    return path if path.isascii() else quote(path, safe=_ASCII_VISIBLE)
+
+
+_ASCII_VISIBLE = "".join(chr(c) for c in range(0x21, 0x7F))
 
 
 def _split_key(key: str) -> tuple[str, str] | None:

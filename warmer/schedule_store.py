@@ -4,13 +4,19 @@ With the Redis store the schedule lives in Redis under the deployment's
 prefix, so every replica sharing it sees the same schedule, and each firing
 is claimed with one ``SET NX`` key so several replicas fire it once (as arq
 does).  Without Redis it is a JSON file in the state directory, replaced
-atomically (write, fsync, rename): a crash leaves the old or the new
-schedule, never half of one.
+atomically (write, fsync, rename, fsync the directory): a crash leaves the
+old or the new schedule, never half of one, and the temporary file a crash
+left behind is removed at the next start.
+
+What is saved is the schedule as shown: DSN passwords masked (see
+:mod:`warmer.schedule`), so no password is written in clear.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -20,6 +26,10 @@ import orjson
 from redis.asyncio import Redis
 
 FIRING_CLAIM_SECONDS = 24 * 3600
+_TMP_PREFIX = ".schedule-"
+_TMP_SUFFIX = ".tmp"
+
+log = logging.getLogger(__name__)
 
 
 class ScheduleStateError(Exception):
@@ -68,6 +78,7 @@ class FileScheduleState:
         return await asyncio.to_thread(self._load)
 
     def _load(self) -> dict[str, Any] | None:
+        self._remove_leftovers()
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
@@ -82,7 +93,7 @@ class FileScheduleState:
     def _save(self, data: bytes) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".schedule-", suffix=".tmp")
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX)
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
@@ -92,14 +103,38 @@ class FileScheduleState:
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
+            _fsync_directory(self.path.parent)
         except OSError as exc:
             raise ScheduleStateError(f"cannot write {self.path}: {exc.strerror}") from exc
+
+    def _remove_leftovers(self) -> None:
+        """Remove temporary files of writes a crash interrupted (one process
+        owns the state directory, so none is being written now)."""
+        with contextlib.suppress(OSError):
+            for leftover in self.path.parent.glob(f"{_TMP_PREFIX}*{_TMP_SUFFIX}"):
+                try:
+                    leftover.unlink()
+                    log.info("removed %s, left by an interrupted schedule write", leftover)
+                except OSError as exc:
+                    log.warning("cannot remove %s: %s", leftover, exc.strerror)
 
     async def claim(self, name: str, firing: float) -> bool:
         return True  # one process owns its state directory
 
     async def close(self) -> None:
         return None
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (POSIX: the new directory entry
+    is on disk only once the directory is synced)."""
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class RedisScheduleState:

@@ -11,7 +11,7 @@ in :mod:`warmer.service`.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from warmer import schedule as spec
@@ -65,20 +65,26 @@ class SourceDeps:
     allowed_hosts: Collection[str]  # hosts a sitemap's absolute URLs may name
     hot_paths: Callable[[int], list[str]]  # the current top-N hot paths
     base_dir: Path  # relative file paths are resolved from here
+    # What posted file and SQL sources may read (the configuration's own may read anything).
+    policy: spec.SourcePolicy = field(default_factory=spec.SourcePolicy)
 
 
 def build_source(item: spec.ScheduledSource, deps: SourceDeps) -> sources.Source:
-    """The object that produces the paths of a scheduled source."""
+    """The object that produces the paths of a scheduled source.
+
+    No I/O beyond resolving a path; raises ValueError (a
+    :class:`~warmer.schedule.SourceFieldError` naming the field when it can)
+    for a source that cannot be built, so building at validation refuses it.
+    """
     s = item.source
     if isinstance(s, spec.UrlsSource):
         return sources.StaticSource(item.name, list(s.paths))
     if isinstance(s, spec.FileSource):
-        path = Path(s.path)
-        return sources.FileSource(item.name, path if path.is_absolute() else deps.base_dir / path)
+        return deps.policy.file_source(item.name, s, deps.base_dir)
     if isinstance(s, spec.SitemapSource):
         return sources.SitemapSource(
             item.name, s.url, deps.fetch, allowed_hosts=deps.allowed_hosts, max_urls=s.max_urls
         )
     if isinstance(s, spec.SqlSource):
-        return sources.SqlSource(item.name, s.dsn, s.query, s.key_pattern, max_rows=s.max_rows)
+        return deps.policy.sql_source(item.name, s)
     return sources.HotKeysSource(item.name, deps.hot_paths, s.top_n)

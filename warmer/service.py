@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import logging
 import math
+import re
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
-from fnmatch import fnmatchcase
 from typing import Any
 
 import psutil
@@ -354,10 +355,14 @@ class Warmer:
             for item in sources:
                 try:
                     paths = await build_source(item, self._deps).paths()
-                except (SourceError, OSError) as exc:
-                    self.schedule_errors[item.name] = str(exc)
-                    run.progress.item_done(item.name, False, 0.0, self._clock(), str(exc))
-                    log.warning("warming source %s failed: %s", item.name, exc)
+                except Exception as exc:  # any failure fails the run, never a silent 0 items
+                    error = _source_error(item.name, exc)
+                    self.schedule_errors[item.name] = error
+                    run.progress.item_done(item.name, False, 0.0, self._clock(), error)
+                    unexpected = not isinstance(exc, SourceError | OSError | ValueError)
+                    log.warning(
+                        "warming source %s failed: %s", item.name, error, exc_info=unexpected
+                    )
                     continue
                 self.schedule_errors.pop(item.name, None)
                 self._source_sizes[item.name] = len(paths)
@@ -481,15 +486,25 @@ class Warmer:
         return run
 
     async def warm_pattern(self, pattern: str, priority: str, limit: int) -> Run:
-        """Warm every known path matching the glob: history, sources and the store."""
+        """Warm every known path matching the glob: history, sources and the store.
+
+        The glob is compiled for this call only (``fnmatchcase`` would keep it
+        among up to 32,768 compiled patterns), and matching gives way to the
+        event loop every few milliseconds, so a glob over 100,000 known paths
+        never holds the proxy's clients.
+        """
         self._check_priority(priority)
+        match = re.compile(fnmatch.translate(pattern)).match
+        loop = asyncio.get_running_loop()
+        slice_end = loop.time() + _MATCH_SLICE
         found: dict[tuple[str, str], None] = {}
-        for _, url, host in self.tracker.known():
-            if fnmatchcase(url, pattern):
-                found[(host, url)] = None
-        for host, url in self._source_paths:
-            if fnmatchcase(url, pattern):
+        known = [(host, url) for _, url, host in self.tracker.known()]
+        for host, url in [*known, *self._source_paths]:
+            if match(url):
                 found.setdefault((host, url), None)
+            if loop.time() > slice_end:
+                await asyncio.sleep(0)
+                slice_end = loop.time() + _MATCH_SLICE
         async for host, url in self._store_paths(pattern):
             found.setdefault((host, url), None)
         requests = [
@@ -583,16 +598,34 @@ class Warmer:
         """
         if isinstance(document, dict):
             document = {k: v for k, v in document.items() if k not in _READ_ONLY_FIELDS}
-        plan = spec.Schedule.model_validate(document)
+        plan = self._deps.policy.resolve(spec.Schedule.model_validate(document))
         try:
             plan.check_priorities(self.config.levels)
         except ValueError as exc:
             field_name, _, message = str(exc).partition(": ")
             raise BadRequest(field_name, message) from None
+        self._check_buildable(plan)
+        # Saved as shown: DSN passwords masked (a configuration file's source
+        # is matched again when the saved schedule is loaded).
         await self.state.save(plan.model_dump(mode="json"))
         self._posted_at = self._clock()
         self._apply(plan)
         return plan
+
+    def _check_buildable(self, plan: spec.Schedule) -> None:
+        """Build every source (no I/O): what building refuses, validation refuses.
+
+        BadRequest names the field as validation does, e.g.
+        ``sources.0.source.file.path`` (the source's type, then its field).
+        """
+        for i, item in enumerate(plan.sources):
+            where = f"sources.{i}.source.{item.source.type}"
+            try:
+                build_source(item, self._deps)
+            except spec.SourceFieldError as exc:
+                raise BadRequest(f"{where}.{exc.field}", exc.message) from None
+            except ValueError as exc:
+                raise BadRequest(where, str(exc)) from None
 
     def _apply(self, plan: spec.Schedule) -> None:
         self.schedule = plan
@@ -614,8 +647,9 @@ class Warmer:
         if document is None:
             return
         try:
-            plan = spec.Schedule.model_validate(document)
+            plan = self._deps.policy.resolve(spec.Schedule.model_validate(document))
             plan.check_priorities(self.config.levels)
+            self._check_buildable(plan)
         except (ValidationError, ValueError) as exc:
             log.error("saved schedule invalid, using the configured one: %s", exc)
             return
@@ -829,6 +863,8 @@ class Warmer:
         }
 
 
+#: Seconds of glob matching between two turns of the event loop.
+_MATCH_SLICE = 0.005
 _READ_ONLY_FIELDS = ("next_runs", "errors", "persisted_in", "proposed", "origin", "posted_at")
 _ORIGIN_OUTCOMES = frozenset({"miss", "stale"})
 
@@ -849,6 +885,14 @@ def _middle(levels: tuple[str, ...]) -> str:
 
 def _ratio(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
+
+
+def _source_error(name: str, exc: Exception) -> str:
+    """What a failed source shows in the run's errors and GET /schedule."""
+    if isinstance(exc, SourceError | OSError | ValueError):
+        text = str(exc)
+        return text if text.startswith(f"source {name!r}") else f"source {name!r}: {text}"
+    return f"source {name!r}: {type(exc).__name__}"
 
 
 def _iso(ts: float | None) -> str | None:

@@ -64,7 +64,12 @@ class StateFile:
     def _write(self, document: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_bytes(orjson.dumps(document))
+        # Synced before the rename: else a crash soon after can leave the
+        # new name pointing at an empty or partial file (delayed allocation).
+        with open(tmp, "wb") as f:
+            f.write(orjson.dumps(document))
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, self.path)
 
     def _set_aside(self, why: str) -> None:

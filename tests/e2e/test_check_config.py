@@ -17,17 +17,17 @@ def test_a_valid_file_prints_settings_that_read_back_the_same(tmp_path: Path) ->
     config.write_text(
         '[proxy]\norigin = "http://app:8000"\n'
         '[cache]\nstore = "redis"\nredis_url = "redis://:hunter2@redis:6379/0"\n'
-        '[control]\nlisten = "0.0.0.0:8081"\ntoken = "s3cret"\n'
+        '[control]\nlisten = "0.0.0.0:8081"\ntoken = "s3cret-0123456789abcdef"\n'
     )
     result = run_cli("check-config", str(config), env={"WARMPROXY_EXECUTION__PARALLELISM": "3"})
     assert result.returncode == 0, result.stderr
-    assert "s3cret" not in result.stdout and "hunter2" not in result.stdout
+    assert "s3cret-0123456789abcdef" not in result.stdout and "hunter2" not in result.stdout
     printed = tomllib.loads(result.stdout)
     assert printed["proxy"]["origin"] == "http://app:8000"
     assert printed["execution"]["parallelism"] == 3  # the environment applies
     assert printed["cache"]["redis_url"] == "redis://:********@redis:6379/0"
     # Apart from the masked secrets, the output is a config meaning the same.
-    printed["control"]["token"] = "s3cret"
+    printed["control"]["token"] = "s3cret-0123456789abcdef"
     printed["cache"]["redis_url"] = "redis://:hunter2@redis:6379/0"
     again = tmp_path / "again.toml"
     again.write_text(result.stdout.replace("********", "x"))

@@ -19,7 +19,7 @@ import pytest
 
 from tests.e2e.test_cli import ROOT, free_port, get, run_cli, wait_http
 
-TOKEN = "e2e-token"
+TOKEN = "e2e-token-0123456789"
 
 
 BROWSER = {"Accept-Encoding": "gzip, deflate, br, zstd", "Accept-Language": "en-US,en;q=0.9"}

@@ -347,7 +347,7 @@ def k8s_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:
     clear_warmproxy_env(monkeypatch)
     for item in sidecar.get("env", []):
         # Values from Secrets are the operator's; any non-empty value will do.
-        monkeypatch.setenv(item["name"], item.get("value", "k8s-test-secret"))
+        monkeypatch.setenv(item["name"], item.get("value", "k8s-test-secret-0123"))
     return load(_parser().parse_args(args))
 
 

@@ -31,7 +31,7 @@ from tests.variants import (
 )
 from warmer.model import WarmRequest
 
-TOKEN = "variant-token"
+TOKEN = "variant-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 

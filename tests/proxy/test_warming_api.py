@@ -15,7 +15,7 @@ from proxy.app import Warmproxy
 from proxy.config import ConfigError, load_settings
 from tests.proxy.conftest import Origin, ProxyFactory, control_url, eventually, url
 
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CACHEABLE = {"Cache-Control": "public, max-age=60"}
 STATUS_KEYS = {
@@ -83,7 +83,9 @@ async def finished(client: aiohttp.ClientSession, proxy: Warmproxy, run_id: str)
 async def warm_proxy(origin: Origin, make_proxy: ProxyFactory, tmp_path: Path) -> Warmproxy:
     for n in range(1, 21):
         origin.set(f"/products/{n}", headers=CACHEABLE, body=f"product {n}".encode())
-    return await make_proxy(origin.url, **sections(tmp_path))
+    # Posted file and SQLite sources may read under tmp_path.
+    proactive = {"file_source_dir": str(tmp_path)}
+    return await make_proxy(origin.url, **sections(tmp_path, strategies={"proactive": proactive}))
 
 
 async def test_warm_key_fills_through_the_proxy_and_the_next_request_is_a_hit(
@@ -173,7 +175,14 @@ async def test_bad_bodies_get_400_naming_the_field(
 
 
 async def test_invalid_json_is_a_400(warm_proxy: Warmproxy, client: aiohttp.ClientSession) -> None:
-    status, answer = await api(client, warm_proxy, "POST", "warm-key", raw=b"{nope")
+    status, answer = await api(
+        client,
+        warm_proxy,
+        "POST",
+        "warm-key",
+        raw=b"{nope",
+        headers={**AUTH, "Content-Type": "application/json"},
+    )
     assert status == 400
     assert answer["field"] == "body"
 
@@ -436,8 +445,8 @@ async def test_openapi_document_matches_the_routes(
 def test_control_off_loopback_needs_a_token() -> None:
     with pytest.raises(ConfigError, match=r"control\.token is required"):
         load_settings(None, {"control": {"listen": "0.0.0.0:8081"}})
-    settings = load_settings(None, {"control": {"listen": "0.0.0.0:8081", "token": "t"}})
-    assert settings.control.token.get_secret_value() == "t"
+    settings = load_settings(None, {"control": {"listen": "0.0.0.0:8081", "token": TOKEN}})
+    assert settings.control.token.get_secret_value() == TOKEN
 
 
 def test_config_schedule_errors_name_the_key() -> None:
