@@ -160,6 +160,10 @@ class ProxySettings(_Section):
             )
         if parts.path not in ("", "/") or parts.query:
             raise ValueError("must be scheme://host[:port] without a path")
+        if "@" in parts.netloc:
+            # user:password@ would reach the origin's Host field and logs; an
+            # origin that wants credentials gets them from its clients.
+            raise ValueError("must not carry credentials (user:password@)")
         return value.rstrip("/")
 
     @field_validator("listen")

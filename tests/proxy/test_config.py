@@ -98,3 +98,12 @@ def test_an_environment_list_that_is_not_json_is_a_config_error(
         load_settings(None)
     monkeypatch.setenv("WARMPROXY_EXECUTION__PRIORITY_LEVELS", '["a", "b"]')
     assert load_settings(None).execution.priority_levels == ["a", "b"]
+
+
+def test_an_origin_with_credentials_is_refused_without_echoing_them() -> None:
+    """user:password@ in proxy.origin would be sent in the origin's Host field."""
+    with pytest.raises(ConfigError) as raised:
+        load_settings(overrides={"proxy": {"origin": "http://admin:s3cret-pw@127.0.0.1:9000"}})
+    message = str(raised.value)
+    assert "proxy.origin" in message and "credentials" in message
+    assert "s3cret-pw" not in message
