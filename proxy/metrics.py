@@ -6,7 +6,6 @@ collector at scrape time instead of a locked client-library counter.
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -143,7 +142,8 @@ class _WarmerCollector(Collector):
     def _effectiveness(self, warmer: Warmer) -> Iterable[Metric]:
         """The ledger's figures, the alerts and the predictive model's state."""
         if warmer.ledger is not None:
-            for f in warmer.ledger.figures(time.time()).metric_families():
+            # On the warmer's clock, as every figure the ledger booked.
+            for f in warmer.ledger.figures(warmer.now()).metric_families():
                 family: Metric
                 if f.kind == "counter":
                     family = CounterMetricFamily(f.name, f.documentation, labels=list(f.labels))

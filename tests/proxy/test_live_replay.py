@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import aiohttp
@@ -186,3 +187,38 @@ def test_cli_refuses_a_strategy_without_live_configuration(
     trace = first_rows(tmp_path, 10)
     assert main(["replay", str(trace), "--live", "--strategies", "reactive"]) == 2
     assert "'reactive' has no live configuration" in capsys.readouterr().err
+
+
+async def test_metrics_judge_warmed_entries_on_the_injected_clock(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """An entry warmed a second ago on the proxy's clock is still open in
+    /metrics, however far the wall clock is from it."""
+    origin.set("/page", headers={"Cache-Control": "max-age=60"}, body=b"v1")
+    clock = ManualClock(start=1_500_000_000.0)  # years before the wall clock
+    settings = load_settings(
+        None,
+        {
+            "proxy": {"origin": origin.url, "listen": "127.0.0.1:0"},
+            "control": {"listen": "127.0.0.1:0"},
+            "state": {"dir": str(tmp_path / "state")},
+        },
+    )
+    proxy = Warmproxy(settings, clock=clock)
+    await proxy.start()
+    try:
+        assert proxy.warmer is not None
+        run = proxy.warmer.warm_urls(["/page"], "high", "key")
+        await asyncio.wait_for(run.done.wait(), 10)
+        clock.advance(1)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{proxy.control_port}/metrics") as response,
+        ):
+            text = await response.text()
+        open_entries = [
+            line for line in text.splitlines() if line.startswith("warmproxy_warmed_entries_open")
+        ]
+        assert open_entries and float(open_entries[0].split()[-1]) == 1.0, open_entries
+    finally:
+        await proxy.stop()
