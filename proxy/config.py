@@ -380,9 +380,9 @@ class PredictiveSettings(_Section):
     max_warm_ratio: float = Field(0.2, gt=0)
     # Predict what a client asks for next from what it asked for (pages, tiles, segments).
     sequences: bool = True
-    # Keys followed: a few hundred bytes each with ordinary paths (about
-    # 120 MB at the default, see docs/operations.md).
-    max_keys: int = Field(50_000, ge=100)
+    # Keys followed: 550 to 700 bytes each with ordinary paths (about
+    # 155 MB at the default, see docs/operations.md).
+    max_keys: int = Field(200_000, ge=100)
     # Where the learned model is kept across restarts; empty: state.dir/model.json.
     model_path: str = ""
     # Cron (UTC) for saving the model and weighing old evidence down.

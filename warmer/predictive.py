@@ -44,6 +44,14 @@ stops at a step far below the floor (in a cell with enough evidence) until
 the key's next request, but for a sample that keeps the table learning: a
 long tail of rare URLs costs little.
 
+Bounded memory (:meth:`Predictor.memory_bound`): at most ``max_keys`` keys
+are followed (least recently asked for forgotten first), none whose names
+take more than ``max_name_bytes``; the decisions waiting for their time and
+for their outcome are bounded per followed key, the calibration table by its
+cells; a sequence model of its own follows at most :data:`OWN_SEQUENCE_KEYS`
+keys and clients.  A followed key costs a few hundred bytes with ordinary
+paths (docs/operations.md).
+
 Sans-I/O (DESIGN rule 2): ``observe``, ``due`` and ``filled`` take time from the
 events and the caller; :meth:`Predictor.to_document` / :meth:`Predictor.load_document`
 turn the learned state into JSON for :mod:`warmer.state_file` to save and load.
@@ -51,12 +59,15 @@ turn the learned state into JSON for :mod:`warmer.state_file` to save and load.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import math
+import sys
+from array import array
 from collections import OrderedDict, deque
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, Final
 
 from warmer.model import Observed, Reason, WarmRequest
@@ -96,10 +107,16 @@ EARLY_DROPS_RARE: Final = 0.01
 FORECAST_SCAN: Final = 5_000
 #: Warming predictions kept for the API.
 RECENT_KEPT: Final = 200
-#: Largest number of open decisions awaiting their outcome.
-MAX_PENDING: Final = 200_000
+#: Most keys (and clients) a sequence model of the predictor's own follows.
+OWN_SEQUENCE_KEYS: Final = 20_000
+#: Decisions awaiting their outcome, at most this many per followed key on
+#: average (at least 1024 keys' worth): beyond, the oldest is judged early.
+_PENDING_PER_KEY: Final = 1
 #: Decisions awaiting their time, at most this many per followed key on average.
-_HEAP_PER_KEY: Final = 8
+_HEAP_PER_KEY: Final = 4
+#: A daily or weekly decision planted out of time order waits in its lane
+#: (not the heap) when its place is among the lane's last this many.
+_LANE_REORDER: Final = 256
 #: Per-request decay of the early-drop rate (about the last 20,000 requests).
 _RATIO_DECAY: Final = 1.0 - 1.0 / 20_000
 #: The warm budget is a token bucket: ``max_warm_ratio`` tokens a user
@@ -112,12 +129,33 @@ _RATIO_DECAY: Final = 1.0 - 1.0 / 20_000
 #: traffic, warm fetches stay within the budget plus the bucket.
 BUDGET_BURST: Final = 10_000
 BUDGET_RESERVE: Final = 500
+#: Default of ``PredictiveConfig.max_name_bytes``: the usage tracker's.
+MAX_NAME_BYTES: Final = 2048
+_STR_HEADER_BYTES: Final = 80  # sys.getsizeof of a str is at most this + 4 per character
+# Upper estimates of what one entry costs besides its names (CPython 3.11,
+# 64-bit; measured with tracemalloc, rounded up); see Predictor.memory_bound.
+_KEY_BYTES: Final = 1024  # map slot and node, _Key, its floats and ints, its two warm requests
+_ASKED_BYTES: Final = 256  # map slot and node, (fetches, stored) tuple, an int
+_DECISION_BYTES: Final = 256  # heap slot, (time, seq, key, kind, generation), a float, two ints
+_COMPACT_BYTES: Final = 32  # per waiting decision, while a compaction sorts and trims them
+_PENDING_BYTES: Final = 256  # deque slot, (at, state, counts, kind, count, act), two ints
+_CELL_BYTES: Final = 512  # table slot, the cell tuple, its four counts
+_RECENT_BYTES: Final = 256  # (key, url, confidence, at, kind), two floats
+_FIXED_BYTES: Final = 64 * 1024
 _CACHED_OUTCOMES = frozenset({"hit", "miss", "stale", "revalidated"})
 _HIT_OUTCOMES = frozenset({"hit", "revalidated"})
 _SEASONAL = frozenset({"daily", "weekly"})
 # The kinds of a revisit chain's steps, and the step of each kind.
 _REVISIT_KINDS: Final = ("revisit", *(f"revisit:{i}" for i in range(1, len(REVISIT_AFTER))))
 _REVISIT_STEP: Final = {kind: step for step, kind in enumerate(_REVISIT_KINDS)}
+# A sequence decision's kind names its confidence tenth; one string each,
+# shared by every decision of that kind.
+_SEQUENCE_KINDS: Final = tuple(f"sequence:{tenth}" for tenth in range(10))
+# Where in _Key.recurred each seasonal kind counts (two bits: 0 to 3).
+_RECURRED_SHIFT: Final = {"daily": 0, "weekly": 2}
+# Bits of a client id's hash kept in _Key.clients.
+_CLIENT_BITS: Final = 31
+_CLIENT_MASK: Final = (1 << _CLIENT_BITS) - 1
 _LN2: Final = math.log(2.0)
 #: Warms of a key whose use is remembered (bits of an int).
 _JUDGED: Final = 64
@@ -135,29 +173,41 @@ class PredictiveConfig:
     min_confidence: float = 0.3
     #: Warm fetches allowed per user request before the threshold rises.
     max_warm_ratio: float = 0.2
-    #: Keys followed (least recently asked for forgotten first).
-    max_keys: int = 50_000
+    #: Keys followed (least recently asked for forgotten first); a few
+    #: hundred bytes each with ordinary paths (docs/operations.md).
+    max_keys: int = 200_000
     priority: str = "low"
     sequences: bool = True
     #: Seconds before an entry's expiry its refresh is decided (the live
     #: proxy's tick; the replay decides at the instant of expiry).
     refresh_lead: float = 0.0
+    #: A key whose key, URL and host strings together take more bytes
+    #: (``sys.getsizeof``) is not followed: what makes
+    #: :meth:`Predictor.memory_bound` a bound (the usage tracker's rule).
+    max_name_bytes: int = MAX_NAME_BYTES
 
 
 @dataclass(slots=True)
 class _Key:
-    url: str
+    # The key as followed: its decisions (and an owned sequence model) hold
+    # this one string, not a copy per request.
+    key: str
+    url: str  # the key's own string when they are equal
     host: str
     updated: float  # when the decayed counts were last brought up to date
     recent: float = 0.0  # decayed count, half-life one window
     trend: float = 0.0  # half-life 8 windows
     last: float = 0.0  # last request
     count: int = 0
-    clients: set[str] = field(default_factory=set)  # up to 4 distinct ones
+    # Distinct clients seen, up to 3 (all the feature tells apart), in the
+    # low two bits; above them the 31-bit hashes of the first two: one int,
+    # whatever the length of the clients' ids (see add_client).
+    clients: int = 0
     fresh_until: float = 0.0  # the cached entry's freshness end, as events showed
-    seasonal_hour: int = -1  # hour (since epoch) of the last seasonal decision planted
     revisit_planned: bool = False  # one revisit chain per key, re-anchored lazily
-    recurred: dict[str, int] = field(default_factory=dict)  # daily/weekly decisions that came true
+    # Daily and weekly decisions that came true, up to 3 each (all the cell
+    # tells apart), two bits each at _RECURRED_SHIFT.
+    recurred: int = 0
     # This model's warms of it, numbered 1, 2, ...; which of the last
     # _JUDGED were fetched and then found by the next request (used), or
     # fetched and gone before it (wasted: evicted, or replaced by another
@@ -170,6 +220,26 @@ class _Key:
     # Its warm requests as last made (a hint, a refresh): the same each time.
     hint: WarmRequest | None = None
     refresh: WarmRequest | None = None
+
+    def add_client(self, client: str) -> None:
+        """Count ``client`` among the distinct ones (while fewer than 3 are).
+
+        Told apart by 31 bits of their hashes: two distinct ids collide once
+        in two billion, which at worst reads one client less.
+        """
+        clients = self.clients
+        seen = clients & 3
+        if seen >= 3:
+            return
+        h = hash(client) & _CLIENT_MASK
+        first = clients >> 2 & _CLIENT_MASK
+        if seen == 0:
+            self.clients = h << 2 | 1
+        elif h != first:
+            if seen == 1:
+                self.clients = h << (2 + _CLIENT_BITS) | first << 2 | 2
+            elif h != clients >> (2 + _CLIENT_BITS):
+                self.clients = 3  # the hashes are not needed any more
 
     def new_warm(self) -> int:
         """Number a warm of this key (the bits of earlier ones move up)."""
@@ -206,6 +276,103 @@ class _Key:
                 self.used |= 1 << age
             else:
                 self.wasted |= 1 << age
+
+
+class _Lane:
+    """Decisions of one kind planted in time order, waiting for their time
+    (see ``Predictor._decisions``): their times, sequence numbers and keys
+    in three arrays from ``head`` on, 24 bytes a decision instead of a tuple."""
+
+    __slots__ = ("head", "keys", "seqs", "times")
+
+    def __init__(self) -> None:
+        self.times = array("d")
+        self.seqs = array("q")
+        self.keys: list[str] = []
+        self.head = 0
+
+    def __len__(self) -> int:
+        return len(self.keys) - self.head
+
+    def append(self, at: float, seq: int, key: str) -> None:
+        """Add a decision at least as late as every other (``seq`` the largest)."""
+        self.times.append(at)
+        self.seqs.append(seq)
+        self.keys.append(key)
+
+    def insert(self, at: float, seq: int, key: str) -> bool:
+        """Add a decision a little out of time order (``seq`` the largest) in
+        its place, after the first; False, and not added, when its place is
+        not among the last :data:`_LANE_REORDER` (the lane is not empty)."""
+        times = self.times
+        end = len(times)
+        lo = max(self.head, end - _LANE_REORDER)
+        if at < times[lo]:
+            return False
+        place = bisect.bisect_right(times, at, lo, end)
+        times.insert(place, at)
+        self.seqs.insert(place, seq)
+        self.keys.insert(place, key)
+        return True
+
+    def first(self) -> float:
+        """The time of the next decision (the lane is not empty)."""
+        return self.times[self.head]
+
+    def last(self) -> float:
+        """The time of the latest decision (the lane is not empty)."""
+        return self.times[-1]
+
+    def order(self) -> Iterator[tuple[float, int]]:
+        """(time, seq) of each decision, in the order they are taken."""
+        return itertools.islice(zip(self.times, self.seqs, strict=True), self.head, None)
+
+    def drain(self, now: float, kind: str, heap: list[tuple[float, int, str, str, int]]) -> int:
+        """Push the decisions due by ``now`` onto ``heap``; returns how many."""
+        times = self.times
+        seqs = self.seqs
+        keys = self.keys
+        start = i = self.head
+        end = len(keys)
+        while i < end and times[i] <= now:
+            heapq.heappush(heap, (times[i], seqs[i], keys[i], kind, 0))
+            i += 1
+        if i == end:
+            del times[:], seqs[:], keys[:]
+            self.head = 0
+        elif i >= 1024 and 2 * i >= end:
+            # Drop the taken ones once they are the larger part (amortised O(1)).
+            del times[:i], seqs[:i], keys[:i]
+            self.head = 0
+        else:
+            self.head = i
+        return i - start
+
+    def keep_followed(self, followed: dict[str, _Key]) -> None:
+        """Keep the decisions of followed keys, each holding its key's
+        followed string; in place."""
+        times = self.times
+        seqs = self.seqs
+        keys = self.keys
+        j = 0
+        for i in range(self.head, len(keys)):
+            state = followed.get(keys[i])
+            if state is not None:
+                times[j] = times[i]
+                seqs[j] = seqs[i]
+                keys[j] = state.key
+                j += 1
+        del times[j:], seqs[j:], keys[j:]
+        self.head = 0
+
+    def truncate(self, until: tuple[float, int]) -> None:
+        """Drop the decisions after ``(time, seq)`` ``until``."""
+        times = self.times
+        at, seq = until
+        end = bisect.bisect_right(times, at, lo=self.head)
+        while end > self.head and times[end - 1] == at and self.seqs[end - 1] > seq:
+            end -= 1
+        del times[end:], self.seqs[end:], self.keys[end:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +446,10 @@ class Predictor:
         ``feed_sequences=False`` when the analysis already feeds it every event."""
         if config.prediction_window <= 0:
             raise ValueError("prediction_window must be positive")
+        if config.max_keys < 1:
+            raise ValueError(f"max_keys must be at least 1, got {config.max_keys}")
+        if config.max_name_bytes < 1:
+            raise ValueError(f"max_name_bytes must be positive, got {config.max_name_bytes}")
         self.config = config
         self.window = config.prediction_window
         # Decayed counts: half-lives of one window (recent) and eight (trend);
@@ -291,42 +462,53 @@ class Predictor:
         self._age_scale = 8.0 / self.window
         # Revisits, in seconds after a key's last request.
         self._revisit_offsets = tuple(after * self.window for after in REVISIT_AFTER)
+        # Its own sequence model follows as many keys (and clients) as the
+        # model, so what follows what is not forgotten before the keys
+        # themselves are; but at most OWN_SEQUENCE_KEYS: a source costs more
+        # than a followed key, and the keys that lead somewhere are the
+        # recently asked for ones.
+        own = min(config.max_keys, OWN_SEQUENCE_KEYS)
         self.sequences = (
             sequences
             if sequences is not None
-            # As many keys as the model follows, so what follows what is
-            # not forgotten before the keys themselves are.
-            else (
-                SequenceModel(max_clients=config.max_keys, max_keys=config.max_keys)
-                if config.sequences
-                else None
-            )
+            else (SequenceModel(max_clients=own, max_keys=own) if config.sequences else None)
         )
         self._feed_sequences = feed_sequences
+        # Whether self.sequences is this model's own (its memory counted here).
+        self._owns_sequences = sequences is None and self.sequences is not None
+        # Names of at most this many characters in all fit max_name_bytes
+        # whatever their kind (a str takes at most _STR_HEADER_BYTES + 4
+        # bytes a character), so most keys are checked with len() alone.
+        self._short_names = max(0, (config.max_name_bytes - 3 * _STR_HEADER_BYTES) // 4)
         self.calibration = _Calibration()
         self._keys: OrderedDict[str, _Key] = OrderedDict()
+        # Keys forgotten since the last compaction: their waiting decisions
+        # still hold their names, so past max_keys of them they are dropped.
+        self._forgotten = 0
+        self._max_forgotten = config.max_keys
         # (time, seq, key, kind, generation): decisions to take at ``time``,
         # in (time, seq) order; ``generation`` is the key's request count
         # when planted (revisits are void once the key was asked for again).
         # They wait in a heap, but for the daily and weekly ones: planted a
         # day or a week ahead, they would make the heap many times larger for
-        # nothing until then, so they wait in a FIFO lane per kind (as long
-        # as they come in time order; one out of order goes to the heap) and
-        # move to the heap when their time comes.  Where a decision waits
-        # never changes the order decisions are taken in.
+        # nothing until then, so they wait in a lane per kind, in time order
+        # (compact arrays, see _Lane; one planted far out of order goes to
+        # the heap), and move to the heap when their time comes.  Where a
+        # decision waits never changes the order decisions are taken in.
         self._decisions: list[tuple[float, int, str, str, int]] = []
-        self._lanes: dict[str, deque[tuple[float, int, str, str, int]]] = {
-            kind: deque() for kind in _SEASONAL
-        }
+        self._lanes: dict[str, _Lane] = {kind: _Lane() for kind in sorted(_SEASONAL)}
         self._in_lanes = 0  # decisions waiting in the lanes
         self._lanes_next = math.inf  # the earliest time at the head of a lane
-        # (resolve_at, key, state, cell, count_then, act): decisions awaiting
-        # their outcome (``act``: the number of the warm it made, 0 none).
+        # (at, state, counts, kind, count_then, act): decisions taken at
+        # ``at`` awaiting their outcome, a window later (``counts``: their
+        # cell's in the calibration table; ``act``: the number of the warm it
+        # made, 0 none).
         # ``state`` is the key's state the decision was taken on: one dropped
         # since (more keys than max_keys) and re-created when the key came
         # back is another, and the decision is discarded, not judged on it.
         # Decisions are taken in time order, so this is a FIFO.
-        self._pending: deque[tuple[float, str, _Key, tuple[Any, ...], int, int]] = deque()
+        self._pending: deque[tuple[float, _Key, list[float], str, int, int]] = deque()
+        self._max_pending = _PENDING_PER_KEY * max(1024, config.max_keys)
         self._seq = 0
         self._sampled = 0
         # Requests for entries believed fresh, and those that missed (decayed).
@@ -369,15 +551,34 @@ class Predictor:
         self._tokens = tokens
         self.threshold = self._rationed(tokens)
         key = event.key
+        client = event.client
         keys = self._keys
         state = keys.get(key)
         if state is None:
-            state = _Key(event.url, event.host, ts)
+            url = event.url
+            host = event.host
+            if len(key) + len(url) + len(host) > self._short_names and (
+                sys.getsizeof(key) + sys.getsizeof(url) + sys.getsizeof(host)
+                > config.max_name_bytes
+            ):
+                # Too long to follow (see max_name_bytes); an owned sequence
+                # model still sees it end the client's sequence.
+                if self._feed_sequences and self.sequences is not None and client:
+                    self.sequences.observe(client, key, ts)
+                return
+            # One string where the URL is the key (one host string for all).
+            state = _Key(key, key if url == key else url, sys.intern(host), ts)
             keys[key] = state
             if len(keys) > config.max_keys:
                 keys.popitem(last=False)
+                self._forgotten += 1
+                if self._forgotten > self._max_forgotten:
+                    # Waiting decisions of forgotten keys hold their names:
+                    # drop them before they hold more than max_keys of them.
+                    self._compact(shrink=False)
         else:
             keys.move_to_end(key)
+            key = state.key
             # _decay(state, ts)
             elapsed = ts - state.updated
             if elapsed > 0:
@@ -395,12 +596,11 @@ class Predictor:
                 self._early_drops += 1.0
         state.recent += 1.0
         state.trend += 1.0
+        previous = state.last
         state.last = ts
         count = state.count = state.count + 1
-        client = event.client
-        clients = state.clients
-        if len(clients) < 4 and client:
-            clients.add(client)
+        if state.clients & 3 < 3 and client:
+            state.add_client(client)
         fresh_until = event.fresh_until
         new_lifetime = fresh_until > state.fresh_until
         if new_lifetime:
@@ -412,9 +612,10 @@ class Predictor:
             if not state.revisit_planned:
                 state.revisit_planned = True
                 self._plant(ts + self._revisit_offsets[0], key, "revisit", count)
-            hour = int(ts // 3600)
-            if hour != state.seasonal_hour:
-                state.seasonal_hour = hour
+            # Daily and weekly decisions once an hour: at the first request
+            # followed, and at one in another hour than the previous (which
+            # was followed too, so planted them for its hour).
+            if count == MIN_REQUESTS_TO_FOLLOW or ts // 3600 != previous // 3600:
                 lead = SEASONAL_LEAD * self.window
                 self._plant_seasonal(ts + DAY - lead, key, "daily")
                 self._plant_seasonal(ts + WEEK - lead, key, "weekly")
@@ -450,7 +651,7 @@ class Predictor:
         if state is None or fresh_until <= state.fresh_until:
             return
         state.fresh_until = fresh_until
-        self._plant(fresh_until - self.config.refresh_lead, key, "expiry", 0)
+        self._plant(fresh_until - self.config.refresh_lead, state.key, "expiry", 0)
 
     def fanned_out(self, key: str, requests: int) -> None:
         """The core made ``requests`` warm requests (variants, hosts) of the one
@@ -471,7 +672,7 @@ class Predictor:
         if now > self._now:
             self._now = now
         pending = self._pending
-        if pending and pending[0][0] <= now:
+        if pending and pending[0][0] + self.window <= now:
             self._resolve(now)
         if self._lanes_next <= now:
             self._drain_lanes(now)
@@ -487,7 +688,6 @@ class Predictor:
         heappush = heapq.heappush
         keys_get = self._keys.get
         lead = self.config.refresh_lead
-        window = self.window
         threshold = self.threshold
         cells_get = self.calibration.cells.get
         kinds_get = self.calibration.kinds.get
@@ -501,7 +701,8 @@ class Predictor:
         revisit_kinds = _REVISIT_KINDS
         revisit_offsets = self._revisit_offsets
         revisits = len(revisit_offsets)
-        max_pending = MAX_PENDING
+        max_pending = self._max_pending
+        cells = self.calibration.cells
         # Whether the cache has (lately) kept entries until they expire: fewer
         # than one in a hundred requests for a believed-fresh entry missed.
         # Then a revisit while the entry is fresh finds it cached, so the
@@ -518,6 +719,7 @@ class Predictor:
             state = keys_get(key)
             if state is None:
                 continue
+            key = state.key  # the followed key's own string, not a forgotten one's
             # Neither seasonal nor a sequence: (a Poisson prior, a plain cell).
             plain = True
             if kind == "expiry":
@@ -575,20 +777,18 @@ class Predictor:
             recent = int(log2(recent_count + 1.0) * 2.0)
             trend = int(log2(trend_count + 1.0) * 2.0)
             aged = int(log2(age * age_scale + 1.0)) if age > 0 else 0
-            clients = len(state.clients)
             cell: tuple[Any, ...] = (
                 kind,
                 recent if recent < 9 else 9,
                 trend if trend < 11 else 11,
                 aged if aged < 7 else 7,
-                clients if clients < 3 else 3,
+                state.clients & 3,
             )
             if plain:
                 prior = 1.0 - exp(-trend_count * trend_per_window)
             else:
                 if kind in _SEASONAL:
-                    recurred = state.recurred.get(kind, 0)
-                    cell = (*cell, recurred if recurred < 3 else 3)
+                    cell = (*cell, state.recurred >> _RECURRED_SHIFT[kind] & 3)
                 if kind[0] == "s":  # "sequence:<confidence tenth>"
                     prior = (int(kind[9:]) + 0.5) / 10
                 else:
@@ -602,7 +802,12 @@ class Predictor:
             seen = cells_get(cell)
             if seen is None:
                 confidence = prior * cached
+                # The cell's counts, which its outcome goes to: the pending
+                # decision holds these, not a tuple of its own.  (A cell of
+                # zeros gives the same confidences as no cell.)
+                counts = cells[cell] = [0.0, 0.0, 0.0, 0.0]
             else:
+                counts = seen
                 asked = (seen[1] + prior * PRIOR_WEIGHT) / (seen[0] + PRIOR_WEIGHT)
                 confidence = asked * (seen[3] + cached * PRIOR_WEIGHT) / (seen[2] + PRIOR_WEIGHT)
             if chain_next is not None:
@@ -632,7 +837,7 @@ class Predictor:
             else:
                 act = 0
             # Await the outcome (decisions are taken in time order: a FIFO).
-            pending.append((at + window, key, state, cell, state.count, act))
+            pending.append((at, state, counts, kind, state.count, act))
             if len(pending) > max_pending:
                 # Resolve the oldest early rather than grow.
                 self._learn(*pending.popleft()[1:])
@@ -682,12 +887,13 @@ class Predictor:
         # returns them with the rest.  A transition seen once is no sequence
         # yet; below the floor the calibration could only lower it further.
         assert self.sequences is not None
-        keys = self._keys
+        keys_get = self._keys.get
         for nxt, confidence, _ in self.sequences.likely_successors(
             key, 3, min_count=2, min_confidence=self.config.min_confidence
         ):
-            if nxt in keys:
-                self._plant(ts, nxt, f"sequence:{min(int(confidence * 10), 9)}", 0)
+            state = keys_get(nxt)
+            if state is not None:
+                self._plant(ts, state.key, _SEQUENCE_KINDS[min(int(confidence * 10), 9)], 0)
 
     def _request(
         self, key: str, state: _Key, kind: str, confidence: float, at: float
@@ -723,19 +929,17 @@ class Predictor:
         recent = int(log2(state.recent + 1.0) * 2.0)
         trend = int(log2(state.trend + 1.0) * 2.0)
         aged = int(log2(age * self._age_scale + 1.0)) if age > 0 else 0
-        clients = len(state.clients)
         cell: tuple[Any, ...] = (
             kind,
             recent if recent < 9 else 9,
             trend if trend < 11 else 11,
             aged if aged < 7 else 7,
-            clients if clients < 3 else 3,
+            state.clients & 3,
         )
         if kind in _SEASONAL:
             # Whether this key's earlier daily/weekly decisions came true is
             # what tells a recurring peak from a one-off.
-            recurred = state.recurred.get(kind, 0)
-            cell = (*cell, recurred if recurred < 3 else 3)
+            cell = (*cell, state.recurred >> _RECURRED_SHIFT[kind] & 3)
         if kind[0] == "s":  # "sequence:<confidence tenth>"
             prior = (int(kind[9:]) + 0.5) / 10
         else:
@@ -756,18 +960,20 @@ class Predictor:
         """Learn the outcome of every decision whose window ended by ``now``."""
         pending = self._pending
         learn = self._learn
-        while pending and pending[0][0] <= now:
+        window = self.window
+        while pending and pending[0][0] + window <= now:
             learn(*pending.popleft()[1:])
 
-    def _learn(self, key: str, state: _Key, cell: tuple[Any, ...], count: int, act: int) -> None:
-        """One decision's outcome into the calibration table.
+    def _learn(self, state: _Key, seen: list[float], kind: str, count: int, act: int) -> None:
+        """One decision's outcome into its cell's counts ``seen`` (of a cell of
+        ``kind``) in the calibration table.
 
         A key forgotten since (not asked for recently enough to stay
         followed) was not asked for within the window.  A key forgotten and
         followed anew has a state that knows nothing of this decision: the
         decision is discarded.
         """
-        current = self._keys.get(key)
+        current = self._keys.get(state.key)
         if current is not None and current is not state:
             return
         if current is None:
@@ -778,23 +984,21 @@ class Predictor:
             # Fetched by this warm: did the request find it (used), or was it
             # evicted or replaced first (wasted)?
             warm_hit = state.outcome(act) if act else -1
-        seen = self.calibration.cells.get(cell)
-        if seen is None:
-            seen = self.calibration.cells[cell] = [0.0, 0.0, 0.0, 0.0]
         seen[0] += 1.0
         if happened:
             seen[1] += 1.0
             if warm_hit >= 0:
                 seen[2] += 1.0
                 seen[3] += warm_hit
-                kind = self.calibration.kinds.get(cell[0][0])
-                if kind is None:
-                    kind = self.calibration.kinds[cell[0][0]] = [0.0, 0.0]
-                kind[0] += 1.0
-                kind[1] += warm_hit
-            if cell[0] in _SEASONAL:
-                kind = cell[0]
-                state.recurred[kind] = state.recurred.get(kind, 0) + 1
+                kinds = self.calibration.kinds
+                of_kind = kinds.get(kind[0])
+                if of_kind is None:
+                    of_kind = kinds[kind[0]] = [0.0, 0.0]
+                of_kind[0] += 1.0
+                of_kind[1] += warm_hit
+            shift = _RECURRED_SHIFT.get(kind)
+            if shift is not None and state.recurred >> shift & 3 < 3:
+                state.recurred += 1 << shift
 
     def _plant(self, at: float, key: str, kind: str, generation: int) -> None:
         self._seq += 1
@@ -804,21 +1008,23 @@ class Predictor:
             self._compact()
 
     def _plant_seasonal(self, at: float, key: str, kind: str) -> None:
-        """:meth:`_plant` for a daily or weekly decision: in its lane when that
-        keeps the lane in time order, else in the heap."""
+        """:meth:`_plant` for a daily or weekly decision: in its lane when it
+        finds its place there at or near the end, else in the heap."""
         self._seq += 1
-        item = (at, self._seq, key, kind, 0)
         lane = self._lanes[kind]
         if not lane:
-            lane.append(item)
+            lane.append(at, self._seq, key)
             self._in_lanes += 1
             if at < self._lanes_next:
                 self._lanes_next = at
-        elif at >= lane[-1][0]:
-            lane.append(item)
+        elif at >= lane.last():
+            lane.append(at, self._seq, key)
+            self._in_lanes += 1
+        elif lane.insert(at, self._seq, key):
+            # Requests are observed a little out of order (as they complete).
             self._in_lanes += 1
         else:
-            heapq.heappush(self._decisions, item)
+            heapq.heappush(self._decisions, (at, self._seq, key, kind, 0))
         if len(self._decisions) + self._in_lanes > self._max_decisions:
             self._compact()
 
@@ -827,42 +1033,71 @@ class Predictor:
         decisions = self._decisions
         moved = 0
         heads = math.inf
-        for lane in self._lanes.values():
-            while lane and lane[0][0] <= now:
-                heapq.heappush(decisions, lane.popleft())
-                moved += 1
-            if lane and lane[0][0] < heads:
-                heads = lane[0][0]
+        for kind, lane in self._lanes.items():
+            moved += lane.drain(now, kind, decisions)
+            if lane and lane.first() < heads:
+                heads = lane.first()
         self._in_lanes -= moved
         self._lanes_next = heads
 
-    def _compact(self) -> list[tuple[float, int, str, str, int]]:
-        """Shrink the waiting decisions; returns the new heap (``self._decisions``)."""
-        # Drop decisions of forgotten keys and replaced expiries; if that is
-        # not enough, keep the soonest half (the rest would come too late to
-        # matter before the keys are re-planted by their next requests).
-        keep = []
-        for item in itertools.chain(self._decisions, *self._lanes.values()):
-            at, _, key, kind, _generation = item
-            state = self._keys.get(key)
+    def _compact(self, *, shrink: bool = True) -> list[tuple[float, int, str, str, int]]:
+        """Shrink the waiting decisions; returns the heap (``self._decisions``).
+
+        Drops the decisions of forgotten keys and replaced expiries, and has
+        the others hold their key's followed string (a key forgotten and
+        followed anew has a new one).  With ``shrink``, if that is not
+        enough, keeps the soonest half (the rest would come too late to
+        matter before the keys are re-planted by their next requests).  In
+        place: nothing the size of the decisions is copied.
+        """
+        keys = self._keys
+        keys_get = keys.get
+        lead = self.config.refresh_lead
+        heap = self._decisions
+        kept = 0
+        for item in heap:
+            at, seq, key, kind, generation = item
+            state = keys_get(key)
             if state is None:
                 continue
-            if kind == "expiry" and state.fresh_until - self.config.refresh_lead != at:
+            if kind == "expiry" and state.fresh_until - lead != at:
                 continue
-            keep.append(item)
-        if len(keep) > self._max_decisions // 2:
-            keep = heapq.nsmallest(self._max_decisions // 2, keep)
-            kept_revisits = {item[2] for item in keep if item[3].startswith("revisit")}
-            for key, state in self._keys.items():
-                if key not in kept_revisits:
-                    state.revisit_planned = False
-        heapq.heapify(keep)
-        self._decisions = keep
-        for lane in self._lanes.values():
-            lane.clear()
-        self._in_lanes = 0
-        self._lanes_next = math.inf
-        return keep
+            if key is not state.key:
+                item = (at, seq, state.key, kind, generation)
+            heap[kept] = item
+            kept += 1
+        del heap[kept:]
+        self._forgotten = 0
+        lanes = self._lanes.values()
+        for lane in lanes:
+            lane.keep_followed(keys)
+        half = self._max_decisions // 2
+        if shrink and kept + sum(len(lane) for lane in lanes) > half:
+            heap.sort()  # a sorted list is a heap
+            # The (time, seq) of the last of the soonest half.
+            until = (-math.inf, 0)
+            if half > 0:
+                merged = heapq.merge(
+                    ((item[0], item[1]) for item in heap), *(lane.order() for lane in lanes)
+                )
+                until = next(itertools.islice(merged, half - 1, None))
+            del heap[bisect.bisect_right(heap, until, key=_when) :]
+            for lane in lanes:
+                lane.truncate(until)
+            # A key whose revisit chain was dropped gets a new one at its
+            # next request.
+            chained = [keys[item[2]] for item in heap if item[3] in _REVISIT_STEP]
+            planned = [state.revisit_planned for state in chained]
+            for state in keys.values():
+                state.revisit_planned = False
+            for state, was in zip(chained, planned, strict=True):
+                if was:
+                    state.revisit_planned = True
+        else:
+            heapq.heapify(heap)
+        self._in_lanes = sum(len(lane) for lane in lanes)
+        self._lanes_next = min((lane.first() for lane in lanes if lane), default=math.inf)
+        return heap
 
     # ------------------------------------------------------------ persistence
 
@@ -893,17 +1128,28 @@ class Predictor:
         calibration = _Calibration()
         keys: OrderedDict[str, _Key] = OrderedDict()
         try:
-            for cell, n, asked, warmed, hit in document["calibration"]:
-                calibration.cells[_as_cell(cell)] = [
+            for i, (cell, n, asked, warmed, hit) in enumerate(document["calibration"]):
+                as_cell = _as_cell(cell)
+                if not _is_cell(as_cell):
+                    # Only cells this model makes: the table stays within
+                    # memory_bound whatever the file holds.
+                    raise ValueError(f"calibration cell {i} is not one this model makes")
+                calibration.cells[as_cell] = [
                     float(n),
                     float(asked),
                     float(warmed),
                     float(hit),
                 ]
             for key, url, host, updated, recent, trend, last, count in document["keys"]:
-                keys[str(key)] = _Key(
-                    str(url),
-                    str(host),
+                key, url, host = str(key), str(url), str(host)
+                if sys.getsizeof(key) + sys.getsizeof(url) + sys.getsizeof(host) > (
+                    self.config.max_name_bytes
+                ):
+                    continue  # not followed (see max_name_bytes)
+                keys[key] = _Key(
+                    key,
+                    key if url == key else url,
+                    sys.intern(host),
                     float(updated),
                     float(recent),
                     float(trend),
@@ -923,6 +1169,50 @@ class Predictor:
 
     # ---------------------------------------------------------------- reports
 
+    def memory_bound(self) -> int:
+        """An upper estimate, in bytes, of what this model can ever hold.
+
+        ``fixed + K * (KEY + ASKED + 3B) + D * (DECISION + COMPACT)
+        + P * (PENDING + KEY + B) + 200 * (RECENT + B) + CELLS * CELL``, plus
+        the sequence model's ``memory_bound()`` when the model owns it (a
+        shared one is counted by the usage analysis), where:
+
+        - ``K`` = ``max_keys``; ``D`` = 4 * max(1024, K) decisions waiting
+          for their time; ``P`` = max(1024, K) awaiting their outcome;
+          ``CELLS`` = 76,800, every cell the calibration table can have;
+        - ``B`` = ``max_name_bytes``: the most the key, URL and host strings
+          of a followed key take (longer ones are not followed).  ``3B`` a
+          key: its own names, those of a key forgotten since the last
+          compaction that waiting decisions still hold (past ``K`` of them
+          the decisions are compacted), and a key awaiting a fill's report;
+          a pending decision may hold a forgotten key's state and names;
+        - ``KEY`` = 1024 (a followed key: map slot, state, its numbers and
+          its two warm requests), ``ASKED`` = 256, ``DECISION`` = 256,
+          ``COMPACT`` = 32 (a compaction's passing use), ``PENDING`` = 256,
+          ``RECENT`` = 256, ``CELL`` = 512: CPython 3.11 64-bit costs
+          measured with tracemalloc, rounded up.
+
+        Real use is usually far below: the bound assumes every name is as
+        long as allowed, every key forgotten, every limit reached.
+        """
+        return self._memory_bound(MAX_CELLS)
+
+    def _memory_bound(self, cells: int) -> int:
+        """:meth:`memory_bound` with ``cells`` cells in the calibration table."""
+        keys = self.config.max_keys
+        name = self.config.max_name_bytes
+        bound = (
+            _FIXED_BYTES
+            + keys * (_KEY_BYTES + _ASKED_BYTES + 3 * name)
+            + self._max_decisions * (_DECISION_BYTES + _COMPACT_BYTES)
+            + self._max_pending * (_PENDING_BYTES + _KEY_BYTES + name)
+            + RECENT_KEPT * (_RECENT_BYTES + name)
+            + cells * _CELL_BYTES
+        )
+        if self._owns_sequences and self.sequences is not None:
+            bound += self.sequences.memory_bound()
+        return bound
+
     def describe(self) -> dict[str, Any]:
         return {
             "followed_keys": len(self._keys),
@@ -932,6 +1222,7 @@ class Predictor:
             "prediction_window_seconds": self.window,
             "warm_fetches": self.warm_fetches,
             "requests": self.requests,
+            "memory_bound_bytes": self.memory_bound(),
         }
 
     def __len__(self) -> int:
@@ -942,5 +1233,31 @@ class ModelFileError(ValueError):
     """A saved model that cannot be used (damaged, another version or window)."""
 
 
+def _when(item: tuple[float, int, str, str, int]) -> tuple[float, int]:
+    """A waiting decision's place in the order decisions are taken."""
+    return item[0], item[1]
+
+
 def _as_cell(cell: Iterable[Any]) -> tuple[Any, ...]:
     return tuple(cell)
+
+
+#: The kinds of decision a cell may be of, and the ranges of its features
+#: (see Predictor._confidence): what bounds the calibration table.
+_CELL_KINDS: Final = frozenset({"expiry", "revisit", *_SEASONAL, *_SEQUENCE_KINDS})
+_CELL_RANGES: Final = (10, 12, 8, 4)  # recent, trend, aged, clients
+_RECURRED_RANGE: Final = 4
+#: The most cells the calibration table can hold.
+MAX_CELLS: Final = len(_CELL_KINDS) * math.prod(_CELL_RANGES) + len(_SEASONAL) * math.prod(
+    _CELL_RANGES
+) * (_RECURRED_RANGE - 1)
+
+
+def _is_cell(cell: tuple[Any, ...]) -> bool:
+    """Whether ``cell`` is one this model makes (a loaded file may hold anything)."""
+    if not cell or cell[0] not in _CELL_KINDS:
+        return False
+    ranges = (*_CELL_RANGES, _RECURRED_RANGE) if cell[0] in _SEASONAL else _CELL_RANGES
+    return len(cell) == 1 + len(ranges) and all(
+        type(v) is int and 0 <= v < n for v, n in zip(cell[1:], ranges, strict=True)
+    )

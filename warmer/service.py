@@ -734,6 +734,9 @@ class Warmer:
             for h in self.tracker.hourly(now, 24)
         ]
         if self.predictor is not None:
+            bounds = body.get("memory_bound_bytes")
+            if isinstance(bounds, dict):
+                bounds["predictive"] = self.predictor.memory_bound()
             body["predictions"] = [
                 {
                     "key": p.key,

@@ -137,6 +137,10 @@ async def test_a_damaged_model_file_is_not_fatal(
     assert (state / "model.json.bad").read_text() == "{ not json"
     status, _ = await api(client, proxy, "GET", "status")
     assert status == 200
+    # The rebuilt model's memory bound is reported beside the analysis's.
+    status, hot = await api(client, proxy, "GET", "hot-data")
+    assert status == 200
+    assert hot["memory_bound_bytes"]["predictive"] == proxy.warmer.predictor.memory_bound() > 0
 
 
 async def test_without_the_analysis_hot_data_keeps_the_hot_keys(

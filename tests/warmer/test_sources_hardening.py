@@ -516,13 +516,12 @@ def test_check_config_masks_every_url_credential() -> None:
         load_settings(
             None,
             {
-                "proxy": {"origin": f"http://app:{SECRET}@origin:9000"},
                 "cache": {"redis_url": f"redis://user:{SECRET}@redis:6379/0"},
             },
         )
     )
     assert SECRET not in json.dumps(data)
-    assert data["proxy"]["origin"] == "http://app:********@origin:9000"
+    assert data["cache"]["redis_url"] == "redis://user:********@redis:6379/0"
 
 
 # --- 7. a replace needs "sources" ---------------------------------------------------------
