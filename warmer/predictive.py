@@ -127,6 +127,16 @@ _RATIO_DECAY: Final = 1.0 - 1.0 / 20_000
 #: below it the threshold rises towards 1 (nothing warmed with the bucket
 #: empty), so the surest decisions get the last tokens.  Over any stretch of
 #: traffic, warm fetches stay within the budget plus the bucket.
+#: A client asking for the same key again and again at a steady interval (an
+#: API poller, a status page): after three intervals whose mean deviation is
+#: at most this share of their mean, its next request is forecast one
+#: interval on.
+POLL_REGULARITY: Final = 0.25
+#: Intervals shorter than this (seconds) are retries, not polling.
+MIN_POLL_GAP: Final = 2.0
+#: How much earlier than forecast a poller's key is fetched: this many
+#: seconds plus twice the interval's deviation (its jitter).
+POLL_LEAD: Final = 1.0
 BUDGET_BURST: Final = 10_000
 BUDGET_RESERVE: Final = 500
 #: Default of ``PredictiveConfig.max_name_bytes``: the usage tracker's.
@@ -528,6 +538,9 @@ class Predictor:
         # The latest warming predictions, newest last: (key, url, confidence, at, kind).
         self._recent: deque[tuple[str, str, float, float, str]] = deque(maxlen=RECENT_KEPT)
         self._now = 0.0
+        # client -> [its last key, when, mean interval, mean deviation, intervals
+        # seen] while it keeps asking for one key: polling (see POLL_REGULARITY).
+        self._pollers: OrderedDict[str, list[Any]] = OrderedDict()
 
     # ----------------------------------------------------------- observation
 
@@ -619,6 +632,8 @@ class Predictor:
                 lead = SEASONAL_LEAD * self.window
                 self._plant_seasonal(ts + DAY - lead, key, "daily")
                 self._plant_seasonal(ts + WEEK - lead, key, "weekly")
+        if client:
+            self._poll(client, key, ts)
         sequences = self.sequences
         if sequences is not None and client:
             if self._feed_sequences:
@@ -880,6 +895,43 @@ class Predictor:
         return [
             Prediction(key, s.url, round(p, 4), self.window, now, "forecast") for p, key, s in best
         ]
+
+    def _poll(self, client: str, key: str, ts: float) -> None:
+        """Follow ``client``'s interval while it asks for ``key`` again and
+        again; once steady, plant a decision just before its next request.
+
+        A forecast from the client's own rhythm catches what the revisit
+        chain (whose steps are fractions of the window) cannot: the next poll
+        of a key that the cache is too small to keep between polls.
+        """
+        pollers = self._pollers
+        poller = pollers.get(client)
+        if poller is None:
+            pollers[client] = [key, ts, 0.0, 0.0, 0]
+            if len(pollers) > self.config.max_keys:
+                pollers.popitem(last=False)
+            return
+        pollers.move_to_end(client)
+        if poller[0] != key:
+            poller[0], poller[1], poller[4] = key, ts, 0
+            return
+        gap = ts - poller[1]
+        poller[1] = ts
+        if gap < MIN_POLL_GAP:
+            return
+        seen = poller[4]
+        poller[4] = seen + 1
+        if seen == 0:
+            poller[2] = gap
+            return
+        mean = poller[2]
+        deviation = abs(gap - mean)
+        poller[3] = deviation if seen == 1 else 0.7 * poller[3] + 0.3 * deviation
+        poller[2] = mean = (mean + gap) / 2 if seen == 1 else 0.7 * mean + 0.3 * gap
+        if seen >= 2 and poller[3] <= POLL_REGULARITY * mean and mean < self.window:
+            at = ts + mean - (self.config.refresh_lead + POLL_LEAD + 2.0 * poller[3])
+            if at > ts:
+                self._plant(at, key, "periodic", 0)
 
     def _sequence_decisions(self, key: str, ts: float) -> None:
         # Runs inside observe, after the client's request for ``key``: what
