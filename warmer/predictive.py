@@ -137,6 +137,8 @@ MIN_POLL_GAP: Final = 2.0
 #: How much earlier than forecast a poller's key is fetched: this many
 #: seconds plus twice the interval's deviation (its jitter).
 POLL_LEAD: Final = 1.0
+#: Clients whose interval is followed (the least recently seen forgotten first).
+POLLERS_KEPT: Final = 20_000
 BUDGET_BURST: Final = 10_000
 BUDGET_RESERVE: Final = 500
 #: Default of ``PredictiveConfig.max_name_bytes``: the usage tracker's.
@@ -146,6 +148,7 @@ _STR_HEADER_BYTES: Final = 80  # sys.getsizeof of a str is at most this + 4 per 
 # 64-bit; measured with tracemalloc, rounded up); see Predictor.memory_bound.
 _KEY_BYTES: Final = 1024  # map slot and node, _Key, its floats and ints, its two warm requests
 _ASKED_BYTES: Final = 256  # map slot and node, (fetches, stored) tuple, an int
+_POLLER_BYTES: Final = 512  # map slot and node, its five-item list, two floats, an int
 _DECISION_BYTES: Final = 256  # heap slot, (time, seq, key, kind, generation), a float, two ints
 _COMPACT_BYTES: Final = 32  # per waiting decision, while a compaction sorts and trims them
 _PENDING_BYTES: Final = 256  # deque slot, (at, state, counts, kind, count, act), two ints
@@ -633,7 +636,7 @@ class Predictor:
                 self._plant_seasonal(ts + DAY - lead, key, "daily")
                 self._plant_seasonal(ts + WEEK - lead, key, "weekly")
         if client:
-            self._poll(client, key, ts)
+            self._poll(client, state.key, ts)
         sequences = self.sequences
         if sequences is not None and client:
             if self._feed_sequences:
@@ -907,8 +910,10 @@ class Predictor:
         pollers = self._pollers
         poller = pollers.get(client)
         if poller is None:
+            if sys.getsizeof(client) > self.config.max_name_bytes:
+                return  # never remembered: what keeps memory_bound() a bound
             pollers[client] = [key, ts, 0.0, 0.0, 0]
-            if len(pollers) > self.config.max_keys:
+            if len(pollers) > POLLERS_KEPT:
                 pollers.popitem(last=False)
             return
         pollers.move_to_end(client)
@@ -1225,7 +1230,8 @@ class Predictor:
         """An upper estimate, in bytes, of what this model can ever hold.
 
         ``fixed + K * (KEY + ASKED + 3B) + D * (DECISION + COMPACT)
-        + P * (PENDING + KEY + B) + 200 * (RECENT + B) + CELLS * CELL``, plus
+        + P * (PENDING + KEY + B) + 200 * (RECENT + B) + CELLS * CELL
+        + POLLERS_KEPT * (POLLER + B)``, plus
         the sequence model's ``memory_bound()`` when the model owns it (a
         shared one is counted by the usage analysis), where:
 
@@ -1241,7 +1247,9 @@ class Predictor:
         - ``KEY`` = 1024 (a followed key: map slot, state, its numbers and
           its two warm requests), ``ASKED`` = 256, ``DECISION`` = 256,
           ``COMPACT`` = 32 (a compaction's passing use), ``PENDING`` = 256,
-          ``RECENT`` = 256, ``CELL`` = 512: CPython 3.11 64-bit costs
+          ``RECENT`` = 256, ``CELL`` = 512, ``POLLER`` = 512 (a client
+          followed for polling; its id is at most ``B``, its key's name is
+          the followed key's): CPython 3.11 64-bit costs
           measured with tracemalloc, rounded up.
 
         Real use is usually far below: the bound assumes every name is as
@@ -1260,6 +1268,7 @@ class Predictor:
             + self._max_pending * (_PENDING_BYTES + _KEY_BYTES + name)
             + RECENT_KEPT * (_RECENT_BYTES + name)
             + cells * _CELL_BYTES
+            + POLLERS_KEPT * (_POLLER_BYTES + name)
         )
         if self._owns_sequences and self.sequences is not None:
             bound += self.sequences.memory_bound()
