@@ -11,9 +11,9 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from proxy import __version__
 from proxy.app import Warmproxy
@@ -224,62 +224,52 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cache_size(text: str) -> CacheSize:
-    try:
-        return CacheSize.parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+T = TypeVar("T")
 
 
-def _ttl(text: str) -> float:
-    try:
-        ttl = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"ttl {text!r} is not a number of seconds") from None
-    if not 0 < ttl < float("inf"):
-        raise argparse.ArgumentTypeError(f"ttl {text!r}: must be positive seconds")
-    return ttl
+def _argument(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """``parse`` as an argparse type: its ValueError's message becomes the
+    usage error (argparse would print only "invalid value")."""
+
+    def argument(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return argument
 
 
-def _replay_ttl(text: str) -> float:
-    try:
-        return parse_ttl(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def _positive_seconds(what: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{what} {text!r} is not a number") from None
+        if not 0 < value < float("inf"):
+            raise ValueError(f"{what} {text!r}: must be a positive number")
+        return value
+
+    return _argument(parse)
 
 
-def _warm_ratio(text: str) -> float:
-    try:
-        return parse_warm_ratio(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _speed(text: str) -> float:
-    try:
-        speed = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"speed {text!r} is not a number") from None
-    if not 0 < speed < float("inf"):
-        raise argparse.ArgumentTypeError(f"speed {text!r}: must be a positive number")
-    return speed
-
-
-def _positive_int(text: str) -> int:
+def _at_least_one(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        raise ValueError(f"{text!r} is not a whole number") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+        raise ValueError(f"{text!r}: must be at least 1")
     return value
 
 
-def _strategies(text: str) -> list[str]:
-    try:
-        return parse_strategies(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+_cache_size = _argument(CacheSize.parse)
+_ttl = _positive_seconds("ttl")
+_replay_ttl = _argument(parse_ttl)
+_warm_ratio = _argument(parse_warm_ratio)
+_speed = _positive_seconds("speed")
+_positive_int = _argument(_at_least_one)
+_strategies = _argument(parse_strategies)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:

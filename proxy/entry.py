@@ -68,6 +68,9 @@ class CacheEntry:
     # limit, then the store's byte accounting).  Entries are never changed in
     # place (``dataclasses.replace`` makes a new one, which recomputes it).
     _size: int = field(default=-1, init=False, compare=False, repr=False)
+    # ``coding``, found on first use: a hit on a variant names it in its
+    # access event, and the Vary lookup compares it.
+    _coding: str | None = field(default=None, init=False, compare=False, repr=False)
 
     def response_head(self) -> CIMultiDict[str]:
         """A fresh multidict of the stored headers, to add Age and Cache-Status to."""
@@ -75,6 +78,18 @@ class CacheEntry:
         if head is None:
             head = self.head = CIMultiDict(self.headers)
         return head.copy()
+
+    @property
+    def coding(self) -> str:
+        """The response's content-coding, lower-cased ("" for none)."""
+        coding = self._coding
+        if coding is None:
+            coding = ""
+            for name, value in self.headers:
+                if name.lower() == "content-encoding":
+                    coding = value.strip().lower()
+            self._coding = coding
+        return coding
 
     @property
     def size(self) -> int:

@@ -726,7 +726,7 @@ class ProxyHandler:
             vary, vary_values = entry.vary, entry.vary_values
             # Which coding answered tells variants one entry serves by coding
             # (cache.vary_accept_encoding) apart from real ones, for the warmer.
-            coding = policy.content_coding(entry) if "accept-encoding" in vary else ""
+            coding = entry.coding if "accept-encoding" in vary else ""
         client = (
             request.headers.get(self._client_id_header, "") if self._client_id_header else ""
         ) or (request.remote or "")

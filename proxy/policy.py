@@ -665,16 +665,7 @@ def serves_by_coding(
     for i, value in enumerate(values):
         if i != accept_encoding_at and stored[i] != value:
             return False
-    return coding_acceptable(content_coding(entry), values[accept_encoding_at])
-
-
-def content_coding(entry: CacheEntry) -> str:
-    """The stored response's content-coding, lower-cased ("" for none)."""
-    coding = ""
-    for name, field_value in entry.headers:
-        if name.lower() == "content-encoding":
-            coding = field_value.strip().lower()
-    return coding
+    return coding_acceptable(entry.coding, values[accept_encoding_at])
 
 
 def variant_key(primary: str, generation: str, values: tuple[str | None, ...]) -> str:

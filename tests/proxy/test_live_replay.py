@@ -40,9 +40,8 @@ def first_rows(tmp_path: Path, n: int, name: str = "worldcup98_slice.csv") -> Pa
 # -- the proxy takes a clock ------------------------------------------------------
 
 
-async def test_freshness_runs_on_the_injected_clock(origin: Origin, tmp_path: Path) -> None:
-    origin.set("/page", headers={"Cache-Control": "max-age=60"}, body=b"v1")
-    clock = ManualClock()
+def clocked_proxy(origin: Origin, tmp_path: Path, clock: ManualClock) -> Warmproxy:
+    """A proxy in front of ``origin`` on ``clock``, on free loopback ports."""
     settings = load_settings(
         None,
         {
@@ -51,7 +50,13 @@ async def test_freshness_runs_on_the_injected_clock(origin: Origin, tmp_path: Pa
             "state": {"dir": str(tmp_path / "state")},
         },
     )
-    proxy = Warmproxy(settings, clock=clock)
+    return Warmproxy(settings, clock=clock)
+
+
+async def test_freshness_runs_on_the_injected_clock(origin: Origin, tmp_path: Path) -> None:
+    origin.set("/page", headers={"Cache-Control": "max-age=60"}, body=b"v1")
+    clock = ManualClock()
+    proxy = clocked_proxy(origin, tmp_path, clock)
     await proxy.start()
     try:
         url = f"http://127.0.0.1:{proxy.proxy_port}/page"
@@ -196,15 +201,7 @@ async def test_metrics_judge_warmed_entries_on_the_injected_clock(
     /metrics, however far the wall clock is from it."""
     origin.set("/page", headers={"Cache-Control": "max-age=60"}, body=b"v1")
     clock = ManualClock(start=1_500_000_000.0)  # years before the wall clock
-    settings = load_settings(
-        None,
-        {
-            "proxy": {"origin": origin.url, "listen": "127.0.0.1:0"},
-            "control": {"listen": "127.0.0.1:0"},
-            "state": {"dir": str(tmp_path / "state")},
-        },
-    )
-    proxy = Warmproxy(settings, clock=clock)
+    proxy = clocked_proxy(origin, tmp_path, clock)
     await proxy.start()
     try:
         assert proxy.warmer is not None
