@@ -44,7 +44,25 @@ EXPOSE 8080 8081
 HEALTHCHECK --interval=15s --timeout=5s --start-period=15s --retries=3 \
     CMD ["/opt/venv/bin/python", "-c", "import sys, urllib.request as u; r = u.build_opener(u.ProxyHandler({})).open('http://127.0.0.1:8081/healthz', timeout=3); sys.exit(0 if r.status == 200 else 1)"]
 
+# The image's defaults live in a config file, the lowest-ranked source, not in
+# CMD flags (a flag beats every WARMPROXY_* variable and config file, so
+# `-e WARMPROXY_PROXY__LISTEN=...` would be ignored without a word) nor in ENV
+# lines (a variable beats a config file, so a mounted file's listen would be
+# ignored).  Precedence, highest first: flags, WARMPROXY_* variables, the
+# config file (--config, else $WARMPROXY_CONFIG: this one unless replaced),
+# built-in defaults.
+COPY <<'EOF' /etc/warmproxy/container.toml
+# warmproxy's defaults in this image; any WARMPROXY_<SECTION>__<KEY> overrides them.
+[proxy]
+listen = "0.0.0.0:8080"
+
+[control]
+# Loopback: the health check reaches it, nothing outside the container does.
+listen = "127.0.0.1:8081"
+EOF
+ENV WARMPROXY_CONFIG=/etc/warmproxy/container.toml
+
 # The origin comes from WARMPROXY_PROXY__ORIGIN (any key: WARMPROXY_<SECTION>__<KEY>), e.g.
 #   docker run -e WARMPROXY_PROXY__ORIGIN=http://app:8000 -p 8080:8080 warmproxy
 ENTRYPOINT ["warmproxy"]
-CMD ["serve", "--listen", "0.0.0.0:8080", "--control", "127.0.0.1:8081"]
+CMD ["serve"]

@@ -8,14 +8,17 @@ Unknown keys and invalid values stop start-up with a message naming the key.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import json
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal, cast
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, cast, get_args, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -30,11 +33,13 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
 )
 
+from proxy import origin_tls
 from proxy.cache_key import check_globs
 from proxy.forwarding import DEFAULT_DROPPED_REQUEST_FIELDS, PRESERVE_HOST_NEEDS_PER_HOST
 from proxy.state_dir import derive as derive_state_dir
@@ -136,6 +141,9 @@ class ProxySettings(_Section):
     max_headers: int = Field(100, ge=8)
     keepalive_timeout: float = Field(75.0, gt=0)
     via_name: str = "warmproxy"
+    # Fresh in-process hits answered by a lean protocol in front of aiohttp
+    # (proxy/fast_lane.py); false: every request goes through aiohttp.
+    fast_lane: bool = True
     # On SIGTERM: /readyz answers 503 for shutdown_delay seconds while requests
     # are still served (load balancers notice and stop sending), then the
     # listener closes and in-flight requests get up to shutdown_timeout.
@@ -149,6 +157,15 @@ class ProxySettings(_Section):
     # connection past pool_timeout with any but a fast origin.
     max_concurrent_requests: int = Field(400, ge=0)
     max_loop_lag: Duration = 1.0
+    # TLS to an https origin (proxy/origin_tls.py): a CA bundle trusted
+    # instead of the system's, verification (off only for tests: warned at
+    # start), the name sent in SNI and checked against the certificate
+    # (default: the origin's host), and a client certificate for mTLS.
+    origin_ca_file: str = ""
+    origin_verify: bool = True
+    origin_server_name: str = ""
+    origin_client_cert: str = ""
+    origin_client_key: str = ""
 
     @field_validator("origin")
     @classmethod
@@ -203,6 +220,94 @@ class ProxySettings(_Section):
             raise ValueError(PRESERVE_HOST_NEEDS_PER_HOST)
         return self
 
+    # The files are loaded at config load, so a bad one stops start-up with
+    # the setting named instead of failing every request; messages never
+    # hold a file's content.
+    @field_validator("origin_ca_file")
+    @classmethod
+    def _ca_file(cls, value: str) -> str:
+        if value:
+            origin_tls.check_ca_file(value)
+        return value
+
+    @field_validator("origin_client_cert")
+    @classmethod
+    def _client_cert(cls, value: str) -> str:
+        if value:
+            origin_tls.check_certificate_file(value)
+        return value
+
+    @field_validator("origin_client_key")
+    @classmethod
+    def _client_key(cls, value: str) -> str:
+        if value:
+            origin_tls.check_key_file(value)
+        return value
+
+    @field_validator("origin_server_name")
+    @classmethod
+    def _server_name(cls, value: str) -> str:
+        return origin_tls.check_server_name(value) if value else value
+
+    @model_validator(mode="after")
+    def _origin_tls(self) -> ProxySettings:
+        names = ("origin_ca_file", "origin_server_name", "origin_client_cert", "origin_client_key")
+        tls = [name for name in names if getattr(self, name)]
+        if not self.origin_verify:
+            tls.append("origin_verify")
+        if tls and urlsplit(self.origin).scheme != "https":
+            raise ValueError(f"{', '.join(tls)} apply to an https origin only, not {self.origin}")
+        if self.origin_client_key and not self.origin_client_cert:
+            raise ValueError("origin_client_key is set without origin_client_cert")
+        if self.origin_client_cert and not self.origin_client_key:
+            try:
+                origin_tls.check_key_file(self.origin_client_cert)
+            except origin_tls.TLSFileError as exc:
+                raise ValueError(f"origin_client_cert: {exc}; set origin_client_key") from None
+        if self.origin_client_cert:
+            try:
+                origin_tls.check_key_pair(self.origin_client_cert, self.origin_client_key)
+            except origin_tls.TLSFileError as exc:
+                raise ValueError(
+                    f"origin_client_cert and its key do not load together: {exc}"
+                ) from None
+        return self
+
+
+class PurgeSettings(_Section):
+    """Purges: the origin's tag header, soft purges, the PURGE method."""
+
+    # Response header naming the response's cache tags (space or comma
+    # separated), never stored nor relayed to clients; "" relays it as any other.
+    tag_header: str = "Surrogate-Key"
+    # A soft-purged entry is served stale for up to this long (or its own
+    # stale-while-revalidate, if longer) while one refresh runs.
+    soft_stale_seconds: Duration = 60.0
+    # PURGE /path on the proxy listener; off forwards PURGE to the origin.
+    method: bool = False
+    allowed_networks: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1/32", "::1/128"], max_length=100
+    )
+
+    @field_validator("tag_header")
+    @classmethod
+    def _tag_field_name(cls, value: str) -> str:
+        if value and (len(value) > 128 or not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", value)):
+            raise ValueError(f"not a header field name (at most 128 characters): {value[:64]!r}")
+        return value
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"not a network (CIDR) such as 10.0.0.0/8: {item[:64]!r}"
+                ) from None
+        return value
+
 
 class CacheSettings(_Section):
     """Where and how responses are stored."""
@@ -218,6 +323,14 @@ class CacheSettings(_Section):
     redis_stats_interval: float = Field(300.0, ge=0)
     l1_max_bytes: ByteSize = 32 * 1024 * 1024
     l1_ttl: float = Field(1.0, ge=0)
+    # Redis store: replicas fetch a key once between them (a short lock per
+    # key in Redis: the others wait for its entry); false: each fetches alone.
+    fleet_fill_lock: bool = True
+    # Redis down: still ready (serving pass-through, the outage shown in
+    # metrics and /status); false: /readyz answers 503 until Redis is back.
+    ready_without_store: bool = True
+    # This replica's name in the fleet's list; empty: "<hostname>-<pid>".
+    replica_name: str = ""
     heuristic_fraction: float = Field(0.1, ge=0, le=1)
     heuristic_max_seconds: float = Field(86400.0, ge=0)
     revalidation_retention: float = Field(3600.0, ge=0)
@@ -230,6 +343,7 @@ class CacheSettings(_Section):
     # Cache-key rules over the query string (the origin still gets the full URL).
     ignore_query_params: list[str] = Field(default_factory=list)
     sort_query_params: bool = False
+    purge: PurgeSettings = Field(default_factory=PurgeSettings)
 
     @field_validator("ignore_query_params")
     @classmethod
@@ -242,6 +356,16 @@ class CacheSettings(_Section):
         for name in value:
             if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", name):
                 raise ValueError(f"not a header field name: {name!r}")
+        return value
+
+    @field_validator("replica_name")
+    @classmethod
+    def _replica_name(cls, value: str) -> str:
+        # It is part of a Redis key and shown in /status: bounded and plain.
+        if len(value) > 64:
+            raise ValueError(f"must be at most 64 characters, got {len(value)}")
+        if not re.fullmatch(r"[A-Za-z0-9._-]*", value):
+            raise ValueError("may hold only letters, digits, '.', '_' and '-'")
         return value
 
     @field_validator("redis_url")
@@ -279,6 +403,18 @@ class ControlSettings(_Section):
                 "e.g. openssl rand -hex 32"
             )
         return value
+
+    @model_validator(mode="after")
+    def _token_when_reachable(self) -> ControlSettings:
+        # Checked on the section, not the whole Settings, so it is reported
+        # beside errors in other sections.
+        host, _ = parse_hostport(self.listen, what="control.listen")
+        if not self.token.get_secret_value() and not _is_loopback(host):
+            raise ValueError(
+                f"control.token is required when control.listen ({self.listen}) "
+                "is not a loopback address: the control API can warm and reconfigure"
+            )
+        return self
 
 
 #: The shortest control token accepted.
@@ -321,6 +457,14 @@ class ProactiveSettings(_Section):
     def _hosts(cls, value: list[str]) -> list[str]:
         for item in value:
             parse_host(item)
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        # A field check, so a bad cron is reported beside the section's other
+        # errors (a model check runs only once every field is valid).
+        Cron.parse(value)
         return value
 
     @model_validator(mode="after")
@@ -571,12 +715,6 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
-        host, _ = parse_hostport(self.control.listen, what="control.listen")
-        if not self.control.token.get_secret_value() and not _is_loopback(host):
-            raise ValueError(
-                f"control.token is required when control.listen ({self.control.listen}) "
-                "is not a loopback address: the control API can warm and reconfigure"
-            )
         levels = tuple(self.execution.priority_levels)
         self.strategies.proactive.as_schedule().check_priorities(levels)
         predictive = self.strategies.predictive
@@ -608,7 +746,21 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # CLI flags (init kwargs) > environment > the TOML file of this load.
-        return init_settings, env_settings, _FileSource(settings_cls, _file_values.get({}))
+        return (
+            init_settings,
+            _EnvSource(settings_cls),
+            _FileSource(settings_cls, _file_values.get({})),
+        )
+
+
+class _EnvSource(EnvSettingsSource):
+    """The ``WARMPROXY_*`` environment, without the variables this load has
+    already reported as unreadable (so the rest is still validated and every
+    error is reported at once)."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        skipped = _skipped_env.get()
+        return {k: v for k, v in super()._load_env_vars().items() if k.upper() not in skipped}
 
 
 class _FileSource(PydanticBaseSettingsSource):
@@ -626,6 +778,7 @@ class _FileSource(PydanticBaseSettingsSource):
 
 
 _file_values: ContextVar[dict[str, Any]] = ContextVar("warmproxy_config_file")
+_skipped_env: ContextVar[frozenset[str]] = ContextVar("warmproxy_skipped_env", default=frozenset())
 
 
 def _is_loopback(host: str) -> bool:
@@ -643,7 +796,8 @@ def load_settings(
 ) -> Settings:
     """Settings from ``path`` (TOML), the environment and ``overrides`` (CLI flags).
 
-    Raises ConfigError naming every offending key.
+    Raises ConfigError naming every offending key at once: a setting from a
+    ``WARMPROXY_*`` variable is blamed on the variable, not the file.
     """
     file_values: dict[str, Any] = {}
     if path is not None:
@@ -653,54 +807,179 @@ def load_settings(
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
-    misspelt = _unknown_environment_sections(os.environ)
-    if misspelt:
-        sections = ", ".join(Settings.model_fields)
-        raise ConfigError(
-            "invalid configuration: "
-            + "; ".join(f"{name}: no section {section!r}" for name, section in misspelt)
-            + f" (sections: {sections})"
-        )
-    token = _file_values.set(file_values)
+    environment = _settings_variables(os.environ)
+    unreadable = _unreadable_variables(environment)
+    problems = [*_unknown_environment_sections(environment), *unreadable.values()]
+    file_token = _file_values.set(file_values)
+    skip_token = _skipped_env.set(frozenset(unreadable))
     try:
-        return Settings(**cast(dict[str, Any], overrides or {}))
+        return_value: Settings | None = Settings(**cast(dict[str, Any], overrides or {}))
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, path)) from None
-    except SettingsError as exc:
-        # A WARMPROXY_* variable that is not valid JSON where a list or table
-        # is expected (e.g. a,b instead of ["a","b"]).
-        raise ConfigError(
-            f"invalid configuration: {exc}; WARMPROXY_<SECTION>__<KEY> variables holding "
-            'a list or a table take JSON, e.g. ["high","low"]'
-        ) from None
+        return_value = None
+        problems.extend(_describe(exc, environment, overrides or {}))
+    except SettingsError as exc:  # one the checks above did not foresee
+        return_value = None
+        problems.append(f"{exc}; {_JSON_HINT}")
     finally:
-        _file_values.reset(token)
+        _skipped_env.reset(skip_token)
+        _file_values.reset(file_token)
+    if problems or return_value is None:
+        blamed_on_file = path is not None and any(not p.startswith("WARMPROXY_") for p in problems)
+        where = f" in {path}" if blamed_on_file else ""
+        raise ConfigError(
+            f"invalid configuration{where}:\n" + "\n".join(f"  {p}" for p in problems)
+        )
+    return return_value
 
 
-def _unknown_environment_sections(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+_JSON_HINT = (
+    'WARMPROXY_<SECTION>__<KEY> variables holding a list or a table take JSON, e.g. ["high","low"]'
+)
+
+
+def _settings_variables(environ: Mapping[str, str]) -> dict[str, str]:
+    """``WARMPROXY_*`` variables that name a setting (``WARMPROXY_<SECTION>[__<KEY>...]``),
+    by their upper-case name; others (``WARMPROXY_CONFIG``) are not settings."""
+    out = {}
+    for name, value in environ.items():
+        upper = name.upper()
+        if upper.startswith("WARMPROXY_") and (
+            "__" in upper or upper.removeprefix("WARMPROXY_").lower() in Settings.model_fields
+        ):
+            out[upper] = value
+    return out
+
+
+def _unknown_environment_sections(environment: Mapping[str, str]) -> list[str]:
     """``WARMPROXY_<SECTION>__<KEY>`` variables whose section does not exist.
 
     pydantic-settings refuses an unknown key in a known section but ignores
     a variable whose section is unknown, so a misspelt one
-    (``WARMPROXY_CAHCE__STORE``) would be dropped without a word.  Variables
-    without the ``__`` delimiter are not settings and are left alone.
+    (``WARMPROXY_CAHCE__STORE``) would be dropped without a word.
     """
-    known = set(Settings.model_fields)
-    unknown = []
-    for name in environ:
-        upper = name.upper()
-        if not upper.startswith("WARMPROXY_") or "__" not in upper:
-            continue
-        section = upper.removeprefix("WARMPROXY_").split("__", 1)[0].lower()
+    known = list(Settings.model_fields)
+    problems = []
+    for name in sorted(environment):
+        section = name.removeprefix("WARMPROXY_").split("__", 1)[0].lower()
         if section not in known:
-            unknown.append((name, section))
-    return sorted(unknown)
+            problems.append(
+                f"{name}: no section {section!r}{_did_you_mean(section, known)} "
+                f"(sections: {', '.join(known)})"
+            )
+    return problems
 
 
-def _describe(exc: ValidationError, path: Path | None) -> str:
-    where = f" in {path}" if path else ""
-    lines = [f"invalid configuration{where}:"]
+def _unreadable_variables(environment: Mapping[str, str]) -> dict[str, str]:
+    """Variables for a list or table setting whose value is not JSON, by name, with
+    the problem (the value is not shown: it may be a secret)."""
+    problems = {}
+    for name, value in environment.items():
+        loc = name.removeprefix("WARMPROXY_").lower().split("__")
+        annotation = _annotation_at(loc)
+        if annotation is None or not _takes_json(annotation):
+            continue
+        try:
+            json.loads(value)
+        except ValueError:
+            key = ".".join(loc)
+            problems[name] = (
+                f"{name}: {key} is a list or a table, the value is not JSON; {_JSON_HINT}"
+            )
+    return problems
+
+
+def _annotation_at(loc: Sequence[str | int]) -> Any:
+    """The type of the setting at ``loc`` (``("execution", "parallelism")``), or None."""
+    annotation: Any = Settings
+    for part in loc:
+        while get_origin(annotation) is Annotated:
+            annotation = get_args(annotation)[0]
+        origin = get_origin(annotation)
+        if origin is list and (isinstance(part, int) or str(part).isdigit()):
+            annotation = get_args(annotation)[0]
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(str(part))
+            if field is None:
+                return None
+            annotation = field.annotation
+        elif origin in (Union, UnionType):  # a tagged union: the member the tag names
+            members = [
+                m
+                for m in get_args(annotation)
+                if isinstance(m, type)
+                and issubclass(m, BaseModel)
+                and "type" in m.model_fields
+                and part in get_args(m.model_fields["type"].annotation)
+            ]
+            if not members:
+                return None
+            annotation = members[0]
+        else:
+            return None
+    return annotation
+
+
+def _takes_json(annotation: Any) -> bool:
+    """Whether pydantic-settings reads a variable for this type as JSON."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _takes_json(get_args(annotation)[0])
+    if origin in (Union, UnionType):
+        return any(_takes_json(a) for a in get_args(annotation) if a is not type(None))
+    if origin in (list, dict, tuple, set, frozenset):
+        return True
+    return isinstance(annotation, type) and issubclass(annotation, (BaseModel, list, dict))
+
+
+def _did_you_mean(name: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _describe(
+    exc: ValidationError, environment: Mapping[str, str], overrides: Mapping[str, Any]
+) -> list[str]:
+    """One line per error, naming the key, or the variable when the value came
+    from the environment (a flag beats it, so a flag's key is not blamed on it)."""
+    lines = []
     for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"])
-        lines.append(f"  {key}: {error['msg']}" if key else f"  {error['msg']}")
-    return "\n".join(lines)
+        loc = error["loc"]
+        key = ".".join(str(part) for part in loc)
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden" and loc:
+            parent = _annotation_at(loc[:-1])
+            is_model = isinstance(parent, type) and issubclass(parent, BaseModel)
+            fields = list(parent.model_fields) if is_model else []
+            where = ".".join(str(part) for part in loc[:-1])
+            message = (
+                f"unknown setting {str(loc[-1])!r} in [{where}]"
+                if where
+                else f"unknown section [{loc[-1]}]"
+            ) + _did_you_mean(str(loc[-1]), fields)
+        from_flag = len(loc) >= 2 and str(loc[1]) in overrides.get(str(loc[0]), {})
+        variable = None if from_flag else _variable_for(loc, environment)
+        if variable is not None:
+            lines.append(f"{variable}: {key}: {message}")
+            continue
+        # A check over a whole section: name the variables that took part in it.
+        beneath = [
+            name
+            for name in sorted(environment)
+            if key and name.startswith(_variable_name(loc) + "__")
+        ]
+        also = f" (with {', '.join(beneath)} from the environment)" if beneath else ""
+        lines.append(f"{key}: {message}{also}" if key else f"{message}{also}")
+    return lines
+
+
+def _variable_name(loc: Sequence[str | int]) -> str:
+    return "WARMPROXY_" + "__".join(str(part).upper() for part in loc)
+
+
+def _variable_for(loc: Sequence[str | int], environment: Mapping[str, str]) -> str | None:
+    """The variable that set the value at ``loc`` (or a table holding it), if any."""
+    for n in range(len(loc), 0, -1):
+        name = _variable_name(loc[:n])
+        if name in environment:
+            return name
+    return None

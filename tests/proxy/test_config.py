@@ -94,7 +94,7 @@ def test_an_environment_list_that_is_not_json_is_a_config_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("WARMPROXY_EXECUTION__PRIORITY_LEVELS", "a,b")
-    with pytest.raises(ConfigError, match=r'"execution".*take JSON'):
+    with pytest.raises(ConfigError, match=r"WARMPROXY_EXECUTION__PRIORITY_LEVELS: .*take JSON"):
         load_settings(None)
     monkeypatch.setenv("WARMPROXY_EXECUTION__PRIORITY_LEVELS", '["a", "b"]')
     assert load_settings(None).execution.priority_levels == ["a", "b"]
