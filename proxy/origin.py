@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterable
 from enum import StrEnum
@@ -16,6 +17,7 @@ from yarl import URL
 
 from proxy.config import ProxySettings
 from proxy.metrics import ProxyMetrics
+from proxy.origin_tls import client_context, tls_failure
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,10 @@ class OriginFailure(StrEnum):
     # Every pooled connection stayed busy for proxy.pool_timeout: the origin
     # was never asked (answered 504, named so the origin is not blamed).
     POOL_WAIT = "pool-wait"
+    # An https origin's TLS handshake failed (its certificate did not verify,
+    # or it refused ours): answered 502, named apart so the fix is looked for
+    # in certificates, not in the network.
+    TLS = "tls"
 
 
 class OriginError(Exception):
@@ -43,6 +49,12 @@ class OriginError(Exception):
         super().__init__(f"origin {kind}: {detail}")
         self.kind = kind
         self.detail = detail
+
+
+# The same TLS failure is logged at most this often (seconds): with an expired
+# certificate every request fails; warmproxy_origin_errors_total{reason="tls"}
+# counts each of them.
+_TLS_LOG_INTERVAL = 10.0
 
 
 # aiohttp's message for a head with more header fields than its max_headers;
@@ -81,6 +93,20 @@ class OriginClient:
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
         self._ws_session: aiohttp.ClientSession | None = None
+        # https: one SSL context for every connection (requests, WebSockets,
+        # warm and sitemap fetches all come through here), and the name sent
+        # in SNI and checked against the certificate when it is not the host.
+        self._ssl: ssl.SSLContext | None = None
+        self._server_hostname: str | None = None
+        if self._scheme == "https":
+            self._ssl = client_context(
+                verify=settings.origin_verify,
+                ca_file=settings.origin_ca_file,
+                client_cert=settings.origin_client_cert,
+                client_key=settings.origin_client_key,
+            )
+            self._server_hostname = settings.origin_server_name or None
+        self._tls_logged: tuple[str, float] | None = None
         # The duration histogram per purpose: looking a labelled child up
         # costs more than observing, on every request.
         self._durations: dict[str, Histogram] = {}
@@ -105,6 +131,12 @@ class OriginClient:
         return URL(self.origin + path_qs, encoded=True)
 
     async def start(self) -> None:
+        if self._ssl is not None and not self._settings.origin_verify:
+            log.warning(
+                "TLS certificate verification is OFF for origin %s (proxy.origin_verify = "
+                "false): anyone on the network path can impersonate it",
+                self.origin,
+            )
         self._session = self._new_session(limit=self._settings.max_origin_connections)
         # WebSockets hold a connection for their whole life: they get their own
         # pool, so open sockets can never starve ordinary requests.
@@ -113,7 +145,9 @@ class OriginClient:
     def _new_session(self, *, limit: int) -> aiohttp.ClientSession:
         settings = self._settings
         return aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=limit, ttl_dns_cache=300),
+            connector=aiohttp.TCPConnector(
+                limit=limit, ttl_dns_cache=300, ssl=self._ssl if self._ssl is not None else True
+            ),
             timeout=aiohttp.ClientTimeout(
                 total=None,
                 # Waiting for a free pooled connection plus connecting: a full
@@ -165,6 +199,7 @@ class OriginClient:
                 data=body,
                 allow_redirects=False,
                 trace_request_ctx=queued,
+                server_hostname=self._server_hostname,
             )
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             if queued.waiting:
@@ -178,6 +213,9 @@ class OriginClient:
         except (aiohttp.ClientError, OSError) as exc:
             if _head_too_large(exc):
                 raise self._head_too_large(method, path_qs) from exc
+            tls = tls_failure(exc)
+            if tls is not None:
+                raise self._tls_failed(tls) from exc
             self._metrics.origin_errors.labels(OriginFailure.UNREACHABLE).inc()
             raise OriginError(OriginFailure.UNREACHABLE, str(exc) or type(exc).__name__) from exc
         duration = self._durations.get(purpose)
@@ -185,6 +223,15 @@ class OriginClient:
             duration = self._durations[purpose] = self._metrics.origin_duration.labels(purpose)
         duration.observe(time.perf_counter() - started)
         return response
+
+    def _tls_failed(self, detail: str) -> OriginError:
+        self._metrics.origin_errors.labels(OriginFailure.TLS).inc()
+        now = time.monotonic()
+        last = self._tls_logged
+        if last is None or last[0] != detail or now - last[1] >= _TLS_LOG_INTERVAL:
+            self._tls_logged = (detail, now)
+            log.warning("%s (origin %s)", detail, self.origin)
+        return OriginError(OriginFailure.TLS, detail)
 
     def _head_too_large(self, method: str, path_qs: str) -> OriginError:
         self._metrics.origin_errors.labels(OriginFailure.HEAD_TOO_LARGE).inc()
@@ -220,6 +267,7 @@ class OriginClient:
                 autoclose=False,
                 autoping=True,
                 compress=0,
+                server_hostname=self._server_hostname,
             )
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise OriginError(OriginFailure.TIMEOUT, "websocket handshake timed out") from exc
@@ -228,6 +276,9 @@ class OriginClient:
         except (aiohttp.ClientError, OSError) as exc:
             if _head_too_large(exc):
                 raise self._head_too_large("GET", path_qs) from exc
+            tls = tls_failure(exc)
+            if tls is not None:
+                raise self._tls_failed(tls) from exc
             raise OriginError(OriginFailure.UNREACHABLE, str(exc) or type(exc).__name__) from exc
 
 
@@ -253,6 +304,9 @@ async def read_body(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         raise OriginError(OriginFailure.TIMEOUT, "body read timed out") from exc
     except (aiohttp.ClientError, OSError) as exc:
+        tls = tls_failure(exc)
+        if tls is not None:
+            raise OriginError(OriginFailure.TLS, f"body read failed: {tls}") from exc
         raise OriginError(OriginFailure.UNREACHABLE, f"body read failed: {exc}") from exc
     return b"".join(chunks), True
 
