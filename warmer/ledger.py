@@ -173,6 +173,7 @@ class PhaseFigures:
     seconds: float
     requests: int
     latency_samples: int
+    latency_sum: float  # seconds, summed over the latency samples
     mean_latency: float | None  # seconds; None until a latency is measured
     user_origin_fetches: int
     warm_fetches: int
@@ -312,7 +313,12 @@ class LedgerFigures:
         }
 
     def metric_families(self) -> list[MetricFamily]:
-        """The figures as Prometheus families; what is not measurable yet is left out."""
+        """The figures as Prometheus families; what is not measurable yet is left out.
+
+        Shares in 0..1 are ``_ratio`` gauges; everything that only grows is a
+        counter, so rates (per second, mean latency) are taken in PromQL over
+        the window a dashboard shows rather than since the process started.
+        """
         out: list[MetricFamily] = []
 
         def gauge(name: str, doc: str, value: float | None) -> None:
@@ -320,32 +326,27 @@ class LedgerFigures:
                 out.append(MetricFamily(name, doc, "gauge", (), (((), float(value)),)))
 
         gauge(
-            "warmproxy_hit_rate_before_warming",
-            "Users' hit rate before the first warm fill.",
+            "warmproxy_hit_before_warming_ratio",
+            "Users' hit ratio before the first warm fill.",
             self.hit_rate_before,
         )
         gauge(
-            "warmproxy_hit_rate_after_warming",
-            "Users' hit rate since the first warm fill.",
+            "warmproxy_hit_after_warming_ratio",
+            "Users' hit ratio since the first warm fill.",
             self.hit_rate_after,
         )
         gauge(
-            "warmproxy_hit_rate_improvement",
-            "Hit rate since the first warm fill minus the hit rate before it.",
-            self.improvement,
-        )
-        gauge(
-            "warmproxy_counterfactual_hit_rate",
-            "Estimated users' hit rate had nothing been warmed.",
+            "warmproxy_hit_without_warming_ratio",
+            "Estimated users' hit ratio had nothing been warmed.",
             self.counterfactual_hit_rate,
         )
         gauge(
-            "warmproxy_warm_precision",
+            "warmproxy_warm_precision_ratio",
             "Share of resolved warmed entries that were hit before they went.",
             self.precision,
         )
         gauge(
-            "warmproxy_warm_success_rate",
+            "warmproxy_warm_success_ratio",
             "Share of warm origin fetches that stored an entry.",
             self.success_rate,
         )
@@ -354,14 +355,14 @@ class LedgerFigures:
             "Misses prevented times the mean origin latency of user misses.",
             self.estimated_response_time_saved,
         )
-        labels = sorted(self.by_label.items())
+        labels = [(strategy_and_source(name), f) for name, f in sorted(self.by_label.items())]
         out.append(
             MetricFamily(
                 "warmproxy_warm_hits_gained",
                 "User hits served by entries a warm fetch stored.",
                 "counter",
-                ("label",),
-                tuple(((name,), float(f.hits_gained)) for name, f in labels),
+                ("strategy", "source"),
+                tuple((names, float(f.hits_gained)) for names, f in labels),
             )
         )
         out.append(
@@ -369,8 +370,8 @@ class LedgerFigures:
                 "warmproxy_warm_misses_prevented",
                 "Warmed entries hit at least once: user misses warming prevented.",
                 "counter",
-                ("label",),
-                tuple(((name,), float(f.misses_prevented)) for name, f in labels),
+                ("strategy", "source"),
+                tuple((names, float(f.misses_prevented)) for names, f in labels),
             )
         )
         out.append(
@@ -378,10 +379,10 @@ class LedgerFigures:
                 "warmproxy_warmed_entries_resolved",
                 "Warmed entries gone, by whether they were hit first (untracked: not followed).",
                 "counter",
-                ("label", "result"),
+                ("strategy", "source", "result"),
                 tuple(
-                    ((name, result), float(value))
-                    for name, f in labels
+                    ((*names, result), float(value))
+                    for names, f in labels
                     for result, value in (
                         ("used", f.used),
                         ("unused", f.unused),
@@ -395,30 +396,42 @@ class LedgerFigures:
                 "warmproxy_warmed_entries_open",
                 "Warmed entries still fresh and followed.",
                 "gauge",
-                ("label",),
-                tuple(((name,), float(f.open)) for name, f in labels),
+                ("strategy", "source"),
+                tuple((names, float(f.open)) for names, f in labels),
             )
         )
-        during, outside = self.during_runs, self.outside_runs
+        phases = (("during_runs", self.during_runs), ("outside_runs", self.outside_runs))
         for name, doc, values in (
             (
-                "warmproxy_user_latency_mean_seconds",
-                "Mean user-facing latency, during warm runs and outside them.",
-                (during.mean_latency, outside.mean_latency),
+                "warmproxy_phase_seconds",
+                "Seconds with a warm run active (during_runs) and with none (outside_runs).",
+                tuple(p.seconds for _, p in phases),
             ),
             (
-                "warmproxy_origin_fetches_per_second",
-                "User and warm origin fetches per second, during warm runs and outside them.",
-                (during.origin_fetches_per_second, outside.origin_fetches_per_second),
+                "warmproxy_phase_user_requests",
+                "User requests with a measured latency, during warm runs and outside them.",
+                tuple(p.latency_samples for _, p in phases),
+            ),
+            (
+                "warmproxy_phase_user_latency_seconds",
+                "Summed user-facing latency, during warm runs and outside them.",
+                tuple(p.latency_sum for _, p in phases),
+            ),
+            (
+                "warmproxy_phase_user_origin_fetches",
+                "User requests that went to the origin, during warm runs and outside them.",
+                tuple(p.user_origin_fetches for _, p in phases),
+            ),
+            (
+                "warmproxy_phase_warm_fetches",
+                "Warm origin fetches, during warm runs and outside them.",
+                tuple(p.warm_fetches for _, p in phases),
             ),
         ):
             samples = tuple(
-                ((phase,), float(v))
-                for phase, v in zip(("during_runs", "outside_runs"), values, strict=True)
-                if v is not None
+                ((phase,), float(v)) for (phase, _), v in zip(phases, values, strict=True)
             )
-            if samples:
-                out.append(MetricFamily(name, doc, "gauge", ("phase",), samples))
+            out.append(MetricFamily(name, doc, "counter", ("phase",), samples))
         return out
 
 
@@ -813,12 +826,21 @@ class EffectivenessLedger:
         return self._during if active else self._outside
 
 
+def strategy_and_source(label: str) -> tuple[str, str]:
+    """A label of the ledger or a run's strategy ("scheduled:<source>", or a
+    strategy) as the metrics' ``strategy`` and ``source`` label values: one
+    label name per concept in every series."""
+    strategy, _, source = label.partition(":")
+    return strategy, source
+
+
 def _phase_figures(p: _Phase) -> PhaseFigures:
     fetches = p.user_origin_fetches + p.warm_fetches
     return PhaseFigures(
         seconds=p.seconds,
         requests=p.requests,
         latency_samples=p.latency_samples,
+        latency_sum=p.latency_sum,
         mean_latency=_ratio(p.latency_sum, p.latency_samples),
         user_origin_fetches=p.user_origin_fetches,
         warm_fetches=p.warm_fetches,

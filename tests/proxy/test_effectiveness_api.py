@@ -52,7 +52,7 @@ async def test_a_warmed_entry_hit_before_it_expired_counts_as_used(
     assert cost["bytes"] == len(b"short") + len(b"unused")
     assert stats["by_label"]["on-demand"]["precision"] == 0.5
     text = await metrics_text(client, proxy)
-    assert "warmproxy_warm_precision 0.5" in text
+    assert "warmproxy_warm_precision_ratio 0.5" in text
 
 
 async def test_a_failing_origin_raises_the_success_rate_alert(

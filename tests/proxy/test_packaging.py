@@ -26,8 +26,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 # --------------------------------------------------------------------- Grafana
 
-METRIC_NAME = re.compile(r"\bwarmproxy_[A-Za-z0-9_:]*")
-RATE_OF = re.compile(r"\b(?:rate|irate|increase)\(\s*(warmproxy_[A-Za-z0-9_:]*)")
+METRIC_NAME = re.compile(r"\b(?:warmproxy|process|python)_[A-Za-z0-9_:]*")
+RATE_OF = re.compile(r"\b(?:rate|irate|increase)\(\s*((?:warmproxy|process|python)_[A-Za-z0-9_:]*)")
 # The sample names a family of each type exposes, and those that only grow
 # (what rate() and increase() may be applied to).
 SAMPLE_SUFFIXES = {
@@ -155,7 +155,7 @@ async def test_dashboard_queries_only_exported_metrics(
         nonlocal scrape
         async with client.get(control_url(proxy, "/metrics")) as response:
             scrape = await response.text()
-        return "\nwarmproxy_warm_precision " in scrape
+        return "\nwarmproxy_warm_precision_ratio " in scrape
 
     # /short's warmed lifetime resolves (as used) once it expires, 3 s on.
     await eventually(scraped_precision, within=15)

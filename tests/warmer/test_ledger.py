@@ -335,8 +335,8 @@ def test_a_fresh_ledger_reports_nothing_it_has_not_measured() -> None:
     assert stats["cost_benefit"]["success_rate"] is None
     assert stats["by_label"] == {}
     names = {m.name for m in f.metric_families()}
-    assert "warmproxy_warm_precision" not in names
-    assert "warmproxy_hit_rate_improvement" not in names
+    assert "warmproxy_warm_precision_ratio" not in names
+    assert "warmproxy_hit_after_warming_ratio" not in names
 
 
 def test_stats_carry_the_design_names_and_labels() -> None:
@@ -375,15 +375,27 @@ def test_metric_families_follow_the_figures() -> None:
     ledger.warm_stored("/b", T0, T0 + 10, label="predictive")
     ledger.observe(hit(T0 + 1, "/a", T0 + 10), latency=0.01)
     families = {m.name: m for m in ledger.figures(T0 + 10).metric_families()}
-    assert families["warmproxy_warm_precision"].samples == (((), 0.5),)
+    assert families["warmproxy_warm_precision_ratio"].samples == (((), 0.5),)
     gained = families["warmproxy_warm_hits_gained"]
     assert gained.kind == "counter"
-    assert dict(gained.samples) == {("predictive",): 0.0, ("reactive",): 1.0}
+    assert gained.labels == ("strategy", "source")
+    assert dict(gained.samples) == {("predictive", ""): 0.0, ("reactive", ""): 1.0}
     resolved = dict(families["warmproxy_warmed_entries_resolved"].samples)
-    assert resolved[("reactive", "used")] == 1.0
-    assert resolved[("predictive", "unused")] == 1.0
-    latency = families["warmproxy_user_latency_mean_seconds"]
-    assert latency.samples == ((("outside_runs",), 0.01),)
+    assert resolved[("reactive", "", "used")] == 1.0
+    assert resolved[("predictive", "", "unused")] == 1.0
+    # Running totals, so rates and means are taken over a dashboard's window.
+    latency = families["warmproxy_phase_user_latency_seconds"]
+    assert latency.kind == "counter"
+    assert dict(latency.samples)[("outside_runs",)] == 0.01
+    assert dict(families["warmproxy_phase_user_requests"].samples)[("outside_runs",)] == 1.0
+
+
+def test_metric_families_name_a_scheduled_source_apart_from_its_strategy() -> None:
+    ledger = EffectivenessLedger()
+    ledger.warm_stored("/a", T0, T0 + 10, label="scheduled:sitemap")
+    families = {m.name: m for m in ledger.figures(T0 + 1).metric_families()}
+    opened = dict(families["warmproxy_warmed_entries_open"].samples)
+    assert opened == {("scheduled", "sitemap"): 1.0}
 
 
 # -- properties --------------------------------------------------------------------------
