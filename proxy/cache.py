@@ -7,11 +7,14 @@ turning store failures into misses (counted, never raised to the request).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Protocol
 
 from proxy import policy
 from proxy.entry import CacheEntry, StoredItem, VaryIndex
@@ -24,6 +27,29 @@ log = logging.getLogger(__name__)
 
 #: Variants of a key looked at for one whose content-coding a request accepts.
 CODING_CANDIDATES = 8
+
+
+def _in_process(item: StoredItem) -> StoredItem:
+    """``item`` as the in-process tier keeps it: an entry with its fast-lane
+    decision made and its head precomputed (DESIGN rule 3)."""
+    if isinstance(item, CacheEntry):
+        item.prepare_wire()
+    return item
+
+
+class DropListener(Protocol):
+    """Told what this cache dropped from the shared store, so the other
+    replicas drop their L1 copies too (proxy.fleet.L1Publisher)."""
+
+    def dropped(self, keys: Sequence[str]) -> None:
+        """``keys`` were deleted from or rewritten in the store; never awaits."""
+        ...
+
+    def bulk(
+        self, *, pattern: str | None = None, tag: str | None = None
+    ) -> AbstractContextManager[None]:
+        """Within: a purge by ``pattern`` or ``tag`` (it may drop many keys)."""
+        ...
 
 
 @dataclass(slots=True)
@@ -60,6 +86,14 @@ class Cache:
         # when its content-coding is one the request accepts.
         self._match_coding = match_coding
         self.healthy = True
+        #: Told every key dropped from the shared store (set by the app with Redis).
+        self.drops: DropListener | None = None
+
+    @property
+    def refills_in_process(self) -> bool:
+        """A lookup copies what it reads from the store into the in-process tier
+        (Redis with L1), so a ``peek`` after it finds it."""
+        return self._remote and self._local is not None and self._l1_ttl > 0
 
     def peek(self, key: str) -> StoredItem | None:
         """The in-process item under ``key``, without awaiting (the hit path)."""
@@ -84,11 +118,17 @@ class Cache:
         if item is not None and self._local is not None and self._l1_ttl > 0:
             ttl = min(self._l1_ttl, item.expires_at - self._clock())
             if ttl > 0:
-                self._local.put_nowait(key, item, ttl)
+                self._local.put_nowait(key, _in_process(item), ttl)
         return item
 
-    async def lookup(self, key: str, request_headers: HeaderSource) -> Lookup:
-        """The entry for this request, following a Vary index to the variant."""
+    async def lookup(
+        self, key: str, request_headers: HeaderSource, *, from_store: bool = False
+    ) -> Lookup:
+        """The entry for this request, following a Vary index to the variant.
+
+        ``from_store``: read past the in-process tier (what another replica
+        just stored is not in it yet; a fleet fill waits for that).
+        """
         if not self.healthy and self._remote:
             # Known down: pass through at once instead of waiting for a timeout
             # per request; the health watcher notices when it is back.
@@ -96,12 +136,14 @@ class Cache:
         try:
             # The in-process tier answers without awaiting (every warm fill
             # looks up first, most often for nothing).
-            item = self.peek(key)
+            past_l1 = from_store and self._remote
+            item = None if past_l1 else self.peek(key)
             if item is None and self._remote:
                 item = await self._get_remote(key)
             if isinstance(item, VaryIndex):
                 values = policy.request_vary_values(item.names, request_headers)
-                variant = await self._get(policy.variant_key(key, item.generation, values))
+                get = self._get_remote if past_l1 else self._get
+                variant = await get(policy.variant_key(key, item.generation, values))
                 exact = (
                     variant
                     if isinstance(variant, CacheEntry) and variant.vary_values == values
@@ -117,7 +159,7 @@ class Cache:
                     # or another browser stored), and a fresh answer beats
                     # revalidating a stale one.  The stale exact variant is
                     # kept for revalidation when none is fresher.
-                    found = await self._by_coding(item, values)
+                    found = await self._by_coding(item, values, past_l1)
                     if found is not None and (
                         exact is None or found.fresh_until > exact.fresh_until
                     ):
@@ -132,15 +174,16 @@ class Cache:
         return Lookup(item)
 
     async def _by_coding(
-        self, index: VaryIndex, values: tuple[str | None, ...]
+        self, index: VaryIndex, values: tuple[str | None, ...], past_l1: bool = False
     ) -> CacheEntry | None:
         """A stored variant that differs from the request only in Accept-Encoding
         and whose content-coding the request accepts (``policy.serves_by_coding``):
         the freshest of the newest :data:`CODING_CANDIDATES` variants."""
         at = index.names.index("accept-encoding")
         best: CacheEntry | None = None
+        get = self._get_remote if past_l1 else self._get
         for vkey in index.variant_keys[-CODING_CANDIDATES:][::-1]:
-            variant = await self._get(vkey)
+            variant = await get(vkey)
             if (
                 isinstance(variant, CacheEntry)
                 and policy.serves_by_coding(variant, values, at)
@@ -175,7 +218,7 @@ class Cache:
         elif self._local is not None:
             # The store is the in-process MemoryStore: written without its
             # async wrapper, as peek reads it.
-            self._local.put_nowait(key, item, ttl)
+            self._local.put_nowait(key, _in_process(item), ttl)
 
     async def _put_variant(self, key: str, entry: CacheEntry, ttl: float, now: float) -> None:
         current = await self._get(key)
@@ -207,8 +250,52 @@ class Cache:
         except StoreError as exc:
             self._failed("delete", exc)
             return
+        self._announce(keys)
         self._succeeded()
         self._metrics.invalidations.inc()
+
+    async def read(self, key: str) -> StoredItem | None:
+        """The item under ``key``, the in-process tier first.  Raises StoreError."""
+        return await self._get(key)
+
+    async def remove(self, keys: Sequence[str]) -> int:
+        """Delete ``keys`` from the store and from L1 (a purge); how many the
+        store held.  Raises StoreError."""
+        try:
+            removed = await self.store.delete_many(keys)
+        except StoreError as exc:
+            self._failed("delete", exc)
+            raise
+        if self._remote and self._local is not None:
+            self._local.delete_many_nowait(keys)
+        self._announce(keys)
+        self._succeeded()
+        return removed
+
+    async def rewrite(self, key: str, entry: CacheEntry) -> None:
+        """Store ``entry`` again under ``key`` until its ``expires_at`` (a soft
+        purge's staled copy), dropping any L1 copy.  Raises StoreError."""
+        try:
+            await self._put_item(key, entry, entry.expires_at - self._clock())
+        except StoreError as exc:
+            self._failed("put", exc)
+            raise
+        self._announce([key])
+        self._succeeded()
+
+    def purging(
+        self, *, pattern: str | None = None, tag: str | None = None
+    ) -> AbstractContextManager[None]:
+        """Wrap a purge by ``pattern`` or ``tag``: the other replicas may be
+        told the selector rather than every key (a bounded message)."""
+        if self.drops is None:
+            return contextlib.nullcontext()
+        return self.drops.bulk(pattern=pattern, tag=tag)
+
+    def _announce(self, keys: Sequence[str]) -> None:
+        # Only the shared store has other readers with an L1 of their own.
+        if self.drops is not None and self._remote and keys:
+            self.drops.dropped(keys)
 
     async def keys(self, pattern: str) -> AsyncIterator[str]:
         """Primary keys in the store matching a glob (variant keys left out)."""

@@ -13,6 +13,8 @@ import struct
 from dataclasses import dataclass, field
 
 import orjson
+from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.web_response import REASON_PHRASES
 from multidict import CIMultiDict
 
 # Bump when the encoded layout changes: an entry of another version decodes to
@@ -61,6 +63,9 @@ class CacheEntry:
     fetch_seconds: float = 0.0
     # Set when a warm fetch stored it; cleared by nothing (the ledger reads it).
     warmed: bool = False
+    # The origin's cache tags (its tag header, e.g. Surrogate-Key), taken out
+    # of ``headers`` when stored: what a purge by tag finds the entry by.
+    tags: tuple[str, ...] = ()
     # The headers as a multidict, built on first use and copied per hit (a
     # copy costs a quarter of building one); never serialized.
     head: CIMultiDict[str] | None = field(default=None, compare=False, repr=False)
@@ -71,6 +76,11 @@ class CacheEntry:
     # ``coding``, found on first use: a hit on a variant names it in its
     # access event, and the Vary lookup compares it.
     _coding: str | None = field(default=None, init=False, compare=False, repr=False)
+    # The response head the fast lane sends (proxy/fast_lane.py), after the
+    # HTTP version and before Age and Cache-Status; None: only the handler may
+    # serve this entry.  Set by :meth:`prepare_wire` when the entry enters the
+    # in-process tier; never copied by ``dataclasses.replace``.
+    wire_head: bytes | None = field(default=None, init=False, compare=False, repr=False)
 
     def response_head(self) -> CIMultiDict[str]:
         """A fresh multidict of the stored headers, to add Age and Cache-Status to."""
@@ -78,6 +88,11 @@ class CacheEntry:
         if head is None:
             head = self.head = CIMultiDict(self.headers)
         return head.copy()
+
+    def prepare_wire(self) -> None:
+        """Decide once, when stored in process, whether the fast lane may send
+        this entry, and precompute the head it would send (DESIGN rule 3)."""
+        self.wire_head = _wire_head(self)
 
     @property
     def coding(self) -> str:
@@ -97,9 +112,61 @@ class CacheEntry:
         size = self._size
         if size < 0:
             size = self._size = (
-                len(self.body) + sum(len(k) + len(v) + 4 for k, v in self.headers) + 256
+                len(self.body)
+                + sum(len(k) + len(v) + 4 for k, v in self.headers)
+                + sum(len(t) + 4 for t in self.tags)
+                + 256
             )
         return size
+
+
+# Statuses whose answers aiohttp frames specially (no body, no Content-Length;
+# RFC 9110 §6.4.1): the handler sends them.
+_SPECIAL_FRAMING = frozenset({204, 205, 304})
+# Fields the head must not carry already: the fast lane writes framing and
+# connection fields per request, as aiohttp does.
+_PER_RESPONSE_FIELDS = frozenset(
+    {"content-length", "transfer-encoding", "connection", "keep-alive", "age", "cache-status"}
+)
+
+
+def _visible(text: str) -> bool:
+    """Printable ASCII only: what aiohttp would send byte for byte, unchanged."""
+    return text.isascii() and text.isprintable()
+
+
+def _wire_head(entry: CacheEntry) -> bytes | None:
+    """The head aiohttp would write for ``entry`` on a hit, minus the version,
+    Age, Cache-Status, Content-Length and Connection, or None when the fast
+    lane must leave the entry to the handler.
+
+    The handler answers a hit with ``web.Response``, which adds Server and (for
+    a body) a default Content-Type when the stored fields lack them, and a Date
+    (stored entries always carry one, RFC 9110 §6.6.1).  An entry the fast
+    lane could not send identically is left to the handler: non-ASCII or
+    control characters in a field (aiohttp drops or refuses them), a status
+    framed without a body, a response needing validation on every use
+    (``no-cache``, RFC 9111 §5.2.2.4).
+    """
+    status = entry.status
+    if entry.no_cache or not 200 <= status <= 599 or status in _SPECIAL_FRAMING:
+        return None
+    lines = [f" {status} {REASON_PHRASES.get(status, '')}\r\n"]
+    seen: set[str] = set()
+    for name, value in entry.headers:
+        lower = name.lower()
+        if lower in _PER_RESPONSE_FIELDS or not (_visible(name) and _visible(value)):
+            return None
+        seen.add(lower)
+        lines.append(f"{name}: {value}\r\n")
+    if "date" not in seen:
+        return None
+    if "content-type" not in seen and entry.body:
+        # aiohttp adds application/octet-stream to a GET but not to a HEAD.
+        return None
+    if "server" not in seen:
+        lines.append(f"Server: {SERVER_SOFTWARE}\r\n")
+    return "".join(lines).encode("ascii")
 
 
 @dataclass(slots=True)
@@ -178,6 +245,7 @@ def encode(item: StoredItem) -> bytes:
             "shareable_with_auth": item.shareable_with_auth,
             "fetch_seconds": item.fetch_seconds,
             "warmed": item.warmed,
+            "tags": list(item.tags),
         }
         body = item.body
     meta_bytes = orjson.dumps(meta)
@@ -221,6 +289,8 @@ def decode(data: bytes) -> StoredItem:
             shareable_with_auth=meta["shareable_with_auth"],
             fetch_seconds=meta["fetch_seconds"],
             warmed=meta["warmed"],
+            # Absent from entries written before tags were kept.
+            tags=tuple(meta.get("tags", ())),
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise DecodeError(str(exc)) from exc

@@ -3,7 +3,9 @@
 A client's miss, a stale entry's revalidation, a stale-while-revalidate
 background refresh and every warm fetch come through :meth:`Filler.fetch`, so
 they share the cache key, the storability decision, the TTL and the store
-write.  Concurrent fetches of one key are coalesced into one origin request.
+write.  Concurrent fetches of one key are coalesced into one origin request,
+and with the Redis store into one across the replicas sharing it
+(:mod:`proxy.fill_lock`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from proxy import policy
 from proxy.cache import Cache
 from proxy.entry import CacheEntry
+from proxy.fill_lock import FillLock
 from proxy.forwarding import FORWARDING_FIELDS, ForwardingRules
 from proxy.metrics import ProxyMetrics
 from proxy.origin import OriginClient, OriginError, read_body
@@ -32,6 +35,7 @@ from proxy.policy import (
     CachePolicyConfig,
     HeaderSource,
 )
+from proxy.purge import TagHeader
 from proxy.tasks import BackgroundTasks
 from warmer.model import NEVER_SENT_BY_WARM, VariantHeaders
 
@@ -135,8 +139,14 @@ class Filler:
         max_entry_bytes: int,
         tasks: BackgroundTasks,
         clock: Callable[[], float] = time.time,
+        tag_header: TagHeader | None = None,
+        fill_lock: FillLock | None = None,
     ) -> None:
         self._origin = origin
+        # The origin's cache tags: kept with the entry, never stored as a header.
+        self._tag_header = tag_header if tag_header is not None else TagHeader("")
+        # Replicas sharing a Redis store fetch a key once between them (None: alone).
+        self._fill_lock = fill_lock
         self._cache = cache
         self._rules = rules
         self._config = config
@@ -280,7 +290,7 @@ class Filler:
         self._inflight[key] = future
         result = FillResult()
         try:
-            result = await self._fetch(
+            result = await self._fetch_once_in_fleet(
                 key, path_qs, send_headers, request_headers, request_cc, stale, warm, ttl
             )
             return result
@@ -292,6 +302,86 @@ class Filler:
             future.set_result(result if result.stream is None else replace(result, stream=None))
             if result.uncacheable and not policy.is_error_status(result.status):
                 self._remember_pass(key, result.uncacheable)
+
+    async def _fetch_once_in_fleet(
+        self,
+        key: str,
+        path_qs: str,
+        send_headers: list[tuple[str, str]],
+        request_headers: HeaderSource,
+        request_cc: CacheControl,
+        stale: CacheEntry | None,
+        warm: bool,
+        ttl: float | None,
+    ) -> FillResult:
+        """:meth:`_fetch`, once per key across the replicas sharing the store.
+
+        With a fill lock (the Redis store), the replica that claims the key's
+        lock fetches and stores; the others wait for that entry and answer
+        from it (collapsed).  Anything else (the response not storable, or not
+        for this request's Vary values; the holder gone; Redis failing) ends
+        in a fetch of this replica's own: the lock saves origin fetches, it
+        never costs a request its answer.
+        """
+
+        async def fetch() -> FillResult:
+            return await self._fetch(
+                key, path_qs, send_headers, request_headers, request_cc, stale, warm, ttl
+            )
+
+        lock = self._fill_lock
+        # A request's no-cache asks for the origin's own word (RFC 9111
+        # §5.2.1.4): another replica's fetch cannot answer it.
+        if lock is None or "no-cache" in request_cc:
+            return await fetch()
+
+        async def filled() -> CacheEntry | None:
+            return await self._filled_since(key, request_headers, request_cc, stale)
+
+        claim = await lock.claim(key)
+        if claim is None:
+            return await fetch()
+        if claim.won:
+            try:
+                # Filled by another replica between this request's lookup and
+                # the claim: nothing to fetch.
+                found = await filled()
+                return self._collapsed(found, warm) if found is not None else await fetch()
+            finally:
+                # After the store write: a waiter that sees the lock gone
+                # finds the entry.
+                await lock.release(claim)
+        found, _ = await lock.wait(claim, filled)
+        return self._collapsed(found, warm) if found is not None else await fetch()
+
+    async def _filled_since(
+        self,
+        key: str,
+        request_headers: HeaderSource,
+        request_cc: CacheControl,
+        stale: CacheEntry | None,
+    ) -> CacheEntry | None:
+        """An entry for this request, fresh enough to answer it, other than
+        ``stale`` (the one this request had): what another replica's fetch left."""
+        entry = (await self._cache.lookup(key, request_headers, from_store=True)).entry
+        # Another write is told apart by its store time, compared for
+        # equality only: the replicas' clocks may differ.
+        if entry is None or (stale is not None and entry.stored_at == stale.stored_at):
+            return None
+        return entry if policy.fresh_enough(entry, self._clock(), request_cc) else None
+
+    @staticmethod
+    def _collapsed(entry: CacheEntry, warm: bool) -> FillResult:
+        """The result of a fill answered by another replica's fetch."""
+        if warm:
+            # The warm request found its entry fresh: fetched nothing, stored nothing.
+            return FillResult(
+                status=entry.status, entry=entry, shareable=True, collapsed=True, already_fresh=True
+            )
+        # As for a request that waited for this process's own fetch: stored by the cache.
+        return FillResult(
+            status=entry.status, entry=entry, stored=True, shareable=True, collapsed=True
+        )
 
     def refresh_in_background(
         self,
@@ -348,6 +438,9 @@ class Filler:
         # Indexed and parsed once: storability, the entry and the relayed
         # headers all read the same fields.
         fields = policy.response_fields(response.headers)
+        # The tag header is taken out here, so neither the stored head nor
+        # the head relayed to this client carries it (DESIGN rule 3).
+        fields, tags = self._tag_header.take(fields)
 
         if response.status == 304 and stale is not None and conditional:
             response.release()
@@ -374,6 +467,8 @@ class Filler:
                 config=self._config,
                 warmed=warm,
             )
+            # Set before anything shares the entry; a 304 without tags keeps the stored ones.
+            entry.tags = tags or stale.tags
             if ttl is not None:
                 entry = policy.with_lifetime(entry, ttl)
             decision = self._storability(
@@ -440,6 +535,7 @@ class Filler:
             config=self._config,
             warmed=warm,
         )
+        entry.tags = tags  # set before anything shares the entry
         if ttl is not None:
             entry = policy.with_lifetime(entry, ttl)
         stored = await self._store(key, entry)

@@ -7,12 +7,16 @@ import ipaddress
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlsplit
 
 from multidict import CIMultiDictProxy
 
 from proxy.cache_key import NO_RULES, KeyRules
 from proxy.policy import CONDITIONAL_REQUEST_FIELDS, HOP_BY_HOP, connection_named
+
+if TYPE_CHECKING:  # proxy.config imports this module
+    from proxy.config import Settings
 
 # Forwarding fields (RFC 7239 and its X- forerunners) this proxy sets itself:
 # a client's are replaced by ours unless the peer is a trusted proxy, so one
@@ -247,6 +251,24 @@ class ForwardingRules:
             key_rules=key_rules,
             public_scheme=public_scheme,
             dropped_fields=frozenset(field_key(name) for name in drop_request_headers),
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ForwardingRules:
+        """The rules ``settings`` configure: the proxy's, and those ``import-log``
+        keys a log with, so both key alike."""
+        proxy = settings.proxy
+        return cls.build(
+            origin_authority=urlsplit(proxy.origin).netloc,
+            preserve_host=proxy.preserve_host,
+            public_host=proxy.public_host,
+            trusted=proxy.trusted_proxies,
+            via=f"1.1 {proxy.via_name}",
+            warm_header=settings.execution.warm_header,
+            host_keying=proxy.host_keying,
+            key_rules=KeyRules.from_settings(settings.cache),
+            public_scheme=proxy.public_scheme,
+            drop_request_headers=proxy.drop_request_headers,
         )
 
     @property

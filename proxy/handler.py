@@ -16,12 +16,12 @@ import secrets
 import sys
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy import policy, websocket
@@ -32,11 +32,13 @@ from proxy.forwarding import BadHost, ForwardingRules, end_to_end
 from proxy.metrics import ProxyMetrics
 from proxy.observe import AccessEvent, EventHub, Outcome
 from proxy.origin import OriginClient, OriginError, OriginFailure
+from proxy.purge import PurgeMethod
+from proxy.store.base import StoreError
 
 log = logging.getLogger(__name__)
 
-# Request fields that send a GET/HEAD off the hit path.
-_SLOW_PATH_FIELDS = (
+# Request fields that send a GET/HEAD off the hit path (the fast lane's too).
+SLOW_PATH_FIELDS = (
     "cache-control",
     "pragma",
     "authorization",
@@ -53,6 +55,21 @@ _REQUEST_ID_MAX = 128
 # A process prefix and a counter: unique per request, far cheaper than a uuid4.
 _ID_PREFIX = secrets.token_hex(4)
 _ID_COUNTER = itertools.count(1)
+
+
+class AccessSource(Protocol):
+    """What counting a request and its access event read of it: an aiohttp
+    request, or the fast lane's parsed head (proxy/fast_lane.py)."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def raw_path(self) -> str: ...
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+    @property
+    def remote(self) -> str | None: ...
+    def get(self, key: web.RequestKey[str], /) -> str | None: ...
 
 
 def new_request_id() -> str:
@@ -164,8 +181,14 @@ class ProxyHandler:
         cache_name: str = "warmproxy",
         clock: Callable[[], float] = time.time,
         admission: Admission | None = None,
+        purge_method: PurgeMethod | None = None,
+        tag_header: str = "",
     ) -> None:
         self._cache = cache
+        # PURGE /path ([cache.purge] method); None: forwarded like any method.
+        self._purge_method = purge_method
+        # The origin's cache-tag header, never relayed (stored entries lack it already).
+        self._tag_header = tag_header
         self._admission = admission if admission is not None else Admission()
         self._filler = filler
         self._origin = origin
@@ -187,18 +210,18 @@ class ProxyHandler:
         # the store, so the warmer sees one (host, url) per path.
         self._path_host = ""
 
-    def _key(self, request: web.BaseRequest) -> str:
+    def _key(self, request: AccessSource) -> str:
         if self._keys_are_paths:
             return self._cache_key(request.raw_path, self._path_host)
         return self._rules.key_of(request.headers, request.remote, request.raw_path)
 
-    def _event_key(self, request: web.BaseRequest) -> str:
+    def _event_key(self, request: AccessSource) -> str:
         try:
             return self._key(request)
         except BadHost:
             return request.raw_path  # a refused request: it has no cache key
 
-    def _event_host(self, request: web.BaseRequest) -> str:
+    def _event_host(self, request: AccessSource) -> str:
         if self._keys_are_paths:
             return self._path_host
         try:
@@ -249,7 +272,7 @@ class ProxyHandler:
                 return await self._admit(
                     self._forward(request, started, fwd="bypass"), request, started
                 )
-            for name in _SLOW_PATH_FIELDS:
+            for name in SLOW_PATH_FIELDS:
                 if name in headers:
                     break
             else:
@@ -260,7 +283,42 @@ class ProxyHandler:
                     if now < entry.fresh_until and not entry.no_cache:
                         return self._respond_hit(request, entry, now, started, key, host)
             return await self._admit(self._handle_cacheable(request, started), request, started)
+        if method == "PURGE" and self._purge_method is not None:
+            return await self._purge(request, host, started)
         return await self._admit(self._forward(request, started), request, started)
+
+    async def _purge(self, request: web.BaseRequest, host: str, started: float) -> web.Response:
+        """PURGE /path: drop the path's entry and its variants, from allowed networks only."""
+        purge = self._purge_method
+        assert purge is not None
+        status = policy.cache_status(fwd="bypass", detail="purge", name=self._name)
+        if not purge.allows(request.remote):
+            return self._plain(
+                request,
+                403,
+                "warmproxy: PURGE is not allowed from this address\n",
+                status,
+                started,
+                reason="purge-refused",
+            )
+        try:
+            outcome = await purge.purger.purge_key(self._cache_key(request.raw_path, host))
+        except StoreError:
+            return self._plain(
+                request,
+                503,
+                "warmproxy: the cache store failed; purge again\n",
+                status,
+                started,
+                reason="purge-failed",
+            )
+        text = f'{{"purged": {outcome.purged}, "soft": false, "rewarm": null}}\n'
+        self._emit(request, Outcome.BYPASS, 200, started, len(text))
+        return web.Response(
+            text=text,
+            content_type="application/json",
+            headers={"Cache-Status": status, "Cache-Control": "no-store"},
+        )
 
     async def _admit(
         self,
@@ -576,6 +634,8 @@ class ProxyHandler:
         """Relay an origin response chunk by chunk: memory stays flat."""
         upstream = stream.response
         headers = CIMultiDict(end_to_end(upstream.headers.items()))
+        if self._tag_header:
+            headers.popall(self._tag_header, None)
         vias = headers.getall("Via", [])
         headers.popall("Via", None)
         headers["Via"] = ", ".join([*vias, self._rules.via])
@@ -678,6 +738,9 @@ class ProxyHandler:
             detail = "pool-wait"
         elif error.kind is OriginFailure.HEAD_TOO_LARGE:
             code, text = 502, "warmproxy: origin response head too large\n"
+        elif error.kind is OriginFailure.TLS:
+            # The certificate's fault is in the proxy's log, not told to clients.
+            code, text = 502, "warmproxy: TLS to the origin failed\n"
         else:
             code, text = 502, "warmproxy: origin unreachable\n"
         status = policy.cache_status(fwd=fwd, detail=detail, name=self._name)
@@ -702,9 +765,24 @@ class ProxyHandler:
             headers={"Cache-Status": cache_status, "Cache-Control": "no-store"},
         )
 
+    def emit_hit(
+        self,
+        request: AccessSource,
+        entry: CacheEntry,
+        now: float,
+        started: float,
+        key: str,
+        host: str,
+    ) -> None:
+        """Count a fresh hit the fast lane answered and emit its access event,
+        exactly as for one :meth:`_respond_hit` answers."""
+        self._emit(
+            request, Outcome.HIT, entry.status, started, len(entry.body), now, key, host, entry
+        )
+
     def _emit(
         self,
-        request: web.BaseRequest,
+        request: AccessSource,
         outcome: Outcome,
         status: int,
         started: float,
@@ -716,7 +794,8 @@ class ProxyHandler:
     ) -> None:
         """Count the request and emit its access event; ``entry``: the cached
         entry that answered it or that its fill stored."""
-        self._metrics.requests[(outcome, request.method)] += 1
+        latency = time.perf_counter() - started
+        self._metrics.count_request(outcome, request.method, latency)
         vary: tuple[str, ...]
         vary_values: tuple[str | None, ...]
         if entry is None:
@@ -739,7 +818,7 @@ class ProxyHandler:
                 method=request.method,
                 outcome=outcome,
                 status=status,
-                latency=time.perf_counter() - started,
+                latency=latency,
                 bytes=size,
                 client=client,
                 host=host if host is not None else self._event_host(request),

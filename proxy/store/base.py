@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -27,7 +27,13 @@ class StoreStats:
 
 
 class CacheStore(Protocol):
-    """Where entries live.  Keys are opaque strings chosen by the cache layer."""
+    """Where entries live.  Keys are opaque strings chosen by the cache layer.
+
+    Stores keep an index of the tags of what they hold (``CacheEntry.tags``,
+    from the origin's tag header), so a purge by tag finds its keys without
+    scanning every key.  The index may name keys that no longer hold an
+    entry with that tag (it is cleaned lazily); callers check the entry.
+    """
 
     #: Largest item (``StoredItem.size``) the store accepts; bigger responses
     #: are streamed through, never buffered.
@@ -38,11 +44,24 @@ class CacheStore(Protocol):
         ...
 
     async def put(self, key: str, item: StoredItem, ttl: float) -> None:
-        """Store ``item`` for ``ttl`` seconds (> 0).  Raises StoreError."""
+        """Store ``item`` for ``ttl`` seconds (> 0), indexing its tags.  Raises StoreError."""
         ...
 
     async def delete(self, key: str) -> None:
         """Remove ``key`` if present.  Raises StoreError."""
+        ...
+
+    async def delete_many(self, keys: Sequence[str]) -> int:
+        """Remove every one of ``keys``; how many were present.  Raises StoreError."""
+        ...
+
+    def tagged(self, tag: str) -> AsyncIterator[str]:
+        """Keys indexed under ``tag``: every live key whose entry carries it,
+        perhaps with keys that no longer do.  Raises StoreError."""
+        ...
+
+    async def untag(self, tag: str, keys: Sequence[str]) -> None:
+        """Remove ``keys`` from the index of ``tag`` (not the entries).  Raises StoreError."""
         ...
 
     def scan(self, pattern: str) -> AsyncIterator[str]:

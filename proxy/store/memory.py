@@ -24,10 +24,10 @@ import math
 import re
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import NamedTuple
 
-from proxy.entry import StoredItem, VaryIndex
+from proxy.entry import CacheEntry, StoredItem, VaryIndex
 from proxy.store.base import StoreStats
 
 # scan() yields to the event loop this often so one big scan cannot stall the
@@ -50,6 +50,10 @@ ITEM_OVERHEAD = 160
 FIELD_OVERHEAD = 280
 # A Vary index: each variant key is a string object and a list slot.
 VARIANT_KEY_OVERHEAD = 64
+# A cache tag: its string object, its slot in the entry's tuple and the key's
+# slot in the tag index's set (estimated from object sizes, not measured:
+# tags are few per entry).
+TAG_OVERHEAD = 120
 # Resident memory (RSS) a full store adds to the process, per byte of
 # max_bytes: measured 1.23 with 1 KB responses of 7 and of 27 header fields,
 # filled three times over (eviction leaves the allocator some fragmentation).
@@ -68,6 +72,7 @@ def memory_cost(key: str, item: StoredItem) -> int:
         per_part = VARIANT_KEY_OVERHEAD * len(item.variant_keys)
     else:
         per_part = FIELD_OVERHEAD * len(item.headers)
+        per_part += sum(TAG_OVERHEAD + len(tag) for tag in item.tags)
     return item.size + ITEM_OVERHEAD + len(key) + per_part
 
 
@@ -79,6 +84,8 @@ class _Slot(NamedTuple):
     deadline: float
     # Counts against ``max_entries``: a response (a Vary index does not).
     counted: bool
+    # The entry's cache tags, as indexed (``MemoryStore.tagged``).
+    tags: tuple[str, ...] = ()
 
 
 class MemoryStore:
@@ -135,6 +142,9 @@ class MemoryStore:
         self._deadlines: list[tuple[float, str]] = []
         self._bytes = 0
         self._counted = 0  # items that count against max_entries
+        # tag -> keys of the live items carrying it, kept exact on every put,
+        # delete, eviction and expiry, so a purge by tag reads one set.
+        self._tagged: dict[str, set[str]] = {}
         #: Live items dropped to make room for new ones.
         self.evictions = 0
         #: Told the key of each live item dropped to make room (not of expired
@@ -187,9 +197,12 @@ class MemoryStore:
         ):
             self._make_room(size, counted, now)
         deadline = now + ttl
-        self._items[key] = _Slot(item, size, deadline, counted)
+        tags = item.tags if isinstance(item, CacheEntry) else ()
+        self._items[key] = _Slot(item, size, deadline, counted, tags)
         self._bytes += size
         self._counted += counted
+        for tag in tags:
+            self._tagged.setdefault(tag, set()).add(key)
         heapq.heappush(self._deadlines, (deadline, key))
         self._compact_deadlines()
 
@@ -198,6 +211,42 @@ class MemoryStore:
         slot = self._items.get(key)
         if slot is not None:
             self._drop(key, slot)
+
+    def delete_many_nowait(self, keys: Sequence[str]) -> int:
+        """Remove every one of ``keys``; how many were held (expired ones included)."""
+        removed = 0
+        for key in keys:
+            slot = self._items.get(key)
+            if slot is not None:
+                self._drop(key, slot)
+                removed += 1
+        return removed
+
+    def delete_where(self, selected: Callable[[str], bool]) -> int:
+        """Remove every key ``selected`` holds for; how many were held.
+
+        Walks every key (O(items)): for the rare drop by glob that another
+        replica's purge publishes, not for a request's path.
+        """
+        return self.delete_many_nowait([key for key in self._items if selected(key)])
+
+    def clear(self) -> int:
+        """Remove everything (expired items too); how many items were held."""
+        held = len(self._items)
+        self._items.clear()
+        self._deadlines.clear()
+        self._tagged.clear()
+        self._bytes = 0
+        self._counted = 0
+        return held
+
+    def tagged_nowait(self, tag: str) -> list[str]:
+        """Keys of the live items carrying ``tag`` (exact: the index is kept on every change)."""
+        keys = self._tagged.get(tag)
+        if not keys:
+            return []
+        now = self._clock()
+        return [k for k in keys if now < self._items[k].deadline]
 
     def purge_expired(self) -> int:
         """Drop every expired item now; returns how many were dropped."""
@@ -229,6 +278,16 @@ class MemoryStore:
     async def delete(self, key: str) -> None:
         self.delete_nowait(key)
 
+    async def delete_many(self, keys: Sequence[str]) -> int:
+        return self.delete_many_nowait(keys)
+
+    async def tagged(self, tag: str) -> AsyncIterator[str]:
+        for key in self.tagged_nowait(tag):
+            yield key
+
+    async def untag(self, tag: str, keys: Sequence[str]) -> None:
+        """Nothing to do: the index never names a key whose item lacks the tag."""
+
     async def scan(self, pattern: str) -> AsyncIterator[str]:
         """Live keys matching the fnmatch glob ``pattern`` (case-sensitive).
 
@@ -254,10 +313,7 @@ class MemoryStore:
         return StoreStats(entries=len(self._items), bytes=self._bytes, evictions=self.evictions)
 
     async def close(self) -> None:
-        self._items.clear()
-        self._deadlines.clear()
-        self._bytes = 0
-        self._counted = 0
+        self.clear()
 
     # -- internals -----------------------------------------------------------
 
@@ -267,6 +323,16 @@ class MemoryStore:
         del self._items[key]
         self._bytes -= slot.size
         self._counted -= slot.counted
+        if slot.tags:
+            self._untag(key, slot.tags)
+
+    def _untag(self, key: str, tags: tuple[str, ...]) -> None:
+        for tag in tags:
+            keys = self._tagged.get(tag)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._tagged[tag]
 
     def _drop_expired(self, now: float) -> int:
         heap = self._deadlines
@@ -290,6 +356,8 @@ class MemoryStore:
             key, slot = items.popitem(last=False)
             self._bytes -= slot.size
             self._counted -= slot.counted
+            if slot.tags:
+                self._untag(key, slot.tags)
             self.evictions += 1
             if self.on_evict is not None:
                 self.on_evict(key)

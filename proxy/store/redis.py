@@ -12,6 +12,12 @@ Gets are batched (:class:`_GetBatcher`): concurrent gets go to Redis together
 as one MGET, because redis-py's per-command overhead, not Redis, was what a hit
 cost.
 
+Cache tags are indexed in one set per tag, ``prefix + "tag:" + tag``, whose
+members are the keys of the entries carrying it.  A put adds its key to its
+tags' sets and extends their expiry to at least the entry's, in one script
+with the SET; members whose entry is gone or no longer carries the tag are
+removed lazily, by the purge that finds them.
+
 Never FLUSHDB, FLUSHALL or KEYS: the database may be shared with other
 deployments (other prefixes) and other applications.
 """
@@ -25,7 +31,7 @@ import functools
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -33,7 +39,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
-from proxy.entry import DecodeError, StoredItem, decode, encode
+from proxy.entry import CacheEntry, DecodeError, StoredItem, decode, encode
 from proxy.store.base import StoreError, StoreStats
 
 log = logging.getLogger(__name__)
@@ -49,6 +55,35 @@ _MAX_BATCH_KEYS = 256
 # PING before reusing a connection idle this long (seconds), so a connection
 # silently cut by a NAT or load balancer fails on the PING, not on a request.
 _HEALTH_CHECK_INTERVAL = 15
+
+# Keys per UNLINK / SREM command of a bulk delete.
+_DELETE_CHUNK = 500
+#: Where the tag index lives under the prefix: never a cache key (those are
+#: paths, "/..." or "//host/...").
+TAG_NAMESPACE = "tag:"
+#: Where the fleet's fill locks live under the prefix (proxy.fill_lock): one
+#: short-lived key per cache key being fetched; never a cache key either.
+FILL_LOCK_NAMESPACE = "lock:"
+#: Every cache key starts with this (paths: "/..." or "//host/..."); what
+#: else lives under the prefix (the tag index, fill locks, the warmer's
+#: schedule and firing claims, the fleet's heartbeats) never does, and scans
+#: and counts skip it: a purge or warm of pattern "*" must not reach them.
+CACHE_KEY_START = "/"
+# SET the entry (KEYS[1]) and add its key (ARGV[3]) to each tag's set
+# (KEYS[2:]), whose expiry becomes at least the entry's: PTTL is -1 for a new
+# set (no expiry yet), so it gets one.  One script: one round trip, and no
+# entry is ever stored without its index (a purge by tag would miss it).
+_PUT_TAGGED = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local ttl = tonumber(ARGV[2])
+for i = 2, #KEYS do
+  redis.call('SADD', KEYS[i], ARGV[3])
+  if redis.call('PTTL', KEYS[i]) < ttl then
+    redis.call('PEXPIRE', KEYS[i], ttl)
+  end
+end
+return 1
+"""
 
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
@@ -265,6 +300,12 @@ class RedisStore:
         )
         self._client = aioredis.Redis.from_pool(pool)
         self._gets = _GetBatcher(self._fetch, _MAX_BATCH_KEYS)
+        self._put_tagged = self._client.register_script(_PUT_TAGGED)
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The Redis client, for fleet coordination beside the entries (fill locks)."""
+        return self._client
 
     def _key(self, key: str) -> str:
         return self.prefix + key
@@ -341,8 +382,15 @@ class RedisStore:
             return
         ttl_ms = max(1, math.ceil(ttl * 1000))
         data = encode(item)
+        tags = item.tags if isinstance(item, CacheEntry) else ()
         try:
-            await self._client.set(self._key(key), data, px=ttl_ms)
+            if tags:
+                await self._put_tagged(
+                    keys=[self._key(key), *(self._tag_key(t) for t in tags)],
+                    args=[data, ttl_ms, key],
+                )
+            else:
+                await self._client.set(self._key(key), data, px=ttl_ms)
         except _BACKEND_ERRORS as exc:
             raise StoreError(f"redis SET failed: {exc}") from exc
 
@@ -352,9 +400,56 @@ class RedisStore:
         except _BACKEND_ERRORS as exc:
             raise StoreError(f"redis UNLINK failed: {exc}") from exc
 
+    async def delete_many(self, keys: Sequence[str]) -> int:
+        """Remove ``keys`` (UNLINK, a few hundred per command); how many existed."""
+        removed = 0
+        try:
+            for start in range(0, len(keys), _DELETE_CHUNK):
+                chunk = [self._key(k) for k in keys[start : start + _DELETE_CHUNK]]
+                removed += int(await self._client.unlink(*chunk))
+        except _BACKEND_ERRORS as exc:
+            raise StoreError(f"redis UNLINK failed: {exc}") from exc
+        return removed
+
+    def _tag_key(self, tag: str) -> str:
+        return f"{self.prefix}{TAG_NAMESPACE}{tag}"
+
+    async def tagged(self, tag: str) -> AsyncIterator[str]:
+        """Members of the tag's set, by SSCAN (never SMEMBERS: a tag may name
+        many keys); each once even if SSCAN reports it twice."""
+        seen: set[str] = set()
+        cursor = 0
+        while True:
+            try:
+                cursor, members = await self._client.sscan(
+                    self._tag_key(tag), cursor, count=_SCAN_COUNT
+                )
+            except _BACKEND_ERRORS as exc:
+                raise StoreError(f"redis SSCAN failed: {exc}") from exc
+            for raw in members:
+                try:
+                    key = _as_bytes(raw).decode()
+                except UnicodeDecodeError:
+                    continue
+                if key not in seen:
+                    seen.add(key)
+                    yield key
+            if cursor == 0:
+                return
+
+    async def untag(self, tag: str, keys: Sequence[str]) -> None:
+        """SREM ``keys`` from the tag's set (a few hundred per command)."""
+        try:
+            for start in range(0, len(keys), _DELETE_CHUNK):
+                await self._client.srem(self._tag_key(tag), *keys[start : start + _DELETE_CHUNK])
+        except _BACKEND_ERRORS as exc:
+            raise StoreError(f"redis SREM failed: {exc}") from exc
+
     async def scan(self, pattern: str) -> AsyncIterator[str]:
         """Keys under this store's prefix matching the fnmatch glob ``pattern``.
 
+        Only cache keys (:data:`CACHE_KEY_START`): the tag index's sets, the
+        fill locks and the warmer's and the fleet's keys are never yielded.
         Uses SCAN (never KEYS), so Redis stays responsive on big databases;
         each key is yielded once even if SCAN reports it twice.  Keys added or
         removed during the scan may or may not be seen (SCAN's guarantee).
@@ -377,7 +472,7 @@ class RedisStore:
                 except UnicodeDecodeError:
                     # Not written by us: our keys are str, stored as UTF-8.
                     continue
-                if key not in seen and match(key):
+                if key not in seen and key.startswith(CACHE_KEY_START) and match(key):
                     seen.add(key)
                     yield key
             if cursor == 0:
@@ -395,13 +490,15 @@ class RedisStore:
             return False
 
     async def stats(self) -> StoreStats:
-        """Keys under the prefix and the bytes of their values.
+        """Cache entries under the prefix and the bytes of their values.
 
         O(number of keys): SCAN over the prefix plus a pipelined STRLEN per
         batch.  Meant for the periodic metrics refresh, never the hit path.
         ``evictions`` is 0: Redis counts evictions per server, not per prefix.
         """
-        match = escape_glob(self.prefix) + "*"
+        # Cache keys are paths ("/..." or "//host/..."): the fleet's, the
+        # schedule's and the tag index's keys under the prefix are not entries.
+        match = escape_glob(self.prefix) + "/*"
         entries = 0
         total = 0
         cursor = 0

@@ -187,6 +187,20 @@ async def test_prefix_with_glob_characters_matches_only_itself(
         await plain.close()
 
 
+async def test_a_scan_of_everything_yields_cache_keys_only(
+    store: RedisStore, raw: aioredis.Redis, redis_prefix: str
+) -> None:
+    # The warmer's schedule and firing claims and the fleet's heartbeats live
+    # under the same prefix: a purge or a warm of pattern "*" must never
+    # reach them (a purge would delete the posted schedule).
+    await store.put("/page", make_entry(), 60)
+    await store.put("//shop.example/page", make_entry(), 60)
+    for other in ("warmer:schedule", "warmer:fired:hourly:1", "{fleet}:replica:a", "tag:x"):
+        await raw.set(redis_prefix + other, b"not an entry", ex=60)
+    assert await scan_all(store, "*") == {"/page", "//shop.example/page"}
+    assert (await store.stats()).entries == 2
+
+
 async def test_scan_walks_every_cursor_page_and_yields_each_key_once(
     redis_url: str, redis_prefix: str
 ) -> None:
