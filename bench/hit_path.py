@@ -6,6 +6,12 @@ the other one).  Targets run one after another, never at once.  The script
 prints figures and ratios to nginx; it asserts nothing about speed, because the
 machines it runs on are noisy and only the side-by-side ratio means something.
 
+Besides each store with the defaults, it runs warmproxy with the hit fast lane
+off (``proxy.fast_lane = false``: every hit through aiohttp) and with tracking
+off (``tracking.enabled = false``: the warmer observes nothing), and prints
+fast lane on/off and tracking on/off side by side: what the fast lane gains,
+and what observing every request costs (the goal: tracking on/off >= 0.95).
+
     .venv/bin/python bench/hit_path.py [--duration 10] [--connections 32]
                                         [--skip-nginx] [--skip-redis] [--redis-url URL]
 
@@ -42,6 +48,9 @@ READY_TIMEOUT = 30.0
 REDIS_PREFIX = "warmproxy-bench:"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
 REPO = Path(__file__).resolve().parent.parent
+# Variants of a store target ("memory/no-fast-lane"): one setting changed.
+NO_FAST_LANE = "no-fast-lane"
+UNTRACKED = "untracked"
 
 
 # --- the origin (runs in its own process: `hit_path.py _origin PORT`) ---------------------
@@ -258,11 +267,16 @@ def start_warmproxy(
     env: dict[str, str] = {}
     if redis_url is not None:
         argv += ["--redis-url", redis_url, "--redis-prefix", REDIS_PREFIX]
-    if store == "redis-no-l1":
+    base, _, variant = store.partition("/")
+    argv[argv.index("--store") + 1] = "redis" if base.startswith("redis") else base
+    if base == "redis-no-l1":
         # Every hit goes to Redis: the in-process tier is switched off.
-        argv[argv.index("--store") + 1] = "redis"
         env["WARMPROXY_CACHE__L1_MAX_BYTES"] = "0"
-    name = f"warmproxy-{store}"
+    if variant == NO_FAST_LANE:
+        env["WARMPROXY_PROXY__FAST_LANE"] = "false"
+    elif variant == UNTRACKED:
+        env["WARMPROXY_TRACKING__ENABLED"] = "false"
+    name = f"warmproxy-{store.replace('/', '-')}"
     proc = procs.start(name, argv, cpu, env)
     wait_ready(
         procs,
@@ -446,7 +460,7 @@ def _cpu_model() -> str:
 def print_table(results: list[Result], failures: list[tuple[str, str]]) -> None:
     nginx = next((r for r in results if r.target.server == "nginx"), None)
     header = (
-        f"{'server':<10} {'store':<12} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs nginx':>9}"
+        f"{'server':<10} {'store':<20} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs nginx':>9}"
     )
     print()
     print(header)
@@ -454,14 +468,37 @@ def print_table(results: list[Result], failures: list[tuple[str, str]]) -> None:
     for r in results:
         ratio = f"{r.rps / nginx.rps:.2f}" if nginx and nginx.rps else "-"
         print(
-            f"{r.target.server:<10} {r.target.store:<12} {r.rps:>10.0f} "
+            f"{r.target.server:<10} {r.target.store:<20} {r.rps:>10.0f} "
             f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {ratio:>9}"
         )
     for name, reason in failures:
-        print(f"{name:<23} failed: {reason.splitlines()[0]}")
+        print(f"{name:<31} failed: {reason.splitlines()[0]}")
     for r in results:
         for note in r.notes:
             print(f"note: {r.target.server}/{r.target.store}: {note}")
+    print_side_by_side(results)
+
+
+def print_side_by_side(results: list[Result]) -> None:
+    """Fast lane on/off per store, and tracking on/off, as req/s ratios."""
+    rps = {r.target.store: r.rps for r in results if r.target.server == "warmproxy"}
+    lines = []
+    for store in ("memory", "redis"):
+        on, off = rps.get(store), rps.get(f"{store}/{NO_FAST_LANE}")
+        if on and off:
+            lines.append(
+                f"fast lane ({store:<6}): on {on:>8.0f} req/s, off {off:>8.0f} req/s, "
+                f"on/off {on / off:.2f}"
+            )
+    on, off = rps.get("memory"), rps.get(f"memory/{UNTRACKED}")
+    if on and off:
+        lines.append(
+            f"tracking  (memory): on {on:>8.0f} req/s, off {off:>8.0f} req/s, "
+            f"on/off {on / off:.2f} (goal >= 0.95)"
+        )
+    if lines:
+        print()
+        print("\n".join(lines))
 
 
 def _raise_on_term(signum: int, frame: FrameType | None) -> None:
@@ -511,7 +548,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
 
             kinds = ["nginx"] if run_nginx else []
-            kinds += ["memory"] if args.skip_redis else ["memory", "redis", "redis-no-l1"]
+            kinds += ["memory", f"memory/{NO_FAST_LANE}", f"memory/{UNTRACKED}"]
+            if not args.skip_redis:
+                kinds += ["redis", f"redis/{NO_FAST_LANE}", "redis-no-l1"]
             for kind in kinds:
                 name = "nginx" if kind == "nginx" else f"warmproxy/{kind}"
                 try:
