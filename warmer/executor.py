@@ -110,6 +110,7 @@ class WarmExecutor:
         self.retry_attempts = retry_attempts
         self._retry_base = retry_base_delay
         self._retry_cap = retry_max_delay
+        self.rate_limit = rate_limit
         self._limiter = AsyncLimiter(1, 1.0 / rate_limit) if rate_limit > 0 else None
         self.adaptive = adaptive
         self.guard = guard
@@ -240,6 +241,42 @@ class WarmExecutor:
                 del self._waiting[identity]
                 dropped += 1
         return dropped
+
+    def apply_limits(
+        self,
+        *,
+        parallelism: int,
+        batch_size: int,
+        timeout: float,
+        retry_attempts: int,
+        retry_base_delay: float,
+        retry_max_delay: float,
+        rate_limit: float,
+        adaptive: AdaptiveConcurrency | None,
+        guard: ResourceGuard | None,
+    ) -> None:
+        """New limits from now on (a configuration reload); nothing here can fail.
+
+        Fetches in flight keep the timeout they started with; workers waiting
+        for a slot see the new parallelism at once; a changed rate limit
+        starts a new token bucket (a fetch already waiting on the old one is
+        admitted at the old pace).
+        """
+        self.parallelism = parallelism
+        self.batch_size = batch_size
+        self.timeout = timeout
+        self.retry_attempts = retry_attempts
+        self._retry_base = retry_base_delay
+        self._retry_cap = retry_max_delay
+        if rate_limit != self.rate_limit:
+            self.rate_limit = rate_limit
+            self._limiter = AsyncLimiter(1, 1.0 / rate_limit) if rate_limit > 0 else None
+        self.adaptive = adaptive
+        if guard is None:
+            self.paused = False
+        self.guard = guard
+        self._slot_freed.set()
+        self._wakeup.set()
 
     # ------------------------------------------------------------ dispatch
 

@@ -67,7 +67,7 @@ import sys
 from array import array
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from warmer.model import Observed, Reason, WarmRequest
@@ -544,6 +544,21 @@ class Predictor:
         # client -> [its last key, when, mean interval, mean deviation, intervals
         # seen] while it keeps asking for one key: polling (see POLL_REGULARITY).
         self._pollers: OrderedDict[str, list[Any]] = OrderedDict()
+
+    def retune(self, *, min_confidence: float, max_warm_ratio: float, priority: str) -> None:
+        """Take new thresholds and a new budget (a configuration reload),
+        keeping what was learned and the tokens saved so far (within the new
+        bucket): the bucket and its reserve are sized as when built."""
+        self.config = replace(
+            self.config,
+            min_confidence=min_confidence,
+            max_warm_ratio=max_warm_ratio,
+            priority=priority,
+        )
+        self._bucket = max(1.0, max_warm_ratio * BUDGET_BURST)
+        self._reserve = max(1.0, max_warm_ratio * BUDGET_RESERVE)
+        self._tokens = min(self._tokens, self._bucket)
+        self.threshold = self._rationed(self._tokens)
 
     # ----------------------------------------------------------- observation
 

@@ -113,8 +113,9 @@ def test_steady_hot_keys_are_refreshed_at_expiry() -> None:
     assert refreshed >= 40
 
 
-def warm_with_budget(max_warm_ratio: float) -> Predictor:
-    """Zipf-like traffic over 400 keys with 300 s lifetimes; warm fills instant."""
+def warm_with_budget(max_warm_ratio: float, retune: tuple[int, float] | None = None) -> Predictor:
+    """Zipf-like traffic over 400 keys with 300 s lifetimes; warm fills instant.
+    ``retune``: at that request, the budget becomes that ratio (a reload)."""
     config = PredictiveConfig(
         enabled=True, prediction_window=TTL, max_warm_ratio=max_warm_ratio, sequences=False
     )
@@ -125,6 +126,13 @@ def warm_with_budget(max_warm_ratio: float) -> Predictor:
     fresh: dict[str, float] = {}
     for i, k in enumerate(keys):
         ts = T0 + i * 0.5
+        if retune is not None and i == retune[0]:
+            predictor.retune(
+                min_confidence=config.min_confidence,
+                max_warm_ratio=retune[1],
+                priority=config.priority,
+            )
+            predictor.warm_fetches = predictor.requests = 0
         for request in predictor.due(ts):
             if request.refresh or fresh.get(request.url, 0) <= ts:
                 fresh[request.url] = ts + TTL
@@ -144,6 +152,17 @@ def test_the_warm_budget_raises_the_threshold() -> None:
     assert tight.threshold > tight.config.min_confidence
     assert tight.warm_fetches < free.warm_fetches / 2
     assert tight.warm_fetches / tight.requests < 0.04
+
+
+def test_a_reload_retunes_the_budget_and_keeps_what_was_learned() -> None:
+    # Half the traffic with a free budget, then a reload to a tight one: from
+    # then on the warm fetches keep to the new budget (plus its smaller
+    # bucket), and the calibration learned before stays.
+    predictor = warm_with_budget(1.0, retune=(20_000, 0.02))
+    assert predictor.config.max_warm_ratio == 0.02
+    assert predictor.calibration.cells  # learned before the reload, kept
+    assert predictor.warm_fetches <= 0.02 * predictor.requests + 0.02 * 10_000
+    assert predictor.threshold > predictor.config.min_confidence
 
 
 @pytest.mark.parametrize("limit", [None, 300])
