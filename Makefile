@@ -12,8 +12,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Browser-like traffic fills the dashboard; `make demo DEMO_ARGS=` runs it quiet.
+DEMO_ARGS ?= --traffic
+
 demo: $(STAMP)
-	$(BIN)/warmproxy demo
+	$(BIN)/warmproxy demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff check proxy warmer tests bench

@@ -1,4 +1,4 @@
-"""The ``warmproxy`` command: serve, demo, warm, replay, analyze."""
+"""The ``warmproxy`` command: serve, demo, warm, reload, replay, analyze, import-log."""
 
 from __future__ import annotations
 
@@ -18,8 +18,12 @@ from typing import Any, TypeVar
 from proxy import __version__
 from proxy.app import Warmproxy
 from proxy.config import ConfigError, Settings, load_settings, parse_hostport
+from proxy.demo_traffic import DEFAULT_RATE as DEFAULT_TRAFFIC_RATE
+from proxy.demo_traffic import MAX_RATE as MAX_TRAFFIC_RATE
+from proxy.import_log import FORMATS, import_log_command
 from proxy.logs import configure
 from proxy.redact import mask_url
+from proxy.reload import ReloadRefused
 from proxy.state_dir import StateDirBusy, fresh_dir
 from warmer.replay import (
     STRATEGY_NAMES,
@@ -57,8 +61,16 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--redis-url", help="Redis URL (cache.redis_url)")
         p.add_argument("--redis-prefix", help="Redis key prefix (cache.redis_prefix)")
         p.add_argument("--max-bytes", help="memory store size, e.g. 256MiB (cache.max_bytes)")
-        p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-        p.add_argument("--log-format", choices=["auto", "json", "console"])
+        p.add_argument(
+            "--log-level",
+            choices=["debug", "info", "warning", "error"],
+            help="least severe log level written (logging.level)",
+        )
+        p.add_argument(
+            "--log-format",
+            choices=["auto", "json", "console"],
+            help="log line format; auto: readable on a terminal, JSON otherwise (logging.format)",
+        )
 
     serve = commands.add_parser("serve", help="run the proxy in front of an origin")
     serve.add_argument("--origin", help="origin URL, e.g. http://127.0.0.1:9000 (proxy.origin)")
@@ -68,6 +80,18 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--state-dir",
         help="keep the demo's state here (state.dir); default: a fresh directory removed at exit",
+    )
+    demo.add_argument(
+        "--traffic",
+        nargs="?",
+        type=_traffic_rate,
+        const=DEFAULT_TRAFFIC_RATE,
+        default=None,
+        metavar="RATE",
+        help=(
+            "send browser-like requests to the proxy, RATE a second (default "
+            f"{DEFAULT_TRAFFIC_RATE:g}, at most {MAX_TRAFFIC_RATE:g}), so the dashboard has data"
+        ),
     )
     common(demo)
     warm = commands.add_parser(
@@ -91,8 +115,36 @@ def _parser() -> argparse.ArgumentParser:
         help="no running proxy: warm the configured store directly (e.g. a shared Redis)",
     )
     warm.add_argument("--origin", help="origin URL for --standalone (proxy.origin)")
-    warm.add_argument("--no-progress", action="store_true", help="no progress bar")
+    warm.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a progress bar on stderr (default: only when stderr is a terminal)",
+    )
+    warm.add_argument(
+        "--json",
+        action="store_true",
+        help="print the final run status as one JSON document on stdout, nothing else",
+    )
     common(warm)
+    reload = commands.add_parser(
+        "reload",
+        help="make a running proxy read its configuration again (as SIGHUP does)",
+        description=(
+            "Ask the running proxy, through its control API, to read its configuration "
+            "again and apply what can change live; prints the settings applied and those "
+            "that need a restart. Exit status: 0 applied, 1 some changed settings need a "
+            "restart (or the proxy cannot be reached), 2 refused (invalid configuration, "
+            "wrong token)."
+        ),
+    )
+    reload.add_argument(
+        "--control-url",
+        default=None,
+        help="control API of the running proxy (default: http://<control.listen>)",
+    )
+    reload.add_argument("--token", help="bearer token (default: control.token / environment)")
+    common(reload)
     replay = commands.add_parser(
         "replay",
         help="replay a request trace through the warmer on a virtual clock, per strategy",
@@ -203,6 +255,45 @@ def _parser() -> argparse.ArgumentParser:
     )
     analyze.add_argument("--ttl", type=_ttl, default=300.0, help="as for replay (default 300)")
     analyze.add_argument("-n", type=int, default=20, help="keys per list (default 20)")
+    import_log = commands.add_parser(
+        "import-log",
+        help="turn access logs into a ts,key,size,client trace for replay",
+        description=(
+            "Read access logs (plain or gzip) and write the trace `warmproxy replay` reads: "
+            "GET/HEAD requests answered with a status cacheable by default, keyed as the "
+            "proxy keys them (--config: its cache-key rules and host keying), clients "
+            "anonymized by a keyed hash, sorted by time. Exit status: 0 written, 1 nothing "
+            "usable, 2 bad arguments."
+        ),
+    )
+    import_log.add_argument(
+        "files", type=Path, nargs="+", metavar="FILE", help="access log files, plain or gzip"
+    )
+    import_log.add_argument("--format", required=True, choices=FORMATS, help="the logs' format")
+    import_log.add_argument(
+        "-o", "--output", type=Path, default=None, help="trace file (default: standard output)"
+    )
+    import_log.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help=f"TOML config whose cache keys to use (default: ${DEFAULT_CONFIG_ENV} if set)",
+    )
+    import_log.add_argument(
+        "--client-field",
+        default=None,
+        metavar="NAME",
+        help=(
+            "log field the client is read from, e.g. remote_user, http_x_forwarded_for "
+            "(default: the remote address)"
+        ),
+    )
+    import_log.add_argument(
+        "--salt",
+        default=None,
+        help="the client hash's key, for the same labels across runs (default: random per run)",
+    )
+    import_log.add_argument("--no-progress", action="store_true", help="no progress bar")
     check = commands.add_parser(
         "check-config",
         help="validate a config file and print the effective settings",
@@ -270,6 +361,19 @@ _warm_ratio = _argument(parse_warm_ratio)
 _speed = _positive_seconds("speed")
 _positive_int = _argument(_at_least_one)
 _strategies = _argument(parse_strategies)
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"rate {text!r} is not a number") from None
+    if not 0 < value <= MAX_TRAFFIC_RATE:
+        raise ValueError(f"rate {text!r}: must be above 0 and at most {MAX_TRAFFIC_RATE:g}")
+    return value
+
+
+_traffic_rate = _argument(_rate)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -342,6 +446,26 @@ def _replay(args: argparse.Namespace) -> int:
     )
 
 
+def _import_log(args: argparse.Namespace) -> int:
+    """``warmproxy import-log``: keys made with the settings ``serve`` would read."""
+    try:
+        settings = load(args)
+    except ConfigError as exc:
+        print(f"warmproxy import-log: {exc}", file=sys.stderr)
+        return 2
+    return import_log_command(
+        args.files,
+        fmt=args.format,
+        settings=settings,
+        output=args.output,
+        client_field=args.client_field,
+        salt=args.salt,
+        progress=not args.no_progress,
+        out=sys.stdout,
+        err=sys.stderr,
+    )
+
+
 def load(args: argparse.Namespace, extra: dict[str, dict[str, Any]] | None = None) -> Settings:
     path = args.config
     if path is None and os.environ.get(DEFAULT_CONFIG_ENV):
@@ -356,6 +480,9 @@ async def _run_until_signalled(proxy: Warmproxy, on_started: str | None = None) 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     received: list[signal.Signals] = []
+    # SIGHUP: read the configuration again (proxy/reload.py); one received
+    # while starting is acted on once started, several at once reload once.
+    reload_wanted = asyncio.Event()
 
     def on_signal(sig: signal.Signals) -> None:
         received.append(sig)
@@ -364,12 +491,17 @@ async def _run_until_signalled(proxy: Warmproxy, on_started: str | None = None) 
     if sys.platform != "win32":  # the loop has no signal handlers there
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, reload_wanted.set)
     await proxy.start()
     if on_started:
         print(on_started, flush=True)
+    reloading = asyncio.create_task(_reload_on_hangup(proxy, reload_wanted))
     try:
         await stop.wait()
     finally:
+        reloading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reloading
         # SIGTERM comes from an orchestrator: give its load balancer time to
         # see /readyz fail.  SIGINT is a person at a terminal: stop now.
         terminated = bool(received) and received[0] == signal.SIGTERM
@@ -378,8 +510,22 @@ async def _run_until_signalled(proxy: Warmproxy, on_started: str | None = None) 
         await proxy.stop(drain=drain)
 
 
-async def _serve(settings: Settings) -> None:
+async def _reload_on_hangup(proxy: Warmproxy, wanted: asyncio.Event) -> None:
+    while True:
+        await wanted.wait()
+        wanted.clear()
+        log.info("reloading the configuration", extra={"signal": "SIGHUP"})
+        try:
+            await proxy.reload()
+        except ReloadRefused:
+            pass  # logged with what is wrong; the proxy goes on as it was
+        except Exception:  # a bug must not end the process: it goes on as it was
+            log.exception("reload failed")
+
+
+async def _serve(settings: Settings, reread: Callable[[], Settings]) -> None:
     proxy = Warmproxy(settings)
+    proxy.load_settings = reread
     await _run_until_signalled(
         proxy,
         f"warmproxy {__version__}: proxy on http://{settings.proxy.listen} -> "
@@ -388,15 +534,29 @@ async def _serve(settings: Settings) -> None:
     )
 
 
-async def _demo(settings: Settings, origin_port: int) -> None:
+async def _demo(
+    settings: Settings,
+    origin_port: int,
+    reread: Callable[[], Settings],
+    traffic: float | None = None,
+) -> None:
     from proxy.demo_origin import start_demo_origin
+    from proxy.demo_traffic import traffic_for
 
     runner = await start_demo_origin("127.0.0.1", origin_port)
+    visitors: asyncio.Task[None] | None = None
     try:
         proxy = Warmproxy(settings)
+        proxy.load_settings = reread
+        if traffic is not None:  # starts sending once the proxy listens; stops with the demo
+            visitors = asyncio.create_task(traffic_for(proxy, traffic))
         p, c = settings.proxy.listen, settings.control.listen
-        await _run_until_signalled(proxy, _demo_banner(settings.proxy.origin, p, c))
+        await _run_until_signalled(proxy, _demo_banner(settings.proxy.origin, p, c, traffic))
     finally:
+        if visitors is not None:
+            visitors.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await visitors
         await runner.cleanup()
 
 
@@ -427,10 +587,20 @@ def _demo_origin_only(listen: str) -> int:
     return 0
 
 
-def _demo_banner(origin: str, listen: str, control: str) -> str:
+def _demo_banner(origin: str, listen: str, control: str, traffic: float | None = None) -> str:
     base = f"http://{listen}"
+    # As the user started it (e.g. .venv/bin/warmproxy from `make demo`), so the
+    # warm command below runs as printed.
+    command = sys.argv[0] if Path(sys.argv[0]).name == "warmproxy" else "warmproxy"
+    visitors = (
+        f"{traffic:g} browser-like requests a second (--traffic)"
+        if traffic is not None
+        else "none; `warmproxy demo --traffic` sends browser-like requests"
+    )
     return f"""
 warmproxy demo: origin {origin}, proxy {base}, control http://{control}
+  dashboard: http://{control}/cache/warming/dashboard
+  traffic:   {visitors}
 
 Try:
   curl -si {base}/products/1 | grep -iE '^(HTTP|age|cache-status|etag)'   # miss, then hit
@@ -445,10 +615,11 @@ Try:
   curl -s  http://{control}/readyz
 
 Warm a page before anyone asks for it, then ask as a browser would (gzip):
+  {command} warm --control-url http://{control} --url /products/42
+  curl -si --compressed {base}/products/42 | grep -i cache-status          # a hit
+The same through the control API:
   curl -s  -X POST http://{control}/cache/warming/warm-key \\
        -H 'Content-Type: application/json' -d '{{"url": "/products/42"}}'
-  curl -si --compressed {base}/products/42 | grep -i cache-status          # a hit
-  dashboard: http://{control}/cache/warming/dashboard
 
 Ctrl-C stops it.
 """
@@ -484,6 +655,8 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     if args.command == "replay" and args.synthetic is not None:
         return _replay_synthetic(args)
+    if args.command == "import-log":
+        return _import_log(args)
     if args.command == "check-config":
         from proxy.check_config import check_config
 
@@ -526,11 +699,10 @@ def _run(args: argparse.Namespace) -> int:
         )
     if args.command == "replay":
         return _replay(args)
+    port = getattr(args, "origin_port", None)
+    demo_origin = {"proxy": {"origin": f"http://127.0.0.1:{port}"}} if port is not None else {}
     try:
-        if args.command == "demo":
-            settings = load(args, {"proxy": {"origin": f"http://127.0.0.1:{args.origin_port}"}})
-        else:
-            settings = load(args)
+        settings = load(args, demo_origin)
     except ConfigError as exc:
         print(f"warmproxy: {exc}", file=sys.stderr)
         return 2
@@ -540,6 +712,10 @@ def _run(args: argparse.Namespace) -> int:
         from proxy.warm_command import run_warm_command
 
         return run_warm_command(args, settings)
+    if args.command == "reload":
+        from proxy.reload_command import run_reload_command
+
+        return run_reload_command(args, settings)
     demo_state: Path | None = None
     try:
         if args.command == "demo":
@@ -548,9 +724,16 @@ def _run(args: argparse.Namespace) -> int:
                 # an earlier run's figures nor adopts its posted schedule.
                 demo_state = fresh_dir("demo-")
                 settings.state.dir = str(demo_state)
-            asyncio.run(_demo(settings, args.origin_port))
+            state_dir = settings.state.dir
+
+            def reread_demo() -> Settings:
+                again = load(args, demo_origin)
+                again.state.dir = again.state.dir or state_dir
+                return again
+
+            asyncio.run(_demo(settings, args.origin_port, reread_demo, args.traffic))
         else:
-            asyncio.run(_serve(settings))
+            asyncio.run(_serve(settings, lambda: load(args)))
     except StateDirBusy as exc:
         print(f"warmproxy: cannot start: {exc}", file=sys.stderr)
         return 2

@@ -7,6 +7,10 @@ and warms the configured store directly, e.g. a shared Redis before the
 proxies in front of it start, under the keys ``warmproxy serve`` with the
 same configuration reads (it says which on stderr).  Exit status: 0 when
 every item was warmed, 1 when some failed, 2 for bad input.
+
+Made for scripts too: the progress bar is drawn only on a terminal (or with
+``--progress``), and ``--json`` prints the run's final status document (the
+shape of ``GET /cache/warming/progress``) as the only thing on stdout.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import sys
 from typing import Any
@@ -83,8 +88,20 @@ class _Bar:
             self._bar.close()
 
 
-def _summary(status: dict[str, Any]) -> int:
+def _wants_bar(args: argparse.Namespace) -> bool:
+    """``--progress``/``--no-progress``, else a bar only where a person watches:
+    a bar redrawn into a log file or a CI console is noise."""
+    if args.progress is not None:
+        return bool(args.progress)
+    return sys.stderr.isatty()
+
+
+def _summary(status: dict[str, Any], *, as_json: bool = False) -> int:
     p = status["progress"]
+    ok = p["failed"] == 0 and status["status"] == "completed"
+    if as_json:
+        print(json.dumps(status, indent=2))
+        return 0 if ok else 1
     perf = status["performance"]
     print(
         f"{status['status']}: {p['success']} warmed, {p['failed']} failed of "
@@ -92,7 +109,7 @@ def _summary(status: dict[str, Any]) -> int:
     )
     for error in status["errors"][:10]:
         print(f"  {error['key']}: {error['error']} (retries: {error['retry_count']})")
-    return 0 if p["failed"] == 0 and status["status"] == "completed" else 1
+    return 0 if ok else 1
 
 
 async def _remote(args: argparse.Namespace, settings: Settings, targets: list[str] | None) -> int:
@@ -110,7 +127,7 @@ async def _remote(args: argparse.Namespace, settings: Settings, targets: list[st
         endpoint, body["pattern"] = "warm-pattern", args.pattern
     else:
         endpoint, body["urls"] = "warm-key", targets
-    bar = _Bar(not args.no_progress)
+    bar = _Bar(_wants_bar(args))
     try:
         async with aiohttp.ClientSession(headers=headers) as session:
             async with session.post(f"{base}/cache/warming/{endpoint}", json=body) as response:
@@ -131,7 +148,7 @@ async def _remote(args: argparse.Namespace, settings: Settings, targets: list[st
                 await asyncio.sleep(POLL_SECONDS)
     finally:
         bar.close()
-    return _summary(status)
+    return _summary(status, as_json=args.json)
 
 
 async def _standalone(
@@ -165,7 +182,7 @@ async def _standalone(
     query = rules.key_rules.describe()
     print(f"keys: {rules.keying}" + (f"; {query}" if query else ""), file=sys.stderr)
     await proxy.start()
-    bar = _Bar(not args.no_progress)
+    bar = _Bar(_wants_bar(args))
     try:
         warmer = proxy.warmer
         priority = args.priority or warmer.default_priority
@@ -185,4 +202,4 @@ async def _standalone(
     finally:
         bar.close()
         await proxy.stop()
-    return _summary(status)
+    return _summary(status, as_json=args.json)

@@ -151,6 +151,7 @@ def test_warm_command_shows_progress_and_warms_a_file_of_paths(
         served.control_url,
         "--token",
         TOKEN,
+        "--progress",  # stderr is a pipe here: no bar unless asked for
     )
     assert result.returncode == 0, result.stderr
     assert "completed: 30 warmed, 0 failed of 30" in result.stdout
