@@ -4,18 +4,19 @@ Starts the demo origin and warmproxy in this process (memory store, a throw-away
 state directory, the predictive strategy on), then:
 
 1. sends cold traffic (two clients, about 5 requests/s each: a Zipf head and a
-   uniform tail over the demo's 300 products and articles) for ``--cold``
-   seconds: the tail keeps missing (products are fresh for a minute), the
-   origin takes every miss;
+   uniform tail over the demo's 300 products and articles, and a few requests
+   for products that do not exist: 404s) for ``--cold`` seconds: the tail
+   keeps missing (products are fresh for a minute), the origin takes every miss;
 2. warms every product and article (one bulk run) and keeps the traffic going
    for ``--warm`` seconds: the hit rate jumps, origin requests drop;
 3. saves a small schedule, starts a slow run (``/error/*``, ``/flaky/*`` and ``/slow/*``
    paths, so it shows progress, retries and errors) and, while it runs, takes
-   a full-page screenshot at 1280 px in the system's Chromium (Playwright
-   driving ``$WARMPROXY_CHROMIUM`` or ``chromium``; never a downloaded browser).
+   a full-page screenshot at 1920 px in the system's Chromium (Playwright
+   driving ``$WARMPROXY_CHROMIUM`` or ``chromium``; never a downloaded browser),
+   the pointer over the hit-rate chart so its tooltip shows.
 
     .venv/bin/python bench/dashboard_screenshot.py [--out docs/dashboard.png]
-        [--cold 120] [--warm 60] [--width 1280]
+        [--cold 120] [--warm 60] [--width 1920]
 
 It takes ``cold + warm`` seconds and about a minute more, and asserts nothing.
 """
@@ -50,6 +51,8 @@ def shopper_path(rng: random.Random) -> str:
     long tail of every product and article, each rarely (more paths than the
     traffic alone keeps fresh)."""
     roll = rng.random()
+    if roll < 0.02:
+        return f"/products/{PRODUCT_COUNT + 1 + rng.randrange(3)}"  # no such product: a 404
     if roll < 0.3:
         return f"/products/{min(PRODUCT_COUNT, int(rng.paretovariate(1.2)))}"
     if roll < 0.35:
@@ -100,7 +103,7 @@ async def screenshot(url: str, out: Path, width: int) -> None:
             executable_path=chromium(), args=["--no-sandbox"]
         )
         try:
-            page = await browser.new_page(viewport={"width": width, "height": 900}, locale="en-GB")
+            page = await browser.new_page(viewport={"width": width, "height": 1080}, locale="en-GB")
             errors: list[str] = []
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: errors.append(str(e)))
@@ -108,8 +111,17 @@ async def screenshot(url: str, out: Path, width: int) -> None:
             await page.locator("#chart-range").select_option("300")
             await expect(page.locator("#run-state")).to_have_text("running", timeout=10_000)
             await expect(page.locator("#hot-rows tr").first).to_be_visible(timeout=10_000)
+            await expect(page.locator("#missed-rows tr").first).to_be_visible(timeout=10_000)
             # Two more polls, so every panel has its latest figures.
             await page.wait_for_timeout(3200)
+            # The pointer on the chart, at about two thirds: its tooltip shows.
+            over = page.locator("#chart .u-over")
+            box = await over.bounding_box()
+            if box is not None:
+                await page.mouse.move(
+                    box["x"] + box["width"] * 0.66, box["y"] + box["height"] * 0.4
+                )
+                await page.wait_for_timeout(200)
             await page.screenshot(path=str(out), full_page=True)
             if errors:
                 print("the page logged errors:", *errors, sep="\n  ")
@@ -187,5 +199,5 @@ if __name__ == "__main__":
         "--cold", type=float, default=120.0, help="seconds of traffic before warming"
     )
     parser.add_argument("--warm", type=float, default=60.0, help="seconds of traffic after warming")
-    parser.add_argument("--width", type=int, default=1280)
+    parser.add_argument("--width", type=int, default=1920)
     asyncio.run(main(parser.parse_args()))

@@ -26,11 +26,18 @@ import orjson
 from aiohttp import hdrs, web
 from pydantic import BaseModel, ValidationError
 
+from proxy.cache_report import cache_report
 from proxy.openapi import (
     MAX_HOT_N,
+    MAX_MISSED_N,
     MAX_RUN_ID_CHARS,
     PREFIX,
+    CacheReport,
     HotData,
+    PurgeBody,
+    Purged,
+    Reloaded,
+    ReloadRefusal,
     RunProgress,
     RunStatus,
     ScheduleBody,
@@ -44,6 +51,9 @@ from proxy.openapi import (
     WarmPatternBody,
     document,
 )
+from proxy.purge import By
+from proxy.reload import ReloadRefused
+from proxy.store.base import StoreError
 from warmer.executor import Run
 from warmer.schedule_store import ScheduleStateError
 from warmer.service import BadRequest, RunConflict, Warmer
@@ -185,11 +195,21 @@ async def stop(request: web.Request) -> web.Response:
         raise BadRequest("body", "stop takes no body")
     warmer = _warmer(request)
     runs = await warmer.stop()
-    return respond(Stopped, {"stopped": [r.id for r in runs], "status": warmer.status()})
+    return respond(Stopped, {"stopped": [r.id for r in runs], "status": await _status(request)})
+
+
+async def _status(request: web.Request) -> dict[str, Any]:
+    """The warmer's status and the fleet's replicas."""
+    from proxy.control import WARMPROXY_KEY
+
+    proxy = request.app[WARMPROXY_KEY]
+    body = proxy.warmer.status()
+    body["replicas"] = await proxy.fleet.replicas()
+    return body
 
 
 async def status(request: web.Request) -> web.Response:
-    return respond(Status, _warmer(request).status())
+    return respond(Status, await _status(request))
 
 
 async def progress(request: web.Request) -> web.Response:
@@ -227,6 +247,39 @@ async def warm_pattern(request: web.Request) -> web.Response:
     return _run_accepted(warmer, run)
 
 
+async def purge(request: web.Request) -> web.Response:
+    """Purge a path, a glob or a tag (proxy/purge.py decides what that reaches)."""
+    from proxy.control import WARMPROXY_KEY
+
+    proxy = request.app[WARMPROXY_KEY]
+    body = PurgeBody.model_validate(await _json_body(request))
+    selectors: tuple[tuple[By, str | None], ...] = (
+        ("path", body.path),
+        ("pattern", body.pattern),
+        ("tag", body.tag),
+    )
+    given = [(by, value) for by, value in selectors if value is not None]
+    if len(given) != 1:
+        raise BadRequest("path", "give exactly one of path, pattern or tag")
+    (by, value) = given[0]
+    try:
+        outcome = await proxy.purger.purge(
+            by, value, soft=body.soft, rewarm=body.rewarm, priority=body.priority
+        )
+    except StoreError as exc:
+        log.warning("purge failed part-way: %s", exc)
+        return _error(503, "the cache store failed part-way: some entries may be purged; retry")
+    run = outcome.rewarm
+    return respond(
+        Purged,
+        {
+            "purged": outcome.purged,
+            "soft": body.soft,
+            "rewarm": None if run is None else run.progress.to_status(proxy.warmer.now()),
+        },
+    )
+
+
 async def hot_data(request: web.Request) -> web.Response:
     warmer = _warmer(request)
     n = _query_int(request, "n", 20)
@@ -236,6 +289,20 @@ async def hot_data(request: web.Request) -> web.Response:
     if window is not None and window not in warmer.tracker_windows:
         raise BadRequest("window", f"must be one of {sorted(warmer.tracker_windows)}")
     return respond(HotData, warmer.hot_data(n, window))
+
+
+async def cache(request: web.Request) -> web.Response:
+    """The cache side: latency percentiles, origin health, store fill, top missed."""
+    from proxy.control import WARMPROXY_KEY
+
+    proxy = request.app[WARMPROXY_KEY]
+    n = _query_int(request, "n", 10)
+    if not 1 <= n <= MAX_MISSED_N:
+        raise BadRequest("n", f"must be between 1 and {MAX_MISSED_N}")
+    window = _query_number(request, "window")
+    if window is not None and window not in proxy.warmer.tracker_windows:
+        raise BadRequest("window", f"must be one of {sorted(proxy.warmer.tracker_windows)}")
+    return respond(CacheReport, await cache_report(proxy, n, window))
 
 
 async def get_schedule(request: web.Request) -> web.Response:
@@ -267,6 +334,20 @@ async def timeline(request: web.Request) -> web.Response:
     return respond(Timeline, warmer.timeline_data(seconds))
 
 
+async def reload(request: web.Request) -> web.Response:
+    """Read the configuration again and apply what can change live (proxy/reload.py)."""
+    if await request.read():
+        raise BadRequest("body", "reload takes no body")
+    from proxy.control import WARMPROXY_KEY
+
+    try:
+        result = await request.app[WARMPROXY_KEY].reload()
+    except ReloadRefused as exc:
+        body = {"error": "configuration not reloaded; nothing changed", "errors": exc.errors}
+        return respond(ReloadRefusal, body, 400)
+    return respond(Reloaded, result.to_json())
+
+
 async def openapi(request: web.Request) -> web.Response:
     warmer = _warmer(request)
     levels = tuple(warmer.config.levels)
@@ -281,11 +362,14 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", f"{PREFIX}/progress", progress),
     ("POST", f"{PREFIX}/warm-key", warm_key),
     ("POST", f"{PREFIX}/warm-pattern", warm_pattern),
+    ("POST", f"{PREFIX}/purge", purge),
     ("GET", f"{PREFIX}/hot-data", hot_data),
+    ("GET", f"{PREFIX}/cache", cache),
     ("GET", f"{PREFIX}/schedule", get_schedule),
     ("POST", f"{PREFIX}/schedule", post_schedule),
     ("GET", f"{PREFIX}/stats", stats),
     ("GET", f"{PREFIX}/timeline", timeline),
+    ("POST", f"{PREFIX}/reload", reload),
     ("GET", f"{PREFIX}/openapi.json", openapi),
 ]
 

@@ -1,7 +1,8 @@
 """The operator's web dashboard on the control listener: one page and its assets.
 
 The page is plain HTML, CSS and JavaScript (no build step) that polls the
-warming control API.  It holds no data and no secret, so it is served without
+control API: the cache side (what clients got, latency, store fill, origin
+health, purges) and the warming side.  It holds no data and no secret, so it is served without
 the bearer token; the API calls it makes carry the token the operator types
 in.  Only the files listed in :data:`ASSETS` are served (nothing else under
 the directory is reachable, whatever the path), each with a strict

@@ -29,6 +29,7 @@ from pydantic.json_schema import models_json_schema
 from proxy import __version__
 from proxy.cache_key import MAX_PATH_GLOB_CHARS, MAX_PATH_GLOB_WILDCARDS, check_path_glob
 from proxy.config import ExecutionSettings, TrackingSettings
+from proxy.purge import MAX_PATH_CHARS, MAX_TAG_BYTES
 from proxy.warming import MAX_TARGET_CHARS
 from warmer import timeline as warm_timeline
 from warmer.schedule import Schedule
@@ -42,6 +43,8 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_LIMIT = 100_000
 #: Keys per list of hot-data, at most.
 MAX_HOT_N = 10_000
+#: Missed keys GET /cache lists, at most (it looks up this many hot keys' misses).
+MAX_MISSED_N = 200
 #: A run id as the API hands them out (12 hex digits); longer is refused.
 MAX_RUN_ID_CHARS = 64
 #: What the document names when built for the default configuration.
@@ -71,6 +74,18 @@ _GLOB_PATTERN = (
     rf"|\*{_LITERAL}*(?:[*?\[]{_LITERAL}*){{0,{MAX_PATH_GLOB_WILDCARDS - 1}}})$"
 )
 _SOURCE_NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"
+# A purge's glob: as a warm-pattern's, and every [ closes a class holding
+# no [, * or ? (what proxy.purge.check_pattern refuses).
+_MEMBER = rf"[^\]\[*?{_REFUSED}]"
+# As fnmatch reads a class: "!" first negates, and a "]" right after "[" or
+# "[!" is a member, not the end.
+_CLASS = rf"\[(?:!?\]{_MEMBER}*|!{_MEMBER}+|[^!\]\[*?{_REFUSED}]{_MEMBER}*)\]"
+_PURGE_GLOB_PATTERN = (
+    rf"^(/{_LITERAL}*(?:(?:[*?]|{_CLASS}){_LITERAL}*){{0,{MAX_PATH_GLOB_WILDCARDS}}}"
+    rf"|\*{_LITERAL}*(?:(?:[*?]|{_CLASS}){_LITERAL}*){{0,{MAX_PATH_GLOB_WILDCARDS - 1}}})$"
+)
+# A cache tag: visible ASCII without the comma (what separates tags).
+_TAG_PATTERN = r"^[\x21-\x2b\x2d-\x7e]+$"
 
 DateTime = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 Count = Annotated[int, Field(ge=0)]
@@ -214,6 +229,66 @@ class WarmPatternBody(_Body):
         return check_path_glob(value)
 
 
+PurgePath = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_PATH_CHARS,
+        json_schema_extra={"pattern": f"^({_PATH})$"},
+        description="a path on the origin, with its query (/products/42?colour=red)",
+    ),
+]
+PurgeGlob = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_PATH_GLOB_CHARS,
+        # Checked by proxy.purge.check_pattern, whose messages say what is wrong.
+        json_schema_extra={"pattern": _PURGE_GLOB_PATTERN},
+        description=(
+            "a glob over paths (fnmatch: *, ?, [...]; case-sensitive), starting with / or *, "
+            f"with at most {MAX_PATH_GLOB_WILDCARDS} wildcards, e.g. /products/*"
+        ),
+    ),
+]
+Tag = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_TAG_BYTES,
+        json_schema_extra={"pattern": _TAG_PATTERN},
+        description="a tag the origin sent in [cache.purge] tag_header (e.g. Surrogate-Key)",
+    ),
+]
+
+
+class PurgeBody(_Body):
+    """Purge one path (all its variants), every path matching a glob, or every
+    response the origin tagged: exactly one of ``path``, ``pattern``, ``tag``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [{"required": ["path"]}, {"required": ["pattern"]}, {"required": ["tag"]}]
+        }
+    )
+
+    path: PurgePath | None = Field(None, json_schema_extra=_no_default)
+    pattern: PurgeGlob | None = Field(None, json_schema_extra=_no_default)
+    tag: Tag | None = Field(None, json_schema_extra=_no_default)
+    soft: bool = Field(
+        False, description="mark stale (served while one refresh runs) instead of deleting"
+    )
+    rewarm: bool = Field(False, description="warm every purged path again right after")
+    priority: Priority | None = Field(
+        None,
+        description="of the re-warm; default: the middle of [execution] priority_levels",
+        json_schema_extra=_no_default,
+    )
+
+    # "Exactly one of" is checked by the handler, which can name the field.
+    _nulls = field_validator("path", "pattern", "tag", "priority", mode="before")(_not_null)
+
+
 def _read_only(description: str) -> Any:
     return Field(None, description=description, json_schema_extra=_read_only_schema)
 
@@ -340,11 +415,29 @@ class ExecutorState(_Shape):
     adaptive: dict[str, Any] | None = Field(description="null with [execution] adaptive = false")
 
 
+class Replica(_Shape):
+    """A live replica of the fleet (from its heartbeat in Redis)."""
+
+    id: str = Field(description="cache.replica_name, or <hostname>-<pid>")
+    instance: str = Field(description="random per process start")
+    version: str
+    started_at: DateTime
+    last_seen: DateTime = Field(description="its last heartbeat (every 5 s)")
+    requests_per_second: float = Field(ge=0, description="client requests, recently")
+    warm_in_flight: Count
+    this_replica: bool = Field(description="true for the replica that answered")
+
+
 class Status(RunStatus):
-    """``GET /status``: the current or last run, the running ones, the executor."""
+    """``GET /status``: the current or last run, the running ones, the executor,
+    and the replicas of the fleet."""
 
     active_runs: list[ActiveRun]
     executor: ExecutorState
+    replicas: list[Replica] = Field(
+        description="the replica that answered first; with the Redis store also every "
+        "other replica whose heartbeat is live (at most 256); alone while Redis is down"
+    )
 
 
 class Stopped(_Shape):
@@ -484,6 +577,15 @@ class TimelineBucket(_Shape):
     origin_requests: Count
     warm_fetches: Count
     hit_rate: float | None
+    from_cache: Count = Field(
+        description="requests answered with a stored entry's body (hit, stale, revalidated)"
+    )
+    cache_bytes: Count = Field(description="body bytes sent from stored entries")
+    origin_bytes: Count = Field(description="body bytes relayed from the origin")
+    status_2xx: Count
+    status_3xx: Count
+    status_4xx: Count
+    status_5xx: Count
 
 
 class TimelineRun(_Shape):
@@ -504,6 +606,77 @@ class Timeline(_Shape):
     now: float
     buckets: list[TimelineBucket]
     runs: list[TimelineRun]
+
+
+class Percentiles(_Shape):
+    requests: Count = Field(description="observations the percentiles are computed from")
+    p50: float | None = Field(description="seconds; null without observations")
+    p90: float | None
+    p99: float | None
+
+
+class LatencyReport(Percentiles):
+    by_outcome: dict[str, Percentiles] | None = Field(
+        None, description="client latency per cache outcome", json_schema_extra=_no_default
+    )
+    by_purpose: dict[str, Percentiles] | None = Field(
+        None,
+        description="origin latency per purpose (forward, fill, warm)",
+        json_schema_extra=_no_default,
+    )
+
+
+class OriginHealth(_Shape):
+    latency: LatencyReport = Field(description="warmproxy_origin_request_duration_seconds")
+    errors: dict[str, Count] = Field(
+        description="origin requests that failed without a response, by reason, since start"
+    )
+    proxy_errors: dict[str, Count] = Field(
+        description="error answers the proxy made itself, by reason, since start"
+    )
+
+
+class WarmingBackoff(_Shape):
+    concurrency_limit: Count = Field(description="warm fetches allowed at once now")
+    parallelism: Count = Field(description="the configured most ([execution] parallelism)")
+    in_flight: Count
+    paused: bool = Field(description="held back by the CPU/memory guard")
+    adaptive: dict[str, Any] | None = Field(description="null with [execution] adaptive = false")
+
+
+class StoreFill(_Shape):
+    backend: str
+    healthy: bool
+    entries: Count | None = Field(description="null until a Redis store was first counted")
+    bytes: Count | None
+    evictions: Count | None
+    max_bytes: Count | None = Field(description="the memory store's bound; null with Redis")
+    max_entries: Count | None = Field(description="the memory store's bound; null when none")
+
+
+class MissedKey(_Shape):
+    key: str
+    url: str
+    host: str
+    misses: Count
+    requests: Count
+
+
+class TopMissed(_Shape):
+    window_seconds: float
+    keys: list[MissedKey]
+
+
+class CacheReport(_Shape):
+    """``GET /cache``: the cache side: latency, origin health, store fill, top missed."""
+
+    now: float
+    method: str = Field(description="how the percentiles are computed")
+    latency: LatencyReport = Field(description="warmproxy_request_duration_seconds")
+    origin: OriginHealth
+    warming: WarmingBackoff
+    store: StoreFill
+    top_missed: TopMissed
 
 
 class ScheduleDocument(Schedule):
@@ -533,6 +706,39 @@ class ScheduleDocument(Schedule):
     )
 
 
+class Reloaded(_Shape):
+    """``POST /reload``: what the configuration read again changed."""
+
+    applied: list[str] = Field(description="the settings applied (dotted names)")
+    restart_required: list[str] = Field(
+        description="changed settings that need a restart: left as they were (dotted names)"
+    )
+
+
+class ReloadRefusal(Error):
+    """``POST /reload`` refused: nothing changed."""
+
+    errors: list[str] = Field(
+        default_factory=list,
+        description="what is wrong, a line each, as `warmproxy check-config` prints it",
+    )
+
+
+class Purged(_Shape):
+    """``POST /purge``: what was purged, and the re-warm run."""
+
+    purged: Count = Field(
+        description="cached responses (each variant counts) deleted, or made stale when soft"
+    )
+    soft: bool
+    rewarm: RunStatus | None = Field(
+        description=(
+            "the re-warm run (follow it with GET /progress?run_id=); null: not asked for, "
+            "or nothing to warm"
+        )
+    )
+
+
 class Health(_Shape):
     status: Literal["ok"]
 
@@ -551,7 +757,13 @@ class OpenShape(_OpenShape):
     """Any JSON object (this document)."""
 
 
-REQUESTS: tuple[type[BaseModel], ...] = (StartBody, WarmKeyBody, WarmPatternBody, ScheduleBody)
+REQUESTS: tuple[type[BaseModel], ...] = (
+    StartBody,
+    WarmKeyBody,
+    WarmPatternBody,
+    ScheduleBody,
+    PurgeBody,
+)
 RESPONSES: tuple[type[BaseModel], ...] = (
     Error,
     RunStatus,
@@ -561,7 +773,11 @@ RESPONSES: tuple[type[BaseModel], ...] = (
     Stats,
     HotData,
     Timeline,
+    CacheReport,
     ScheduleDocument,
+    Purged,
+    Reloaded,
+    ReloadRefusal,
     Health,
     Readiness,
 )
@@ -615,7 +831,13 @@ def _components(levels: Sequence[str]) -> dict[str, Any]:
     )
     schemas: dict[str, Any] = defs["$defs"]
     # The priorities this proxy is configured with.
-    for name in ("StartBody", "WarmKeyBody", "WarmPatternBody", "ScheduledSource-Input"):
+    for name in (
+        "StartBody",
+        "WarmKeyBody",
+        "WarmPatternBody",
+        "PurgeBody",
+        "ScheduledSource-Input",
+    ):
         schemas[name]["properties"]["priority"]["enum"] = list(levels)
     # The scheduled sources' paths on the origin, checked by the schedule
     # model as warm targets are (unless it names a pattern of its own).
@@ -693,6 +915,25 @@ def _paths(windows: Sequence[float]) -> dict[str, Any]:
                 "responses": _responses(202, _ref("RunStatus"), *_BODY_REFUSALS),
             }
         },
+        f"{PREFIX}/purge": {
+            "post": {
+                "summary": (
+                    "Purge a path (every variant), a glob over paths or a tag; hard or soft "
+                    "(stale while one refresh runs); optionally warm the paths again"
+                ),
+                "requestBody": _body("PurgeBody"),
+                "responses": {
+                    **_responses(200, _ref("Purged"), *_BODY_REFUSALS),
+                    "503": {
+                        "description": (
+                            "the cache store failed part-way: some entries may be purged; "
+                            "purge again"
+                        ),
+                        **_json(_ref("Error")),
+                    },
+                },
+            }
+        },
         f"{PREFIX}/hot-data": {
             "get": {
                 "summary": (
@@ -743,8 +984,9 @@ def _paths(windows: Sequence[float]) -> dict[str, Any]:
         f"{PREFIX}/timeline": {
             "get": {
                 "summary": (
-                    "Requests, hits, misses, origin requests and warm fetches per "
-                    "bucket (10 s) over the last hour, and the warm runs in that span"
+                    "Requests, hits, misses, origin requests, warm fetches, bytes from "
+                    "cache and origin and status classes per bucket (10 s) over the last "
+                    "hour, and the warm runs in that span"
                 ),
                 "parameters": [
                     {
@@ -759,6 +1001,37 @@ def _paths(windows: Sequence[float]) -> dict[str, Any]:
                     },
                 ],
                 "responses": _responses(200, _ref("Timeline"), 400),
+            }
+        },
+        f"{PREFIX}/cache": {
+            "get": {
+                "summary": (
+                    "The cache side: client latency percentiles, origin health, store "
+                    "fill, the most missed paths"
+                ),
+                "parameters": [
+                    {
+                        "name": "n",
+                        "in": "query",
+                        "description": "missed paths listed",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_MISSED_N,
+                            "default": 10,
+                        },
+                    },
+                    {
+                        "name": "window",
+                        "in": "query",
+                        "description": (
+                            "one of [tracking] windows (seconds); default: the longest "
+                            "up to an hour"
+                        ),
+                        "schema": {"type": "number", "enum": list(windows)},
+                    },
+                ],
+                "responses": _responses(200, _ref("CacheReport"), 400),
             }
         },
         f"{PREFIX}/dashboard": {
@@ -786,6 +1059,27 @@ def _paths(windows: Sequence[float]) -> dict[str, Any]:
                     "400": {"$ref": "#/components/responses/400"},
                     "403": {"$ref": "#/components/responses/403"},
                     "404": {"$ref": "#/components/responses/404"},
+                },
+            }
+        },
+        f"{PREFIX}/reload": {
+            "post": {
+                "summary": (
+                    "Read the configuration again (file, environment, flags given at start) "
+                    "and apply what can change live (no body)"
+                ),
+                "responses": {
+                    **_responses(200, _ref("Reloaded"), 413),
+                    "400": {
+                        "description": (
+                            "the configuration is not valid or cannot be applied (`errors`), "
+                            "or a body was sent; nothing changed"
+                        ),
+                        "content": {
+                            "application/json": {"schema": _ref("ReloadRefusal")},
+                            "text/plain": {"schema": {"type": "string"}},
+                        },
+                    },
                 },
             }
         },

@@ -138,6 +138,10 @@ class Observed(Protocol):
     @property
     def outcome(self) -> str: ...  # "hit", "miss", "stale", "revalidated", "bypass"
     @property
+    def status(self) -> int: ...  # the status code the client got
+    @property
+    def bytes(self) -> int: ...  # body bytes sent to the client
+    @property
     def client(self) -> str: ...
     @property
     def fresh_until(self) -> float: ...  # freshness end of the entry served/stored; 0 unknown

@@ -518,6 +518,7 @@ class _Event:
     """
 
     __slots__ = (
+        "bytes",
         "client",
         "coding",
         "fresh_until",
@@ -525,6 +526,7 @@ class _Event:
         "key",
         "latency",
         "outcome",
+        "status",
         "ts",
         "url",
         "vary",
@@ -538,6 +540,9 @@ class _Event:
         self.url = ""
         self.host = ""
         self.outcome = "miss"
+        # The simulated origin answers 200 without a body worth counting.
+        self.status = 200
+        self.bytes = 0
         self.client = ""
         self.fresh_until = 0.0
         self.warmed = False

@@ -2,13 +2,24 @@
 
 The tracker keeps hours; an operator watching a warm run needs seconds. This is
 a ring of ``buckets`` counters, ``bucket_seconds`` each, indexed by the bucket
-number, so recording an event is an index and an add (it runs for every
+number, so recording an event is an index and a few adds (it runs for every
 request) and memory is fixed whatever the traffic.
+
+Besides how the cache answered (hit rate, origin load), each bucket keeps what
+the clients got: requests and body bytes answered from a stored entry versus
+relayed from the origin, and the responses by status class.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
+
+#: Outcomes whose body came from a stored entry: a fresh hit, a stale entry
+#: served (while it is refreshed, or because the origin failed: RFC 5861), and
+#: one the origin confirmed with a 304 (RFC 9111 §4.3.4).  A miss and a bypass
+#: are relayed from the origin.
+FROM_CACHE = frozenset({"hit", "stale", "revalidated"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +32,21 @@ class Bucket:
     misses: int
     origin_requests: int
     warm_fetches: int
+    #: Requests answered with a stored entry's body (:data:`FROM_CACHE`); the
+    #: rest of ``requests`` were relayed from the origin.
+    from_cache: int = 0
+    #: Body bytes sent to clients from stored entries, and relayed from the origin.
+    cache_bytes: int = 0
+    origin_bytes: int = 0
+    #: Responses by status class (a 101 of a WebSocket upgrade is in none).
+    status_2xx: int = 0
+    status_3xx: int = 0
+    status_4xx: int = 0
+    status_5xx: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The bucket as the control API's timeline shows it."""
+        return {**asdict(self), "hit_rate": self.hit_rate}
 
     @property
     def hit_rate(self) -> float | None:
@@ -43,6 +69,11 @@ class Timeline:
         self._misses = [0] * buckets
         self._origin = [0] * buckets
         self._warm = [0] * buckets
+        self._from_cache = [0] * buckets
+        self._cache_bytes = [0] * buckets
+        self._origin_bytes = [0] * buckets
+        # Per status class 2xx..5xx: _statuses[c - 2][slot].
+        self._statuses = [[0] * buckets for _ in range(4)]
 
     @property
     def span(self) -> float:
@@ -58,14 +89,26 @@ class Timeline:
             self._ids[slot] = number
             self._requests[slot] = self._hits[slot] = self._misses[slot] = 0
             self._origin[slot] = self._warm[slot] = 0
+            self._from_cache[slot] = self._cache_bytes[slot] = self._origin_bytes[slot] = 0
+            for counts in self._statuses:
+                counts[slot] = 0
         return slot
 
-    def request(self, ts: float, outcome: str) -> None:
-        """A user request and how the cache answered it (the tracker's outcomes)."""
+    def request(self, ts: float, outcome: str, status: int = 0, sent_bytes: int = 0) -> None:
+        """A user request, how the cache answered it (the tracker's outcomes),
+        the status the client got and the body bytes sent to it."""
         slot = self._slot(ts)
         if slot < 0:
             return
         self._requests[slot] += 1
+        if outcome in FROM_CACHE:
+            self._from_cache[slot] += 1
+            self._cache_bytes[slot] += sent_bytes
+        else:
+            self._origin_bytes[slot] += sent_bytes
+        status_class = status // 100
+        if 2 <= status_class <= 5:
+            self._statuses[status_class - 2][slot] += 1
         if outcome == "hit" or outcome == "revalidated":
             # A revalidated entry was answered without a body from the origin,
             # but the origin was still asked.
@@ -101,6 +144,10 @@ class Timeline:
                         self._misses[slot],
                         self._origin[slot],
                         self._warm[slot],
+                        self._from_cache[slot],
+                        self._cache_bytes[slot],
+                        self._origin_bytes[slot],
+                        *(counts[slot] for counts in self._statuses),
                     )
                 )
             else:

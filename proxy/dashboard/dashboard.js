@@ -35,6 +35,7 @@
   const noTraffic = `No traffic yet: send requests through the proxy on :${proxyPort}.`;
 
   class AuthNeeded extends Error {}
+  class Unreachable extends Error {}
   class ApiError extends Error {
     constructor(status, body) {
       const message = body && typeof body.error === "string" ? body.error : `HTTP ${status}`;
@@ -57,7 +58,13 @@
       headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
     }
-    const response = await fetch(API + path, init);
+    let response;
+    try {
+      response = await fetch(API + path, init);
+    } catch (error) {
+      // The browser could not get an answer at all (refused, reset, offline).
+      throw new Unreachable(`${error.message || "no answer"} (${path.split("?")[0]})`);
+    }
     if (response.status === 401) {
       askForToken(Boolean(token));
       throw new AuthNeeded("the control API needs the token");
@@ -197,6 +204,27 @@
     const node = $("conn");
     node.textContent = message;
     node.classList.toggle("down", Boolean(down));
+  }
+
+  // When the figures last all came in (browser clock), for the banner.
+  let lastLive = null;
+
+  /** The banner and the dimmed grid while polls fail; `failure` null clears them. */
+  function showUnreachable(failure) {
+    const banner = $("down-banner");
+    $("main-grid").classList.toggle("stale", failure !== null);
+    banner.hidden = failure === null;
+    if (failure === null) return;
+    banner.querySelector("strong").textContent =
+      failure instanceof ApiError
+        ? `The control API answered with an error (HTTP ${failure.status}).`
+        : failure instanceof Unreachable
+          ? "The control API is unreachable."
+          : "The page could not show the control API's answer.";
+    const since = lastLive
+      ? `The figures below are from ${clock(lastLive)} (${seconds((Date.now() - lastLive.getTime()) / 1000)} ago) and may be stale.`
+      : "Nothing could be loaded yet.";
+    setText("down-detail", ` ${cleanMessage(failure.message)}. ${since} Retrying every ${POLL_MS / 1000} s.`);
   }
 
   function figure(dl, label, value, hint, cls) {
@@ -419,10 +447,47 @@
     setText("legend-warm", isNum(at(3)) ? at(3).toFixed(2) : dash);
   }
 
-  function chartSize() {
-    const width = Math.max(200, $("chart").clientWidth);
+  function chartSize(id = "chart") {
+    const width = Math.max(200, $(id).clientWidth);
     return { width, height: width < 500 ? 190 : 250 };
   }
+
+  // The bucket width of the last timeline, so a tooltip can name its bucket.
+  let bucketSeconds = 10;
+
+  /** A setCursor hook showing, over the chart, the hovered bucket's time span
+   * and `rows(i)` ([label, value] pairs) in the element `tipId`. */
+  function tooltip(tipId, rows) {
+    return (u) => {
+      const tip = $(tipId);
+      const i = u.cursor.idx;
+      if (i === null || i === undefined || u.cursor.left === undefined || u.cursor.left < 0) {
+        tip.hidden = true;
+        return;
+      }
+      const start = u.data[0][i] - bucketSeconds / 2; // points sit mid-bucket
+      const end = start + bucketSeconds;
+      tip.dataset.ts = String(start);
+      tip.replaceChildren(
+        el("div", { class: "tip-time" }, `${clock(new Date(start * 1000))}–${clock(new Date(end * 1000))}`),
+        ...rows(i).map(([label, value]) => el("div", {}, `${label}: `, el("strong", {}, value))),
+      );
+      tip.hidden = false;
+      // Beside the cursor, flipped to its left near the right edge.
+      const x = u.over.offsetLeft + u.cursor.left;
+      const y = u.over.offsetTop + u.cursor.top;
+      const box = tip.parentElement.clientWidth;
+      const left = x + 14 + tip.offsetWidth > box ? x - 14 - tip.offsetWidth : x + 14;
+      tip.style.left = `${Math.max(0, left)}px`;
+      tip.style.top = `${Math.max(0, y - tip.offsetHeight - 8)}px`;
+    };
+  }
+
+  const hitTip = tooltip("chart-tip", (i) => [
+    ["hit rate", isNum(chart.data[1][i]) ? `${chart.data[1][i].toFixed(1)} %` : dash],
+    ["origin requests/s", isNum(chart.data[2][i]) ? chart.data[2][i].toFixed(2) : dash],
+    ["warm fetches/s", isNum(chart.data[3][i]) ? chart.data[3][i].toFixed(2) : dash],
+  ]);
 
   function makeChart(data) {
     const muted = css("--muted");
@@ -457,7 +522,7 @@
         { label: "origin requests/s", scale: "rate", stroke: css("--origin"), width: 1.5, points: { show: false } },
         { label: "warm fetches/s", scale: "rate", stroke: css("--warm"), width: 1.5, dash: [5, 4], points: { show: false } },
       ],
-      hooks: { drawClear: [drawRuns], setCursor: [updateLegend], setData: [updateLegend] },
+      hooks: { drawClear: [drawRuns], setCursor: [updateLegend, hitTip], setData: [updateLegend] },
     };
     return new uPlot(options, data, $("chart"));
   }
@@ -465,6 +530,7 @@
   function renderTimeline(t) {
     serverOffsetMs = t.now * 1000 - Date.now();
     const bs = t.bucket_seconds;
+    bucketSeconds = bs;
     const buckets = Array.isArray(t.buckets) ? t.buckets : [];
     const xs = [];
     const hit = [];
@@ -480,6 +546,7 @@
     }
     chartRuns = Array.isArray(t.runs) ? t.runs : [];
     chartRange = [t.now - chartSeconds, t.now];
+    renderTraffic(t); // on the same time range
     const requests = buckets.reduce((n, b) => n + b.requests, 0);
     const activity = requests + buckets.reduce((n, b) => n + b.warm_fetches, 0) + chartRuns.length;
     const empty = $("chart-empty");
@@ -515,14 +582,250 @@
   });
 
   let resizeFrame = 0;
-  new ResizeObserver(() => {
+  const resizeObserver = new ResizeObserver(() => {
     cancelAnimationFrame(resizeFrame);
     resizeFrame = requestAnimationFrame(() => {
-      if (chart === null) return;
-      const size = chartSize();
-      if (size.width !== chart.width || size.height !== chart.height) chart.setSize(size);
+      for (const [u, id] of [[chart, "chart"], [trafficChart, "traffic-chart"]]) {
+        if (u === null) continue;
+        const size = chartSize(id);
+        if (size.width !== u.width || size.height !== u.height) u.setSize(size);
+      }
     });
-  }).observe($("chart-card"));
+  });
+  resizeObserver.observe($("chart-card"));
+  resizeObserver.observe($("traffic-card"));
+
+  // ------------------------------------------------------------ cache vs origin
+
+  let trafficChart = null;
+
+  function updateTrafficLegend(u) {
+    const data = u.data;
+    let i = u.cursor.idx;
+    if (i === null || i === undefined) i = data[0].length - 1;
+    const at = (series) => (i >= 0 && i < data[series].length ? data[series][i] : null);
+    setText("legend-cache-rps", isNum(at(1)) ? at(1).toFixed(2) : dash);
+    setText("legend-origin-rps", isNum(at(2)) ? at(2).toFixed(2) : dash);
+    setText("legend-cache-bps", isNum(at(3)) ? `${bytes(at(3))}/s` : dash);
+    setText("legend-origin-bps", isNum(at(4)) ? `${bytes(at(4))}/s` : dash);
+  }
+
+  const trafficTip = tooltip("traffic-tip", (i) => {
+    const d = trafficChart.data;
+    return [
+      ["from cache", `${d[1][i].toFixed(2)} req/s · ${bytes(d[3][i])}/s`],
+      ["from origin", `${d[2][i].toFixed(2)} req/s · ${bytes(d[4][i])}/s`],
+    ];
+  });
+
+  function makeTrafficChart(data) {
+    const muted = css("--muted");
+    const grid = css("--line");
+    const axis = { stroke: muted, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 } };
+    const tickTime = (u, ticks, space, axis, step) =>
+      ticks.map((t) =>
+        new Date(t * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: step < 60 ? "2-digit" : undefined, hour12: false }),
+      );
+    const line = (label, scale, color, dashed) => ({ label, scale, stroke: color, width: dashed ? 1.5 : 2, dash: dashed ? [5, 4] : undefined, points: { show: false } });
+    return new uPlot(
+      {
+        ...chartSize("traffic-chart"),
+        legend: { show: false },
+        cursor: { drag: { x: false, y: false }, points: { size: 6 } },
+        scales: {
+          x: { time: true, range: () => chartRange },
+          rps: { range: (u, min, max) => [0, Math.max(1, (max || 0) * 1.15)] },
+          bps: { range: (u, min, max) => [0, Math.max(1024, (max || 0) * 1.15)] },
+        },
+        axes: [
+          { ...axis, space: 70, values: tickTime },
+          { ...axis, scale: "rps", size: 52, values: (u, ticks) => ticks.map((v) => `${v}/s`) },
+          { ...axis, scale: "bps", side: 1, size: 84, grid: { show: false }, values: (u, ticks) => ticks.map((v) => `${bytes(v)}/s`) },
+        ],
+        series: [
+          {},
+          line("from cache req/s", "rps", css("--hit"), false),
+          line("from origin req/s", "rps", css("--origin"), false),
+          line("cache bytes/s", "bps", css("--hit"), true),
+          line("origin bytes/s", "bps", css("--origin"), true),
+        ],
+        hooks: { setCursor: [updateTrafficLegend, trafficTip], setData: [updateTrafficLegend] },
+      },
+      data,
+      $("traffic-chart"),
+    );
+  }
+
+  const STATUS_CLASSES = ["2xx", "3xx", "4xx", "5xx"];
+
+  function renderTraffic(t) {
+    const bs = t.bucket_seconds;
+    const buckets = Array.isArray(t.buckets) ? t.buckets : [];
+    const xs = [];
+    const cacheRps = [];
+    const originRps = [];
+    const cacheBps = [];
+    const originBps = [];
+    const sums = { requests: 0, from_cache: 0, cache_bytes: 0, origin_bytes: 0 };
+    const statuses = Object.fromEntries(STATUS_CLASSES.map((c) => [c, 0]));
+    for (const b of buckets) {
+      const elapsed = Math.min(bs, Math.max(1, t.now - b.ts));
+      const fromCache = b.from_cache || 0;
+      xs.push(b.ts + bs / 2);
+      cacheRps.push(fromCache / elapsed);
+      originRps.push((b.requests - fromCache) / elapsed);
+      cacheBps.push((b.cache_bytes || 0) / elapsed);
+      originBps.push((b.origin_bytes || 0) / elapsed);
+      for (const key of Object.keys(sums)) sums[key] += b[key] || 0;
+      for (const c of STATUS_CLASSES) statuses[c] += b[`status_${c}`] || 0;
+    }
+    const lastSpan = `last ${span(chartSeconds)}`;
+    setText("traffic-span", lastSpan);
+    setText("status-span", `(${lastSpan})`);
+    const empty = $("traffic-empty");
+    empty.hidden = sums.requests > 0;
+    empty.textContent = `No client requests in the ${lastSpan}. ${noTraffic}`;
+    $("traffic-chart").hidden = sums.requests === 0;
+    if (sums.requests > 0) {
+      const data = [xs, cacheRps, originRps, cacheBps, originBps];
+      if (typeof uPlot === "undefined") throw new Error("the chart library did not load");
+      if (trafficChart === null) trafficChart = makeTrafficChart(data);
+      else trafficChart.setData(data);
+    }
+    setText("traffic-cache-share", sums.requests ? `${pct(sums.from_cache / sums.requests)} of ${count(sums.requests)}` : dash);
+    setText("traffic-cache-bytes", bytes(sums.cache_bytes));
+    setText("traffic-origin-bytes", bytes(sums.origin_bytes));
+    const answered = STATUS_CLASSES.reduce((n, c) => n + statuses[c], 0);
+    for (const c of STATUS_CLASSES) {
+      setText(`status-${c}`, count(statuses[c]));
+      setText(`status-${c}-share`, answered ? pct(statuses[c] / answered, 0) : "");
+    }
+  }
+
+  // ------------------------------------------------------------ the cache side (GET /cache)
+
+  // Origin failures counted at each report of the last minute: the counters
+  // run since start, so "failing now" is whether they grew lately.
+  const errorHistory = [];
+  const RECENT_MS = 60000;
+
+  function originFailingNow(total) {
+    const now = Date.now();
+    errorHistory.push([now, total]);
+    while (errorHistory.length > 1 && now - errorHistory[0][0] > RECENT_MS) errorHistory.shift();
+    return total > errorHistory[0][1];
+  }
+
+  function percentileCells(p) {
+    return ["p50", "p90", "p99"].map((q) => el("td", { class: "num" }, seconds(p && p[q])));
+  }
+
+  function renderCache(c) {
+    const latency = c.latency || {};
+    const none = !latency.requests;
+    $("latency-empty").hidden = !none;
+    $("latency-empty").textContent = noTraffic;
+    for (const q of ["p50", "p90", "p99"]) setText(`latency-${q}`, seconds(latency[q]));
+    const byOutcome = Object.entries(latency.by_outcome || {});
+    $("latency-rows").replaceChildren(
+      ...byOutcome.map(([outcome, p]) => el("tr", {}, el("td", {}, outcome), el("td", { class: "num" }, count(p.requests)), ...percentileCells(p))),
+    );
+    $("latency-table").hidden = byOutcome.length === 0;
+
+    const store = c.store || {};
+    const state = $("store-state");
+    state.textContent = `${store.backend || "store"} · ${store.healthy ? "up" : "down"}`;
+    state.className = `badge ${store.healthy ? "badge-completed" : "badge-failed"}`;
+    setText("store-entries", store.max_entries ? `${count(store.entries)} of ${count(store.max_entries)}` : count(store.entries));
+    setText("store-bytes", bytes(store.bytes));
+    setText("store-evictions", count(store.evictions));
+    const share = isNum(store.bytes) && isNum(store.max_bytes) && store.max_bytes > 0 ? store.bytes / store.max_bytes : null;
+    const bar = $("store-bar");
+    bar.hidden = share === null;
+    if (share !== null) {
+      $("store-bar-fill").style.width = `${Math.min(100, share * 100)}%`;
+      bar.setAttribute("aria-valuenow", (share * 100).toFixed(1));
+    }
+    setText("store-fill-line", share !== null
+      ? `${bytes(store.bytes)} of ${bytes(store.max_bytes)} (${pct(share)}) · memory counted as the store counts it`
+      : store.entries === null || store.entries === undefined
+        ? "Not counted yet (a Redis store is counted in the background)."
+        : "Bounded by the Redis server's own maxmemory.");
+
+    const origin = c.origin || {};
+    const ol = origin.latency || {};
+    for (const q of ["p50", "p90", "p99"]) setText(`origin-${q}`, seconds(ol[q]));
+    const warming = c.warming || {};
+    const backedOff = isNum(warming.concurrency_limit) && warming.concurrency_limit < warming.parallelism;
+    setText("origin-limit", warming.paused
+      ? `paused (CPU/memory guard)`
+      : `${count(warming.concurrency_limit)} of ${count(warming.parallelism)}${backedOff ? " (backed off)" : ""}`);
+    const errors = Object.entries(origin.errors || {}).filter(([, n]) => n > 0);
+    const proxyErrors = Object.entries(origin.proxy_errors || {}).filter(([, n]) => n > 0);
+    $("origin-errors").replaceChildren(
+      ...(errors.length || proxyErrors.length
+        ? [
+            ...errors.map(([reason, n]) => el("li", { class: "alert" }, `origin ${reason}: ${count(n)}`)),
+            ...proxyErrors.map(([reason, n]) => el("li", { class: "alert" }, `answered by the proxy, ${reason}: ${count(n)}`)),
+          ]
+        : [el("li", { class: "muted" }, "No origin errors since start.")]),
+    );
+    const badge = $("origin-state");
+    const adaptive = warming.adaptive || {};
+    const failing = originFailingNow(errors.reduce((n, [, k]) => n + k, 0));
+    badge.textContent = failing ? "failing" : warming.paused ? "warming paused" : backedOff ? "backing off" : "healthy";
+    badge.className = `badge ${failing || warming.paused || backedOff ? "badge-failed" : "badge-completed"}`;
+    const parts = [`${count(ol.requests)} origin requests timed since start (${Object.keys(ol.by_purpose || {}).join(", ") || "none yet"}).`];
+    if (isNum(adaptive.p50_latency)) parts.push(`Warm fetches: p50 ${seconds(adaptive.p50_latency)}, error rate ${pct(adaptive.error_rate)}; the warmer lowers its concurrency while the origin is slow or failing.`);
+    setText("origin-caption", parts.join(" "));
+
+    const missed = c.top_missed || {};
+    const keys = Array.isArray(missed.keys) ? missed.keys : [];
+    setText("missed-window", isNum(missed.window_seconds) ? `(last ${span(missed.window_seconds)})` : "");
+    $("missed-empty").hidden = keys.length > 0;
+    $("missed-empty").textContent = "No misses among the most requested paths.";
+    $("missed-table").hidden = keys.length === 0;
+    $("missed-rows").replaceChildren(
+      ...keys.map((k) => el("tr", { title: k.key }, el("td", { class: "mono" }, shortKey(k)), el("td", { class: "num" }, count(k.misses)), el("td", { class: "num" }, count(k.requests)))),
+    );
+  }
+
+  // ------------------------------------------------------------ purge
+
+  for (const form of document.querySelectorAll("#purge-card form")) {
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const by = form.dataset.by;
+      const input = form.querySelector("input");
+      const value = input.value.trim();
+      clearErrors(form);
+      if (!value) {
+        showFieldError(form, by, `Give a ${by === "pattern" ? "glob" : by} to purge.`);
+        return;
+      }
+      const soft = $("purge-soft").checked;
+      const rewarm = $("purge-rewarm").checked;
+      setResult("purge-result", "purging…");
+      try {
+        const body = await api("POST", "/purge", { [by]: value, soft, rewarm });
+        const n = body.purged;
+        let message = n === 0
+          ? `Nothing cached matches ${value}.`
+          : `${soft ? "Marked stale" : "Purged"} ${count(n)} response${n === 1 ? "" : "s"} for ${value}.`;
+        if (body.rewarm) message += ` Warming again: run ${body.rewarm.run_id}.`;
+        setResult("purge-result", message, true);
+        refresh(true);
+      } catch (error) {
+        if (error instanceof AuthNeeded) {
+          setResult("purge-result", "");
+          return;
+        }
+        const shown = error instanceof ApiError && showFieldError(form, error.field, error.message);
+        setResult("purge-result", shown ? "Not purged: see the field above." : `Not purged: ${error.message}`, false);
+      }
+    });
+    form.addEventListener("input", () => clearErrors(form));
+  }
 
   // ------------------------------------------------------------ stats
 
@@ -983,6 +1286,7 @@
       if (slow) {
         jobs.push(api("GET", "/stats").then(renderStats));
         jobs.push(api("GET", "/hot-data?n=15").then(renderHot));
+        jobs.push(api("GET", "/cache?n=10").then(renderCache));
       }
       if (withSchedule) jobs.push(api("GET", "/schedule").then((doc) => (scheduleDirty ? null : renderSchedule(doc))));
       const results = await Promise.allSettled(jobs);
@@ -991,8 +1295,11 @@
       if (failures.length) {
         const first = failures[0];
         setConnection(`cannot reach the control API (${first.message}); retrying`, true);
+        showUnreachable(first);
       } else {
-        setConnection(`live · updated ${clock(new Date())}`, false);
+        lastLive = new Date();
+        setConnection(`live · updated ${clock(lastLive)}`, false);
+        showUnreachable(null);
       }
     } finally {
       busy = false;

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
@@ -402,3 +404,294 @@ async def _overflow(browsing: Browsing) -> list[str]:
         }"""
     )
     return found
+
+
+# ------------------------------------------------------------ the cache side
+
+
+async def _traffic(client: aiohttp.ClientSession, proxy: Warmproxy, paths: list[str]) -> None:
+    for path in paths:
+        async with client.get(url(proxy, path)) as response:
+            await response.read()
+    await eventually(lambda: proxy.warmer.tracker.totals().requests >= len(paths))
+
+
+def _timeline_sums(timeline: dict[str, Any]) -> dict[str, int]:
+    names = ["requests", "from_cache", "cache_bytes", "origin_bytes"]
+    names += [f"status_{c}xx" for c in range(2, 6)]
+    return {name: sum(b[name] for b in timeline["buckets"]) for name in names}
+
+
+async def test_the_cache_panels_show_real_figures_after_traffic(
+    origin: Origin,
+    make_proxy: ProxyFactory,
+    client: aiohttp.ClientSession,
+    browsing: Browsing,
+    tmp_path: Path,
+) -> None:
+    origin.set("/products/1", headers=CACHEABLE, body=b"p" * 2000)
+    proxy = await make_proxy(origin.url, **no_token(tmp_path))
+    # A miss, a hit, and a 404 (not stored, so a miss twice).
+    await _traffic(client, proxy, ["/products/1", "/products/1", "/missing", "/missing"])
+    _, timeline = await api(client, proxy, "GET", "timeline?seconds=900")
+    sums = _timeline_sums(timeline)
+    assert sums["requests"] == 4 and sums["from_cache"] == 1
+    assert sums["status_2xx"] == 2 and sums["status_4xx"] == 2
+    assert sums["cache_bytes"] == 2000
+    assert sums["origin_bytes"] == 2000 + 2 * len(b"no such route")
+
+    page = browsing.page
+    await page.goto(dashboard_url(proxy))
+    # Status classes and where the bytes came from, over the chart's span.
+    await expect(page.locator("#status-2xx")).to_have_text("2")
+    await expect(page.locator("#status-4xx")).to_have_text("2")
+    await expect(page.locator("#status-5xx")).to_have_text("0")
+    await expect(page.locator("#status-4xx-share")).to_have_text("50 %")
+    await expect(page.locator("#traffic-cache-share")).to_have_text("25.0 % of 4")
+    await expect(page.locator("#traffic-cache-bytes")).to_have_text("2.0 KiB")
+    await expect(page.locator("#traffic-origin-bytes")).to_have_text("2.0 KiB")
+    await expect(page.locator("#traffic-chart canvas")).to_have_count(1)
+
+    _, report = await api(client, proxy, "GET", "cache")
+    # Client latency: percentiles of every outcome seen, as the API computed them.
+    rows = page.locator("#latency-rows tr")
+    await expect(rows).to_have_count(len(report["latency"]["by_outcome"]))
+    await expect(page.locator("#latency-rows")).to_contain_text("hit")
+    await expect(
+        page.locator("#latency-rows tr", has_text="miss").locator("td").nth(1)
+    ).to_have_text(str(report["latency"]["by_outcome"]["miss"]["requests"]))
+    duration = re.compile(r"^\d+(\.\d+)? (ms|s)$")
+    for q in ("p50", "p90", "p99"):
+        await expect(page.locator(f"#latency-{q}")).to_have_text(duration)
+        await expect(page.locator(f"#origin-{q}")).to_have_text(duration)
+    # Store fill: the one stored response, its bytes against max_bytes.
+    await expect(page.locator("#store-entries")).to_have_text("1")
+    await expect(page.locator("#store-evictions")).to_have_text("0")
+    await expect(page.locator("#store-state")).to_have_text("memory · up")
+    await expect(page.locator("#store-fill-line")).to_contain_text("of 256.0 MiB")
+    # Origin health, and the paths missed most: the 404 first.
+    await expect(page.locator("#origin-state")).to_have_text("healthy")
+    await expect(page.locator("#origin-errors")).to_have_text("No origin errors since start.")
+    first = page.locator("#missed-rows tr").first
+    await expect(first.locator("td").nth(0)).to_have_text("/missing")
+    await expect(first.locator("td").nth(1)).to_have_text("2")
+    await expect(page.locator("#missed-rows")).to_contain_text("/products/1")
+    assert browsing.errors() == []
+
+
+async def test_a_purge_through_the_box_removes_the_entry_so_the_next_request_misses(
+    origin: Origin,
+    make_proxy: ProxyFactory,
+    client: aiohttp.ClientSession,
+    browsing: Browsing,
+    tmp_path: Path,
+) -> None:
+    for n in (1, 2, 3):
+        origin.set(f"/products/{n}", headers={**CACHEABLE, "Surrogate-Key": f"product-{n} list"})
+    proxy = await make_proxy(origin.url, **no_token(tmp_path))
+    await _traffic(client, proxy, ["/products/1", "/products/2", "/products/3"])
+    page = browsing.page
+    await page.goto(dashboard_url(proxy))
+    await expect(page.locator("#store-entries")).to_have_text("3")
+
+    await page.locator("#purge-path").fill("/products/1")
+    await page.locator("#purge-path-form button").click()
+    await expect(page.locator("#purge-result")).to_have_text("Purged 1 response for /products/1.")
+    await expect(page.locator("#store-entries")).to_have_text("2")
+    async with client.get(url(proxy, "/products/1")) as response:
+        await response.read()
+        cache_status = response.headers["Cache-Status"]
+        assert "miss" in cache_status and "hit" not in cache_status, cache_status
+    assert origin.count("/products/1") == 2
+    async with client.get(url(proxy, "/products/2")) as response:
+        assert response.headers["Cache-Status"].startswith("warmproxy; hit")
+
+    # By tag, soft: marked stale, so still held (and answered while refreshed).
+    await page.locator("#purge-soft").check()
+    await page.locator("#purge-tag").fill("product-2")
+    await page.locator("#purge-tag-form button").click()
+    await expect(page.locator("#purge-result")).to_have_text(
+        "Marked stale 1 response for product-2."
+    )
+    # Served stale while one refresh goes to the origin (RFC 5861).
+    async with client.get(url(proxy, "/products/2")) as response:
+        await response.read()
+        cache_status = response.headers["Cache-Status"]
+        assert 'detail="stale-while-revalidate"' in cache_status, cache_status
+    await eventually(lambda: origin.count("/products/2") == 2)
+
+    # By glob, hard, warmed again right after: the origin gets the warm fetch.
+    await page.locator("#purge-soft").uncheck()
+    await page.locator("#purge-rewarm").check()
+    await page.locator("#purge-pattern").fill("/products/3*")
+    await page.locator("#purge-pattern-form button").click()
+    await expect(page.locator("#purge-result")).to_contain_text(
+        "Purged 1 response for /products/3*. Warming again: run "
+    )
+    await eventually(
+        lambda: any(
+            s.path == "/products/3" and "X-Warmproxy-Warm" in s.headers for s in origin.seen
+        ),
+        within=10,
+    )
+
+    # A bad glob is shown next to its field; nothing is purged.
+    before = (await proxy.cache.store.stats()).entries
+    await page.locator("#purge-pattern").fill("products[")
+    await page.locator("#purge-pattern-form button").click()
+    error = page.locator('#purge-pattern-form .field-error[data-error-for="pattern"]')
+    await expect(error).to_be_visible()
+    await expect(page.locator("#purge-result")).to_contain_text("Not purged")
+    assert (await proxy.cache.store.stats()).entries == before
+    assert browsing.errors(allow_status=(400,)) == []
+
+
+async def test_an_unreachable_api_shows_a_banner_and_dims_the_stale_figures(
+    origin: Origin,
+    make_proxy: ProxyFactory,
+    client: aiohttp.ClientSession,
+    browsing: Browsing,
+    tmp_path: Path,
+) -> None:
+    proxy = await make_proxy(origin.url, **no_token(tmp_path))
+    page = browsing.page
+    await page.goto(dashboard_url(proxy))
+    await expect(page.locator("#conn")).to_have_text(re.compile(r"^live"))
+    await expect(page.locator("#down-banner")).to_be_hidden()
+    await expect(page.locator("#main-grid")).not_to_have_class(re.compile(r"\bstale\b"))
+
+    def api_call(address: str) -> bool:
+        return "/cache/warming/" in address and "/cache/warming/dashboard" not in address
+
+    # Every API call fails at the network level, as with the listener gone.
+    await page.route(api_call, lambda route: route.abort("connectionrefused"))
+    banner = page.locator("#down-banner")
+    await expect(banner).to_be_visible()
+    await expect(banner).to_contain_text("The control API is unreachable.")
+    await expect(banner).to_contain_text("The figures below are from")
+    await expect(page.locator("#main-grid")).to_have_class(re.compile(r"\bstale\b"))
+    opacity = await page.eval_on_selector("#main-grid", "g => getComputedStyle(g).opacity")
+    assert float(opacity) < 1
+    await expect(page.locator("#conn")).to_contain_text("cannot reach the control API")
+
+    # Back: the banner goes and the figures are live again.
+    await page.unroute(api_call)
+    await expect(banner).to_be_hidden()
+    await expect(page.locator("#main-grid")).not_to_have_class(re.compile(r"\bstale\b"))
+    await expect(page.locator("#conn")).to_have_text(re.compile(r"^live"))
+    assert [e for e in browsing.errors() if "ERR_CONNECTION_REFUSED" not in e] == []
+
+
+async def test_a_1920_px_screen_is_filled_by_the_grid(
+    origin: Origin,
+    make_proxy: ProxyFactory,
+    client: aiohttp.ClientSession,
+    browsing: Browsing,
+    tmp_path: Path,
+) -> None:
+    origin.set("/products/1", headers=CACHEABLE)
+    proxy = await make_proxy(origin.url, **no_token(tmp_path))
+    await _traffic(client, proxy, ["/products/1", "/products/1"])
+    page = browsing.page
+    await page.set_viewport_size({"width": 1920, "height": 1080})
+    await page.goto(dashboard_url(proxy))
+    await expect(page.locator("#conn")).to_have_text(re.compile(r"^live"))
+    await expect(page.locator("#traffic-chart canvas")).to_have_count(1)
+    shot = tmp_path / "dashboard-1920.png"
+    await page.screenshot(path=str(shot), full_page=True)
+    assert int.from_bytes(shot.read_bytes()[16:20], "big") == 1920  # the PNG's width
+
+    layout = await page.evaluate(
+        """() => {
+            const grid = document.getElementById("main-grid");
+            const box = grid.getBoundingClientRect();
+            const style = getComputedStyle(grid);
+            const columns = style.gridTemplateColumns.split(" ").map(parseFloat);
+            const cards = [...grid.children]
+                .map((c) => c.getBoundingClientRect())
+                .filter((r) => r.width > 0)
+                .map((r) => [r.left, r.right, r.top, r.bottom]);
+            return {
+                left: box.left + parseFloat(style.paddingLeft),
+                right: box.right - parseFloat(style.paddingRight),
+                top: box.top + parseFloat(style.paddingTop),
+                bottom: box.bottom - parseFloat(style.paddingBottom),
+                columns, gap: parseFloat(style.columnGap), cards,
+            };
+        }"""
+    )
+    columns = layout["columns"]
+    assert len(columns) == 4
+    width = layout["right"] - layout["left"]
+    assert width > 1920 - 60  # the grid spans the window, less its padding
+    assert sum(columns) + 3 * layout["gap"] == pytest.approx(width, abs=2)
+    cards = layout["cards"]
+    assert max(right for _, right, _, _ in cards) == pytest.approx(layout["right"], abs=2)
+    # Each third of the width is covered by cards over most of the page's height:
+    # no column left blank.
+    height = layout["bottom"] - layout["top"]
+    third = width / 3
+    for n in range(3):
+        x0 = layout["left"] + n * third
+        x1 = x0 + third
+        covered = sum(
+            max(0.0, min(x1, right) - max(x0, left)) * (bottom - top)
+            for left, right, top, bottom in cards
+        )
+        assert covered / (third * height) > 0.85, (
+            f"third {n + 1} is {covered / (third * height):.0%} covered"
+        )
+    assert await _overflow(browsing) == []
+    assert browsing.errors() == []
+
+
+async def test_the_chart_tooltips_show_the_hovered_bucket_time(
+    origin: Origin,
+    make_proxy: ProxyFactory,
+    client: aiohttp.ClientSession,
+    browsing: Browsing,
+    tmp_path: Path,
+) -> None:
+    origin.set("/products/1", headers=CACHEABLE)
+    proxy = await make_proxy(origin.url, **no_token(tmp_path))
+    await _traffic(client, proxy, ["/products/1", "/products/1"])
+    page = browsing.page
+    await page.goto(dashboard_url(proxy))
+    zone = ZoneInfo(await page.evaluate("Intl.DateTimeFormat().resolvedOptions().timeZone"))
+    for chart, tip in (("#chart", "#chart-tip"), ("#traffic-chart", "#traffic-tip")):
+        over = page.locator(f"{chart} .u-over")
+        await expect(over).to_be_visible()
+        await over.hover()  # scrolled into view, the pointer at its middle
+        await expect(page.locator(tip)).to_be_visible()
+        start = float(await page.locator(tip).get_attribute("data-ts") or "nan")
+        _, timeline = await api(client, proxy, "GET", "timeline?seconds=900")
+        assert start in {b["ts"] for b in timeline["buckets"]}
+        when = [
+            datetime.fromtimestamp(t, zone).strftime("%H:%M:%S")
+            for t in (start, start + timeline["bucket_seconds"])
+        ]
+        await expect(page.locator(f"{tip} .tip-time")).to_have_text(f"{when[0]}–{when[1]}")
+        await page.mouse.move(0, 0)
+        await expect(page.locator(tip)).to_be_hidden()
+    assert browsing.errors() == []
+
+
+async def test_origin_failures_show_by_reason_and_the_origin_is_marked_failing(
+    origin: Origin,
+    make_proxy: ProxyFactory,
+    client: aiohttp.ClientSession,
+    browsing: Browsing,
+    tmp_path: Path,
+) -> None:
+    origin.set("/hang", headers=CACHEABLE, delay=5)
+    proxy = await make_proxy(origin.url, **no_token(tmp_path, proxy={"read_timeout": 0.3}))
+    page = browsing.page
+    await page.goto(dashboard_url(proxy))
+    await expect(page.locator("#origin-state")).to_have_text("healthy")
+    async with client.get(url(proxy, "/hang")) as response:
+        assert response.status == 504
+    errors = page.locator("#origin-errors")
+    await expect(errors).to_contain_text("origin timeout: 1")
+    await expect(errors).to_contain_text("answered by the proxy, origin-timeout: 1")
+    await expect(page.locator("#origin-state")).to_have_text("failing")
+    assert browsing.errors() == []

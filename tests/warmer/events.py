@@ -20,6 +20,8 @@ class Ev:
     vary: tuple[str, ...] = ()
     vary_values: tuple[str | None, ...] = ()
     coding: str = ""
+    status: int = 200
+    bytes: int = 0
 
     def __post_init__(self) -> None:
         self.url = self.url or self.key
@@ -39,6 +41,8 @@ class HostEv:
     vary: tuple[str, ...] = ()
     vary_values: tuple[str | None, ...] = ()
     coding: str = ""
+    status: int = 200
+    bytes: int = 0
 
     @property
     def key(self) -> str:

@@ -86,3 +86,29 @@ def test_in_order_events_are_all_counted_within_the_span(events: list[tuple[floa
     buckets = timeline.buckets(599.99, 600)
     assert sum(b.requests for b in buckets) == len(events)
     assert sum(b.hits for b in buckets) == sum(o in ("hit", "revalidated") for _, o in events)
+
+
+def test_bytes_and_requests_split_by_where_the_body_came_from_and_statuses_by_class() -> None:
+    timeline = Timeline(bucket_seconds=10, buckets=6)
+    timeline.request(1000.0, "hit", 200, 100)
+    timeline.request(1001.0, "stale", 200, 40)  # a stored body, served while refreshed
+    timeline.request(1002.0, "revalidated", 304, 0)
+    timeline.request(1003.0, "miss", 404, 13)
+    timeline.request(1004.0, "bypass", 503, 7)
+    timeline.request(1005.0, "miss", 101, 0)  # a WebSocket upgrade: in no class
+    (bucket,) = timeline.buckets(1009.0, 10)
+    assert (bucket.requests, bucket.from_cache) == (6, 3)
+    assert (bucket.cache_bytes, bucket.origin_bytes) == (140, 20)
+    statuses = (bucket.status_2xx, bucket.status_3xx, bucket.status_4xx, bucket.status_5xx)
+    assert statuses == (2, 1, 1, 1)
+    shown = bucket.to_json()
+    assert shown["hit_rate"] == bucket.hit_rate and shown["cache_bytes"] == 140
+    # A reused slot starts from zero for these too.
+    timeline.request(1060.0, "hit", 200, 5)
+    (later,) = timeline.buckets(1060.0, 10)
+    assert (later.from_cache, later.cache_bytes, later.origin_bytes, later.status_4xx) == (
+        1,
+        5,
+        0,
+        0,
+    )
