@@ -7,16 +7,18 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from proxy.access_log import AccessLog
 from proxy.cache import Cache
-from proxy.cache_key import KeyRules
 from proxy.config import Settings, parse_hostport
 from proxy.control import build_control_app
+from proxy.fast_lane import FastLane, FastLaneSite
+from proxy.fill_lock import FillLock, lock_seconds
 from proxy.filler import Filler
+from proxy.fleet import Fleet, default_replica_name
+from proxy.fleet_schedule import FleetSchedule, FleetScheduleCollector
 from proxy.forwarding import ForwardingRules
 from proxy.handler import Admission, ProxyHandler
 from proxy.logs import writes_json
@@ -24,7 +26,9 @@ from proxy.metrics import ProxyMetrics
 from proxy.observe import EventHub
 from proxy.origin import OriginClient
 from proxy.policy import CachePolicyConfig
+from proxy.purge import PurgeMethod, Purger, TagHeader
 from proxy.redact import mask_url
+from proxy.reload import ReloadResult, reload_settings
 from proxy.state_dir import StateLock
 from proxy.store.base import CacheStore, StoreError
 from proxy.store.memory import MemoryStore
@@ -107,18 +111,7 @@ class Warmproxy:
             clock=self.clock,
         )
         self.origin = OriginClient(settings.proxy, self.metrics)
-        self.rules = ForwardingRules.build(
-            origin_authority=urlsplit(settings.proxy.origin).netloc,
-            preserve_host=settings.proxy.preserve_host,
-            public_host=settings.proxy.public_host,
-            trusted=settings.proxy.trusted_proxies,
-            via=f"1.1 {settings.proxy.via_name}",
-            warm_header=settings.execution.warm_header,
-            host_keying=settings.proxy.host_keying,
-            key_rules=KeyRules.from_settings(settings.cache),
-            public_scheme=settings.proxy.public_scheme,
-            drop_request_headers=settings.proxy.drop_request_headers,
-        )
+        self.rules = ForwardingRules.from_settings(settings)
         policy_config = CachePolicyConfig(
             heuristic_fraction=settings.cache.heuristic_fraction,
             heuristic_max_seconds=settings.cache.heuristic_max_seconds,
@@ -126,6 +119,15 @@ class Warmproxy:
             store_set_cookie=settings.cache.store_set_cookie,
             via=f"1.1 {settings.proxy.via_name}",
             targeted_fields=tuple(n.lower() for n in settings.cache.targeted_cache_control),
+        )
+        purge = settings.cache.purge
+        # Purges by path, glob and tag: the control API's and the PURGE method's.
+        self.purger = Purger(
+            self.cache,
+            self.rules,
+            self.metrics,
+            soft_stale_seconds=purge.soft_stale_seconds,
+            clock=self.clock,
         )
         self.filler = Filler(
             origin=self.origin,
@@ -135,7 +137,9 @@ class Warmproxy:
             metrics=self.metrics,
             max_entry_bytes=settings.cache.max_entry_bytes,
             tasks=self.tasks,
+            tag_header=TagHeader(purge.tag_header, self.metrics),
             clock=self.clock,
+            fill_lock=self._fill_lock(store),
         )
         # Overload shedding (proxy.max_concurrent_requests, proxy.max_loop_lag).
         self.admission = Admission(
@@ -153,6 +157,10 @@ class Warmproxy:
             cache_name=settings.proxy.via_name,
             clock=self.clock,
             admission=self.admission,
+            purge_method=(
+                PurgeMethod(self.purger, purge.allowed_networks) if purge.method else None
+            ),
+            tag_header=purge.tag_header,
         )
         self.warmer = build_warmer(
             settings,
@@ -163,11 +171,25 @@ class Warmproxy:
             clock=self.clock,
         )
         self.metrics.warmer = self.warmer
+        if isinstance(self.warmer.state, FleetSchedule):
+            self.metrics.registry.register(FleetScheduleCollector(self.warmer.state))
+        self.purger.warmer = self.warmer
+        # The fleet on Redis: L1 invalidations between replicas, heartbeats.
+        self.fleet = Fleet(
+            redis_url=settings.cache.redis_url if settings.cache.store == "redis" else None,
+            prefix=settings.cache.redis_prefix,
+            name=settings.cache.replica_name or default_replica_name(),
+            l1=l1,
+            metrics=self.metrics,
+            load=lambda: (sum(self.metrics.requests.values()), self.warmer.executor.in_flight),
+            timeout=settings.cache.redis_timeout,
+        )
+        self.cache.drops = self.fleet.publisher
         self.state_lock = StateLock(
             settings.state.path(), remove_at_release=settings.state.ephemeral
         )
-        if settings.tracking.enabled:
-            self.hub.subscribe(self.warmer.observe)
+        self._observed = False
+        self.observe_traffic(settings.tracking.enabled)
         self.access_log: AccessLog | None = None
         if settings.logging.access_log:
             as_json = writes_json(settings.logging.format)
@@ -180,6 +202,44 @@ class Warmproxy:
         self._control_runner: web.AppRunner | None = None
         self.proxy_port = 0
         self.control_port = 0
+        # The hit fast lane in front of the proxy listener (proxy.fast_lane).
+        self.fast_lane: FastLane | None = None
+        # How `reload` reads the configuration again: `serve` sets the same
+        # file, environment and flags as at start; built from settings alone,
+        # those settings are all there is to read.
+        self.load_settings: Callable[[], Settings] = lambda: settings
+        self._reload_lock = asyncio.Lock()
+
+    def _fill_lock(self, store: CacheStore) -> FillLock | None:
+        """One origin fetch per key across the replicas sharing a Redis store
+        (``cache.fleet_fill_lock``); the memory store fills alone."""
+        cache, proxy = self.settings.cache, self.settings.proxy
+        if not isinstance(store, RedisStore) or not cache.fleet_fill_lock:
+            return None
+        return FillLock(
+            store.client,
+            prefix=cache.redis_prefix,
+            seconds=lock_seconds(proxy.connect_timeout, proxy.read_timeout),
+            metrics=self.metrics,
+            usable=lambda: self.cache.healthy,
+        )
+
+    async def reload(self) -> ReloadResult:
+        """Read the configuration again and apply what can change live
+        (SIGHUP, ``warmproxy reload``, ``POST /cache/warming/reload``).
+
+        Raises proxy.reload.ReloadRefused, and nothing changed, when it is invalid; see
+        :mod:`proxy.reload` for which settings need a restart.
+        """
+        async with self._reload_lock:  # one reload at a time, each applied whole
+            return await reload_settings(self, self.load_settings)
+
+    def observe_traffic(self, enabled: bool) -> None:
+        """Let the warmer observe requests or not (``tracking.enabled``)."""
+        if enabled and not self._observed:
+            self.hub.subscribe(self.warmer.observe)
+            self._observed = True
+        self.warmer.observing = enabled
 
     async def start(self) -> None:
         """Open the listeners; the proxy answers even if the store is down.
@@ -202,10 +262,14 @@ class Warmproxy:
         if self.settings.cache.store == "redis" and interval > 0:
             self.tasks.spawn(self._count_redis(interval), name="redis stats")
         await self.cache.check_health()
+        await self.fleet.start(first_subscribe_within=2 * self.settings.cache.redis_timeout)
         # Before any state is read: one process per state directory (StateDirBusy).
         self.state_lock.acquire()
         log.info("state directory", extra={"path": str(self.state_lock.directory)})
         await self.warmer.load_saved_schedule()
+        if isinstance(self.warmer.state, FleetSchedule):
+            # Every replica puts the fleet's schedule in force when it changes.
+            self.warmer.state.follow(self.warmer.adopt_schedule)
         await self.warmer.load_state()
         self.tasks.spawn(self.warmer.executor.run_forever(), name="warm executor")
         self.tasks.spawn(self.warmer.run(), name="warm strategies and schedule")
@@ -225,9 +289,24 @@ class Warmproxy:
         host, port = parse_hostport(p.listen, what="proxy.listen")
         # A burst of new connections waits in the listen queue, not refused
         # by the kernel (aiohttp's default backlog is 128).
-        site = web.TCPSite(
-            self._proxy_runner, host, port, reuse_address=True, backlog=LISTEN_BACKLOG
-        )
+        site: web.TCPSite
+        if p.fast_lane:
+            # Fresh in-process hits are answered before aiohttp parses them.
+            lane = self.fast_lane = FastLane(
+                cache=self.cache,
+                handler=self.handler,
+                rules=self.rules,
+                settings=p,
+                clock=self.clock,
+                admission=self.admission,
+            )
+            site = FastLaneSite(
+                lane, self._proxy_runner, host, port, reuse_address=True, backlog=LISTEN_BACKLOG
+            )
+        else:
+            site = web.TCPSite(
+                self._proxy_runner, host, port, reuse_address=True, backlog=LISTEN_BACKLOG
+            )
         await site.start()
         self.proxy_port = _bound_port(self._proxy_runner, port)
 
@@ -312,6 +391,7 @@ class Warmproxy:
         # Else start was refused (or never reached the state): the warmer never
         # ran, and the files there may be another process's, so nothing is saved.
         await self.tasks.close()
+        await self.fleet.close()
         self.hub.drain()
         await self.origin.close()
         await self.cache.store.close()

@@ -36,16 +36,22 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: listening, not shutting down, the cache store answers, and
-    the warm run at start is done when ``warm_on_start = "before_ready"``.
+    """Readiness: listening, not shutting down, the warm run at start done
+    when ``warm_on_start = "before_ready"``, and the cache store answering
+    unless ``cache.ready_without_store`` (the default).
 
-    With the store down the proxy still passes requests through, but a load
-    balancer should prefer a replica whose cache works.
+    With the store down the proxy still passes every request through.  Every
+    replica shares one Redis, so a Redis outage taking them all out of
+    readiness would empty the Service and cost every client request: by
+    default they stay ready and report the outage (``store_healthy`` here,
+    ``warmproxy_store_up``); ``ready_without_store = false`` makes a load
+    balancer prefer replicas whose cache works instead.
     """
     proxy = request.app[WARMPROXY_KEY]
     store_ok = proxy.cache.healthy
     warming = proxy.warming_on_start
-    ready = proxy.ready and store_ok and warming is None
+    store_gates = not proxy.settings.cache.ready_without_store
+    ready = proxy.ready and (store_ok or not store_gates) and warming is None
     body = {
         "status": "ready" if ready else "not ready",
         "accepting": proxy.ready,

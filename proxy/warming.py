@@ -17,6 +17,7 @@ from proxy.cache import Cache
 from proxy.cache_key import check_path_glob, glob_literal_prefix, path_glob_matcher
 from proxy.config import Settings
 from proxy.filler import Filler
+from proxy.fleet_schedule import FleetSchedule
 from proxy.forwarding import BadHost, ForwardingRules, normalize_host
 from proxy.origin import OriginClient, OriginError, read_body
 from proxy.store.base import StoreError
@@ -29,7 +30,7 @@ from warmer.executor import WarmExecutor
 from warmer.model import Fill, FillReport, WarmRequest
 from warmer.pacing import AdaptiveConcurrency, ResourceGuard
 from warmer.predictive import PredictiveConfig
-from warmer.schedule_store import FileScheduleState, RedisScheduleState, ScheduleState
+from warmer.schedule_store import FileScheduleState, ScheduleState
 from warmer.scheduler import SourceDeps
 from warmer.service import BadRequest, Warmer
 from warmer.sources import is_origin_path
@@ -152,8 +153,12 @@ def build_warmer(
     )
     state: ScheduleState
     if settings.cache.store == "redis":
-        state = RedisScheduleState(
-            settings.cache.redis_url, settings.cache.redis_prefix, settings.cache.redis_timeout * 4
+        # One document for the fleet, with this replica's copy as the fallback.
+        state = FleetSchedule(
+            settings.cache.redis_url,
+            settings.cache.redis_prefix,
+            local=FileScheduleState(settings.state.path()),
+            timeout=settings.cache.redis_timeout * 4,
         )
     else:
         state = FileScheduleState(settings.state.path())

@@ -1,12 +1,14 @@
 """Where the schedule posted through the control API outlives a restart.
 
-With the Redis store the schedule lives in Redis under the deployment's
-prefix, so every replica sharing it sees the same schedule, and each firing
-is claimed with one ``SET NX`` key so several replicas fire it once (as arq
-does).  Without Redis it is a JSON file in the state directory, replaced
-atomically (write, fsync, rename, fsync the directory): a crash leaves the
-old or the new schedule, never half of one, and the temporary file a crash
-left behind is removed at the next start.
+With the Redis store the schedule is one document in Redis that every
+replica follows, and each firing is claimed with one ``SET NX`` key so
+several replicas fire it once (as arq does): that state lives in the proxy
+(:mod:`proxy.fleet_schedule`), behind the :class:`ScheduleState` protocol
+below, so the warmer stays free of I/O libraries.  Without Redis it is a
+JSON file in the state directory, replaced atomically (write, fsync, rename,
+fsync the directory): a crash leaves the old or the new schedule, never half
+of one, and the temporary file a crash left behind is removed at the next
+start.  (With Redis each replica keeps such a file too, as its copy.)
 
 What is saved is the schedule as shown: DSN passwords masked (see
 :mod:`warmer.schedule`), so no password is written in clear.
@@ -23,9 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
-from redis.asyncio import Redis
 
-FIRING_CLAIM_SECONDS = 24 * 3600
 _TMP_PREFIX = ".schedule-"
 _TMP_SUFFIX = ".tmp"
 
@@ -37,12 +37,22 @@ class ScheduleStateError(Exception):
 
 
 class ScheduleState(Protocol):
+    #: True when the saved schedule is shared by every replica (Redis): then
+    #: a reload's change of the configuration file's schedule is saved too,
+    #: like a post, so every replica follows it.
+    shared: bool
+
     async def load(self) -> dict[str, Any] | None:
         """The saved schedule document, or None when none was saved."""
         ...
 
-    async def save(self, document: dict[str, Any]) -> None:
-        """Replace the saved schedule.  Raises ScheduleStateError."""
+    async def save(self, document: dict[str, Any], *, at: float | None = None) -> None:
+        """Replace the saved schedule, posted at ``at`` (the warmer's clock).
+        Raises ScheduleStateError."""
+        ...
+
+    async def saved_at(self) -> float | None:
+        """When the saved schedule was posted, where known."""
         ...
 
     async def claim(self, name: str, firing: float) -> bool:
@@ -68,6 +78,8 @@ def _decode(data: bytes | str, where: str) -> dict[str, Any]:
 class FileScheduleState:
     """The schedule as ``schedule.json`` in the state directory."""
 
+    shared = False
+
     def __init__(self, directory: Path) -> None:
         self.path = directory / "schedule.json"
 
@@ -87,8 +99,15 @@ class FileScheduleState:
             raise ScheduleStateError(f"cannot read {self.path}: {exc.strerror}") from exc
         return _decode(data, str(self.path))
 
-    async def save(self, document: dict[str, Any]) -> None:
+    async def save(self, document: dict[str, Any], *, at: float | None = None) -> None:
+        # The file is rewritten at every post: its time is the post's.
         await asyncio.to_thread(self._save, orjson.dumps(document, option=orjson.OPT_INDENT_2))
+
+    async def saved_at(self) -> float | None:
+        try:
+            return (await asyncio.to_thread(self.path.stat)).st_mtime
+        except OSError:
+            return None
 
     def _save(self, data: bytes) -> None:
         try:
@@ -135,43 +154,3 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-class RedisScheduleState:
-    """The schedule under ``<prefix>warmer:schedule`` in Redis."""
-
-    def __init__(self, url: str, prefix: str, timeout: float = 2.0) -> None:
-        self._redis: Redis = Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
-        self._key = f"{prefix}warmer:schedule"
-        self._claims = f"{prefix}warmer:fired:"
-
-    def describe(self) -> str:
-        return f"redis key {self._key}"
-
-    async def load(self) -> dict[str, Any] | None:
-        try:
-            data = await self._redis.get(self._key)
-        except Exception as exc:
-            raise ScheduleStateError(f"cannot read {self._key} from Redis: {exc}") from exc
-        if data is None:
-            return None
-        return _decode(data, self._key)
-
-    async def save(self, document: dict[str, Any]) -> None:
-        try:
-            await self._redis.set(self._key, orjson.dumps(document))
-        except Exception as exc:
-            raise ScheduleStateError(f"cannot write {self._key} to Redis: {exc}") from exc
-
-    async def claim(self, name: str, firing: float) -> bool:
-        key = f"{self._claims}{name}:{int(firing)}"
-        try:
-            return bool(await self._redis.set(key, b"1", nx=True, ex=FIRING_CLAIM_SECONDS))
-        except Exception:
-            # Redis down: better a firing twice on two replicas than never.
-            return True
-
-    async def close(self) -> None:
-        await self._redis.aclose()

@@ -13,13 +13,12 @@ time.  The replay drives the same core without this runner.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fnmatch
 import logging
 import math
 import re
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,8 +37,9 @@ from warmer.executor import Run, WarmExecutor
 from warmer.ledger import EffectivenessLedger
 from warmer.model import FillReport, Observed, Reason, WarmIdentity, WarmRequest
 from warmer.optimizer import Proposal, propose, usage_by_source
+from warmer.predictive import Predictor
 from warmer.progress import RunProgress
-from warmer.schedule_store import FileScheduleState, ScheduleState, ScheduleStateError
+from warmer.schedule_store import ScheduleState, ScheduleStateError
 from warmer.scheduler import ScheduleClock, SourceDeps, build_source
 from warmer.sources import SourceError, is_origin_path
 from warmer.state_file import StateFile
@@ -68,6 +68,24 @@ class BadRequest(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedSettings:
+    """New warmer settings, built and checked but not in force yet
+    (:meth:`Warmer.prepare_settings`, then :meth:`Warmer.apply_settings`)."""
+
+    config: WarmerConfig
+    core: WarmerCore
+    deps: SourceDeps
+    retrain: Cron
+    alerts: AlertMonitor
+    #: The configuration file's schedule.
+    configured_schedule: spec.Schedule
+    #: The schedule to put in force; None: the one in force stays.
+    schedule: spec.Schedule | None
+    #: The file's changed schedule replaces a posted one (and is saved over it).
+    replaces_posted: bool
 
 
 class Warmer:
@@ -111,6 +129,8 @@ class Warmer:
         # the live replay and tests); a bare function of time sleeps for real.
         self._sleep = getattr(clock, "sleep", asyncio.sleep)
         self.analyzer = Analyzer(tracker.windows) if config.analysis else None
+        # False: access events are ignored (tracking.enabled = false, set on a reload).
+        self.observing = True
         m = config.monitoring
         ledger = EffectivenessLedger(max_tracked=m.max_tracked) if m.track_effectiveness else None
         self.core = WarmerCore(
@@ -142,6 +162,9 @@ class Warmer:
         self._posted_at: float | None = None  # when the schedule in force was posted
         self._clock_of_schedule = ScheduleClock(schedule, clock())
         self._schedule_changed = asyncio.Event()
+        # Held while a schedule is saved and put in force (a post, a reload):
+        # a post cannot land between a reload's save and its swap.
+        self.schedule_lock = asyncio.Lock()
         self._source_runs: dict[str, Run] = {}
         self._source_paths: dict[tuple[str, str], None] = {}
         self._source_sizes: dict[str, int] = {}
@@ -172,10 +195,12 @@ class Warmer:
 
     def observe(self, event: Observed) -> None:
         """One access event; O(1), never awaits (called for every request)."""
+        if not self.observing:
+            return
         if self._first_seen is None:
             self._first_seen = event.ts
         self.core.observe(event)
-        self.timeline.request(event.ts, event.outcome)
+        self.timeline.request(event.ts, event.outcome, event.status, event.bytes)
         if self.ledger is None and event.outcome == "hit" and event.warmed:
             # Without the ledger, the one effectiveness figure kept.
             self.hits_on_warmed += 1
@@ -212,8 +237,8 @@ class Warmer:
             group.create_task(self._monitor_loop())
             if (self.ledger is not None and self._ledger_file is not None) or self._hot_file:
                 group.create_task(self._save_state_loop())
-            if self.predictor is not None:
-                group.create_task(self._retrain_loop())
+            # Always: a reload may switch the predictive strategy on.
+            group.create_task(self._retrain_loop())
 
     async def _tick_loop(self) -> None:
         while True:
@@ -605,11 +630,13 @@ class Warmer:
             field_name, _, message = str(exc).partition(": ")
             raise BadRequest(field_name, message) from None
         self._check_buildable(plan)
-        # Saved as shown: DSN passwords masked (a configuration file's source
-        # is matched again when the saved schedule is loaded).
-        await self.state.save(plan.model_dump(mode="json"))
-        self._posted_at = self._clock()
-        self._apply(plan)
+        async with self.schedule_lock:
+            # Saved as shown: DSN passwords masked (a configuration file's
+            # source is matched again when the saved schedule is loaded).
+            posted_at = self._clock()
+            await self.state.save(plan.model_dump(mode="json"), at=posted_at)
+            self._posted_at = posted_at
+            self._apply(plan)
         return plan
 
     def _check_buildable(self, plan: spec.Schedule) -> None:
@@ -647,19 +674,12 @@ class Warmer:
         if document is None:
             return
         try:
-            plan = self._deps.policy.resolve(spec.Schedule.model_validate(document))
-            plan.check_priorities(self.config.levels)
-            self._check_buildable(plan)
+            plan = self._saved_plan(document)
         except (ValidationError, ValueError) as exc:
             log.error("saved schedule invalid, using the configured one: %s", exc)
             return
         self._apply(plan)
-        # The file is rewritten at every post: its time is the last post's.
-        # (Redis keeps no time with the key: not known there.)
-        self._posted_at = None
-        if isinstance(self.state, FileScheduleState):
-            with contextlib.suppress(OSError):
-                self._posted_at = (await asyncio.to_thread(self.state.path.stat)).st_mtime
+        self._posted_at = await self.state.saved_at()
         posted_at = _iso(self._posted_at)
         where = self.state.describe()
         log.warning(
@@ -678,6 +698,139 @@ class Warmer:
                 "configured_sources": len(configured.sources),
             },
         )
+
+    def _saved_plan(self, document: Any) -> spec.Schedule:
+        """A saved schedule checked as a post is; ValidationError or ValueError."""
+        plan = self._deps.policy.resolve(spec.Schedule.model_validate(document))
+        plan.check_priorities(self.config.levels)
+        self._check_buildable(plan)
+        return plan
+
+    async def adopt_schedule(self, document: Any, posted_at: float | None) -> bool:
+        """Put in force a schedule another replica saved (the fleet's, with Redis):
+        checked as a post is, not saved again.  False (logged) when this replica
+        refuses it, e.g. a source its configuration does not allow; the schedule
+        in force then stays."""
+        try:
+            plan = self._saved_plan(document)
+        except (ValidationError, ValueError) as exc:
+            log.error("the fleet's schedule is invalid here, the one in force stays: %s", exc)
+            return False
+        async with self.schedule_lock:
+            if posted_at is None and plan == self._configured_schedule:
+                # A reload saved it (no post time) and this replica's file
+                # says the same: the configuration file's, as on that replica.
+                self._posted_at = None
+                self._apply(self._configured_schedule)
+            else:
+                self._posted_at = posted_at
+                self._apply(plan)
+        return True
+
+    # --------------------------------------------------------------- reload
+
+    def prepare_settings(
+        self,
+        config: WarmerConfig,
+        *,
+        schedule: spec.Schedule,
+        policy: spec.SourcePolicy,
+    ) -> PreparedSettings:
+        """Build everything new settings need, changing nothing (a reload's first half).
+
+        The levels, the tracker's windows and sizes, the ledger and the
+        audience stay as they are (changing them needs a restart). Strategies
+        that stay on are kept, with what they learned, and only retuned;
+        one switched on starts afresh. ``schedule`` is the configuration
+        file's: it is put in force when it changed, even over a schedule
+        posted through the control API (docs/operations.md, "Reload");
+        unchanged, the schedule in force stays, posted or not.
+        Raises ValueError when something cannot be built.
+        """
+        sequences = self.analyzer.sequences if self.analyzer else None
+        kept = {type(s): s for s in self.core.strategies}
+        strategies = [
+            kept.get(type(s), s)
+            for s in build_strategies(config, self.tracker, sequences=sequences)
+        ]
+        core = WarmerCore(
+            strategies,
+            tracker=self.tracker,
+            ledger=self.ledger,
+            audience=self.core.audience,
+            path_filter=PathFilter(config.include, config.exclude),
+            key_of=self._key_of,
+            observers=(self.analyzer.observe,) if self.analyzer is not None else (),
+        )
+        thresholds = config.monitoring.thresholds
+        alerts = self.alerts if thresholds == self.alerts.thresholds else AlertMonitor(thresholds)
+        changed = schedule != self._configured_schedule
+        posted = self.schedule is not self._configured_schedule
+        return PreparedSettings(
+            config=config,
+            core=core,
+            deps=replace(self._deps, policy=policy),
+            retrain=Cron.parse(config.retrain_schedule),
+            alerts=alerts,
+            configured_schedule=schedule if changed else self._configured_schedule,
+            schedule=schedule if changed else None,
+            replaces_posted=changed and posted,
+        )
+
+    async def save_prepared_schedule(self, prepared: PreparedSettings) -> None:
+        """Save the file's schedule over a posted one it replaces (before applying,
+        so a restart keeps it), and, where the saved schedule is the fleet's, any
+        change of the file's (so every replica follows, as after a post); raises
+        ScheduleStateError, and then nothing changed."""
+        if prepared.schedule is not None and (prepared.replaces_posted or self.state.shared):
+            # No post time: the configuration file's (GET shows posted_at null).
+            await self.state.save(prepared.schedule.model_dump(mode="json"))
+
+    def apply_settings(self, prepared: PreparedSettings) -> None:
+        """Put prepared settings in force (a reload's second half): assignments only."""
+        c = prepared.config
+        for strategy in prepared.core.strategies:
+            if isinstance(strategy, RefreshAhead):
+                strategy.min_hits = c.reactive.refresh_min_hits
+                strategy.fraction = c.reactive.refresh_fraction
+                strategy.min_precision = c.reactive.min_precision
+            elif isinstance(strategy, MissReactive):
+                strategy.threshold = c.reactive.threshold
+                strategy.min_precision = c.reactive.min_precision
+            elif isinstance(strategy, Predictor):
+                p = c.predictive
+                strategy.retune(
+                    min_confidence=p.min_confidence,
+                    max_warm_ratio=p.max_warm_ratio,
+                    priority=p.priority or c.levels[-1],
+                )
+        self.config = c
+        self.core = prepared.core
+        self.filter = prepared.core.filter
+        self.refresh_ahead = prepared.core.strategy(RefreshAhead)
+        self.miss_reactive = prepared.core.strategy(MissReactive)
+        self.predictor = prepared.core.predictor
+        self._deps = prepared.deps
+        self._retrain = prepared.retrain
+        self.alerts = prepared.alerts
+        self._configured_schedule = prepared.configured_schedule
+        if prepared.schedule is not None:
+            if prepared.replaces_posted:
+                log.warning(
+                    "reload: the configuration file's schedule changed and replaces the one "
+                    "posted through the control API (saved in %s)",
+                    self.state.describe(),
+                )
+            self._posted_at = None
+            self._apply(prepared.schedule)
+        else:
+            # proactive.enabled may have changed: the schedule loop looks again.
+            self._schedule_changed.set()
+
+    async def load_model(self) -> None:
+        """Continue a predictive strategy switched on by a reload from its saved model."""
+        if self.predictor is not None and self._model_file is not None:
+            await self._model_file.load(self.predictor.load_document)
 
     # --------------------------------------------------------------- reports
 
@@ -771,18 +924,7 @@ class Warmer:
         return {
             "bucket_seconds": self.timeline.bucket_seconds,
             "now": now,
-            "buckets": [
-                {
-                    "ts": b.ts,
-                    "requests": b.requests,
-                    "hits": b.hits,
-                    "misses": b.misses,
-                    "origin_requests": b.origin_requests,
-                    "warm_fetches": b.warm_fetches,
-                    "hit_rate": b.hit_rate,
-                }
-                for b in self.timeline.buckets(now, seconds)
-            ],
+            "buckets": [b.to_json() for b in self.timeline.buckets(now, seconds)],
             "runs": [
                 {
                     "run_id": run.id,

@@ -395,6 +395,9 @@ async def test_answers_carry_every_field_the_warmer_gives(
     for path, made in expected.items():
         status, body = await api(client, warm_proxy, "GET", path)
         assert status == 200, (path, body)
+        if path == "status":
+            # The app adds the fleet's replicas (proxy.fleet): this one alone here.
+            assert [r["this_replica"] for r in body.pop("replicas")] == [True]
         assert _shape(body) == _shape(made()), path
 
 

@@ -69,7 +69,13 @@ async def test_redis_down_passes_through_reports_not_ready_and_recovers(
 ) -> None:
     proxy = await make_proxy(
         origin.url,
-        cache={"store": "redis", "redis_url": throwaway_redis.url, "l1_max_bytes": 0},
+        cache={
+            "store": "redis",
+            "redis_url": throwaway_redis.url,
+            "l1_max_bytes": 0,
+            # Not ready while Redis is down (the default stays ready).
+            "ready_without_store": False,
+        },
     )
     origin.set("/d", headers={"Cache-Control": "max-age=60"})
     await fetch(client, proxy, "/d")
@@ -113,7 +119,12 @@ async def test_redis_down_passes_through_reports_not_ready_and_recovers(
 
 async def test_proxy_starts_with_redis_unreachable(origin, make_proxy, client) -> None:
     proxy = await make_proxy(
-        origin.url, cache={"store": "redis", "redis_url": "redis://127.0.0.1:9/0"}
+        origin.url,
+        cache={
+            "store": "redis",
+            "redis_url": "redis://127.0.0.1:9/0",
+            "ready_without_store": False,
+        },
     )
     origin.set("/up", headers={"Cache-Control": "max-age=60"})
     status, body, _ = await fetch(client, proxy, "/up")
