@@ -169,6 +169,7 @@ class Warmproxy:
             cache=self.cache,
             rules=self.rules,
             clock=self.clock,
+            current_rules=lambda: self.rules,
         )
         self.metrics.warmer = self.warmer
         if isinstance(self.warmer.state, FleetSchedule):
@@ -233,6 +234,16 @@ class Warmproxy:
         """
         async with self._reload_lock:  # one reload at a time, each applied whole
             return await reload_settings(self, self.load_settings)
+
+    def use_rules(self, rules: ForwardingRules) -> None:
+        """Key requests, fills, warm targets and purges by ``rules`` from now
+        on (a reload that changed the ``[cache]`` query rules): assignments only."""
+        self.rules = rules
+        self.handler.use_rules(rules)
+        self.filler.use_rules(rules)
+        self.purger.use_rules(rules)
+        if self.fast_lane is not None:
+            self.fast_lane.use_rules(rules)
 
     def observe_traffic(self, enabled: bool) -> None:
         """Let the warmer observe requests or not (``tracking.enabled``)."""

@@ -119,13 +119,9 @@ class FastLane:
     ) -> None:
         self._cache = cache
         self._handler = handler
-        self._rules = rules
         self._clock = clock
         self._admission = admission if admission is not None else Admission()
-        self._keys_are_paths = rules.keys_are_paths
-        self._cache_key = rules.cache_key
-        # Only a trusted proxy can tell a scheme other than the uniform one.
-        self._scheme_may_vary = bool(rules.trusted_networks)
+        self.use_rules(rules)
         self._refills = cache.refills_in_process
         # Comfortably inside aiohttp's limits: near them, aiohttp decides.
         self._max_target = settings.max_request_line - 32
@@ -143,6 +139,14 @@ class FastLane:
         if not (name.isascii() and name.isprintable()):
             raise ValueError("proxy.via_name must be printable ASCII")
         self._hit_status = f"Cache-Status: {name}; hit; ttl=".encode()
+
+    def use_rules(self, rules: ForwardingRules) -> None:
+        """Key by ``rules`` from the next request on (as the handler does)."""
+        self._rules = rules
+        self._keys_are_paths = rules.keys_are_paths
+        self._cache_key = rules.cache_key
+        # Only a trusted proxy can tell a scheme other than the uniform one.
+        self._scheme_may_vary = bool(rules.trusted_networks)
 
     def answer(
         self, request: ParsedRequest, remote: str | None, *, may_refill: bool = True

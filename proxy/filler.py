@@ -165,6 +165,13 @@ class Filler:
             tuple[str, VariantHeaders], tuple[list[tuple[str, str]], CIMultiDictProxy[str]]
         ] = {}
 
+    def use_rules(self, rules: ForwardingRules) -> None:
+        """Key fills by ``rules`` from now on (a reload that changed the
+        ``[cache]`` query rules; the warm headers they build stay valid, but
+        are built again rather than trusted)."""
+        self._rules = rules
+        self._warm_headers = {}
+
     async def fill(
         self,
         path_qs: str,

@@ -6,7 +6,7 @@ import functools
 import ipaddress
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
@@ -270,6 +270,10 @@ class ForwardingRules:
             public_scheme=proxy.public_scheme,
             drop_request_headers=proxy.drop_request_headers,
         )
+
+    def with_key_rules(self, key_rules: KeyRules) -> ForwardingRules:
+        """These rules with other ``[cache]`` query rules (a reload)."""
+        return replace(self, key_rules=key_rules)
 
     @property
     def keying(self) -> str:

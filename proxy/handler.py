@@ -192,12 +192,21 @@ class ProxyHandler:
         self._admission = admission if admission is not None else Admission()
         self._filler = filler
         self._origin = origin
-        self._rules = rules
         self._hub = hub
         self._metrics = metrics
         self._client_id_header = client_id_header
         self._name = cache_name
         self._clock = clock
+        self.use_rules(rules)
+        # With keys as paths, requests (and their events) name no host: ""
+        # is the default one, as for a WarmRequest and a key read back from
+        # the store, so the warmer sees one (host, url) per path.
+        self._path_host = ""
+
+    def use_rules(self, rules: ForwardingRules) -> None:
+        """Key and forward by ``rules`` from the next request on (at start, and
+        on a reload that changed the ``[cache]`` query rules)."""
+        self._rules = rules
         # Chosen once: keys are paths (any name clients use for the proxy
         # shares entries) or carry the host; the key function already has
         # the [cache] query rules in it, or nothing when none is configured.
@@ -205,10 +214,6 @@ class ProxyHandler:
         self._cache_key = rules.cache_key
         # Only a trusted proxy can tell a scheme other than the uniform one.
         self._scheme_may_vary = bool(rules.trusted_networks)
-        # With keys as paths, requests (and their events) name no host: ""
-        # is the default one, as for a WarmRequest and a key read back from
-        # the store, so the warmer sees one (host, url) per path.
-        self._path_host = ""
 
     def _key(self, request: AccessSource) -> str:
         if self._keys_are_paths:

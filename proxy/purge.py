@@ -220,6 +220,10 @@ class Purger:
         #: The warmer purged paths are re-warmed through (set by the app).
         self.warmer: Warmer | None = None
 
+    def use_rules(self, rules: ForwardingRules) -> None:
+        """Find a path's keys by ``rules`` from now on (a reload)."""
+        self._rules = rules
+
     async def purge(
         self,
         by: By,

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from proxy.cache_key import KeyRules
 from proxy.config import ConfigError, Settings
 from proxy.logs import configure
 from proxy.warming import warmer_config
@@ -83,6 +84,10 @@ LIVE_SETTINGS: Mapping[str, str] = {
     "tracking.enabled": "the warmer's observation",
     "monitoring.metrics_interval": "the alert loop, from its next evaluation",
     "monitoring.alert_thresholds": "the alert rules",
+    # Cache keys of requests, fills, warm targets and purges from then on
+    # (entries stored under the old keys are not found again and expire).
+    "cache.ignore_query_params": "the cache keys",
+    "cache.sort_query_params": "the cache keys",
     "logging.level": "the log handler",
     "logging.format": "the log handler",
     # Read when the process stops.
@@ -239,6 +244,10 @@ async def _apply(
             policy=proactive.source_policy(),
         )
         adaptive, guard = _pacing(old, effective, proxy)
+        rules = proxy.rules
+        key_rules = KeyRules.from_settings(effective.cache)
+        if key_rules != KeyRules.from_settings(old.cache):
+            rules = rules.with_key_rules(key_rules)
     except ValueError as exc:
         raise ReloadRefused([f"cannot apply the configuration: {exc}"]) from None
     try:
@@ -265,6 +274,8 @@ async def _apply(
         guard=guard,
     )
     warmer.apply_settings(prepared)
+    if rules is not proxy.rules:
+        proxy.use_rules(rules)
     proxy.observe_traffic(effective.tracking.enabled)
     if (effective.logging.level, effective.logging.format) != (
         old.logging.level,

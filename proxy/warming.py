@@ -44,6 +44,11 @@ MATCH_SLICE = 0.005
 MAX_TARGET_CHARS = 8190
 
 
+def _key_of(rules: ForwardingRules, url: str, host: str) -> str:
+    """The cache key of a warm target ``url`` for ``host`` ("": the default one)."""
+    return rules.cache_key(url, host or rules.default_host)
+
+
 def build_warmer(
     settings: Settings,
     *,
@@ -52,13 +57,18 @@ def build_warmer(
     cache: Cache,
     rules: ForwardingRules,
     clock: Clock | None = None,
+    current_rules: Callable[[], ForwardingRules] | None = None,
 ) -> Warmer:
     """The warmer of this proxy; ``clock`` is the proxy's (default: the wall clock).
+
+    ``current_rules``: the rules in force when a warm target is keyed (a
+    reload may change the ``[cache]`` query rules); default: ``rules``.
 
     The executor's queue and the warmer read the same clock, so "ready at"
     times and the strategies' ``now`` agree.
     """
     now: Clock = clock if clock is not None else WallClock()
+    keying = current_rules if current_rules is not None else (lambda: rules)
     ex = settings.execution
     levels = tuple(ex.priority_levels)
     allowed_hosts = {rules.origin_authority.lower()}
@@ -171,7 +181,7 @@ def build_warmer(
         state=state,
         deps=deps,
         schedule=settings.strategies.proactive.as_schedule(),
-        key_of=lambda url, host: rules.cache_key(url, host or rules.default_host),
+        key_of=lambda url, host: _key_of(keying(), url, host),
         to_path=to_path,
         store_paths=store_paths,
         model_file=StateFile(model_path, "predictive model"),

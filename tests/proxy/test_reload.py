@@ -57,7 +57,8 @@ CACHEABLE = {"Cache-Control": "public, max-age=60"}
         ("cache.redis_url", False),
         ("cache.redis_prefix", False),
         ("cache.max_bytes", False),
-        ("cache.ignore_query_params", False),
+        ("cache.ignore_query_params", True),
+        ("cache.sort_query_params", True),
         ("state.dir", False),
         ("execution.priority_levels", False),
         ("execution.max_queue", False),
@@ -244,6 +245,41 @@ async def test_a_reload_applies_schedule_strategies_limits_and_filters(
     assert proxy.proxy_port == listener
     async with client.get(url(proxy, "/products/1")) as response:
         assert response.status == 200
+
+
+async def test_a_reload_of_the_query_rules_keys_requests_warms_and_purges_anew(
+    origin: Origin, reloadable: Reloadable, config_file: Path, client: aiohttp.ClientSession
+) -> None:
+    # A campaign parameter the origin ignores: once the rules leave it out of
+    # the key, every tagged link shares the page's entry, in the fast lane, the
+    # handler, warm fetches and purges alike; nothing restarts.
+    origin.set("/page", headers=CACHEABLE, body=b"page")
+
+    async def get(path: str) -> str:
+        async with client.get(url(proxy, path)) as response:
+            assert response.status == 200
+            return response.headers["Cache-Status"]
+
+    proxy = await reloadable(document(origin))
+    await get("/page")
+    assert "fwd=uri-miss" in await get("/page?utm_source=mail")  # another key
+    assert origin.count() == 2
+
+    write(config_file, document(origin, cache={"ignore_query_params": ["utm_*"]}))
+    status, body = await api(client, proxy, "POST", "reload")
+    assert status == 200
+    assert body["applied"] == ["cache.ignore_query_params"]
+    for tagged in ("/page?utm_source=news", "/page?utm_medium=social&utm_source=x"):
+        assert "hit" in (await get(tagged)).split(";")[1]
+    assert origin.count() == 2
+    status, run = await api(client, proxy, "POST", "warm-key", {"url": "/page?utm_campaign=x"})
+    assert status in (200, 202)
+    await eventually(lambda: sum(proxy.warmer.executor.counters.already_fresh.values()) > 0)
+    assert origin.count() == 2  # the warm target's key is the page's: already fresh
+    status, purged = await api(client, proxy, "POST", "purge", {"path": "/page?utm_source=z"})
+    assert status == 200 and purged["purged"] >= 1
+    assert "fwd=uri-miss" in await get("/page")
+    assert origin.count() == 3
 
 
 async def test_a_warmer_that_stays_on_keeps_what_it_learned(
