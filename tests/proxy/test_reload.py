@@ -272,7 +272,7 @@ async def test_a_reload_of_the_query_rules_keys_requests_warms_and_purges_anew(
     for tagged in ("/page?utm_source=news", "/page?utm_medium=social&utm_source=x"):
         assert "hit" in (await get(tagged)).split(";")[1]
     assert origin.count() == 2
-    status, run = await api(client, proxy, "POST", "warm-key", {"url": "/page?utm_campaign=x"})
+    status, _ = await api(client, proxy, "POST", "warm-key", {"url": "/page?utm_campaign=x"})
     assert status in (200, 202)
     await eventually(lambda: sum(proxy.warmer.executor.counters.already_fresh.values()) > 0)
     assert origin.count() == 2  # the warm target's key is the page's: already fresh
