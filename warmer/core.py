@@ -96,6 +96,10 @@ def build_strategies(
                 max_keys=r.max_tracked_keys,
                 priority=levels[0],
                 min_precision=r.min_precision,
+                # The live runner asks what is due once a tick: a refresh
+                # window shorter than that (a short lifetime) would be
+                # missed as often as not.
+                lead=2 * TICK_SECONDS,
             )
         )
     if r.enabled and r.auto_warm:

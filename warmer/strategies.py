@@ -118,11 +118,18 @@ class RefreshAhead:
         max_keys: int = 10_000,
         priority: str = "high",
         min_precision: float = DEFAULT_MIN_PRECISION,
+        lead: float = 0.0,
     ) -> None:
+        """``lead``: a refresh is due at least this many seconds before the
+        expiry (within the lifetime): a runner asking once a tick needs a
+        window of more than a tick to find it."""
         if not 0 < fraction < 1:
             raise ValueError("fraction must be between 0 and 1")
+        if not lead >= 0:
+            raise ValueError(f"lead must be at least 0 seconds, got {lead}")
         self.min_hits = min_hits
         self.fraction = fraction
+        self.lead = lead
         self.priority = priority
         self._followed = _FollowedKeys(max_keys)
         self.min_precision = min_precision
@@ -210,7 +217,7 @@ class RefreshAhead:
 
     def _due_at(self, life: _Lifetime) -> float:
         lifetime = max(0.0, life.fresh_until - life.started)
-        return life.fresh_until - self.fraction * lifetime
+        return life.fresh_until - min(lifetime, max(self.fraction * lifetime, self.lead))
 
     def __len__(self) -> int:
         return len(self._followed.keys)

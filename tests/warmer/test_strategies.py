@@ -31,6 +31,28 @@ def test_refresh_ahead_refreshes_a_hot_entry_before_it_expires() -> None:
     assert s.due(T0 + 95) == []  # once per lifetime
 
 
+def test_a_short_lifetime_is_refreshed_a_lead_ahead_for_a_runner_that_ticks() -> None:
+    # A 5 s lifetime: 10 % of it is half a second, less than the live
+    # runner's one-second tick, which would find the window half the time.
+    # With a lead of two ticks the refresh is due 2 s before the expiry.
+    ticking = RefreshAhead(min_hits=2, fraction=0.1, lead=2.0)
+    plain = RefreshAhead(min_hits=2, fraction=0.1)
+    for s in (ticking, plain):
+        s.observe(Ev(T0, "/live", "miss", fresh_until=T0 + 5))
+        s.observe(Ev(T0 + 1, "/live", "hit", fresh_until=T0 + 5))
+        s.observe(Ev(T0 + 2, "/live", "hit", fresh_until=T0 + 5))
+    assert ticking.due(T0 + 2.9) == []
+    (request,) = ticking.due(T0 + 3.0)
+    assert request.refresh
+    assert plain.due(T0 + 3.0) == []  # its window opens at 4.5 s
+    assert len(plain.due(T0 + 4.5)) == 1
+    # A lead longer than the lifetime: due from its start, never before.
+    whole = RefreshAhead(min_hits=1, fraction=0.1, lead=30.0)
+    whole.observe(Ev(T0, "/x", "miss", fresh_until=T0 + 5))
+    whole.observe(Ev(T0 + 1, "/x", "hit", fresh_until=T0 + 5))
+    assert len(whole.due(T0 + 1)) == 1
+
+
 def test_refresh_ahead_leaves_cold_entries_alone() -> None:
     s = RefreshAhead(min_hits=2, fraction=0.1)
     s.observe(Ev(T0, "/a", "miss", fresh_until=T0 + 100))
