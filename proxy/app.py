@@ -18,7 +18,9 @@ from proxy.fast_lane import FastLane, FastLaneSite
 from proxy.fill_lock import FillLock, lock_seconds
 from proxy.filler import Filler
 from proxy.fleet import Fleet, default_replica_name
+from proxy.fleet_counts import FleetCounts
 from proxy.fleet_schedule import FleetSchedule, FleetScheduleCollector
+from proxy.fleet_stats import FleetStats
 from proxy.forwarding import ForwardingRules
 from proxy.handler import Admission, ProxyHandler
 from proxy.logs import writes_json
@@ -162,6 +164,14 @@ class Warmproxy:
             ),
             tag_header=purge.tag_header,
         )
+        # One view of the traffic: usage counts and warm claims shared through Redis.
+        self.fleet_counts = FleetCounts(
+            redis_url=settings.cache.redis_url if settings.cache.store == "redis" else None,
+            prefix=settings.cache.redis_prefix,
+            metrics=self.metrics,
+            timeout=settings.cache.redis_timeout,
+            clock=self.clock,
+        )
         self.warmer = build_warmer(
             settings,
             filler=self.filler,
@@ -170,6 +180,7 @@ class Warmproxy:
             rules=self.rules,
             clock=self.clock,
             current_rules=lambda: self.rules,
+            fleet_counts=self.fleet_counts,
         )
         self.metrics.warmer = self.warmer
         if isinstance(self.warmer.state, FleetSchedule):
@@ -186,6 +197,17 @@ class Warmproxy:
             timeout=settings.cache.redis_timeout,
         )
         self.cache.drops = self.fleet.publisher
+        # /stats summed over the replicas' figures in Redis (proxy.fleet_stats).
+        self.fleet_stats = FleetStats(
+            store.client if isinstance(store, RedisStore) else None,
+            prefix=settings.cache.redis_prefix,
+            name=self.fleet.name,
+            instance=self.fleet.instance,
+            warmer=self.warmer,
+            metrics=self.metrics,
+            usable=lambda: self.cache.healthy,
+            timeout=settings.cache.redis_timeout,
+        )
         self.state_lock = StateLock(
             settings.state.path(), remove_at_release=settings.state.ephemeral
         )
@@ -284,6 +306,8 @@ class Warmproxy:
         await self.warmer.load_state()
         self.tasks.spawn(self.warmer.executor.run_forever(), name="warm executor")
         self.tasks.spawn(self.warmer.run(), name="warm strategies and schedule")
+        self.tasks.spawn(self.fleet_counts.run(), name="fleet: usage counts")
+        self.tasks.spawn(self.fleet_stats.run(), name="fleet: warming figures")
         p = self.settings.proxy
         server = web.Server(
             self.handler.handle,
@@ -402,7 +426,11 @@ class Warmproxy:
         # Else start was refused (or never reached the state): the warmer never
         # ran, and the files there may be another process's, so nothing is saved.
         await self.tasks.close()
+        if self.state_lock.held:
+            # The figures after the last warm fetch, for the fleet's /stats.
+            await self.fleet_stats.close()
         await self.fleet.close()
+        await self.fleet_counts.close()
         self.hub.drain()
         await self.origin.close()
         await self.cache.store.close()

@@ -320,7 +320,10 @@ async def post_schedule(request: web.Request) -> web.Response:
 
 
 async def stats(request: web.Request) -> web.Response:
-    return respond(Stats, _warmer(request).stats())
+    """Summed over the fleet's replicas with the Redis store (proxy/fleet_stats.py)."""
+    from proxy.control import WARMPROXY_KEY
+
+    return respond(Stats, await request.app[WARMPROXY_KEY].fleet_stats.stats())
 
 
 async def timeline(request: web.Request) -> web.Response:

@@ -461,6 +461,35 @@ class ProxyMetrics:
             "(subscribed again after an outage, or told so by another replica).",
             registry=r,
         )
+        # The fleet's usage counts and warm claims (proxy.fleet_counts).
+        self.fleet_counts_shared = Gauge(
+            "warmproxy_fleet_counts_shared",
+            "1 while hot keys and reactive thresholds use the fleet's counts from Redis; "
+            "0 when this replica counts alone (memory store, Redis failing).",
+            registry=r,
+        )
+        self.fleet_counts_syncs = Counter(
+            "warmproxy_fleet_counts_syncs_total",
+            "Flushes of this replica's usage counts to Redis with a read of the fleet's, "
+            "by result (ok, failed).",
+            ["result"],
+            registry=r,
+        )
+        self.fleet_claims = Counter(
+            "warmproxy_fleet_claims_total",
+            "Warm decisions (reactive, refresh-ahead) claimed across the fleet, by outcome: "
+            "won (warmed here), lost (another replica warms it; dropped here), "
+            "unclaimed (Redis failing: warmed here alone).",
+            ["outcome"],
+            registry=r,
+        )
+        # The fleet's warming statistics (proxy.fleet_stats), summed on read.
+        self.fleet_stats_up = Gauge(
+            "warmproxy_fleet_stats_up",
+            "1 while this replica's warming figures reach Redis for the fleet's /stats "
+            "(its last write worked), else 0 (memory store, Redis failing).",
+            registry=r,
+        )
         # The fleet's fill lock (proxy.fill_lock): one origin fetch per key across replicas.
         self.fill_lock_up = Gauge(
             "warmproxy_fill_lock_up",

@@ -494,8 +494,38 @@ def _report(description: str) -> Any:
     return Field(None, description=description, json_schema_extra=_no_default)
 
 
+class FleetScope(_Shape):
+    """Which replicas the figures of ``GET /stats`` add up."""
+
+    scope: Literal["fleet", "replica"] = Field(
+        description="fleet: summed over every replica's figures in Redis (Redis store); "
+        "replica: this replica's alone (memory store, or Redis unavailable)"
+    )
+    replicas: Count = Field(description="replicas whose figures are summed")
+    unavailable: str | None = Field(
+        description="why the fleet's figures could not be read (Redis store); else null"
+    )
+
+
+class ReplicaStats(_Shape):
+    """One replica's part of the fleet's ``GET /stats``."""
+
+    this_replica: bool = Field(description="true for the replica that answered")
+    updated_at: DateTime = Field(description="when its figures were written (every 5 s)")
+    origin_fetches: Count = Field(description="its warm origin fetches")
+    effectiveness: Effectiveness | None = Field(
+        None, description="absent without its ledger", json_schema_extra=_no_default
+    )
+    cost_benefit: CostBenefit | None = Field(
+        None, description="absent without its ledger", json_schema_extra=_no_default
+    )
+
+
 class Stats(_Shape):
-    """``GET /stats``: what warming did, measured; a figure not measurable yet is null."""
+    """``GET /stats``: what warming did, measured; a figure not measurable yet is null.
+
+    With the Redis store the figures are the fleet's: every replica's counters
+    added up, ratios computed from the sums (``fleet``, ``replicas``)."""
 
     effectiveness: Effectiveness
     resource_usage: ResourceUsage
@@ -510,6 +540,11 @@ class Stats(_Shape):
         "the same figures per strategy and scheduled source"
     )
     predictive: dict[str, Any] | None = _report("the predictive strategy's model")
+    fleet: FleetScope
+    replicas: dict[str, ReplicaStats] = Field(
+        description="the figures summed, per replica name (at most 256); with the memory "
+        "store this replica alone"
+    )
 
 
 class HotKey(_OpenShape):

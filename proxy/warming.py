@@ -17,6 +17,7 @@ from proxy.cache import Cache
 from proxy.cache_key import check_path_glob, glob_literal_prefix, path_glob_matcher
 from proxy.config import Settings
 from proxy.filler import Filler
+from proxy.fleet_counts import FleetCounts
 from proxy.fleet_schedule import FleetSchedule
 from proxy.forwarding import BadHost, ForwardingRules, normalize_host
 from proxy.origin import OriginClient, OriginError, read_body
@@ -58,11 +59,13 @@ def build_warmer(
     rules: ForwardingRules,
     clock: Clock | None = None,
     current_rules: Callable[[], ForwardingRules] | None = None,
+    fleet_counts: FleetCounts | None = None,
 ) -> Warmer:
     """The warmer of this proxy; ``clock`` is the proxy's (default: the wall clock).
 
     ``current_rules``: the rules in force when a warm target is keyed (a
     reload may change the ``[cache]`` query rules); default: ``rules``.
+    ``fleet_counts``: the fleet's usage counts and warm claims (Redis store).
 
     The executor's queue and the warmer read the same clock, so "ready at"
     times and the strategies' ``now`` agree.
@@ -104,6 +107,9 @@ def build_warmer(
     )
     config = warmer_config(settings, per_host=not rules.keys_are_paths)
     tracker = build_tracker(config)
+    fleet = fleet_counts if fleet_counts is not None and fleet_counts.enabled else None
+    if fleet is not None:
+        fleet.bind(tracker.windows, config.reactive.time_window, tracker.misses)
 
     async def fetch(path: str) -> bytes:
         headers = rules.warm_request_headers(rules.default_host)
@@ -193,6 +199,7 @@ def build_warmer(
             else None
         ),
         clock=now,
+        fleet=fleet,
     )
 
 

@@ -32,7 +32,7 @@ from typing import Protocol, runtime_checkable
 from warmer.audience import Audience
 from warmer.config import WarmerConfig
 from warmer.ledger import EffectivenessLedger
-from warmer.model import FillReport, Observed, WarmRequest, variant_tag
+from warmer.model import FillReport, Observed, Reason, WarmRequest, variant_tag
 from warmer.predictive import Predictor
 from warmer.strategies import MissReactive, PathFilter, RefreshAhead
 from warmer.tracker import UsageTracker
@@ -82,9 +82,12 @@ def build_strategies(
     tracker: UsageTracker,
     *,
     sequences: object | None = None,
+    others_misses: Callable[[str, float], int] | None = None,
 ) -> list[Strategy]:
     """The self-directed strategies ``config`` switches on, as the live proxy
-    runs them; ``sequences``: a shared sequence model (the usage analysis's)."""
+    runs them; ``sequences``: a shared sequence model (the usage analysis's);
+    ``others_misses``: ``(key, window)`` -> the misses the other replicas of a
+    fleet counted (a view refreshed by a runner), added to this one's."""
     strategies: list[Strategy] = []
     r = config.reactive
     levels = config.levels
@@ -104,10 +107,16 @@ def build_strategies(
         )
     if r.enabled and r.auto_warm:
         window = r.time_window
+        fleet = others_misses
+
+        def misses(key: str, now: float) -> int:
+            local = tracker.misses(key, window, now)
+            return local if fleet is None else local + fleet(key, window)
+
         strategies.append(
             MissReactive(
                 threshold=r.threshold,
-                misses=lambda key, now: tracker.misses(key, window, now),
+                misses=misses,
                 max_keys=r.max_tracked_keys,
                 priority=levels[len(levels) // 2],
                 min_precision=r.min_precision,
@@ -215,6 +224,33 @@ class WarmerCore:
             allows = self.filter.allows
             requests = [r for r in requests if allows(r.url)]
         return self.audience.expand(requests)
+
+    def decided_lifetime(self, request: WarmRequest) -> float | None:
+        """For a request ``due`` returned from the reactive strategies: the end
+        of the cached entry's lifetime its decision was about (what tells one
+        decision from the next across a fleet's replicas); else None."""
+        strategy = self._reactive(request)
+        if strategy is None:
+            return None
+        return strategy.lifetime_end(self._key_of(request.url, request.host))
+
+    def dropped(self, request: WarmRequest) -> None:
+        """A request ``due`` returned is not warmed here: another replica of a
+        fleet claimed its decision (see :meth:`decided_lifetime`)."""
+        strategy = self._reactive(request)
+        if strategy is not None:
+            strategy.dropped(self._key_of(request.url, request.host))
+
+    def _reactive(self, request: WarmRequest) -> MissReactive | RefreshAhead | None:
+        """The reactive strategy that asked for ``request``, if running."""
+        if request.reason is Reason.REACTIVE:
+            kind: type[MissReactive | RefreshAhead] = MissReactive
+        elif request.reason is Reason.REFRESH_AHEAD:
+            kind = RefreshAhead
+        else:
+            return None
+        strategy = self.strategy(kind)
+        return strategy if isinstance(strategy, MissReactive | RefreshAhead) else None
 
     def next_wake(self) -> float:
         """The earliest time a strategy asked to be woken at (``math.inf``: none)."""

@@ -36,7 +36,7 @@ import heapq
 import itertools
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Final, Literal, TypeVar
 
 from warmer.model import Observed, variant_tag
@@ -435,6 +435,145 @@ class LedgerFigures:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class LedgerCounters:
+    """The ledger's counters at one moment: what its figures are computed from.
+
+    Replicas of a fleet each keep a ledger; their counters add up
+    (:meth:`__add__`) and the fleet's figures are computed from the sum, so
+    every ratio is the fleet's own (summed parts over summed wholes), never
+    an average of the replicas' ratios.  Phase ``seconds`` add up to
+    replica-seconds.
+    """
+
+    hits: int = 0
+    misses: int = 0
+    other: int = 0
+    bypass: int = 0
+    hits_before: int = 0
+    misses_before: int = 0
+    other_before: int = 0
+    unattributed: int = 0
+    user_origin_fetches: int = 0
+    origin_seconds: float = 0.0
+    first_warm_at: float | None = None
+    during: _Phase = field(default_factory=_Phase)
+    outside: _Phase = field(default_factory=_Phase)
+    labels: Mapping[str, _Counts] = field(default_factory=dict)
+
+    def __add__(self, other: LedgerCounters) -> LedgerCounters:
+        labels = {name: replace(c) for name, c in self.labels.items()}
+        for name, counts in other.labels.items():
+            if name not in labels and len(labels) >= MAX_LABELS:
+                name = OTHER_LABEL  # as one ledger folds labels beyond the bound
+            _add_into(labels.setdefault(name, _Counts()), counts)
+        firsts = [t for t in (self.first_warm_at, other.first_warm_at) if t is not None]
+        return LedgerCounters(
+            **{name: getattr(self, name) + getattr(other, name) for name in _TOTAL_NAMES},
+            first_warm_at=min(firsts) if firsts else None,
+            during=_add_into(replace(self.during), other.during),
+            outside=_add_into(replace(self.outside), other.outside),
+            labels=labels,
+        )
+
+    def to_document(self) -> dict[str, Any]:
+        """JSON-ready, as the ledger file keeps them (without its open lifetimes)."""
+        return {
+            "totals": {name: getattr(self, name) for name in _TOTAL_NAMES},
+            "first_warm_at": self.first_warm_at,
+            "phases": {"during_runs": asdict(self.during), "outside_runs": asdict(self.outside)},
+            "labels": {name: asdict(counts) for name, counts in self.labels.items()},
+        }
+
+    @classmethod
+    def from_document(cls, document: Any) -> LedgerCounters:
+        """What :meth:`to_document` wrote; ValueError naming what does not fit."""
+        try:
+            totals = {name: _number(document["totals"][name]) for name in _TOTAL_NAMES}
+            first = document["first_warm_at"]
+            phases = document["phases"]
+            labels = document["labels"]
+            if not isinstance(labels, dict) or len(labels) > MAX_LABELS:
+                raise ValueError(f"labels: at most {MAX_LABELS}")
+            return cls(
+                **totals,  # type: ignore[arg-type]
+                first_warm_at=None if first is None else float(_number(first)),
+                during=_restore(_Phase, phases["during_runs"]),
+                outside=_restore(_Phase, phases["outside_runs"]),
+                labels={str(name): _restore(_Counts, c) for name, c in labels.items()},
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"ledger counters damaged: {exc!r}") from None
+
+    def figures(self, at: float) -> LedgerFigures:
+        """The figures of these counters, as of ``at``."""
+        total = _Counts()
+        for counts in self.labels.values():
+            _add_into(total, counts)
+        requests = self.hits + self.misses + self.other
+        before = self.hits_before + self.misses_before + self.other_before
+        after = requests - before
+        hits_after = self.hits - self.hits_before
+        rate_before = _ratio(self.hits_before, before)
+        rate_after = _ratio(hits_after, after) if self.first_warm_at is not None else None
+        mean_origin = _ratio(self.origin_seconds, self.user_origin_fetches)
+        return LedgerFigures(
+            at=at,
+            requests=requests,
+            hits=self.hits,
+            misses=self.misses,
+            bypass=self.bypass,
+            hit_rate=_ratio(self.hits, requests),
+            first_warm_at=self.first_warm_at,
+            requests_before=before,
+            requests_after=after,
+            hit_rate_before=rate_before,
+            hit_rate_after=rate_after,
+            improvement=(
+                None if rate_before is None or rate_after is None else rate_after - rate_before
+            ),
+            counterfactual_hit_rate=_ratio(self.hits - total.misses_prevented, requests),
+            warm_fetches=total.fetches,
+            warm_stored=total.stored,
+            warm_not_stored=total.not_stored,
+            warm_failures=total.failures,
+            warm_bytes=total.bytes,
+            warm_fetch_seconds=total.fetch_seconds,
+            already_fresh=total.already_fresh,
+            success_rate=_ratio(total.stored, total.fetches),
+            warmed_used=total.used,
+            warmed_unused=total.unused,
+            warmed_open=total.open,
+            warmed_untracked=total.untracked,
+            ended_expired=total.expired,
+            ended_evicted=total.evicted,
+            ended_replaced=total.replaced,
+            precision=_ratio(total.used, total.used + total.unused),
+            hits_gained=total.hits_gained,
+            misses_prevented=total.misses_prevented,
+            warmed_hits_unattributed=self.unattributed,
+            user_origin_fetches=self.user_origin_fetches,
+            mean_origin_latency=mean_origin,
+            estimated_response_time_saved=(
+                None if mean_origin is None else total.misses_prevented * mean_origin
+            ),
+            net_origin_fetches=total.fetches - total.misses_prevented,
+            during_runs=_phase_figures(self.during),
+            outside_runs=_phase_figures(self.outside),
+            by_label={name: _label_figures(c) for name, c in self.labels.items()},
+        )
+
+
+_TOTAL_NAMES: Final = tuple(name.lstrip("_") for name in _TOTALS)
+
+
+def _add_into(into: _C, more: _C) -> _C:
+    """``into`` with every counter of ``more`` added to it."""
+    for f in fields(into):
+        setattr(into, f.name, getattr(into, f.name) + getattr(more, f.name))
+    return into
+
+
 class EffectivenessLedger:
     """Follows warmed entries and users' requests; answers with :class:`LedgerFigures`."""
 
@@ -615,66 +754,21 @@ class EffectivenessLedger:
 
     # --------------------------------------------------------------- figures
 
-    def figures(self, now: float) -> LedgerFigures:
-        """Everything measured so far, lifetimes expired by ``now`` settled first."""
+    def counters(self, now: float) -> LedgerCounters:
+        """A copy of the counters, lifetimes expired by ``now`` settled first."""
         self._advance(now)
         self.settle(now)
-        total = _Counts()
-        for counts in self._labels.values():
-            for f in fields(_Counts):
-                setattr(total, f.name, getattr(total, f.name) + getattr(counts, f.name))
-        requests = self._hits + self._misses + self._other
-        before = self._hits_before + self._misses_before + self._other_before
-        after = requests - before
-        hits_after = self._hits - self._hits_before
-        rate_before = _ratio(self._hits_before, before)
-        rate_after = _ratio(hits_after, after) if self._first_warm_at is not None else None
-        mean_origin = _ratio(self._origin_seconds, self._user_origin_fetches)
-        return LedgerFigures(
-            at=now,
-            requests=requests,
-            hits=self._hits,
-            misses=self._misses,
-            bypass=self._bypass,
-            hit_rate=_ratio(self._hits, requests),
+        return LedgerCounters(
+            **{name.lstrip("_"): getattr(self, name) for name in _TOTALS},
             first_warm_at=self._first_warm_at,
-            requests_before=before,
-            requests_after=after,
-            hit_rate_before=rate_before,
-            hit_rate_after=rate_after,
-            improvement=(
-                None if rate_before is None or rate_after is None else rate_after - rate_before
-            ),
-            counterfactual_hit_rate=_ratio(self._hits - total.misses_prevented, requests),
-            warm_fetches=total.fetches,
-            warm_stored=total.stored,
-            warm_not_stored=total.not_stored,
-            warm_failures=total.failures,
-            warm_bytes=total.bytes,
-            warm_fetch_seconds=total.fetch_seconds,
-            already_fresh=total.already_fresh,
-            success_rate=_ratio(total.stored, total.fetches),
-            warmed_used=total.used,
-            warmed_unused=total.unused,
-            warmed_open=total.open,
-            warmed_untracked=total.untracked,
-            ended_expired=total.expired,
-            ended_evicted=total.evicted,
-            ended_replaced=total.replaced,
-            precision=_ratio(total.used, total.used + total.unused),
-            hits_gained=total.hits_gained,
-            misses_prevented=total.misses_prevented,
-            warmed_hits_unattributed=self._unattributed,
-            user_origin_fetches=self._user_origin_fetches,
-            mean_origin_latency=mean_origin,
-            estimated_response_time_saved=(
-                None if mean_origin is None else total.misses_prevented * mean_origin
-            ),
-            net_origin_fetches=total.fetches - total.misses_prevented,
-            during_runs=_phase_figures(self._during),
-            outside_runs=_phase_figures(self._outside),
-            by_label={name: _label_figures(c) for name, c in self._labels.items()},
+            during=replace(self._during),
+            outside=replace(self._outside),
+            labels={name: replace(counts) for name, counts in self._labels.items()},
         )
+
+    def figures(self, now: float) -> LedgerFigures:
+        """Everything measured so far, lifetimes expired by ``now`` settled first."""
+        return self.counters(now).figures(now)
 
     def __len__(self) -> int:
         """Open lifetimes followed now."""

@@ -528,6 +528,14 @@ class WarmWatch:
             oldest = next(iter(open_))
             self.gate.forget(open_.pop(oldest).cls)
 
+    def withdraw(self, key: str) -> None:
+        """The warm just asked for ``key`` will not be made (another replica of
+        a fleet makes it): forgotten unjudged, as one never filled."""
+        warm = self.open.get(key)
+        if warm is not None and warm.state == _ASKED:
+            del self.open[key]
+            self.gate.forget(warm.cls)
+
     def filled(self, key: str, fresh_until: float, now: float) -> None:
         """A fill stored a lifetime for ``key`` (whoever asked for it)."""
         warm = self.open.get(key)

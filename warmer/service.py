@@ -17,10 +17,10 @@ import fnmatch
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 from pydantic import ValidationError
@@ -34,7 +34,7 @@ from warmer.config import WarmerConfig
 from warmer.core import TICK_SECONDS, WarmerCore, build_strategies
 from warmer.cron import Cron
 from warmer.executor import Run, WarmExecutor
-from warmer.ledger import EffectivenessLedger
+from warmer.ledger import EffectivenessLedger, LedgerCounters
 from warmer.model import FillReport, Observed, Reason, WarmIdentity, WarmRequest
 from warmer.optimizer import Proposal, propose, usage_by_source
 from warmer.predictive import Predictor
@@ -68,6 +68,28 @@ class BadRequest(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+class FleetView(Protocol):
+    """The fleet's usage counts and warm claims, as this runner uses them
+    (``proxy/fleet_counts.py`` shares them through Redis)."""
+
+    def observe(self, event: Observed) -> None:
+        """Count one access event for the fleet; O(1), never awaits."""
+        ...
+
+    def others_misses(self, key: str, window: float) -> int:
+        """Misses of ``key`` in ``window`` counted by the other replicas."""
+        ...
+
+    def hot(self, n: int, window: float | None) -> list[tuple[str, str, str, int]] | None:
+        """The fleet's hot (key, url, host, count); None: no fleet view now."""
+        ...
+
+    async def claim(self, decisions: Sequence[tuple[str, str, float]]) -> list[bool] | None:
+        """Claim each (kind, key, lifetime end) once across the fleet: True
+        where this replica takes it; None when nothing could be claimed."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +129,11 @@ class Warmer:
         ledger_file: StateFile | None = None,
         hot_file: StateFile | None = None,
         clock: Clock | Callable[[], float] | None = None,
+        fleet: FleetView | None = None,
     ) -> None:
+        """``fleet``: the fleet's counts and claims (Redis store); None: alone."""
         self.config = config
+        self.fleet = fleet
         self.executor = executor
         executor.on_result = self.on_result
         self.tracker = tracker
@@ -137,7 +162,10 @@ class Warmer:
             # One sequence model for the analysis and the predictions, fed by
             # the analysis when there is one.
             build_strategies(
-                config, tracker, sequences=self.analyzer.sequences if self.analyzer else None
+                config,
+                tracker,
+                sequences=self.analyzer.sequences if self.analyzer else None,
+                others_misses=fleet.others_misses if fleet is not None else None,
             ),
             tracker=tracker,
             ledger=ledger,
@@ -200,6 +228,8 @@ class Warmer:
         if self._first_seen is None:
             self._first_seen = event.ts
         self.core.observe(event)
+        if self.fleet is not None:
+            self.fleet.observe(event)
         self.timeline.request(event.ts, event.outcome, event.status, event.bytes)
         if self.ledger is None and event.outcome == "hit" and event.warmed:
             # Without the ledger, the one effectiveness figure kept.
@@ -243,9 +273,44 @@ class Warmer:
     async def _tick_loop(self) -> None:
         while True:
             wanted = self.tick(self._clock())
+            if wanted and self.fleet is not None:
+                wanted = await self._claimed(wanted)
             if wanted:
                 self.executor.submit(wanted)
             await self._sleep(TICK_SECONDS)
+
+    async def _claimed(self, requests: list[WarmRequest]) -> list[WarmRequest]:
+        """``requests`` but those whose decision another replica claimed first.
+
+        A reactive or refresh-ahead decision is about one lifetime of a cached
+        entry the replicas share: the first replica to claim it warms it, the
+        others drop it (``warmproxy_fleet_claims_total``).  When the claim
+        cannot be made (Redis away), every request stays: each replica warms
+        alone, as a single process does.
+        """
+        assert self.fleet is not None
+        decisions: list[tuple[str, str, float]] = []
+        claimed: list[int] = []
+        for i, request in enumerate(requests):
+            end = self.core.decided_lifetime(request)
+            if end is None or not math.isfinite(end):
+                continue
+            key = self._key_of(request.url, request.host)
+            if request.headers:  # each variant is its own entry, its own decision
+                key += "#" + "&".join(f"{name}={value}" for name, value in request.headers)
+            decisions.append((request.reason.value, key, end))
+            claimed.append(i)
+        if not decisions:
+            return requests
+        won = await self.fleet.claim(decisions)
+        if won is None:
+            return requests
+        lost = {i for i, ok in zip(claimed, won, strict=True) if not ok}
+        if not lost:
+            return requests
+        for i in lost:
+            self.core.dropped(requests[i])
+        return [r for i, r in enumerate(requests) if i not in lost]
 
     async def _schedule_loop(self) -> None:
         while True:
@@ -751,7 +816,12 @@ class Warmer:
         kept = {type(s): s for s in self.core.strategies}
         strategies = [
             kept.get(type(s), s)
-            for s in build_strategies(config, self.tracker, sequences=sequences)
+            for s in build_strategies(
+                config,
+                self.tracker,
+                sequences=sequences,
+                others_misses=self.fleet.others_misses if self.fleet is not None else None,
+            )
         ]
         core = WarmerCore(
             strategies,
@@ -875,6 +945,7 @@ class Warmer:
                     for h in self.tracker.hot(n, now, window)
                 ],
             }
+        self._fleet_hot_keys(body, n, window, now)
         totals = self.tracker.totals()
         body["totals"] = {
             "requests": totals.requests,
@@ -912,6 +983,34 @@ class Warmer:
             ]
         return body
 
+    def _fleet_hot_keys(
+        self, body: dict[str, Any], n: int, window: float | None, now: float
+    ) -> None:
+        """The fleet's hot keys in place of this replica's when there is a
+        fleet view; each key says whose counts it shows (``source``)."""
+        fleet_hot = self.fleet.hot(n, window) if self.fleet is not None else None
+        if fleet_hot is None:
+            for entry in body["hot_keys"]:
+                entry["source"] = "replica"
+            return
+        counted = window if window is not None else self.tracker.windows[-1]
+        hot: list[dict[str, Any]] = []
+        for key, url, host, count in fleet_hot:
+            known = self.tracker.url_of(key)
+            if known is not None:
+                url, host = known
+            hot.append(
+                {
+                    "key": key,
+                    "url": url,
+                    "host": host,
+                    "count": count,
+                    "source": "fleet",
+                    "this_replica": self.tracker.count(key, counted, now),
+                }
+            )
+        body["hot_keys"] = hot
+
     def timeline_data(self, seconds: float) -> dict[str, Any]:
         """Recent traffic per bucket and the warm runs over it (the dashboard's chart)."""
         now = self._clock()
@@ -940,11 +1039,12 @@ class Warmer:
             ],
         }
 
-    def stats(self) -> dict[str, Any]:
-        """What warming did, measured (DESIGN §5 shape, extended by the ledger)."""
+    def warming_counters(self) -> dict[str, Any]:
+        """The executor's counters and this process's resources behind /stats,
+        as JSON-ready data: what the replicas of a fleet add up
+        (``proxy/fleet_stats.py``)."""
         now = self._clock()
         c = self.executor.counters
-        average = c.fetch_seconds / c.fetches if c.fetches else None
         # Finished runs, plus the time so far of those still running.
         total_run_time = sum(s[1] for s in c.run_seconds.values()) + sum(
             max(0.0, now - r.progress.started_at) for r in self.executor.active_runs()
@@ -952,29 +1052,61 @@ class Warmer:
         with self._process.oneshot():
             cpu = self._process.cpu_percent(interval=None)
             rss = self._process.memory_info().rss
-        body: dict[str, Any]
-        if self.ledger is not None:
-            figures = self.ledger.figures(now)
-            body = figures.to_stats()
-        else:
-            body = self._untracked_effectiveness(average)
-        body["resource_usage"] = {
-            "cpu_utilization": cpu,
-            "memory_usage": rss,
-            "network_io": c.bytes,
-        }
-        body["timing"] = {
-            "total_warming_time": round(total_run_time, 3),
-            "average_item_time": None if average is None else round(average, 4),
-            "peak_concurrent": c.peak_in_flight,
-        }
-        body["counts"] = {
+        return {
             "warmed": dict(c.warmed),
             "failed": dict(c.failed),
             "retried": dict(c.retried),
             "already_fresh": dict(c.already_fresh),
             "origin_fetches": c.fetches,
+            "fetch_seconds": c.fetch_seconds,
+            "bytes": c.bytes,
+            "peak_concurrent": c.peak_in_flight,
+            "total_warming_time": total_run_time,
             "schedule_firings_skipped": self.schedule_skipped,
+            "cpu_utilization": cpu,
+            "memory_usage": rss,
+        }
+
+    def stats(
+        self,
+        *,
+        warming: Mapping[str, Any] | None = None,
+        ledger: LedgerCounters | None = None,
+    ) -> dict[str, Any]:
+        """What warming did, measured (DESIGN §5 shape, extended by the ledger).
+
+        ``warming`` (as :meth:`warming_counters`) and ``ledger``: counters to
+        report instead of this replica's own, e.g. a fleet's sums.  Without
+        the ledger (``track_effectiveness = false``) the effectiveness is
+        this replica's whatever ``ledger`` says.
+        """
+        now = self._clock()
+        w = self.warming_counters() if warming is None else warming
+        fetches = w["origin_fetches"]
+        average = w["fetch_seconds"] / fetches if fetches else None
+        body: dict[str, Any]
+        if self.ledger is not None:
+            counters = ledger if ledger is not None else self.ledger.counters(now)
+            body = counters.figures(now).to_stats()
+        else:
+            body = self._untracked_effectiveness(average)
+        body["resource_usage"] = {
+            "cpu_utilization": w["cpu_utilization"],
+            "memory_usage": w["memory_usage"],
+            "network_io": w["bytes"],
+        }
+        body["timing"] = {
+            "total_warming_time": round(w["total_warming_time"], 3),
+            "average_item_time": None if average is None else round(average, 4),
+            "peak_concurrent": w["peak_concurrent"],
+        }
+        body["counts"] = {
+            "warmed": dict(w["warmed"]),
+            "failed": dict(w["failed"]),
+            "retried": dict(w["retried"]),
+            "already_fresh": dict(w["already_fresh"]),
+            "origin_fetches": fetches,
+            "schedule_firings_skipped": w["schedule_firings_skipped"],
         }
         body["alerts"] = self.alerts.active()
         if self.predictor is not None:

@@ -215,6 +215,16 @@ class RefreshAhead:
             )
         return out
 
+    def lifetime_end(self, key: str) -> float | None:
+        """The end of the lifetime of ``key`` this strategy follows (None: none)."""
+        life = self._followed.get(key)
+        return None if life is None else life.fresh_until
+
+    def dropped(self, key: str) -> None:
+        """The warm ``due`` returned for ``key`` is not made (another replica
+        of a fleet claimed the decision): its precision is not judged here."""
+        self.watch.withdraw(key)
+
     def _due_at(self, life: _Lifetime) -> float:
         lifetime = max(0.0, life.fresh_until - life.started)
         return life.fresh_until - min(lifetime, max(self.fraction * lifetime, self.lead))
@@ -306,6 +316,16 @@ class MissReactive:
                 )
             )
         return out
+
+    def lifetime_end(self, key: str) -> float | None:
+        """The end of the lifetime of ``key`` this strategy follows (None: none)."""
+        life = self._followed.get(key)
+        return None if life is None else life.fresh_until
+
+    def dropped(self, key: str) -> None:
+        """The warm ``due`` returned for ``key`` is not made (another replica
+        of a fleet claimed the decision): its precision is not judged here."""
+        self.watch.withdraw(key)
 
     def _follow(self, key: str, url: str, host: str, now: float, fresh_until: float) -> None:
         life = self._followed.get(key)

@@ -398,6 +398,10 @@ async def test_answers_carry_every_field_the_warmer_gives(
         if path == "status":
             # The app adds the fleet's replicas (proxy.fleet): this one alone here.
             assert [r["this_replica"] for r in body.pop("replicas")] == [True]
+        if path == "stats":
+            # The app adds what it summed (proxy.fleet_stats): this one alone here.
+            assert body.pop("fleet")["replicas"] == 1
+            assert [p["this_replica"] for p in body.pop("replicas").values()] == [True]
         assert _shape(body) == _shape(made()), path
 
 
