@@ -4,8 +4,9 @@ outage, and /status lists the live replicas.
 
 Several real proxies (in-process apps on loopback ports) share one Redis
 prefix in front of one real origin that counts requests.  L1 entries live 30
-seconds here, so a replica answering a miss within a second of another's
-purge was told, not timed out.
+seconds here, so a replica answering a miss within a few seconds of another's
+purge was told, not timed out (the bound is loose for loaded CI machines; on
+an idle one it is well under a second).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from tests.redis_server import RedisServer
 
 CACHEABLE = {"Cache-Control": "public, max-age=300"}
 L1_TTL = 30.0
-# Well under L1_TTL: the other replicas drop their copies when told, not on expiry.
-PROPAGATION_BOUND = 1.0
+# Well under L1_TTL: the other replicas drop their copies when told, not on
+# expiry.  Loose for a loaded machine: a timing bound is not what is tested.
+PROPAGATION_BOUND = 5.0
 # Replicas behind one load balancer: clients ask for one public host.
 PUBLIC = {"public_host": "shop.example"}
 
