@@ -51,6 +51,7 @@ from proxy.purge import split_key
 from proxy.store.memory import MemoryStore
 from proxy.store.redis import escape_glob
 from proxy.tasks import BackgroundTasks
+from warmer.pacing import backoff_delay
 
 log = logging.getLogger(__name__)
 
@@ -298,9 +299,10 @@ class L1Publisher:
 
 
 def _backoff(failures: int) -> float:
-    """Seconds to wait after ``failures`` failures in a row (full jitter)."""
-    ceiling = min(_BACKOFF_CAP, _BACKOFF_FIRST * 2 ** min(failures - 1, 16))
-    return random.uniform(_BACKOFF_FIRST / 2, ceiling)
+    """Seconds to wait after ``failures`` failures in a row: the executor's
+    full-jitter backoff, never below half the first step (no busy loop)."""
+    delay = backoff_delay(failures, base=_BACKOFF_FIRST, cap=_BACKOFF_CAP, rand=random.random)
+    return max(_BACKOFF_FIRST / 2, delay)
 
 
 # --------------------------------------------------------------- subscriber

@@ -49,6 +49,7 @@ from redis.exceptions import RedisError
 
 from proxy.metrics import ProxyMetrics
 from warmer.model import Observed
+from warmer.pacing import backoff_delay
 
 log = logging.getLogger(__name__)
 
@@ -258,8 +259,10 @@ class FleetCounts:
                 self._metrics.fleet_counts_syncs.labels("failed").inc()
                 if not self.shared:
                     self._metrics.fleet_counts_shared.set(0)
-                ceiling = min(_BACKOFF_CAP, _BACKOFF_FIRST * 2 ** min(failures - 1, 16))
-                await asyncio.sleep(max(self.interval, random.uniform(_BACKOFF_FIRST, ceiling)))
+                delay = backoff_delay(
+                    failures, base=_BACKOFF_FIRST, cap=_BACKOFF_CAP, rand=random.random
+                )
+                await asyncio.sleep(max(self.interval, _BACKOFF_FIRST, delay))
                 continue
             if failures:
                 log.warning("sharing usage counts with the fleet works again")
