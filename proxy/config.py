@@ -524,6 +524,10 @@ class PredictiveSettings(_Section):
     max_warm_ratio: float = Field(0.2, gt=0)
     # Predict what a client asks for next from what it asked for (pages, tiles, segments).
     sequences: bool = True
+    # With sequences: also the next number of a numbered walk (page=N+1,
+    # block N+1), learned per URL template: a URL no client may have asked
+    # for yet is fetched (a GET, within +-64 of the one asked for).
+    neighbours: bool = True
     # Keys followed: 550 to 700 bytes each with ordinary paths (about
     # 155 MB at the default, see docs/operations.md).
     max_keys: int = Field(200_000, ge=100)

@@ -318,6 +318,7 @@ def warmer_config(settings: Settings, *, per_host: bool = False) -> WarmerConfig
             max_keys=p.max_keys,
             priority=p.priority or levels[-1],
             sequences=p.sequences,
+            neighbours=p.neighbours,
         ),
         retrain_schedule=p.retrain_schedule,
         monitoring=MonitoringConfig(

@@ -71,7 +71,9 @@ from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from warmer.model import Observed, Reason, WarmRequest
+from warmer.precision import DisplacementCost
 from warmer.sequences import SequenceModel
+from warmer.strides import StrideModel, carry_step
 
 #: Model file format; a file with another version is rebuilt from scratch.
 MODEL_VERSION: Final = 2
@@ -154,6 +156,7 @@ _COMPACT_BYTES: Final = 32  # per waiting decision, while a compaction sorts and
 _PENDING_BYTES: Final = 256  # deque slot, (at, state, counts, kind, count, act), two ints
 _CELL_BYTES: Final = 512  # table slot, the cell tuple, its four counts
 _RECENT_BYTES: Final = 256  # (key, url, confidence, at, kind), two floats
+_LIFETIME_BYTES: Final = 256  # map slot and node, (freshness end, last) tuple, two floats
 _FIXED_BYTES: Final = 64 * 1024
 _CACHED_OUTCOMES = frozenset({"hit", "miss", "stale", "revalidated"})
 _HIT_OUTCOMES = frozenset({"hit", "revalidated"})
@@ -164,6 +167,8 @@ _REVISIT_STEP: Final = {kind: step for step, kind in enumerate(_REVISIT_KINDS)}
 # A sequence decision's kind names its confidence tenth; one string each,
 # shared by every decision of that kind.
 _SEQUENCE_KINDS: Final = tuple(f"sequence:{tenth}" for tenth in range(10))
+# The same for a numbered neighbour (the next page, block, segment).
+_NEIGHBOUR_KINDS: Final = tuple(f"neighbour:{tenth}" for tenth in range(10))
 # Where in _Key.recurred each seasonal kind counts (two bits: 0 to 3).
 _RECURRED_SHIFT: Final = {"daily": 0, "weekly": 2}
 # Bits of a client id's hash kept in _Key.clients.
@@ -191,6 +196,9 @@ class PredictiveConfig:
     max_keys: int = 200_000
     priority: str = "low"
     sequences: bool = True
+    #: With sequences, the next key of numbered walks (warmer.strides):
+    #: it may be one no client has asked for yet.
+    neighbours: bool = True
     #: Seconds before an entry's expiry its refresh is decided (the live
     #: proxy's tick; the replay decides at the instant of expiry).
     refresh_lead: float = 0.0
@@ -487,6 +495,20 @@ class Predictor:
             else (SequenceModel(max_clients=own, max_keys=own) if config.sequences else None)
         )
         self._feed_sequences = feed_sequences
+        # Numbered walks (page, block, segment), learned per template: as
+        # many clients as its own sequence model; a site has far fewer
+        # templates than keys.
+        self.strides = (
+            StrideModel(max_clients=own, max_name_bytes=config.max_name_bytes)
+            if config.sequences and config.neighbours
+            else None
+        )
+        # What a warm of a key no longer cached costs in hits on this cache
+        # (the entry it displaces), measured from the events: a decision
+        # warms only when it is likelier to be used than that.  Fed from
+        # the events like the reactive strategies' (it follows the lifetimes
+        # of as many keys as the sequence model).
+        self.displacement = DisplacementCost(max_keys=own)
         # Whether self.sequences is this model's own (its memory counted here).
         self._owns_sequences = sequences is None and self.sequences is not None
         # Names of at most this many characters in all fit max_name_bytes
@@ -625,6 +647,7 @@ class Predictor:
             self._early_drops *= _RATIO_DECAY
             if outcome not in _HIT_OUTCOMES:
                 self._early_drops += 1.0
+        self.displacement.observe(key, outcome, event.fresh_until, ts)
         state.recent += 1.0
         state.trend += 1.0
         previous = state.last
@@ -653,12 +676,18 @@ class Predictor:
         if client:
             self._poll(client, state.key, ts)
         sequences = self.sequences
+        successors: list[str] = []
         if sequences is not None and client:
             if self._feed_sequences:
                 sequences.observe(client, key, ts)
             # What tends to follow the key, after every request for it (a
             # successor still cached is a free hint).
-            self._sequence_decisions(key, ts)
+            successors = self._sequence_decisions(key, ts)
+        strides = self.strides
+        if strides is not None and client:
+            neighbour = strides.observe(client, key, ts)
+            if neighbour is not None and neighbour[0] not in successors:
+                self._neighbour_decision(state, *neighbour, ts)
 
     def filled(self, key: str, url: str, host: str, now: float, fresh_until: float) -> None:
         """A warm fill stored a new lifetime: follow its expiry like any other.
@@ -681,6 +710,7 @@ class Predictor:
             self.threshold = self._rationed(self._tokens)
             if state is not None and not stored_one:
                 state.fetched()
+        self.displacement.filled(key, fresh_until, now)
         if state is None or fresh_until <= state.fresh_until:
             return
         state.fresh_until = fresh_until
@@ -746,6 +776,10 @@ class Predictor:
         hopeless = CHAIN_CUT * self.config.min_confidence
         evidence_to_skip = EVIDENCE_TO_SKIP
         learning_sample = LEARNING_SAMPLE
+        # What a warm displacing another entry costs (DisplacementCost):
+        # times how likely the key is not cached any more.
+        displaced = self.displacement.cost
+        evicted = self.displacement.evicted
         while decisions and decisions[0][0] <= now:
             at, _, key, kind, generation = heappop(decisions)
             chain_next: tuple[float, int, int] | None = None
@@ -824,6 +858,8 @@ class Predictor:
                     cell = (*cell, state.recurred >> _RECURRED_SHIFT[kind] & 3)
                 if kind[0] == "s":  # "sequence:<confidence tenth>"
                     prior = (int(kind[9:]) + 0.5) / 10
+                elif kind[0] == "n":  # "neighbour:<confidence tenth>"
+                    prior = (int(kind[10:]) + 0.5) / 10
                 else:
                     prior = 1.0 - exp(-trend_count * trend_per_window)
             kind_seen = kinds_get(kind[0])
@@ -864,7 +900,22 @@ class Predictor:
                         self._seq = seq
                         decisions = self._compact()
                         limit = self._max_decisions - self._in_lanes
-            if confidence >= threshold:
+            if confidence >= threshold and displaced > 0.0:
+                # Unless the key is still cached, the warm displaces another
+                # entry, which costs a hit the cache would have made; warm
+                # only where it is likelier to be used than that.
+                cost = displaced * evicted(key, at)
+                if not plain and kind[0] in "snp":
+                    # What a client asks for next, or a poller's next poll,
+                    # comes within seconds: a warm used then displaces an
+                    # entry only until its request (which, missing, would
+                    # have stored it anyway), so only the unused ones cost
+                    # that hit.
+                    cost /= 1.0 + cost
+                worth = confidence >= cost
+            else:
+                worth = confidence >= threshold
+            if worth:
                 act = state.new_warm()
                 out.append(self._request(key, state, kind, confidence, at))
             else:
@@ -953,19 +1004,44 @@ class Predictor:
             if at > ts:
                 self._plant(at, key, "periodic", 0)
 
-    def _sequence_decisions(self, key: str, ts: float) -> None:
+    def _sequence_decisions(self, key: str, ts: float) -> list[str]:
         # Runs inside observe, after the client's request for ``key``: what
         # tends to follow it is planted as decisions due now, so ``due``
         # returns them with the rest.  A transition seen once is no sequence
         # yet; below the floor the calibration could only lower it further.
         assert self.sequences is not None
         keys_get = self._keys.get
+        planted = []
         for nxt, confidence, _ in self.sequences.likely_successors(
             key, 3, min_count=2, min_confidence=self.config.min_confidence
         ):
             state = keys_get(nxt)
             if state is not None:
                 self._plant(ts, state.key, _SEQUENCE_KINDS[min(int(confidence * 10), 9)], 0)
+                planted.append(state.key)
+        return planted
+
+    def _neighbour_decision(self, source: _Key, key: str, share: float, ts: float) -> None:
+        # Runs inside observe, after a request for ``source``: the numbered
+        # neighbour its template's walks usually go on to is planted as a
+        # decision due now.  It may be a key nobody asked for yet: then it
+        # is followed from now on, named by its URL as the source's was.
+        if share < self.config.min_confidence:
+            return
+        keys = self._keys
+        state = keys.get(key)
+        if state is None:
+            url = key if source.url is source.key else carry_step(source.key, key, source.url)
+            if url is None or len(key) + len(url) > self._short_names:
+                return
+            state = _Key(key, url, source.host, ts)
+            keys[key] = state
+            if len(keys) > self.config.max_keys:
+                keys.popitem(last=False)
+                self._forgotten += 1
+                if self._forgotten > self._max_forgotten:
+                    self._compact(shrink=False)  # as observe does: see there
+        self._plant(ts, state.key, _NEIGHBOUR_KINDS[min(int(share * 10), 9)], 0)
 
     def _request(
         self, key: str, state: _Key, kind: str, confidence: float, at: float
@@ -1014,6 +1090,8 @@ class Predictor:
             cell = (*cell, state.recurred >> _RECURRED_SHIFT[kind] & 3)
         if kind[0] == "s":  # "sequence:<confidence tenth>"
             prior = (int(kind[9:]) + 0.5) / 10
+        elif kind[0] == "n":  # "neighbour:<confidence tenth>"
+            prior = (int(kind[10:]) + 0.5) / 10
         else:
             # Poisson estimate from the longer decayed rate.
             prior = 1.0 - math.exp(-state.trend * self._trend_per_window)
@@ -1246,13 +1324,16 @@ class Predictor:
 
         ``fixed + K * (KEY + ASKED + 3B) + D * (DECISION + COMPACT)
         + P * (PENDING + KEY + B) + 200 * (RECENT + B) + CELLS * CELL
-        + POLLERS_KEPT * (POLLER + B)``, plus
+        + POLLERS_KEPT * (POLLER + B) + L * (LIFETIME + B)``, plus
         the sequence model's ``memory_bound()`` when the model owns it (a
-        shared one is counted by the usage analysis), where:
+        shared one is counted by the usage analysis) and the numbered-walk
+        model's (:meth:`warmer.strides.StrideModel.memory_bound`), where:
 
         - ``K`` = ``max_keys``; ``D`` = 4 * max(1024, K) decisions waiting
           for their time; ``P`` = max(1024, K) awaiting their outcome;
-          ``CELLS`` = 76,800, every cell the calibration table can have;
+          ``CELLS`` = 115,200, every cell the calibration table can have;
+          ``L`` = min(K, 20,000) lifetimes followed to measure what a warm
+          displaces;
         - ``B`` = ``max_name_bytes``: the most the key, URL and host strings
           of a followed key take (longer ones are not followed).  ``3B`` a
           key: its own names, those of a key forgotten since the last
@@ -1262,7 +1343,7 @@ class Predictor:
         - ``KEY`` = 1024 (a followed key: map slot, state, its numbers and
           its two warm requests), ``ASKED`` = 256, ``DECISION`` = 256,
           ``COMPACT`` = 32 (a compaction's passing use), ``PENDING`` = 256,
-          ``RECENT`` = 256, ``CELL`` = 512, ``POLLER`` = 512 (a client
+          ``RECENT`` = 256, ``CELL`` = 512, ``LIFETIME`` = 256, ``POLLER`` = 512 (a client
           followed for polling; its id is at most ``B``, its key's name is
           the followed key's): CPython 3.11 64-bit costs
           measured with tracemalloc, rounded up.
@@ -1287,6 +1368,10 @@ class Predictor:
         )
         if self._owns_sequences and self.sequences is not None:
             bound += self.sequences.memory_bound()
+        if self.strides is not None:
+            bound += self.strides.memory_bound()
+        # The lifetimes the displacement measure follows: a key's name each.
+        bound += self.displacement.max_keys * (_LIFETIME_BYTES + name)
         return bound
 
     def describe(self) -> dict[str, Any]:
@@ -1320,7 +1405,9 @@ def _as_cell(cell: Iterable[Any]) -> tuple[Any, ...]:
 
 #: The kinds of decision a cell may be of, and the ranges of its features
 #: (see Predictor._confidence): what bounds the calibration table.
-_CELL_KINDS: Final = frozenset({"expiry", "revisit", *_SEASONAL, *_SEQUENCE_KINDS})
+_CELL_KINDS: Final = frozenset(
+    {"expiry", "revisit", *_SEASONAL, *_SEQUENCE_KINDS, *_NEIGHBOUR_KINDS}
+)
 _CELL_RANGES: Final = (10, 12, 8, 4)  # recent, trend, aged, clients
 _RECURRED_RANGE: Final = 4
 #: The most cells the calibration table can hold.

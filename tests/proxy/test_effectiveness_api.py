@@ -100,13 +100,16 @@ async def test_schedule_shows_the_current_and_the_proposed_schedule(
 async def test_the_predictive_model_is_saved_and_loaded_across_a_restart(
     origin: Origin, make_proxy: ProxyFactory, client: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    for n in range(5):
-        origin.set(f"/p/{n}", headers={"Cache-Control": "public, max-age=60"}, body=b"p")
+    # Named pages, not a numbered series (whose next number the model would
+    # follow too, as a key to warm).
+    pages = [f"/p/{name}" for name in ("home", "about", "shop", "cart", "help")]
+    for page in pages:
+        origin.set(page, headers={"Cache-Control": "public, max-age=60"}, body=b"p")
     config = sections(tmp_path, strategies={"predictive": {"enabled": True}})
     proxy = await make_proxy(origin.url, **config)
     for _ in range(3):
-        for n in range(5):
-            async with client.get(url(proxy, f"/p/{n}")) as response:
+        for page in pages:
+            async with client.get(url(proxy, page)) as response:
                 await response.read()
     predictor = proxy.warmer.predictor
     assert predictor is not None

@@ -60,16 +60,26 @@ def test_a_planted_sequence_is_prefetched_before_the_client_asks() -> None:
     predictor = Predictor(PredictiveConfig(enabled=True, prediction_window=600.0))
     rng = random.Random(3)
     ts = T0
+    # A cache large enough to keep both pages for their lifetime: a request
+    # hits while the stored entry is fresh (nothing is evicted early).
+    stored: dict[str, float] = {}
+
+    def request(at: float, key: str, client: str) -> Ev:
+        if stored.get(key, 0.0) > at:
+            return Ev(at, key, outcome="hit", client=client, fresh_until=stored[key])
+        stored[key] = at + TTL
+        return Ev(at, key, client=client, fresh_until=at + TTL)
+
     for i in range(300):
         client = f"user{i}"
         ts += rng.uniform(5, 20)
-        predictor.observe(Ev(ts, "/page/1", client=client, fresh_until=ts + TTL))
+        predictor.observe(request(ts, "/page/1", client))
         predictor.due(ts)
-        predictor.observe(Ev(ts + 2, "/page/2", client=client, fresh_until=ts + 2 + TTL))
+        predictor.observe(request(ts + 2, "/page/2", client))
         predictor.due(ts + 2)
     ts += 700  # both entries expired
     predictor.due(ts)
-    predictor.observe(Ev(ts, "/page/1", client="newcomer", fresh_until=ts + TTL))
+    predictor.observe(request(ts, "/page/1", "newcomer"))
     wanted = predictor.due(ts)
     assert [r.url for r in wanted if r.url == "/page/2"] == ["/page/2"]
     (request,) = [r for r in wanted if r.url == "/page/2"]
@@ -205,7 +215,10 @@ def test_a_compaction_while_deciding_takes_no_decision_twice() -> None:
     for i in range(200):
         for repeat in range(2):
             ts = T0 + i * 0.1 + repeat * 0.01
-            predictor.observe(Ev(ts, f"/k/{i}", outcome="hit", fresh_until=T0 + TTL))
+            # One client per key: no walk from key to key to follow.
+            predictor.observe(
+                Ev(ts, f"/k/{i}", outcome="hit", fresh_until=T0 + TTL, client=f"c{i}")
+            )
     predictor._max_decisions = len(predictor._decisions) + predictor._in_lanes - 1
     now = T0 + 0.25 * TTL + 20.0
     first = predictor.due(now)

@@ -177,6 +177,12 @@ def test_the_default_bound_is_reported_and_a_catalogue_fits_well_under_200_mb() 
         pollers = len(predictor._pollers)
         predictor._pollers.clear()
         per_poller = (with_pollers - tracemalloc.get_traced_memory()[0]) / pollers
+        # So are the lifetimes followed to measure what a warm displaces
+        # (at most OWN_SEQUENCE_KEYS of them).
+        with_lifetimes = tracemalloc.get_traced_memory()[0]
+        lifetimes = len(predictor.displacement._fresh)
+        predictor.displacement._fresh.clear()
+        per_lifetime = (with_lifetimes - tracemalloc.get_traced_memory()[0]) / lifetimes
         per_key = (tracemalloc.get_traced_memory()[0] - start) / len(predictor)
     finally:
         tracemalloc.stop()
@@ -198,8 +204,32 @@ def test_the_default_bound_is_reported_and_a_catalogue_fits_well_under_200_mb() 
         tracemalloc.stop()
     assert sequences.sources == sequences.clients == OWN_SEQUENCE_KEYS
 
+    # ... and its model of numbered walks at its fullest: as many clients and
+    # templates (a template per key here: its text differs, not its numbers).
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        strides = Predictor(PredictiveConfig(enabled=True)).strides
+        assert strides is not None
+        letters = "abcdefghijklmnopqrstuvwxyz"
+        for i in range(OWN_SEQUENCE_KEYS * 5 // 4):
+            client = f"203.0.{i // 256 % 256}.{i % 256}:{i // 65536}"
+            name = "".join(letters[i // 26**d % 26] for d in range(4))
+            strides.observe(client, f"/catalogue/{name}/{slugs[i % 5]}?page=1", T0 + i)
+            strides.observe(client, f"/catalogue/{name}/{slugs[i % 5]}?page=2", T0 + i + 1)
+        own_strides = tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+    assert strides.templates == strides.max_templates
+
     # Well under 200 MB at the default max_keys (docs/operations.md gives
     # the figure measured on a 300,000-key catalogue: 155 MB).
     assert pollers > 1000 and per_poller < 512
-    total = per_key * default_keys + POLLERS_KEPT * per_poller + own_sequences
-    assert total < 170 * MB, (per_key, per_poller, own_sequences)
+    total = (
+        per_key * default_keys
+        + POLLERS_KEPT * per_poller
+        + OWN_SEQUENCE_KEYS * per_lifetime
+        + own_sequences
+        + own_strides
+    )
+    assert total < 185 * MB, (per_key, per_poller, per_lifetime, own_sequences, own_strides)
