@@ -42,6 +42,7 @@ from pydantic_settings import (
 from proxy import origin_tls
 from proxy.cache_key import check_globs
 from proxy.forwarding import DEFAULT_DROPPED_REQUEST_FIELDS, PRESERVE_HOST_NEEDS_PER_HOST
+from proxy.redis_client import check_redis_url
 from proxy.state_dir import derive as derive_state_dir
 from proxy.state_dir import is_ephemeral as is_ephemeral_listener
 from warmer.cron import Cron
@@ -371,12 +372,9 @@ class CacheSettings(_Section):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
-        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
-            # The URL may hold a password: masked.
-            raise ValueError(
-                f"must be a redis://, rediss:// or unix:// URL, got {mask_url(value)!r}"
-            )
-        return value
+        # One server, or a Redis Cluster (redis+cluster://); the message
+        # masks the URL's password.
+        return check_redis_url(value)
 
 
 class ControlSettings(_Section):

@@ -43,10 +43,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
 from proxy.metrics import ProxyMetrics
+from proxy.redis_client import REDIS_ERRORS, RedisClient
 from proxy.store.redis import FILL_LOCK_NAMESPACE
 
 log = logging.getLogger(__name__)
@@ -54,7 +52,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # What a failed Redis command raises (socket errors and timeouts too).
-_BACKEND_ERRORS = (RedisError, OSError)
+_BACKEND_ERRORS = REDIS_ERRORS
 
 #: Longest a lock lives (and a waiter waits), whatever the origin timeouts:
 #: past it a holder that died costs the waiters more than a duplicate fetch.
@@ -119,7 +117,7 @@ class FillLock:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         *,
         prefix: str,
         seconds: float,

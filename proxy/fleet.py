@@ -38,16 +38,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from proxy import __version__
 from proxy.cache_key import path_glob_matcher
 from proxy.metrics import ProxyMetrics
 from proxy.purge import split_key
+from proxy.redis_client import REDIS_ERRORS, RedisClient, Subscriptions, redis_client
 from proxy.store.memory import MemoryStore
 from proxy.store.redis import escape_glob
 from proxy.tasks import BackgroundTasks
@@ -56,7 +55,7 @@ from warmer.pacing import backoff_delay
 log = logging.getLogger(__name__)
 
 # Errors that mean "Redis failed" (OSError: socket errors and TimeoutError).
-_REDIS_ERRORS = (RedisError, OSError)
+_REDIS_ERRORS = REDIS_ERRORS
 
 #: Seconds between heartbeats; a heartbeat key lives three of them.
 HEARTBEAT_INTERVAL = 5.0
@@ -200,7 +199,7 @@ class L1Publisher:
     """
 
     def __init__(
-        self, client: aioredis.Redis, channel: str, sender: str, metrics: ProxyMetrics
+        self, client: RedisClient, channel: str, sender: str, metrics: ProxyMetrics
     ) -> None:
         self._client = client
         self._channel = channel
@@ -313,13 +312,13 @@ class L1Follower:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        subscriptions: Subscriptions,
         channel: str,
         sender: str,
         l1: MemoryStore,
         metrics: ProxyMetrics,
     ) -> None:
-        self._client = client
+        self._subscriptions = subscriptions
         self._channel = channel
         self._sender = sender
         self._l1 = l1
@@ -333,8 +332,10 @@ class L1Follower:
         """Follow the channel until cancelled, reconnecting with backoff."""
         failures = 0
         while True:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            pubsub: PubSub | None = None
             try:
+                # On a cluster, a connection to one node (the next one after a failure).
+                pubsub = await self._subscriptions.pubsub()
                 await pubsub.subscribe(self._channel)
                 # Messages published while this replica was not subscribed
                 # (an outage, a cut connection, a restart of Redis) are lost
@@ -357,8 +358,9 @@ class L1Follower:
             finally:
                 self._down()
                 self.tried.set()
-                with contextlib.suppress(*_REDIS_ERRORS, asyncio.CancelledError):
-                    await pubsub.aclose()
+                if pubsub is not None:
+                    with contextlib.suppress(*_REDIS_ERRORS, asyncio.CancelledError):
+                        await pubsub.aclose()
             await asyncio.sleep(_backoff(max(failures, 1)))
 
     async def _follow(self, pubsub: PubSub) -> None:
@@ -412,7 +414,7 @@ class Heartbeat:
 
     def __init__(
         self,
-        client: aioredis.Redis | None,
+        client: RedisClient | None,
         key_prefix: str,
         me: Callable[[], dict[str, Any]],
     ) -> None:
@@ -562,14 +564,15 @@ class Fleet:
         self.started_at = time.time()
         self._load = load
         self._rate = RequestRate(lambda: load()[0])
-        self._client: aioredis.Redis | None = None
+        self._client: RedisClient | None = None
+        self._subscriptions: Subscriptions | None = None
         self.publisher: L1Publisher | None = None
         self.follower: L1Follower | None = None
         if redis_url is not None:
-            self._client = aioredis.Redis.from_url(
+            self._client = redis_client(
                 redis_url,
                 socket_timeout=timeout,
-                socket_connect_timeout=timeout,
+                connect_timeout=timeout,
                 # The subscriber's connection, the heartbeat and publishing.
                 max_connections=8,
                 # No silent retries: a pub/sub connection that redis-py
@@ -581,7 +584,8 @@ class Fleet:
             channel = f"{prefix}fleet:l1"
             self.publisher = L1Publisher(self._client, channel, self.instance, metrics)
             if l1 is not None:
-                self.follower = L1Follower(self._client, channel, self.instance, l1, metrics)
+                self._subscriptions = Subscriptions(self._client, redis_url, timeout=timeout)
+                self.follower = L1Follower(self._subscriptions, channel, self.instance, l1, metrics)
         self.heartbeat = Heartbeat(self._client, f"{prefix}{{fleet}}:replica:", self._me)
         self._tasks = BackgroundTasks()
         self._closed = False
@@ -628,4 +632,7 @@ class Fleet:
         if self._client is not None and not self._closed:
             self._closed = True
             await self.heartbeat.leave()
+            if self._subscriptions is not None:
+                with contextlib.suppress(*_REDIS_ERRORS):
+                    await self._subscriptions.aclose()
             await self._client.aclose()

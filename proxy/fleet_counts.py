@@ -42,18 +42,17 @@ import random
 import time
 from collections.abc import Callable, Sequence
 
-import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from proxy.metrics import ProxyMetrics
+from proxy.redis_client import REDIS_ERRORS, RedisClient, redis_client
 from warmer.model import Observed
 from warmer.pacing import backoff_delay
 
 log = logging.getLogger(__name__)
 
-_REDIS_ERRORS = (RedisError, OSError)
+_REDIS_ERRORS = REDIS_ERRORS
 
 #: Seconds between two flushes (and reads) of the counts.
 FLUSH_INTERVAL = 2.0
@@ -117,12 +116,12 @@ class FleetCounts:
         self._prefix = f"{prefix}{{fleet}}:"
         self._metrics = metrics
         self._clock = clock
-        self._client: aioredis.Redis | None = None
+        self._client: RedisClient | None = None
         if redis_url is not None:
-            self._client = aioredis.Redis.from_url(
+            self._client = redis_client(
                 redis_url,
                 socket_timeout=timeout,
-                socket_connect_timeout=timeout,
+                connect_timeout=timeout,
                 max_connections=4,
                 # Every caller handles a failure and tries later: no silent retries.
                 retry=Retry(NoBackoff(), 0),

@@ -51,11 +51,11 @@ from uuid import uuid4
 import orjson
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
+from proxy.redis_client import REDIS_ERRORS, RedisClient, Subscriptions, redis_client
 from warmer.schedule_store import FileScheduleState, ScheduleStateError
 
 log = logging.getLogger(__name__)
@@ -171,19 +171,21 @@ class FleetSchedule:
     ) -> None:
         self.keys = ScheduleKeys.under(prefix)
         self.local = local
-        self._redis: Redis = Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout
+        self._redis: RedisClient = redis_client(
+            url, socket_timeout=timeout, connect_timeout=timeout
         )
         # The subscriber's own client, without redis-py's silent retries: a
         # dropped connection must surface here, because after it the
         # document has to be read again (messages may have been missed),
-        # which an automatic resubscribe would skip.
-        self._subscriber: Redis = Redis.from_url(
+        # which an automatic resubscribe would skip.  (On a cluster it finds
+        # the nodes; the subscription is on a plain connection to one.)
+        self._subscriber: RedisClient = redis_client(
             url,
             socket_timeout=timeout,
-            socket_connect_timeout=timeout,
+            connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
         )
+        self._subscriptions = Subscriptions(self._subscriber, url, timeout=timeout)
         self._write = self._redis.register_script(_WRITE)
         self._resync_seconds = resync_seconds
         self._timeout = timeout
@@ -264,7 +266,7 @@ class FleetSchedule:
         key = f"{self.keys.fired}{name}:{int(firing)}"
         try:
             return bool(await self._redis.set(key, b"1", nx=True, ex=FIRING_CLAIM_SECONDS))
-        except (RedisError, OSError):
+        except REDIS_ERRORS:
             # Redis down: better a firing warmed on every replica than on none.
             return True
 
@@ -274,6 +276,8 @@ class FleetSchedule:
             follower.cancel()
             # Bounded: a stop never waits on Redis for long.
             await asyncio.wait({follower}, timeout=2 * self._timeout)
+        with contextlib.suppress(*REDIS_ERRORS):
+            await self._subscriptions.aclose()
         await self._subscriber.aclose()
         await self._redis.aclose()
 
@@ -291,8 +295,9 @@ class FleetSchedule:
         delay = RECONNECT_MIN_SECONDS
         failed = False
         while True:
-            pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
+            pubsub: PubSub | None = None
             try:
+                pubsub = await self._subscriptions.pubsub()
                 await pubsub.subscribe(self.keys.channel)
                 # Subscribed first, read second: a write between the two is
                 # both in what is read and announced, never lost in between.
@@ -307,7 +312,7 @@ class FleetSchedule:
                     await self._resync(adopt)
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError, ScheduleStateError) as exc:
+            except (*REDIS_ERRORS, ScheduleStateError) as exc:
                 if not failed:
                     log.warning(
                         "cannot follow the fleet's schedule in Redis: %s; the schedule in "
@@ -316,8 +321,9 @@ class FleetSchedule:
                     )
                 self.connected, failed = False, True
             finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await asyncio.wait_for(pubsub.aclose(), self._timeout)
+                if pubsub is not None:
+                    with contextlib.suppress(*REDIS_ERRORS):
+                        await asyncio.wait_for(pubsub.aclose(), self._timeout)
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, RECONNECT_MAX_SECONDS)
 
@@ -373,7 +379,7 @@ class FleetSchedule:
     async def _read(self) -> FleetDocument | None:
         try:
             raw = await self._redis.hgetall(self.keys.document)
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise ScheduleStateError(f"cannot read {self.keys.document} from Redis: {exc}") from exc
         if not raw:
             return None
@@ -389,7 +395,7 @@ class FleetSchedule:
                 keys=[self.keys.document, self.keys.revision],
                 args=[body, doc_id, posted_at, self.keys.channel, "seed" if seed else "post"],
             )
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise ScheduleStateError(f"cannot write {self.keys.document} to Redis: {exc}") from exc
         return int(revision)
 
@@ -398,7 +404,7 @@ class FleetSchedule:
         made the fleet's first revision (where no replica wrote one yet)."""
         try:
             data = await self._redis.get(self.keys.legacy)
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise ScheduleStateError(f"cannot read {self.keys.legacy} from Redis: {exc}") from exc
         if data is None or len(data) > MAX_DOCUMENT_BYTES:
             return None

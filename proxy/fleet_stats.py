@@ -50,17 +50,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from proxy.metrics import ProxyMetrics
+from proxy.redis_client import REDIS_ERRORS, RedisClient
 from warmer.ledger import LedgerCounters
 from warmer.service import Warmer
 
 log = logging.getLogger(__name__)
 
 # What a failed Redis command raises (socket errors and timeouts too).
-_REDIS_ERRORS = (RedisError, OSError)
+_REDIS_ERRORS = REDIS_ERRORS
 
 #: Seconds between two writes of this replica's figures.
 WRITE_INTERVAL = 5.0
@@ -187,7 +186,7 @@ class FleetStats:
 
     def __init__(
         self,
-        client: aioredis.Redis | None,
+        client: RedisClient | None,
         *,
         prefix: str,
         name: str,

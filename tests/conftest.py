@@ -15,6 +15,7 @@ from uuid import uuid4
 
 import pytest
 
+from tests.redis_cluster import start_cluster
 from tests.redis_server import RedisServer, answers_ping, delete_prefix, start_redis_server
 
 
@@ -58,6 +59,23 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
     prefix = f"wptest:{uuid4().hex}:"
     yield prefix
     delete_prefix(redis_url, prefix)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``redis+cluster://`` URL of a throw-away 3-master Redis Cluster shared
+    by the session (tests/redis_cluster.py); tests isolate themselves by key prefix."""
+    cluster = start_cluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_prefix(redis_cluster_url: str) -> str:
+    """A key prefix unique to this test on the session's cluster (thrown away with it)."""
+    return f"wptest:{uuid4().hex}:"
 
 
 @pytest.fixture

@@ -18,6 +18,13 @@ tags' sets and extends their expiry to at least the entry's, in one script
 with the SET; members whose entry is gone or no longer carries the tag are
 removed lazily, by the purge that finds them.
 
+On a Redis Cluster (``redis+cluster://``, :mod:`proxy.redis_client`) the
+entries spread over the slots, each key alone; the batched gets go out as one
+pipelined GET per key (MGET needs its keys in one slot), a tagged put adds its
+key to each tag's set (a script per set, whose slot is the tag's) before it
+SETs the entry, so an entry is still never stored without its index, and a
+scan or count visits every primary.
+
 Never FLUSHDB, FLUSHALL or KEYS: the database may be shared with other
 deployments (other prefixes) and other applications.
 """
@@ -33,20 +40,21 @@ import math
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
-import redis.asyncio as aioredis
+from redis.asyncio import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from proxy.entry import CacheEntry, DecodeError, StoredItem, decode, encode
+from proxy.redis_client import REDIS_ERRORS, RedisClient, redis_client, scan_batches
 from proxy.store.base import StoreError, StoreStats
 
 log = logging.getLogger(__name__)
 
 # Errors from the client that mean "the backend failed".  OSError covers the
 # builtin TimeoutError (asyncio.timeout) and socket errors that escape redis-py.
-_BACKEND_ERRORS = (RedisError, OSError)
+_BACKEND_ERRORS = REDIS_ERRORS
 
 _SCAN_COUNT = 500
 # Most distinct keys per batched GET: big enough to amortize redis-py's
@@ -81,6 +89,15 @@ for i = 2, #KEYS do
   if redis.call('PTTL', KEYS[i]) < ttl then
     redis.call('PEXPIRE', KEYS[i], ttl)
   end
+end
+return 1
+"""
+# On a cluster, the part of _PUT_TAGGED for one tag's set (KEYS[1]), which
+# lives in the tag's slot, not the entry's: run for each tag before the SET.
+_TAG_ADD = """
+redis.call('SADD', KEYS[1], ARGV[2])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
 end
 return 1
 """
@@ -280,15 +297,15 @@ class RedisStore:
         self.rejected = 0
         #: Values under the prefix that did not decode (foreign or old format).
         self.undecodable = 0
-        pool = aioredis.BlockingConnectionPool.from_url(
+        self._client: RedisClient = redis_client(
             url,
             max_connections=max_connections,
             # With every connection busy a command waits for one this long,
             # then fails like a slow Redis would.  (The non-blocking pool
             # would fail at once, turning a burst of traffic into errors.)
-            timeout=connect_timeout + socket_timeout,
+            pool_timeout=connect_timeout + socket_timeout,
             socket_timeout=socket_timeout,
-            socket_connect_timeout=connect_timeout,
+            connect_timeout=connect_timeout,
             health_check_interval=_HEALTH_CHECK_INTERVAL,
             # One immediate retry on a connection error (a pooled connection
             # the server closed, e.g. after a Redis restart) and none on a
@@ -296,14 +313,17 @@ class RedisStore:
             # is what ``retry_on_timeout=False`` meant; redis-py >= 6
             # deprecates that flag in favour of the Retry object.  All our
             # commands are idempotent, so retrying them is safe.
+            # On a cluster this retry reads the topology again first, so a
+            # command after a failover goes to the promoted replica.
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
-        self._client = aioredis.Redis.from_pool(pool)
+        self._cluster = isinstance(self._client, RedisCluster)
         self._gets = _GetBatcher(self._fetch, _MAX_BATCH_KEYS)
         self._put_tagged = self._client.register_script(_PUT_TAGGED)
+        self._tag_add = self._client.register_script(_TAG_ADD)
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> RedisClient:
         """The Redis client, for fleet coordination beside the entries (fill locks)."""
         return self._client
 
@@ -343,6 +363,8 @@ class RedisStore:
             except ResponseError as exc:
                 return [exc]
             return [None if value is None else _as_bytes(value)]
+        if self._cluster:
+            return await self._fetch_each(keys)
         async with self._client.pipeline(transaction=False) as pipe:
             pipe.mget(keys)
             pipe.exists(*keys)
@@ -357,6 +379,25 @@ class RedisStore:
             again = await pipe.execute(raise_on_error=False)
         for i, reply in zip(missing, again, strict=True):
             replies[i] = reply if isinstance(reply, ResponseError | None) else _as_bytes(reply)
+        return replies
+
+    async def _fetch_each(self, keys: list[str]) -> list[_Reply]:
+        """A GET per key in one pipeline: a cluster's keys are in many slots
+        (the pipeline sends each node its keys' GETs and follows redirections)."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.get(key)
+            answers = await pipe.execute(raise_on_error=False)
+        replies: list[_Reply] = []
+        for answer in answers:
+            if isinstance(answer, ResponseError | None):
+                # A ResponseError is this key's own (WRONGTYPE, or a slot
+                # down during a failover): get() tells them apart.
+                replies.append(answer)
+            elif isinstance(answer, BaseException):
+                raise answer  # a node unreachable: the batch fails as an outage
+            else:
+                replies.append(_as_bytes(answer))
         return replies
 
     async def _drop_foreign(self, key: str, why: str) -> None:
@@ -384,7 +425,13 @@ class RedisStore:
         data = encode(item)
         tags = item.tags if isinstance(item, CacheEntry) else ()
         try:
-            if tags:
+            if tags and self._cluster:
+                # The index first: should the SET then fail, the index names
+                # an absent entry, which the purge that finds it removes.
+                for tag in tags:
+                    await self._tag_add(keys=[self._tag_key(tag)], args=[ttl_ms, key])
+                await self._client.set(self._key(key), data, px=ttl_ms)
+            elif tags:
                 await self._put_tagged(
                     keys=[self._key(key), *(self._tag_key(t) for t in tags)],
                     args=[data, ttl_ms, key],
@@ -458,25 +505,26 @@ class RedisStore:
         redis_match = escape_glob(self.prefix) + redis_superset_glob(pattern)
         plen = len(self._prefix_bytes)
         seen: set[str] = set()
-        cursor = 0
-        while True:
-            try:
-                cursor, raw_keys = await self._client.scan(
-                    cursor, match=redis_match, count=_SCAN_COUNT
-                )
-            except _BACKEND_ERRORS as exc:
-                raise StoreError(f"redis SCAN failed: {exc}") from exc
-            for raw in raw_keys:
+        # Closed with this generator, also when the caller stops early.
+        async with contextlib.aclosing(
+            scan_batches(self._client, match=redis_match, count=_SCAN_COUNT)
+        ) as batches:
+            while True:
                 try:
-                    key = _as_bytes(raw)[plen:].decode()
-                except UnicodeDecodeError:
-                    # Not written by us: our keys are str, stored as UTF-8.
-                    continue
-                if key not in seen and key.startswith(CACHE_KEY_START) and match(key):
-                    seen.add(key)
-                    yield key
-            if cursor == 0:
-                return
+                    raw_keys = await anext(batches)
+                except StopAsyncIteration:
+                    return
+                except _BACKEND_ERRORS as exc:
+                    raise StoreError(f"redis SCAN failed: {exc}") from exc
+                for raw in raw_keys:
+                    try:
+                        key = _as_bytes(raw)[plen:].decode()
+                    except UnicodeDecodeError:
+                        # Not written by us: our keys are str, stored as UTF-8.
+                        continue
+                    if key not in seen and key.startswith(CACHE_KEY_START) and match(key):
+                        seen.add(key)
+                        yield key
 
     async def health(self) -> bool:
         """True when Redis answers a PING now; never raises."""
@@ -501,10 +549,8 @@ class RedisStore:
         match = escape_glob(self.prefix) + "/*"
         entries = 0
         total = 0
-        cursor = 0
         try:
-            while True:
-                cursor, raw_keys = await self._client.scan(cursor, match=match, count=_SCAN_COUNT)
+            async for raw_keys in scan_batches(self._client, match=match, count=_SCAN_COUNT):
                 if raw_keys:
                     async with self._client.pipeline(transaction=False) as pipe:
                         for raw in raw_keys:
@@ -516,8 +562,6 @@ class RedisStore:
                         if isinstance(length, int) and length > 0:
                             entries += 1
                             total += length
-                if cursor == 0:
-                    break
         except _BACKEND_ERRORS as exc:
             raise StoreError(f"redis stats scan failed: {exc}") from exc
         return StoreStats(entries=entries, bytes=total, evictions=0)

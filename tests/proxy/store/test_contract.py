@@ -1,4 +1,4 @@
-"""The CacheStore contract, checked against every backend (memory and a real Redis)."""
+"""The CacheStore contract, checked against every backend: memory, Redis, a Redis Cluster."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ class Subject:
             await asyncio.sleep(0.02)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
 async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
     if request.param == "memory":
         clock = FakeClock()
@@ -63,12 +63,14 @@ async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
             clock,
         )
         return
-    url: str = request.getfixturevalue("redis_url")
-    prefix: str = request.getfixturevalue("redis_prefix")
+    # A Redis Cluster: the same contract, over keys spread across 3 masters.
+    cluster = request.param == "redis-cluster"
+    url: str = request.getfixturevalue("redis_cluster_url" if cluster else "redis_url")
+    prefix: str = request.getfixturevalue("redis_cluster_prefix" if cluster else "redis_prefix")
     store = RedisStore(url, prefix=prefix + "main:", max_entry_bytes=MAX_ENTRY_BYTES)
     neighbour = RedisStore(url, prefix=prefix + "other:", max_entry_bytes=MAX_ENTRY_BYTES)
     try:
-        yield Subject("redis", store, neighbour, None)
+        yield Subject(request.param, store, neighbour, None)
     finally:
         await store.close()
         await neighbour.close()
