@@ -821,7 +821,7 @@ class ProxyHandler:
                 key=key if key is not None else self._event_key(request),
                 url=path,
                 method=request.method,
-                outcome=outcome,
+                outcome=outcome._value_,  # the plain str (see AccessEvent.outcome)
                 status=status,
                 latency=latency,
                 bytes=size,

@@ -222,18 +222,29 @@ class Warmer:
     # ---------------------------------------------------------- observation
 
     def observe(self, event: Observed) -> None:
-        """One access event; O(1), never awaits (called for every request)."""
-        if not self.observing:
+        """One access event; O(1), never awaits."""
+        self.observe_many((event,))
+
+    def observe_many(self, events: Sequence[Observed]) -> None:
+        """Access events in the order they came; O(1) each, never awaits (the
+        proxy's event hub hands over every request this way, a drain at a time)."""
+        if not self.observing or not events:
             return
         if self._first_seen is None:
-            self._first_seen = event.ts
-        self.core.observe(event)
-        if self.fleet is not None:
-            self.fleet.observe(event)
-        self.timeline.request(event.ts, event.outcome, event.status, event.bytes)
-        if self.ledger is None and event.outcome == "hit" and event.warmed:
-            # Without the ledger, the one effectiveness figure kept.
-            self.hits_on_warmed += 1
+            self._first_seen = events[0].ts
+        # Looked up once per batch: this loop runs for every request.
+        core_observe = self.core.observe
+        fleet_observe = self.fleet.observe if self.fleet is not None else None
+        timeline_request = self.timeline.request
+        count_warmed_hits = self.ledger is None
+        for event in events:
+            core_observe(event)
+            if fleet_observe is not None:
+                fleet_observe(event)
+            timeline_request(event.ts, event.outcome, event.status, event.bytes)
+            if count_warmed_hits and event.outcome == "hit" and event.warmed:
+                # Without the ledger, the one effectiveness figure kept.
+                self.hits_on_warmed += 1
 
     def _submit(self, requests: list[WarmRequest], run: Run | None = None) -> None:
         """Queue requests as the core prepares them: for the hosts and variants
