@@ -12,8 +12,19 @@ off (``tracking.enabled = false``: the warmer observes nothing), and prints
 fast lane on/off and tracking on/off side by side: what the fast lane gains,
 and what observing every request costs (the goal: tracking on/off >= 0.95).
 
+The tracking comparison runs on two request mixes: ``one-key`` (every request
+the same URL) and ``zipf`` (``ZIPF_KEYS`` URLs drawn from a Zipf law by a wrk
+script, every one cached before the load), because observation costs more
+when the tracker sees many keys.  ``--tracking-only`` runs just those four
+warmproxy targets.
+
     .venv/bin/python bench/hit_path.py [--duration 10] [--connections 32]
                                         [--skip-nginx] [--skip-redis] [--redis-url URL]
+                                        [--tracking-only] [--workers] [--repeat N]
+
+``--workers`` compares one and two processes on one port (``serve --workers
+2``, nginx ``worker_processes 2``), unpinned: on a 2-core machine wrk shares
+the cores with the servers.
 
 Exit status: 0 when every target ran, 1 when one failed to start, 2 when wrk is
 missing.
@@ -51,6 +62,32 @@ REPO = Path(__file__).resolve().parent.parent
 # Variants of a store target ("memory/no-fast-lane"): one setting changed.
 NO_FAST_LANE = "no-fast-lane"
 UNTRACKED = "untracked"
+# Two processes on one port (`serve --workers 2`; nginx `worker_processes 2`).
+WORKERS2 = "workers2"
+# The request mix of a target ("memory@zipf"); without one, every request is BENCH_PATH.
+ZIPF = "zipf"
+ZIPF_KEYS = 1000
+ZIPF_EXPONENT = 1.0
+# wrk picks each request's path by the Zipf law: the cumulative weights of
+# /bench/0 (the most asked for) .. /bench/{n-1}, searched by bisection.
+ZIPF_WRK_SCRIPT = """\
+local n, s = {keys}, {exponent}
+local cumulative, total = {{}}, 0
+for i = 1, n do
+  total = total + 1 / i ^ s
+  cumulative[i] = total
+end
+math.randomseed(16)
+request = function()
+  local x = math.random() * total
+  local lo, hi = 1, n
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if cumulative[mid] < x then lo = mid + 1 else hi = mid end
+  end
+  return wrk.format("GET", "/bench/" .. (lo - 1))
+end
+"""
 
 
 # --- the origin (runs in its own process: `hit_path.py _origin PORT`) ---------------------
@@ -181,6 +218,8 @@ class Target:
     server: str
     store: str
     url: str
+    mix: str = ""  # "" (one key) or ZIPF
+    pid: int | None = None  # the server process whose CPU time is measured
 
 
 @dataclass
@@ -190,10 +229,13 @@ class Result:
     p50_ms: float
     p99_ms: float
     notes: list[str]
+    # Server CPU time per request answered (None: not measured): unlike req/s,
+    # it holds when other processes take turns on the server's core.
+    cpu_us: float | None = None
 
 
 NGINX_CONF = """\
-{user}worker_processes 1;
+{user}worker_processes {workers};
 pid {tmp}/nginx.pid;
 error_log {tmp}/error.log warn;
 events {{ worker_connections 4096; }}
@@ -226,9 +268,9 @@ http {{
 """
 
 
-def start_nginx(procs: Processes, origin_port: int, cpu: int | None) -> Target:
-    tmp = procs.workdir / "nginx"
-    tmp.mkdir()
+def start_nginx(procs: Processes, origin_port: int, cpu: int | None, workers: int = 1) -> Target:
+    # A directory per start: --repeat starts nginx again in the same work dir.
+    tmp = Path(tempfile.mkdtemp(prefix=f"nginx-{workers}-", dir=procs.workdir))
     port = free_port()
     user = ""
     if os.geteuid() == 0:
@@ -236,7 +278,9 @@ def start_nginx(procs: Processes, origin_port: int, cpu: int | None) -> Target:
         # the cache under our private temp dir.
         user = f"user {pwd.getpwuid(os.geteuid()).pw_name} {grp.getgrgid(os.getegid()).gr_name};\n"
     conf = tmp / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(user=user, tmp=tmp, origin_port=origin_port, port=port))
+    conf.write_text(
+        NGINX_CONF.format(user=user, tmp=tmp, origin_port=origin_port, port=port, workers=workers)
+    )
     argv = ["nginx", "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log"),
             "-g", "daemon off;"]  # fmt: skip
     proc = procs.start("nginx", argv, cpu)
@@ -244,7 +288,8 @@ def start_nginx(procs: Processes, origin_port: int, cpu: int | None) -> Target:
         wait_ready(procs, "nginx", proc, [f"http://127.0.0.1:{port}/bench/0"])
     except Failed as e:
         raise Failed(f"{e}\n{_tail(tmp / 'error.log')}") from None
-    return Target("nginx", "proxy_cache", f"http://127.0.0.1:{port}{BENCH_PATH}")
+    store = "proxy_cache" if workers == 1 else f"proxy_cache/{WORKERS2}"
+    return Target("nginx", store, f"http://127.0.0.1:{port}{BENCH_PATH}")
 
 
 def _tail(path: Path, lines: int = 10) -> str:
@@ -264,7 +309,9 @@ def start_warmproxy(
         "--control", f"127.0.0.1:{control}",
         "--store", store,
     ]  # fmt: skip
-    env: dict[str, str] = {}
+    # Its state (ledger, hot set, model) in the run's temp dir, not among the
+    # user's state directories, where one per benchmark port would pile up.
+    env: dict[str, str] = {"WARMPROXY_STATE__DIR": str(procs.workdir / f"state-{port}")}
     if redis_url is not None:
         argv += ["--redis-url", redis_url, "--redis-prefix", REDIS_PREFIX]
     base, _, variant = store.partition("/")
@@ -276,6 +323,8 @@ def start_warmproxy(
         env["WARMPROXY_PROXY__FAST_LANE"] = "false"
     elif variant == UNTRACKED:
         env["WARMPROXY_TRACKING__ENABLED"] = "false"
+    elif variant == WORKERS2:
+        argv += ["--workers", "2"]
     name = f"warmproxy-{store.replace('/', '-')}"
     proc = procs.start(name, argv, cpu, env)
     wait_ready(
@@ -284,11 +333,21 @@ def start_warmproxy(
         proc,
         [f"http://127.0.0.1:{control}/readyz", f"http://127.0.0.1:{port}/bench/0"],
     )
-    return Target("warmproxy", store, f"http://127.0.0.1:{port}{BENCH_PATH}")
+    if variant == WORKERS2:
+        # /readyz answers once the primary listens; the banner, once every
+        # worker does (else wrk's connections all go to the primary).
+        deadline = time.monotonic() + READY_TIMEOUT
+        while "2 workers" not in procs.log_path(name).read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise Failed(f"{name}: the workers did not start:\n{procs.log_tail(name)}")
+            time.sleep(0.05)
+    return Target("warmproxy", store, f"http://127.0.0.1:{port}{BENCH_PATH}", pid=proc.pid)
 
 
 def warm(target: Target) -> list[str]:
     """Fill the cache for the benchmark URL; return a note unless the last answer was a hit."""
+    if target.mix == ZIPF:
+        return warm_zipf(target)
     headers: dict[str, str] = {}
     for _ in range(WARM_REQUESTS):
         status, headers, body = get(target.url)
@@ -298,6 +357,21 @@ def warm(target: Target) -> list[str]:
     if re.search(r"\bhit\b", verdict, re.IGNORECASE):
         return []
     return [f"not a cache hit after warming ({verdict or 'no cache status header'})"]
+
+
+def warm_zipf(target: Target) -> list[str]:
+    """Fill the cache for every path of the Zipf mix; a note counts those not hits then."""
+    base = target.url.removesuffix(BENCH_PATH)
+    not_hits = 0
+    for n in range(ZIPF_KEYS):
+        url = f"{base}/bench/{n}"
+        for _ in range(2):
+            status, headers, body = get(url)
+            if status != 200 or len(body) != BODY_SIZE:
+                raise Failed(f"warming {url}: HTTP {status}, {len(body)} bytes")
+        verdict = headers.get("x-cache-status") or headers.get("cache-status") or ""
+        not_hits += not re.search(r"\bhit\b", verdict, re.IGNORECASE)
+    return [f"{not_hits} of {ZIPF_KEYS} paths not a cache hit after warming"] if not_hits else []
 
 
 # --- Redis ----------------------------------------------------------------------------------
@@ -349,6 +423,7 @@ def start_redis(procs: Processes, cpu: int | None) -> str:
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
 _PERCENTILE = re.compile(r"^\s*(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s|m|h)\s*$", re.MULTILINE)
 _RPS = re.compile(r"^Requests/sec:\s+([\d.]+)", re.MULTILINE)
+_REQUESTS = re.compile(r"^\s*(\d+) requests in ", re.MULTILINE)
 _NON_2XX = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
 _SOCKET_ERRORS = re.compile(r"Socket errors:\s+(.*)")
 
@@ -366,13 +441,34 @@ def parse_wrk(output: str) -> tuple[float, float, float, list[str]]:
     return float(rps.group(1)), percentiles[50], percentiles[99], notes
 
 
-def run_wrk(args: argparse.Namespace, url: str, cpu: int | None, pin: bool) -> str:
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds a process (all its threads) and its live
+    children (the workers of ``--workers 2``) have used; None if unknown."""
+    if pid is None:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    # After the parenthesised name: state is field 3, utime 14, stime 15 (proc(5)).
+    fields = stat.rsplit(")", 1)[1].split()
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_seconds(int(child)) or 0.0 for child in children)
+
+
+def run_wrk(
+    args: argparse.Namespace, url: str, cpu: int | None, pin: bool, script: Path | None = None
+) -> str:
     argv = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s",
             "--latency", url]  # fmt: skip
+    if script is not None:
+        argv[1:1] = ["-s", str(script)]
     if pin and cpu is not None:
         argv = ["taskset", "-c", str(cpu), *argv]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=args.duration + 60)
-    if done.returncode != 0:
+    # wrk reports an error in its script on stderr and loads the URL alone.
+    if done.returncode != 0 or (script is not None and done.stderr.strip()):
         raise Failed(f"wrk exited with {done.returncode}: {done.stderr.strip()}")
     return done.stdout
 
@@ -391,9 +487,12 @@ def bench_one(
     """Start one target, warm it, load it, stop it (and whatever it needed)."""
     before = len(procs.running)
     redis_url: str | None = None
+    kind, _, mix = kind.partition("@")
     try:
         if kind == "nginx":
             target = start_nginx(procs, origin_port, server_cpu)
+        elif kind == f"nginx/{WORKERS2}":
+            target = start_nginx(procs, origin_port, server_cpu, workers=2)
         else:
             if kind.startswith("redis"):
                 url = args.redis_url
@@ -405,10 +504,22 @@ def bench_one(
                 redis_url = url
                 clear_redis_prefix(redis_url)
             target = start_warmproxy(procs, origin_port, server_cpu, kind, redis_url)
+        target.mix = mix
         notes = warm(target)
-        print(f"running {target.server}/{target.store} ...", flush=True)
-        rps, p50, p99, wrk_notes = parse_wrk(run_wrk(args, target.url, load_cpu, procs.pin))
-        return Result(target, rps, p50, p99, notes + wrk_notes)
+        script = None
+        if mix == ZIPF:
+            script = procs.workdir / "zipf.lua"
+            script.write_text(ZIPF_WRK_SCRIPT.format(keys=ZIPF_KEYS, exponent=ZIPF_EXPONENT))
+        print(f"running {target.server}/{target.store} {mix} ...", flush=True)
+        cpu_before = cpu_seconds(target.pid)
+        output = run_wrk(args, target.url, load_cpu, procs.pin, script)
+        cpu_after = cpu_seconds(target.pid)
+        rps, p50, p99, wrk_notes = parse_wrk(output)
+        cpu_us = None
+        requests = _REQUESTS.search(output)
+        if cpu_before is not None and cpu_after is not None and requests:
+            cpu_us = (cpu_after - cpu_before) / max(1, int(requests.group(1))) * 1e6
+        return Result(target, rps, p50, p99, notes + wrk_notes, cpu_us)
     finally:
         if redis_url is not None:
             clear_redis_prefix(redis_url)
@@ -424,12 +535,32 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-nginx", action="store_true", help="leave nginx out")
     parser.add_argument("--skip-redis", action="store_true", help="leave the Redis store out")
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds over every target; each target's best round is reported",
+    )
+    parser.add_argument(
+        "--tracking-only",
+        action="store_true",
+        help="run only the memory store with tracking on and off, on both mixes",
+    )
+    parser.add_argument(
+        "--workers",
+        action="store_true",
+        help="run only nginx and the memory store with one and with two worker processes, "
+        "unpinned (wrk shares the cores with them), and print the 2/1 ratios",
+    )
+    parser.add_argument(
         "--redis-url",
         default=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
         help="Redis for the redis-store run (default: $REDIS_URL or %(default)s); when "
         "nothing answers there, a throw-away redis-server is started if one is installed",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error(f"--repeat must be at least 1, got {args.repeat}")
+    return args
 
 
 def cpus() -> tuple[int | None, int | None, bool]:
@@ -460,28 +591,36 @@ def _cpu_model() -> str:
 def print_table(results: list[Result], failures: list[tuple[str, str]]) -> None:
     nginx = next((r for r in results if r.target.server == "nginx"), None)
     header = (
-        f"{'server':<10} {'store':<20} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs nginx':>9}"
+        f"{'server':<10} {'store':<26} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs nginx':>9}"
+        f" {'cpu µs/req':>11}"
     )
     print()
     print(header)
     print("-" * len(header))
     for r in results:
-        ratio = f"{r.rps / nginx.rps:.2f}" if nginx and nginx.rps else "-"
+        # nginx runs the one-key mix only: a ratio across mixes would mislead.
+        ratio = f"{r.rps / nginx.rps:.2f}" if nginx and nginx.rps and not r.target.mix else "-"
+        cpu = f"{r.cpu_us:.1f}" if r.cpu_us is not None else "-"
         print(
-            f"{r.target.server:<10} {r.target.store:<20} {r.rps:>10.0f} "
-            f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {ratio:>9}"
+            f"{r.target.server:<10} {_label(r.target):<26} {r.rps:>10.0f} "
+            f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {ratio:>9} {cpu:>11}"
         )
     for name, reason in failures:
-        print(f"{name:<31} failed: {reason.splitlines()[0]}")
+        print(f"{name:<37} failed: {reason.splitlines()[0]}")
     for r in results:
         for note in r.notes:
-            print(f"note: {r.target.server}/{r.target.store}: {note}")
+            print(f"note: {r.target.server}/{_label(r.target)}: {note}")
     print_side_by_side(results)
 
 
+def _label(target: Target) -> str:
+    return f"{target.store} ({target.mix})" if target.mix else target.store
+
+
 def print_side_by_side(results: list[Result]) -> None:
-    """Fast lane on/off per store, and tracking on/off, as req/s ratios."""
-    rps = {r.target.store: r.rps for r in results if r.target.server == "warmproxy"}
+    """Fast lane on/off per store, and tracking on/off per mix, as req/s ratios."""
+    rps = {_label(r.target): r.rps for r in results if r.target.server == "warmproxy"}
+    cpu = {_label(r.target): r.cpu_us for r in results if r.target.server == "warmproxy"}
     lines = []
     for store in ("memory", "redis"):
         on, off = rps.get(store), rps.get(f"{store}/{NO_FAST_LANE}")
@@ -490,12 +629,38 @@ def print_side_by_side(results: list[Result]) -> None:
                 f"fast lane ({store:<6}): on {on:>8.0f} req/s, off {off:>8.0f} req/s, "
                 f"on/off {on / off:.2f}"
             )
-    on, off = rps.get("memory"), rps.get(f"memory/{UNTRACKED}")
-    if on and off:
+    one, two = rps.get("memory"), rps.get(f"memory/{WORKERS2}")
+    nginx = {r.target.store: r.rps for r in results if r.target.server == "nginx"}
+    nginx_one, nginx_two = nginx.get("proxy_cache"), nginx.get(f"proxy_cache/{WORKERS2}")
+    if one and two:
         lines.append(
-            f"tracking  (memory): on {on:>8.0f} req/s, off {off:>8.0f} req/s, "
-            f"on/off {on / off:.2f} (goal >= 0.95)"
+            f"workers   (memory): 1 {one:>8.0f} req/s, 2 {two:>8.0f} req/s, 2/1 {two / one:.2f}"
+            " (goal >= 1.7)"
         )
+    if nginx_one and nginx_two:
+        lines.append(
+            f"workers   (nginx ): 1 {nginx_one:>8.0f} req/s, 2 {nginx_two:>8.0f} req/s, "
+            f"2/1 {nginx_two / nginx_one:.2f}"
+        )
+    if two and nginx_two:
+        lines.append(f"2 workers: warmproxy/nginx {two / nginx_two:.2f}")
+    for mix in ("", ZIPF):
+        suffix = f" ({mix})" if mix else ""
+        tracked, untracked = f"memory{suffix}", f"memory/{UNTRACKED}{suffix}"
+        on, off = rps.get(tracked), rps.get(untracked)
+        if on and off:
+            lines.append(
+                f"tracking  ({mix or 'one-key':<7}): on {on:>8.0f} req/s, off {off:>8.0f} req/s, "
+                f"on/off {on / off:.2f} (goal >= 0.95)"
+            )
+        cpu_on, cpu_off = cpu.get(tracked), cpu.get(untracked)
+        if cpu_on and cpu_off:
+            # The same ratio from server CPU per request: what a core could
+            # serve, whatever else ran on it meanwhile.
+            lines.append(
+                f"tracking  ({mix or 'one-key':<7}): on {cpu_on:>7.1f} µs/req, "
+                f"off {cpu_off:>7.1f} µs/req, off/on {cpu_off / cpu_on:.2f} (goal >= 0.95)"
+            )
     if lines:
         print()
         print("\n".join(lines))
@@ -518,6 +683,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("note: nginx is not on PATH, so there is no nginx baseline", file=sys.stderr)
         run_nginx = False
     server_cpu, load_cpu, pin = cpus()
+    if args.workers:
+        # Two server processes and wrk on a 2-core machine: nothing can have
+        # a core of its own, so nobody is pinned (the issue's setup).
+        server_cpu, load_cpu, pin = None, None, False
     signal.signal(signal.SIGTERM, _raise_on_term)
 
     print(f"hit path: GET {BENCH_PATH} ({BODY_SIZE} B body), all cache hits after warming")
@@ -528,6 +697,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         + (
             f"server on core {server_cpu}, wrk on core {load_cpu}"
             if pin
+            else "not pinned (--workers: wrk shares the cores)"
+            if args.workers
             else "not pinned (needs taskset and 2 cores)"
         )
     )
@@ -547,17 +718,42 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"the origin failed: {e}", file=sys.stderr)
                 return 1
 
-            kinds = ["nginx"] if run_nginx else []
-            kinds += ["memory", f"memory/{NO_FAST_LANE}", f"memory/{UNTRACKED}"]
-            if not args.skip_redis:
+            kinds = ["nginx"] if run_nginx and not args.tracking_only else []
+            if args.workers:
+                kinds += [f"nginx/{WORKERS2}"] if run_nginx else []
+                kinds += ["memory", f"memory/{WORKERS2}"]
+            if not args.tracking_only and not args.workers:
+                kinds += ["memory", f"memory/{NO_FAST_LANE}", f"memory/{UNTRACKED}"]
+            if not args.skip_redis and not args.tracking_only and not args.workers:
                 kinds += ["redis", f"redis/{NO_FAST_LANE}", "redis-no-l1"]
-            for kind in kinds:
-                name = "nginx" if kind == "nginx" else f"warmproxy/{kind}"
-                try:
-                    results.append(bench_one(args, procs, kind, origin_port, server_cpu, load_cpu))
-                except Failed as e:
-                    print(f"{name} failed: {e}", file=sys.stderr)
-                    failures.append((name, str(e)))
+            if args.tracking_only:
+                kinds += ["memory", f"memory/{UNTRACKED}"]
+            if not args.workers:
+                kinds += [f"memory@{ZIPF}", f"memory/{UNTRACKED}@{ZIPF}"]
+            # Rounds interleave the targets, so a slow spell of the machine
+            # falls on all of them rather than on one.
+            best: dict[str, Result] = {}
+            for _ in range(args.repeat):
+                for kind in kinds:
+                    name = kind if kind.startswith("nginx") else f"warmproxy/{kind}"
+                    if any(failed == name for failed, _ in failures):
+                        continue
+                    try:
+                        result = bench_one(args, procs, kind, origin_port, server_cpu, load_cpu)
+                    except Failed as e:
+                        print(f"{name} failed: {e}", file=sys.stderr)
+                        failures.append((name, str(e)))
+                        continue
+                    held = best.get(kind)
+                    if held is None:
+                        best[kind] = result
+                        continue
+                    # The best round by each measure: the most req/s, the least CPU.
+                    cpu_figures = [c for c in (held.cpu_us, result.cpu_us) if c is not None]
+                    if result.rps > held.rps:
+                        best[kind] = held = result
+                    held.cpu_us = min(cpu_figures) if cpu_figures else None
+            results = [best[kind] for kind in kinds if kind in best]
         finally:
             procs.stop_all()
 

@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -17,8 +18,9 @@ from proxy.control import build_control_app
 from proxy.fast_lane import FastLane, FastLaneSite
 from proxy.fill_lock import FillLock, lock_seconds
 from proxy.filler import Filler
-from proxy.fleet import Fleet, default_replica_name
+from proxy.fleet import MAX_NAME_CHARS, Fleet, default_replica_name
 from proxy.fleet_counts import FleetCounts
+from proxy.fleet_runs import FleetRuns
 from proxy.fleet_schedule import FleetSchedule, FleetScheduleCollector
 from proxy.fleet_stats import FleetStats
 from proxy.forwarding import ForwardingRules
@@ -40,6 +42,10 @@ from proxy.warming import build_warmer
 from warmer.clock import Clock, WallClock
 from warmer.executor import Run
 from warmer.service import RunConflict
+
+if TYPE_CHECKING:
+    from proxy.worker_relay import RelayClient, RelayHub
+    from proxy.workers import WorkerRole
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +100,21 @@ class Warmproxy:
     clock in production, a :class:`~warmer.clock.ScaledClock` to replay a trace
     faster than real time, a :class:`~warmer.clock.ManualClock` in tests.
     Real durations (fetch timing, timeouts, health pings) stay in real time.
+
+    ``worker``: this process's part under ``serve --workers N`` (N > 1): the
+    primary (worker 0) is a whole proxy; any other serves the proxy port only
+    (no warmer, control listener or state directory) and reaches the
+    primary through :mod:`proxy.worker_relay`.
     """
 
-    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, clock: Clock | None = None, worker: WorkerRole | None = None
+    ) -> None:
         self.settings = settings
+        self.worker = worker
+        #: Runs the warmer, the control listener and owns the state directory.
+        self.primary = worker is None or worker.primary
+        self.relay: RelayHub | RelayClient | None = None
         self.clock: Clock = clock if clock is not None else WallClock()
         self.metrics = ProxyMetrics()
         self.hub = EventHub()
@@ -172,6 +189,21 @@ class Warmproxy:
             timeout=settings.cache.redis_timeout,
             clock=self.clock,
         )
+        replica_name = _replica_name(settings.cache.replica_name, worker)
+        # One warm run, many workers: a run's items on a Redis Stream.
+        self.fleet_runs = FleetRuns(
+            redis_url=settings.cache.redis_url if settings.cache.store == "redis" else None,
+            prefix=settings.cache.redis_prefix,
+            name=replica_name,
+            timeout=settings.cache.redis_timeout,
+            clock=self.clock,
+            live_replicas=self._live_replicas,
+            fill_lock_seconds=(
+                lock_seconds(settings.proxy.connect_timeout, settings.proxy.read_timeout)
+                if settings.cache.fleet_fill_lock
+                else 0.0
+            ),
+        )
         self.warmer = build_warmer(
             settings,
             filler=self.filler,
@@ -181,6 +213,7 @@ class Warmproxy:
             clock=self.clock,
             current_rules=lambda: self.rules,
             fleet_counts=self.fleet_counts,
+            fleet_runs=self.fleet_runs,
         )
         self.metrics.warmer = self.warmer
         if isinstance(self.warmer.state, FleetSchedule):
@@ -190,7 +223,7 @@ class Warmproxy:
         self.fleet = Fleet(
             redis_url=settings.cache.redis_url if settings.cache.store == "redis" else None,
             prefix=settings.cache.redis_prefix,
-            name=settings.cache.replica_name or default_replica_name(),
+            name=replica_name,
             l1=l1,
             metrics=self.metrics,
             load=lambda: (sum(self.metrics.requests.values()), self.warmer.executor.in_flight),
@@ -233,6 +266,12 @@ class Warmproxy:
         self.load_settings: Callable[[], Settings] = lambda: settings
         self._reload_lock = asyncio.Lock()
 
+    async def _live_replicas(self) -> list[str]:
+        """The live replicas' names (heartbeats): the fleet's rate limit is
+        shared by so many while Redis does not answer its bucket, and a run
+        whose starting replica is gone can be sealed by another."""
+        return [str(replica["id"]) for replica in await self.fleet.replicas(strict=True)]
+
     def _fill_lock(self, store: CacheStore) -> FillLock | None:
         """One origin fetch per key across the replicas sharing a Redis store
         (``cache.fleet_fill_lock``); the memory store fills alone."""
@@ -255,7 +294,14 @@ class Warmproxy:
         :mod:`proxy.reload` for which settings need a restart.
         """
         async with self._reload_lock:  # one reload at a time, each applied whole
-            return await reload_settings(self, self.load_settings)
+            if not self.primary:
+                from proxy.workers import reload_worker
+
+                return await reload_worker(self, self.load_settings)
+            result = await reload_settings(self, self.load_settings)
+        if self.relay is not None:
+            self.relay.reloaded()
+        return result
 
     def use_rules(self, rules: ForwardingRules) -> None:
         """Key requests, fills, warm targets and purges by ``rules`` from now
@@ -268,9 +314,10 @@ class Warmproxy:
             self.fast_lane.use_rules(rules)
 
     def observe_traffic(self, enabled: bool) -> None:
-        """Let the warmer observe requests or not (``tracking.enabled``)."""
-        if enabled and not self._observed:
-            self.hub.subscribe(self.warmer.observe)
+        """Let the warmer observe requests or not (``tracking.enabled``); another
+        worker's requests reach the primary's warmer through the relay."""
+        if enabled and not self._observed and self.primary:
+            self.hub.subscribe_batches(self.warmer.observe_many)
             self._observed = True
         self.warmer.observing = enabled
 
@@ -296,6 +343,30 @@ class Warmproxy:
             self.tasks.spawn(self._count_redis(interval), name="redis stats")
         await self.cache.check_health()
         await self.fleet.start(first_subscribe_within=2 * self.settings.cache.redis_timeout)
+        if self.worker is not None:
+            from proxy.worker_relay import relay_for
+
+            self.relay = relay_for(self, self.worker)
+            await self.relay.start()
+        if self.primary:
+            await self._start_warming()
+        await self._start_proxy_listener()
+        if self.primary:
+            await self._start_control_listener()
+        self.ready = True
+        log.info(
+            "warmproxy listening",
+            extra={
+                "proxy": self.settings.proxy.listen,
+                "control": self.settings.control.listen if self.primary else None,
+                "worker": None if self.worker is None else self.worker.index,
+                "origin": mask_url(self.settings.proxy.origin),  # userinfo may hold a password
+            },
+        )
+        if self.primary:
+            self._warm_on_start()
+
+    async def _start_warming(self) -> None:
         # Before any state is read: one process per state directory (StateDirBusy).
         self.state_lock.acquire()
         log.info("state directory", extra={"path": str(self.state_lock.directory)})
@@ -305,9 +376,12 @@ class Warmproxy:
             self.warmer.state.follow(self.warmer.adopt_schedule)
         await self.warmer.load_state()
         self.tasks.spawn(self.warmer.executor.run_forever(), name="warm executor")
+        self.tasks.spawn(self.fleet_runs.run(), name="fleet: warm runs")
         self.tasks.spawn(self.warmer.run(), name="warm strategies and schedule")
         self.tasks.spawn(self.fleet_counts.run(), name="fleet: usage counts")
         self.tasks.spawn(self.fleet_stats.run(), name="fleet: warming figures")
+
+    async def _start_proxy_listener(self) -> None:
         p = self.settings.proxy
         server = web.Server(
             self.handler.handle,
@@ -323,7 +397,9 @@ class Warmproxy:
         await self._proxy_runner.setup()
         host, port = parse_hostport(p.listen, what="proxy.listen")
         # A burst of new connections waits in the listen queue, not refused
-        # by the kernel (aiohttp's default backlog is 128).
+        # by the kernel (aiohttp's default backlog is 128).  Workers share
+        # the port: the kernel spreads new connections over them.
+        shared = self.worker is not None
         site: web.TCPSite
         if p.fast_lane:
             # Fresh in-process hits are answered before aiohttp parses them.
@@ -336,31 +412,33 @@ class Warmproxy:
                 admission=self.admission,
             )
             site = FastLaneSite(
-                lane, self._proxy_runner, host, port, reuse_address=True, backlog=LISTEN_BACKLOG
+                lane,
+                self._proxy_runner,
+                host,
+                port,
+                reuse_address=True,
+                reuse_port=shared,
+                backlog=LISTEN_BACKLOG,
             )
         else:
             site = web.TCPSite(
-                self._proxy_runner, host, port, reuse_address=True, backlog=LISTEN_BACKLOG
+                self._proxy_runner,
+                host,
+                port,
+                reuse_address=True,
+                reuse_port=shared,
+                backlog=LISTEN_BACKLOG,
             )
         await site.start()
         self.proxy_port = _bound_port(self._proxy_runner, port)
 
+    async def _start_control_listener(self) -> None:
         control_app = build_control_app(self)
         self._control_runner = web.AppRunner(control_app, handle_signals=False, access_log=None)
         await self._control_runner.setup()
         chost, cport = parse_hostport(self.settings.control.listen, what="control.listen")
         await web.TCPSite(self._control_runner, chost, cport, reuse_address=True).start()
         self.control_port = _bound_port(self._control_runner, cport)
-        self.ready = True
-        log.info(
-            "warmproxy listening",
-            extra={
-                "proxy": p.listen,
-                "control": self.settings.control.listen,
-                "origin": mask_url(p.origin),  # userinfo may hold a password
-            },
-        )
-        self._warm_on_start()
 
     def _warm_on_start(self) -> None:
         """Warm every enabled source once, as ``proactive.warm_on_start`` says.
@@ -419,6 +497,11 @@ class Warmproxy:
             await self._proxy_runner.cleanup()
         if self._control_runner is not None:
             await self._control_runner.cleanup()
+        if self.relay is not None:
+            # Another worker's last events and counts still reach the primary.
+            await self.relay.close()
+        # The fleet's runs go on without this replica: what it holds goes back.
+        await self.fleet_runs.close()
         # A running warm run stops cleanly: queued requests dropped, in-flight
         # fetches finish (each store write is whole or absent).
         if self.state_lock.held:
@@ -455,6 +538,17 @@ class Warmproxy:
         while True:
             healthy = await self.cache.check_health()
             await asyncio.sleep(HEALTH_INTERVAL_OK if healthy else HEALTH_INTERVAL_FAILING)
+
+
+def _replica_name(configured: str, worker: WorkerRole | None) -> str:
+    """This process's name among the replicas: the default is per process; a
+    configured name gets the worker's number after it (one heartbeat each)."""
+    if not configured:
+        return default_replica_name()
+    if worker is None or worker.primary:
+        return configured
+    suffix = f"-w{worker.index}"
+    return configured[: MAX_NAME_CHARS - len(suffix)] + suffix
 
 
 def _bound_port(runner: web.BaseRunner, configured: int) -> int:

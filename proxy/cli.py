@@ -25,6 +25,7 @@ from proxy.logs import configure
 from proxy.redact import mask_url
 from proxy.reload import ReloadRefused
 from proxy.state_dir import StateDirBusy, fresh_dir
+from proxy.workers import WorkerRole
 from warmer.replay import (
     STRATEGY_NAMES,
     CacheSize,
@@ -74,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the proxy in front of an origin")
     serve.add_argument("--origin", help="origin URL, e.g. http://127.0.0.1:9000 (proxy.origin)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="proxy processes sharing the listen port, 1 to 64 (proxy.workers)",
+    )
     common(serve)
     demo = commands.add_parser("demo", help="run a demo origin with the proxy in front of it")
     demo.add_argument("--origin-port", type=int, default=9000, help="demo origin port")
@@ -389,6 +395,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "log_level": ("logging", "level"),
         "log_format": ("logging", "format"),
         "state_dir": ("state", "dir"),
+        "workers": ("proxy", "workers"),
     }
     out: dict[str, dict[str, Any]] = {}
     for attr, (section, key) in mapping.items():
@@ -476,7 +483,11 @@ def load(args: argparse.Namespace, extra: dict[str, dict[str, Any]] | None = Non
     return load_settings(path, overrides)
 
 
-async def _run_until_signalled(proxy: Warmproxy, on_started: str | None = None) -> None:
+async def _run_until_signalled(
+    proxy: Warmproxy,
+    on_started: str | None = None,
+    started: Callable[[], None] | None = None,
+) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     received: list[signal.Signals] = []
@@ -495,6 +506,8 @@ async def _run_until_signalled(proxy: Warmproxy, on_started: str | None = None) 
     await proxy.start()
     if on_started:
         print(on_started, flush=True)
+    if started is not None:
+        started()
     reloading = asyncio.create_task(_reload_on_hangup(proxy, reload_wanted))
     try:
         await stop.wait()
@@ -523,15 +536,54 @@ async def _reload_on_hangup(proxy: Warmproxy, wanted: asyncio.Event) -> None:
             log.exception("reload failed")
 
 
+def _serving_banner(settings: Settings) -> str:
+    workers = settings.proxy.workers
+    return (
+        f"warmproxy {__version__}: proxy on http://{settings.proxy.listen} -> "
+        f"{mask_url(settings.proxy.origin)}, control on http://{settings.control.listen}, "
+        f"store {settings.cache.store}" + (f", {workers} workers" if workers > 1 else "")
+    )
+
+
 async def _serve(settings: Settings, reread: Callable[[], Settings]) -> None:
     proxy = Warmproxy(settings)
     proxy.load_settings = reread
-    await _run_until_signalled(
-        proxy,
-        f"warmproxy {__version__}: proxy on http://{settings.proxy.listen} -> "
-        f"{mask_url(settings.proxy.origin)}, control on http://{settings.control.listen}, "
-        f"store {settings.cache.store}",
-    )
+    await _run_until_signalled(proxy, _serving_banner(settings))
+
+
+async def _serve_as_worker(
+    settings: Settings,
+    reread: Callable[[], Settings],
+    role: WorkerRole,
+    started: Callable[[], None],
+) -> None:
+    from proxy.workers import stop_with_parent
+
+    stop_with_parent(asyncio.get_running_loop())
+    proxy = Warmproxy(settings, worker=role)
+    proxy.load_settings = reread
+    # No banner here: the supervisor prints one once every worker listens.
+    await _run_until_signalled(proxy, None, started)
+
+
+def serve_worker(args: argparse.Namespace, role: WorkerRole, started: Callable[[], None]) -> int:
+    """One worker process of ``serve --workers N`` (:mod:`proxy.workers`); its exit status."""
+    try:
+        settings = load(args)
+    except ConfigError as exc:
+        print(f"warmproxy: {exc}", file=sys.stderr)
+        return 2
+    configure(settings.logging.level, settings.logging.format)
+    _install_uvloop()
+    try:
+        asyncio.run(_serve_as_worker(settings, lambda: load(args), role, started))
+    except StateDirBusy as exc:
+        print(f"warmproxy: cannot start: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"warmproxy: cannot start worker {role.index}: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 async def _demo(
@@ -732,6 +784,14 @@ def _run(args: argparse.Namespace) -> int:
                 return again
 
             asyncio.run(_demo(settings, args.origin_port, reread_demo, args.traffic))
+        elif settings.proxy.workers > 1:
+            from proxy.workers import supervise
+
+            def started(listen: str) -> None:
+                settings.proxy.listen = listen  # the port chosen, when it was 0
+                print(_serving_banner(settings), flush=True)
+
+            return supervise(args, settings, started)
         else:
             asyncio.run(_serve(settings, lambda: load(args)))
     except StateDirBusy as exc:

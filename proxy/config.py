@@ -145,6 +145,10 @@ class ProxySettings(_Section):
     # Fresh in-process hits answered by a lean protocol in front of aiohttp
     # (proxy/fast_lane.py); false: every request goes through aiohttp.
     fast_lane: bool = True
+    # Proxy processes sharing the listen port (SO_REUSEPORT), under a
+    # supervisor: worker 0 also runs the warmer and the control listener
+    # (proxy/workers.py).  1: one process, no supervisor.
+    workers: int = Field(1, ge=1, le=64)
     # On SIGTERM: /readyz answers 503 for shutdown_delay seconds while requests
     # are still served (load balancers notice and stop sending), then the
     # listener closes and in-flight requests get up to shutdown_timeout.

@@ -152,7 +152,8 @@ def _warmer(request: web.Request) -> Warmer:
     return request.app[WARMPROXY_KEY].warmer
 
 
-def _run_accepted(warmer: Warmer, run: Run) -> web.Response:
+async def _run_accepted(warmer: Warmer, run: Run) -> web.Response:
+    await warmer.run_settled(run)  # its id is then known to every replica
     return respond(RunStatus, run.progress.to_status(warmer.now()), 202)
 
 
@@ -184,10 +185,11 @@ def _query_number(request: web.Request, name: str) -> float | None:
 async def start(request: web.Request) -> web.Response:
     warmer = _warmer(request)
     body = StartBody.model_validate(await _json_body(request))
+    await warmer.refresh_runs()  # a run of another replica conflicts too
     run = warmer.start(
         body.strategy, sources=body.sources, priority=body.priority, limit=body.limit
     )
-    return _run_accepted(warmer, run)
+    return await _run_accepted(warmer, run)
 
 
 async def stop(request: web.Request) -> web.Response:
@@ -203,6 +205,7 @@ async def _status(request: web.Request) -> dict[str, Any]:
     from proxy.control import WARMPROXY_KEY
 
     proxy = request.app[WARMPROXY_KEY]
+    await proxy.warmer.refresh_runs()  # the fleet's runs, as of now
     body = proxy.warmer.status()
     body["replicas"] = await proxy.fleet.replicas()
     return body
@@ -215,11 +218,12 @@ async def status(request: web.Request) -> web.Response:
 async def progress(request: web.Request) -> web.Response:
     warmer = _warmer(request)
     run_id = request.query.get("run_id")
+    if run_id is not None and len(run_id) > MAX_RUN_ID_CHARS:
+        raise BadRequest("run_id", f"must be at most {MAX_RUN_ID_CHARS} characters")
+    await warmer.refresh_runs()  # the fleet's runs, as of now
     if run_id is None:
         return respond(RunProgress, warmer.progress())
-    if len(run_id) > MAX_RUN_ID_CHARS:
-        raise BadRequest("run_id", f"must be at most {MAX_RUN_ID_CHARS} characters")
-    run = warmer.executor.run(run_id)
+    run = warmer.find_run(run_id)
     if run is None:
         return _error(404, f"no run {run_id!r} (only the last runs are kept)", "run_id")
     return respond(RunProgress, run.progress.to_progress(warmer.now()))
@@ -235,7 +239,7 @@ async def warm_key(request: web.Request) -> web.Response:
         run = warmer.warm_urls([body.url], priority, "key")
     else:
         raise BadRequest("url", "give either url (one path) or urls (a list of paths)")
-    return _run_accepted(warmer, run)
+    return await _run_accepted(warmer, run)
 
 
 async def warm_pattern(request: web.Request) -> web.Response:
@@ -244,7 +248,7 @@ async def warm_pattern(request: web.Request) -> web.Response:
     run = await warmer.warm_pattern(
         body.pattern, body.priority or warmer.default_priority, body.limit
     )
-    return _run_accepted(warmer, run)
+    return await _run_accepted(warmer, run)
 
 
 async def purge(request: web.Request) -> web.Response:

@@ -453,9 +453,10 @@ class Heartbeat:
         with contextlib.suppress(*_REDIS_ERRORS):
             await self._client.unlink(self._key(self._me()["id"]))
 
-    async def replicas(self) -> list[dict[str, Any]]:
+    async def replicas(self, *, strict: bool = False) -> list[dict[str, Any]]:
         """The live replicas, this one first (and alone when Redis is not used
-        or does not answer), then the others by name."""
+        or does not answer), then the others by name.  ``strict``: raise
+        what Redis raised instead of answering this one alone."""
         me = self._me()
         me["this_replica"] = True
         others: list[dict[str, Any]] = []
@@ -463,6 +464,8 @@ class Heartbeat:
             try:
                 others = await self._read_others(me["instance"])
             except _REDIS_ERRORS as exc:
+                if strict:
+                    raise
                 log.debug("listing replicas failed: %s", exc)
         return [me, *sorted(others, key=lambda r: str(r["id"]))]
 
@@ -617,9 +620,9 @@ class Fleet:
                 async with asyncio.timeout(first_subscribe_within):
                     await self.follower.tried.wait()
 
-    async def replicas(self) -> list[dict[str, Any]]:
+    async def replicas(self, *, strict: bool = False) -> list[dict[str, Any]]:
         """The live replicas (see :meth:`Heartbeat.replicas`)."""
-        return await self.heartbeat.replicas()
+        return await self.heartbeat.replicas(strict=strict)
 
     async def close(self) -> None:
         """Stop the tasks, take this replica off the list, close the connections."""

@@ -510,6 +510,15 @@ class ProxyMetrics:
             ["result"],
             registry=r,
         )
+        # The workers of `serve --workers N` (proxy.worker_relay).
+        self.worker_relay_skipped = Counter(
+            "warmproxy_worker_relay_skipped_total",
+            "What a worker could not pass to the others (serve --workers N), by what: item "
+            "(a cache write: too big, or the other worker too far behind; fetched there on a "
+            "miss), event (an access event dropped while the primary was away).",
+            ["what"],
+            registry=r,
+        )
         self.registry.register(_RequestCollector(self))
         self.registry.register(_WarmerCollector(self))
 

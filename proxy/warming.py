@@ -18,6 +18,7 @@ from proxy.cache_key import check_path_glob, glob_literal_prefix, path_glob_matc
 from proxy.config import Settings
 from proxy.filler import Filler
 from proxy.fleet_counts import FleetCounts
+from proxy.fleet_runs import FleetRuns
 from proxy.fleet_schedule import FleetSchedule
 from proxy.forwarding import BadHost, ForwardingRules, normalize_host
 from proxy.origin import OriginClient, OriginError, read_body
@@ -60,12 +61,15 @@ def build_warmer(
     clock: Clock | None = None,
     current_rules: Callable[[], ForwardingRules] | None = None,
     fleet_counts: FleetCounts | None = None,
+    fleet_runs: FleetRuns | None = None,
 ) -> Warmer:
     """The warmer of this proxy; ``clock`` is the proxy's (default: the wall clock).
 
     ``current_rules``: the rules in force when a warm target is keyed (a
     reload may change the ``[cache]`` query rules); default: ``rules``.
     ``fleet_counts``: the fleet's usage counts and warm claims (Redis store).
+    ``fleet_runs``: warm runs shared by the fleet's replicas, and the fleet's
+    rate limit (Redis store).
 
     The executor's queue and the warmer read the same clock, so "ready at"
     times and the strategies' ``now`` agree.
@@ -105,6 +109,9 @@ def build_warmer(
         clock=now,
         sleep=now.sleep,
     )
+    runs = fleet_runs if fleet_runs is not None and fleet_runs.enabled else None
+    if runs is not None:
+        runs.bind(executor)
     config = warmer_config(settings, per_host=not rules.keys_are_paths)
     tracker = build_tracker(config)
     fleet = fleet_counts if fleet_counts is not None and fleet_counts.enabled else None
@@ -200,6 +207,7 @@ def build_warmer(
         ),
         clock=now,
         fleet=fleet,
+        fleet_runs=runs,
     )
 
 

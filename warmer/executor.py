@@ -56,6 +56,12 @@ class Run:
     stopping: bool = False
     sealed: bool = False  # every request is submitted: empty pending means done
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    # False: not among this executor's runs (status, timeline, run times): a
+    # replica's share of a fleet run, or a fleet run's handle (proxy/fleet_runs.py).
+    listed: bool = True
+    # Told of each item's final outcome (request, report, seconds, retries),
+    # also after a stop: a fleet run acknowledges what its workers finished.
+    on_item: Callable[[WarmRequest, FillReport, float, int], None] | None = None
 
     @property
     def running(self) -> bool:
@@ -121,6 +127,9 @@ class WarmExecutor:
         self._rand = rand
         # Told of every final outcome (the warmer's strategies follow lifetimes).
         self.on_result = on_result
+        # Paces origin fetches in place of the local limiter while
+        # ``rate_limit`` > 0: the fleet's shared bucket (proxy/fleet_runs.py).
+        self.rate_gate: Callable[[float], Awaitable[None]] | None = None
         self.counters = ExecutorCounters()
         self.in_flight = 0
         self.paused = False
@@ -138,13 +147,27 @@ class WarmExecutor:
 
     # ----------------------------------------------------------------- runs
 
-    def new_run(self, strategy: str) -> Run:
+    def new_run(self, strategy: str, *, listed: bool = True, run_id: str | None = None) -> Run:
+        """A new run; ``listed`` False keeps it off this executor's runs
+        (see :attr:`Run.listed`) until :meth:`adopt` takes it."""
         now = self._clock()
-        run_id = uuid.uuid4().hex[:12]
-        run = Run(run_id, strategy, RunProgress(run_id, strategy, 0, self.batch_size, now))
-        self._runs[run_id] = run
-        log.info("warm run started", extra={"run_id": run_id, "strategy": strategy})
+        run_id = run_id or uuid.uuid4().hex[:12]
+        run = Run(
+            run_id,
+            strategy,
+            RunProgress(run_id, strategy, 0, self.batch_size, now),
+            listed=listed,
+        )
+        if listed:
+            self.adopt(run)
         return run
+
+    def adopt(self, run: Run) -> None:
+        """List ``run`` among this executor's runs (a fleet run that falls
+        back to running here alone)."""
+        run.listed = True
+        self._runs[run.id] = run
+        log.info("warm run started", extra={"run_id": run.id, "strategy": run.strategy})
 
     def submit(self, requests: Iterable[WarmRequest], run: Run | None = None) -> int:
         """Queue ``requests`` (for ``run``, if given); returns how many were taken.
@@ -167,6 +190,7 @@ class WarmExecutor:
                 if not busy and not self.queue.push(request, now):
                     if run is not None:
                         run.progress.item_done(request.url, False, 0.0, now, "warm queue is full")
+                        self._tell(run, request, FillReport(failure="warm queue is full"), 0.0, 0)
                     continue
                 self._waiting.setdefault(identity, [])
             else:
@@ -424,7 +448,9 @@ class WarmExecutor:
         self._settle(request, report, seconds)
 
     async def _admit(self) -> None:
-        if self._limiter is not None:
+        if self.rate_gate is not None and self.rate_limit > 0:
+            await self.rate_gate(self.rate_limit)
+        elif self._limiter is not None:
             await self._limiter.acquire()
 
     def _release(self, request: WarmRequest) -> None:
@@ -485,11 +511,22 @@ class WarmExecutor:
             if not run.stopping:
                 run.progress.item_done(request.url, report.ok, seconds, now, error, attempts)
                 self._maybe_finish(run, now)
+            self._tell(run, request, report, seconds, attempts)
         if self.on_result is not None:
             try:
                 self.on_result(request, report, seconds)
             except Exception:
                 log.exception("warm result observer failed")
+
+    def _tell(
+        self, run: Run, request: WarmRequest, report: FillReport, seconds: float, attempts: int
+    ) -> None:
+        if run.on_item is None:
+            return
+        try:
+            run.on_item(request, report, seconds, attempts)
+        except Exception:
+            log.exception("warm run item observer failed")
 
     def _maybe_finish(self, run: Run, now: float) -> None:
         if run.pending or run.stopping or not run.sealed:
@@ -502,6 +539,8 @@ class WarmExecutor:
             return
         run.progress.finish(now, state)
         run.done.set()
+        if not run.listed:
+            return
         p = run.progress
         log.info(
             "warm run %s",

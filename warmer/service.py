@@ -92,6 +92,53 @@ class FleetView(Protocol):
         ...
 
 
+class FleetRunner(Protocol):
+    """Runs shared by the fleet's replicas, as this runner starts and reads
+    them (``proxy/fleet_runs.py`` puts their items on a Redis Stream)."""
+
+    def available(self) -> bool:
+        """Whether a new run should be the fleet's (else it runs here alone)."""
+        ...
+
+    def begin(self, run: Run) -> None:
+        """Make ``run`` (unlisted, just created) a fleet run."""
+        ...
+
+    def owns(self, run: Run) -> bool:
+        """``run`` is a fleet run whose requests go to the fleet now."""
+        ...
+
+    def add(self, run: Run, requests: Iterable[WarmRequest]) -> int:
+        """Hand ``requests`` to the run's workers; how many were new to it."""
+        ...
+
+    def fail(self, run: Run, key: str, error: str) -> None:
+        """Count a failure of the run that is no request (a source unread)."""
+        ...
+
+    def seal(self, run: Run) -> None:
+        """No more requests for ``run``."""
+        ...
+
+    async def settled(self, run: Run) -> None:
+        """Until every replica can find ``run`` (or it runs here alone)."""
+        ...
+
+    def runs(self) -> list[Run]:
+        """Recent fleet runs, running and finished, by start time."""
+        ...
+
+    def find(self, run_id: str) -> Run | None: ...
+
+    async def refresh(self) -> None:
+        """Read the fleet's runs now; never raises."""
+        ...
+
+    async def stop(self) -> list[Run]:
+        """Stop every running fleet run; raises RedisError/OSError."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class PreparedSettings:
     """New warmer settings, built and checked but not in force yet
@@ -130,10 +177,13 @@ class Warmer:
         hot_file: StateFile | None = None,
         clock: Clock | Callable[[], float] | None = None,
         fleet: FleetView | None = None,
+        fleet_runs: FleetRunner | None = None,
     ) -> None:
-        """``fleet``: the fleet's counts and claims (Redis store); None: alone."""
+        """``fleet``: the fleet's counts and claims (Redis store); None: alone.
+        ``fleet_runs``: runs the fleet's replicas share (Redis store)."""
         self.config = config
         self.fleet = fleet
+        self.fleet_runs = fleet_runs
         self.executor = executor
         executor.on_result = self.on_result
         self.tracker = tracker
@@ -248,14 +298,77 @@ class Warmer:
 
     def _submit(self, requests: list[WarmRequest], run: Run | None = None) -> None:
         """Queue requests as the core prepares them: for the hosts and variants
-        their clients use."""
-        self.executor.submit(self.core.prepare(requests), run)
+        their clients use; a fleet run's go to the fleet's workers."""
+        prepared = self.core.prepare(requests)
+        fleet = self.fleet_runs
+        if run is not None and fleet is not None and fleet.owns(run):
+            fleet.add(run, prepared)
+        else:
+            self.executor.submit(prepared, run)
+
+    def _new_run(self, strategy: str) -> Run:
+        """A new run: the fleet's when there is one to share it with, else this replica's."""
+        fleet = self.fleet_runs
+        if fleet is not None and fleet.available():
+            run = self.executor.new_run(strategy, listed=False)
+            fleet.begin(run)
+            return run
+        return self.executor.new_run(strategy)
+
+    def _seal(self, run: Run) -> None:
+        fleet = self.fleet_runs
+        if fleet is not None and fleet.owns(run):
+            fleet.seal(run)
+        else:
+            self.executor.seal(run)
+
+    def active_runs(self) -> list[Run]:
+        """Running runs, this replica's and the fleet's, by start time."""
+        fleet = self.fleet_runs.runs() if self.fleet_runs is not None else []
+        return sorted(
+            [*self.executor.active_runs(), *(r for r in fleet if r.running)],
+            key=lambda r: r.progress.started_at,
+        )
+
+    def finished_runs(self) -> list[Run]:
+        """Recent finished runs, this replica's and the fleet's, by end time."""
+        fleet = self.fleet_runs.runs() if self.fleet_runs is not None else []
+        return sorted(
+            [*self.executor.finished_runs(), *(r for r in fleet if not r.running)],
+            key=lambda r: r.progress.finished_at or r.progress.started_at,
+        )
+
+    def latest_run(self) -> Run | None:
+        """The most recent running run, else the last finished one."""
+        active = self.active_runs()
+        if active:
+            return active[-1]
+        finished = self.finished_runs()
+        return finished[-1] if finished else None
+
+    def find_run(self, run_id: str) -> Run | None:
+        """A recent run by id, this replica's or the fleet's."""
+        found = self.executor.run(run_id)
+        if found is None and self.fleet_runs is not None:
+            found = self.fleet_runs.find(run_id)
+        return found
+
+    async def run_settled(self, run: Run) -> None:
+        """Until any replica answers for ``run`` (a fleet run is written to
+        Redis in the background), so its id can be handed out."""
+        if self.fleet_runs is not None:
+            await self.fleet_runs.settled(run)
+
+    async def refresh_runs(self) -> None:
+        """Read the fleet's runs now (before an answer about them); never raises."""
+        if self.fleet_runs is not None:
+            await self.fleet_runs.refresh()
 
     def tick(self, now: float) -> list[WarmRequest]:
         """What the core wants warmed now (prepared, not yet queued)."""
         wanted = self.core.due(now)
         if self.ledger is not None:
-            self.ledger.run_active(bool(self.executor.active_runs()), now)
+            self.ledger.run_active(bool(self.active_runs()), now)
         return wanted
 
     def on_result(self, request: WarmRequest, report: FillReport, seconds: float = 0.0) -> None:
@@ -444,7 +557,7 @@ class Warmer:
                 continue
             if not await self.state.claim(source.name, firing):
                 continue
-            run = self.executor.new_run(f"scheduled:{source.name}")
+            run = self._new_run(f"scheduled:{source.name}")
             self._source_runs[source.name] = run
             self._spawn(self._feed(run, [source]))
             started.append(run)
@@ -459,7 +572,10 @@ class Warmer:
                 except Exception as exc:  # any failure fails the run, never a silent 0 items
                     error = _source_error(item.name, exc)
                     self.schedule_errors[item.name] = error
-                    run.progress.item_done(item.name, False, 0.0, self._clock(), error)
+                    if self.fleet_runs is not None and self.fleet_runs.owns(run):
+                        self.fleet_runs.fail(run, item.name, error)
+                    else:
+                        run.progress.item_done(item.name, False, 0.0, self._clock(), error)
                     unexpected = not isinstance(exc, SourceError | OSError | ValueError)
                     log.warning(
                         "warming source %s failed: %s", item.name, error, exc_info=unexpected
@@ -482,7 +598,7 @@ class Warmer:
                         )
                 self._submit(requests, run)
         finally:
-            self.executor.seal(run)
+            self._seal(run)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -509,16 +625,16 @@ class Warmer:
             raise BadRequest("strategy", f"must be one of {list(START_STRATEGIES)}")
         if priority is not None:
             self._check_priority(priority)
-        if self.executor.active_runs():
+        if self.active_runs():
             raise RunConflict("a warming run is already running; stop it first")
-        run = self.executor.new_run(strategy)
+        run = self._new_run(strategy)
         if strategy == "proactive":
             chosen = [s for s in self.schedule.sources if s.enabled]
             if sources is not None:
                 known = {s.name for s in self.schedule.sources}
                 unknown = [n for n in sources if n not in known]
                 if unknown:
-                    self.executor.seal(run)
+                    self._seal(run)
                     raise BadRequest("sources", f"no source named {unknown[0]!r}")
                 chosen = [s for s in self.schedule.sources if s.name in sources]
             if priority is not None:
@@ -546,11 +662,18 @@ class Warmer:
             if self.filter.allows(h.url)
         ]
         self._submit(requests, run)
-        self.executor.seal(run)
+        self._seal(run)
         return run
 
     async def stop(self) -> list[Run]:
-        return await self.executor.stop()
+        """Stop this replica's runs and the fleet's (on every replica)."""
+        stopped = await self.executor.stop()
+        if self.fleet_runs is not None:
+            try:
+                stopped += await self.fleet_runs.stop()
+            except Exception as exc:  # Redis away: the other replicas go on
+                log.error("stopping the fleet's warm runs failed: %s", exc)
+        return stopped
 
     async def shutdown(self) -> None:
         """Stop runs, drop what is queued, save the model and the ledger, and
@@ -581,9 +704,9 @@ class Warmer:
             requests.append(
                 WarmRequest(url=path, host=host, priority=priority, reason=Reason.ON_DEMAND)
             )
-        run = self.executor.new_run(strategy)
+        run = self._new_run(strategy)
         self._submit(requests, run)
-        self.executor.seal(run)
+        self._seal(run)
         return run
 
     async def warm_pattern(self, pattern: str, priority: str, limit: int) -> Run:
@@ -613,9 +736,9 @@ class Warmer:
             for host, url in list(found)[:limit]
             if self.filter.allows(url)
         ]
-        run = self.executor.new_run("pattern")
+        run = self._new_run("pattern")
         self._submit(_unique_by_url(requests), run)
-        self.executor.seal(run)
+        self._seal(run)
         return run
 
     def _check_priority(self, priority: str) -> None:
@@ -917,7 +1040,7 @@ class Warmer:
 
     def status(self) -> dict[str, Any]:
         now = self._clock()
-        run = self.executor.latest_run()
+        run = self.latest_run()
         if run is None:
             body: dict[str, Any] = _idle_status()
         else:
@@ -928,13 +1051,13 @@ class Warmer:
                 "strategy": r.strategy,
                 "percentage": r.progress.to_status(now)["progress"]["percentage"],
             }
-            for r in self.executor.active_runs()
+            for r in self.active_runs()
         ]
         body["executor"] = self.executor.state()
         return body
 
     def progress(self) -> dict[str, Any]:
-        run = self.executor.latest_run()
+        run = self.latest_run()
         if run is None:
             return _idle_status()
         return run.progress.to_progress(self._clock())
@@ -1028,7 +1151,7 @@ class Warmer:
         since = now - seconds
         runs = [
             run
-            for run in [*self.executor.finished_runs(), *self.executor.active_runs()]
+            for run in [*self.finished_runs(), *self.active_runs()]
             if run.progress.finished_at is None or run.progress.finished_at >= since
         ]
         return {

@@ -25,7 +25,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from proxy.entry import CacheEntry, StoredItem, VaryIndex
 from proxy.store.base import StoreStats
@@ -74,6 +74,20 @@ def memory_cost(key: str, item: StoredItem) -> int:
         per_part = FIELD_OVERHEAD * len(item.headers)
         per_part += sum(TAG_OVERHEAD + len(tag) for tag in item.tags)
     return item.size + ITEM_OVERHEAD + len(key) + per_part
+
+
+class StoreListener(Protocol):
+    """Told of every explicit write and delete (not of evictions or expiry):
+    how the worker relay (proxy/worker_relay.py) hands them to the other
+    workers' stores.  Called synchronously; must never await or raise."""
+
+    def stored(self, key: str, item: StoredItem, deadline: float) -> None:
+        """``item`` is held under ``key`` until the clock reaches ``deadline``."""
+        ...
+
+    def removed(self, keys: Sequence[str]) -> None:
+        """``keys`` hold nothing now (deleted, or overwritten by an item not stored)."""
+        ...
 
 
 class _Slot(NamedTuple):
@@ -154,6 +168,8 @@ class MemoryStore:
         self.rejected = 0
         #: Expired items dropped (on access, or to make room).
         self.expired = 0
+        #: Told of explicit writes and deletes (the worker relay), if set.
+        self.listener: StoreListener | None = None
 
     # -- synchronous API (the hit path) ------------------------------------
 
@@ -184,11 +200,16 @@ class MemoryStore:
             # itself: serving the old response would serve what the caller
             # just replaced.
             self._drop(key, old)
+        listener = self.listener
         if ttl <= 0:
+            if listener is not None:
+                listener.removed((key,))
             return
         size = memory_cost(key, item) if self.count_overhead else item.size
         if item.size > self.max_entry_bytes or size > self.max_bytes:
             self.rejected += 1
+            if listener is not None:
+                listener.removed((key,))
             return
         now = self._clock()
         counted = not isinstance(item, VaryIndex)
@@ -205,12 +226,16 @@ class MemoryStore:
             self._tagged.setdefault(tag, set()).add(key)
         heapq.heappush(self._deadlines, (deadline, key))
         self._compact_deadlines()
+        if listener is not None:
+            listener.stored(key, item, deadline)
 
     def delete_nowait(self, key: str) -> None:
         """Remove ``key`` if present."""
         slot = self._items.get(key)
         if slot is not None:
             self._drop(key, slot)
+        if self.listener is not None:
+            self.listener.removed((key,))
 
     def delete_many_nowait(self, keys: Sequence[str]) -> int:
         """Remove every one of ``keys``; how many were held (expired ones included)."""
@@ -220,6 +245,8 @@ class MemoryStore:
             if slot is not None:
                 self._drop(key, slot)
                 removed += 1
+        if self.listener is not None and keys:
+            self.listener.removed(keys)
         return removed
 
     def delete_where(self, selected: Callable[[str], bool]) -> int:

@@ -123,25 +123,25 @@ async def test_stats_on_any_replica_sum_the_fleet_with_a_breakdown(
     body = await stats(client, c)
     assert body["fleet"] == {"scope": "fleet", "replicas": 3, "unavailable": None}
     eff, cost = body["effectiveness"], body["cost_benefit"]
-    assert eff["hits_gained"] == 4  # hits on warmed entries: 3 on A, 1 on B
-    assert eff["misses_prevented"] == 3  # /a/1, /a/2, /b/1
+    # Hits on warmed entries: 3 on A, 1 on B.  A warm run is the fleet's
+    # (any replica fills its items), and a replica's ledger credits a hit
+    # to a warm it made itself; another's counts as unattributed.
+    assert eff["hits_gained"] + eff["warmed_hits_unattributed"] == 4
     assert eff["requests"] == 4
     assert cost["origin_fetches"] == 5
     # Recomputed from the sums, 4 stored of 5 fetched; the replicas' own
-    # rates (1.0 and 0.5) averaged would say 0.75.
+    # rates averaged would say otherwise.
     assert cost["success_rate"] == 0.8
     assert body["counts"]["origin_fetches"] == 5
     assert body["counts"]["warmed"] == {"on-demand": 4}
     assert body["by_label"]["on-demand"]["stored"] == 4
 
+    # The breakdown: one part a replica, summing to the fleet's figures.
     parts = body["replicas"]
     assert sorted(parts) == ["a", "b", "c"]
     assert [n for n, p in parts.items() if p["this_replica"]] == ["c"]
-    assert parts["a"]["cost_benefit"]["items_warmed"] == 3
-    assert parts["a"]["effectiveness"]["hits_gained"] == 3
-    assert parts["b"]["cost_benefit"]["items_warmed"] == 1
-    assert parts["b"]["cost_benefit"]["success_rate"] == 0.5
-    assert parts["c"]["cost_benefit"]["items_warmed"] == 0
+    assert sum(p["cost_benefit"]["items_warmed"] for p in parts.values()) == 4
+    assert sum(p["cost_benefit"]["origin_fetches"] for p in parts.values()) == 5
     assert stats_up(a) == 1.0
 
     # A's own answer is the same sum, A marked as the one answering.
@@ -203,14 +203,18 @@ async def test_with_redis_down_stats_answer_this_replicas_own_figures(
     await warm(client, a, "/a")
     await warm(client, b, "/b")
     assert await b.fleet_stats.write()
-    assert (await stats(client, a))["cost_benefit"]["items_warmed"] == 2
+    together = await stats(client, a)
+    assert together["cost_benefit"]["items_warmed"] == 2
+    # Which replica filled which item is the fleet's business (runs are the
+    # fleet's): A's own share is whatever its part says.
+    own = together["replicas"]["a"]["cost_benefit"]["items_warmed"]
 
     throwaway_redis.stop()
     body = await stats(client, a)  # 200: call() checks
     assert body["fleet"]["scope"] == "replica"
     assert "unavailable" in body["fleet"]["unavailable"]
     assert body["fleet"]["replicas"] == 1
-    assert body["cost_benefit"]["items_warmed"] == 1
+    assert body["cost_benefit"]["items_warmed"] == own
     assert list(body["replicas"]) == ["a"]
     assert not await a.fleet_stats.write()
     assert stats_up(a) == 0.0

@@ -226,6 +226,56 @@ async def test_counts_claims_heartbeats_and_stats_are_shared_through_the_cluster
     assert set(stats["replicas"]) == {"a", "b"}
 
 
+async def test_a_warm_run_started_on_one_replica_is_worked_by_all_through_the_cluster(
+    redis_cluster_url: str,
+    redis_cluster_prefix: str,
+    origin: Origin,
+    make_proxy: ProxyFactory,
+    client: aiohttp.ClientSession,
+) -> None:
+    paths = [f"/run/{i}" for i in range(300)]
+    for path in paths:
+        origin.set(path, headers=CACHEABLE, body=b"ok", delay=0.01)
+    replicas = [
+        await make_proxy(
+            origin.url,
+            cache=cluster_cache(
+                redis_cluster_url, redis_cluster_prefix, replica_name=name, l1_max_bytes=0
+            ),
+            proxy=PUBLIC,
+            execution={"adaptive": False, "rate_limit": 0, "retry_attempts": 0, "parallelism": 8},
+            # Nothing warmed but the run.
+            strategies={"reactive": {"refresh_ahead": False, "auto_warm": False}},
+        )
+        for name in "abc"
+    ]
+    a, b, c = replicas
+    async with client.post(
+        control_url(a, "/cache/warming/warm-key"), json={"urls": paths}
+    ) as response:
+        assert response.status < 300, await response.text()
+        run_id = (await response.json())["run_id"]
+
+    progress: dict[str, Any] = {}
+
+    async def ended_on_c() -> bool:
+        nonlocal progress
+        async with client.get(
+            control_url(c, "/cache/warming/progress"), params={"run_id": run_id}
+        ) as response:
+            progress = await response.json()
+        return bool(progress["status"] != "running")
+
+    await eventually(ended_on_c, within=20)
+    assert progress["status"] == "completed", progress
+    assert progress["progress"]["success"] == 300
+    # Each path fetched once across the fleet, every replica taking a share.
+    assert sorted(s.path for s in origin.seen) == sorted(paths)
+    shares = [sum(p.warmer.executor.counters.warmed.values()) for p in replicas]
+    assert sum(shares) == 300 and min(shares) > 0, shares
+    assert is_hit((await get(client, b, paths[17]))[2])
+
+
 async def test_a_schedule_posted_on_one_replica_is_in_force_on_another(
     redis_cluster_url: str,
     redis_cluster_prefix: str,
