@@ -9,6 +9,7 @@ a hit on the other" is checked, not assumed.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import http.client
 import os
 import re
@@ -48,6 +49,12 @@ class CountingOrigin:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain")
                 self.send_header("Cache-Control", "max-age=60")
+                if self.path.startswith("/varied/"):
+                    # Like a compressing app: gzip when accepted, Vary says so.
+                    self.send_header("Vary", "Accept-Encoding")
+                    if "gzip" in self.headers.get("Accept-Encoding", ""):
+                        body = gzip.compress(body, mtime=0)
+                        self.send_header("Content-Encoding", "gzip")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -151,16 +158,20 @@ class Workers:
                     return pid
         raise AssertionError("no worker listens on the control port")
 
-    def get(self, path: str) -> Answer:
-        """GET ``path`` on a new connection, and which worker answered it."""
+    def get(self, path: str, headers: dict[str, str] | None = None) -> Answer:
+        """GET ``path`` on a new connection (with ``headers``: a browser's
+        fields, another Host), and which worker answered it."""
         conn = http.client.HTTPConnection("127.0.0.1", self.listen, timeout=10)
         try:
             conn.connect()
             assert conn.sock is not None
             client = conn.sock.getsockname()
-            conn.request("GET", path)
+            conn.request("GET", path, headers=headers or {})
             response = conn.getresponse()
-            body = response.read().decode()
+            raw = response.read()
+            if response.headers.get("Content-Encoding") == "gzip":
+                raw = gzip.decompress(raw)
+            body = raw.decode()
             return Answer(self._holder(client), response.headers["Cache-Status"], body)
         finally:
             conn.close()
@@ -222,6 +233,24 @@ def _check_one_cache(workers: Workers, origin: CountingOrigin) -> int:
     assert all(a.hit for a in answers), [a.cache_status for a in answers]
     assert len({a.worker for a in answers}) == 2, "the kernel gave every connection to one worker"
     assert origin.fetches["/warmed"] == 1
+
+    # Browsers (gzip, their own Accept-Encoding spellings) under either
+    # host name hit what one warm fetch stored, on whichever worker: the
+    # relay carries the variant and its Vary index to the other worker.
+    status, body = post(f"{workers.base}/warm-key", {"url": "/varied/page"}, token=TOKEN)
+    assert status == 202, body
+    assert wait_run(workers.base, body["run_id"])["status"] == "completed"
+    browsers = [
+        {"Accept-Encoding": coding, "Host": f"{host}:{workers.listen}", "User-Agent": "Mozilla/5.0"}
+        for coding in ("gzip, deflate, br, zstd", "gzip, deflate, br")
+        for host in ("localhost", "127.0.0.1")
+    ]
+    varied = [workers.get("/varied/page", headers) for headers in browsers * 4]
+    made += len(varied)
+    assert all(a.hit for a in varied), [(a.worker, a.cache_status) for a in varied]
+    assert len({a.worker for a in varied}) == 2, "the kernel gave every connection to one worker"
+    assert all(a.body == "/varied/page #1" for a in varied)
+    assert origin.fetches["/varied/page"] == 1
 
     # A client's miss on one worker fills the cache the other serves from.
     first = workers.get("/filled")

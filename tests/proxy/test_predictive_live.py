@@ -20,8 +20,19 @@ def visitor(address: str) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0)))
 
 
-async def get(session: aiohttp.ClientSession, proxy: Warmproxy, path: str, agent: UserAgent) -> str:
-    async with session.get(url(proxy, path), **agent.request_kwargs()) as response:
+async def get(
+    session: aiohttp.ClientSession,
+    proxy: Warmproxy,
+    path: str,
+    agent: UserAgent,
+    host: str = "127.0.0.1",
+) -> str:
+    """``agent``'s request for ``path``, naming the proxy ``host``."""
+    kwargs = agent.request_kwargs()
+    headers = {**kwargs["headers"], "Host": f"{host}:{proxy.proxy_port}"}
+    async with session.get(
+        url(proxy, path), headers=headers, skip_auto_headers=kwargs["skip_auto_headers"]
+    ) as response:
         assert response.status == 200
         await response.read()
         return response.headers["Cache-Status"]
@@ -34,10 +45,8 @@ async def test_the_next_page_nobody_asked_for_is_warmed_and_hit_by_the_browser(
         varying_origin.url,
         **sections(
             tmp_path,
-            strategies={
-                "predictive": {"enabled": True, "max_warm_ratio": 1.0},
-                "reactive": {"enabled": False},
-            },
+            # The defaults, with the model switched on (it is off by default).
+            strategies={"predictive": {"enabled": True}},
         ),
     )
     # Three visitors, each paging through its own tenant's orders.
@@ -54,8 +63,9 @@ async def test_the_next_page_nobody_asked_for_is_warmed_and_hit_by_the_browser(
         await eventually(
             lambda: varying_origin.count("/api/t/77/orders?page=2", warm=True) == 1, within=10
         )
-        # ... in the variant this browser selects: its request is a hit.
-        status = await get(session, proxy, "/api/t/77/orders?page=2", agent)
+        # ... in the variant this browser selects: its request is a hit,
+        # under another name for the proxy than the one page 1 was asked by.
+        status = await get(session, proxy, "/api/t/77/orders?page=2", agent, host="localhost")
         assert status.startswith("warmproxy; hit"), status
     assert varying_origin.count("/api/t/77/orders?page=2", warm=False) == 0
     warmed = varying_origin.last("/api/t/77/orders?page=2", warm=True)

@@ -1,5 +1,6 @@
 """Warmed entries land where clients look: the demo origin (which compresses,
-``Vary: Accept-Encoding``) behind a proxy on the default configuration; after
+``Vary: Accept-Encoding``) behind a proxy on the default configuration (and
+one of two replicas on a Redis store, whose runs the fleet fills); after
 ``warm-key`` or ``warm-pattern``, every first request of a browser-like client
 is a hit, whichever host name it uses for the proxy (DESIGN rule 4).
 
@@ -62,10 +63,24 @@ async def demo() -> AsyncIterator[DemoOrigin]:
     await runner.cleanup()
 
 
-@pytest.fixture
-async def shop(demo: DemoOrigin, make_proxy: ProxyFactory) -> Warmproxy:
-    """A proxy on the default configuration (listeners on free ports only)."""
-    return await make_proxy(demo.url)
+@pytest.fixture(params=["memory", "redis-fleet"])
+async def shop(
+    request: pytest.FixtureRequest, demo: DemoOrigin, make_proxy: ProxyFactory
+) -> Warmproxy:
+    """A proxy on the default configuration (listeners on free ports only);
+    and one of two replicas sharing a Redis store, whose warm runs are the
+    fleet's (either replica may fill an item: what it stores must be what
+    the browsers asking this one select)."""
+    if request.param == "memory":
+        return await make_proxy(demo.url)
+    cache = {
+        "store": "redis",
+        "redis_url": request.getfixturevalue("redis_url"),
+        "redis_prefix": request.getfixturevalue("redis_prefix"),
+    }
+    first = await make_proxy(demo.url, cache={**cache, "replica_name": "a"})
+    await make_proxy(demo.url, cache={**cache, "replica_name": "b"})
+    return first
 
 
 def hosts(proxy: Warmproxy) -> list[str]:
