@@ -34,6 +34,7 @@ dropped (counted), never waited for.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -264,7 +265,7 @@ def add_counts(metrics: ProxyMetrics, rows: Sequence[Sequence[Any]]) -> None:
 # ------------------------------------------------------------------ relay
 
 
-class _Relay:
+class _Relay(abc.ABC):
     """What the primary and the other workers share: applying what arrives to
     the store without relaying it back, and the store hooks."""
 
@@ -302,6 +303,7 @@ class _Relay:
 
     def dropped(self, keys: Sequence[str]) -> None:
         """The cache's DropListener (shared-store drops): the store hook tells them already."""
+        return None
 
     @contextlib.contextmanager
     def bulk(self, *, pattern: str | None = None, tag: str | None = None) -> Iterator[None]:
@@ -310,11 +312,15 @@ class _Relay:
         self._send_changes(drop_frames(self._name, L1Drop(pattern=pattern, tag=tag)))
         yield
 
+    @abc.abstractmethod
     def _send_changes(self, frames: list[bytes], droppable: bool = False) -> None:
-        raise NotImplementedError
+        """Pass this worker's store changes on: the hub to every other
+        worker, a client to the hub (``droppable``: a put a worker far
+        behind may skip, fetching it on a miss instead)."""
 
     def reloaded(self) -> None:
         """This worker applied a reload (only the primary tells the others)."""
+        return None
 
     # -- applying -------------------------------------------------------------
 
