@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 import time
@@ -399,8 +400,7 @@ class Warmproxy:
         # A burst of new connections waits in the listen queue, not refused
         # by the kernel (aiohttp's default backlog is 128).  Workers share
         # the port: the kernel spreads new connections over them.
-        shared = self.worker is not None
-        site: web.TCPSite
+        make_site: Callable[..., web.TCPSite] = web.TCPSite
         if p.fast_lane:
             # Fresh in-process hits are answered before aiohttp parses them.
             lane = self.fast_lane = FastLane(
@@ -411,24 +411,15 @@ class Warmproxy:
                 clock=self.clock,
                 admission=self.admission,
             )
-            site = FastLaneSite(
-                lane,
-                self._proxy_runner,
-                host,
-                port,
-                reuse_address=True,
-                reuse_port=shared,
-                backlog=LISTEN_BACKLOG,
-            )
-        else:
-            site = web.TCPSite(
-                self._proxy_runner,
-                host,
-                port,
-                reuse_address=True,
-                reuse_port=shared,
-                backlog=LISTEN_BACKLOG,
-            )
+            make_site = functools.partial(FastLaneSite, lane)
+        site = make_site(
+            self._proxy_runner,
+            host,
+            port,
+            reuse_address=True,
+            reuse_port=self.worker is not None,
+            backlog=LISTEN_BACKLOG,
+        )
         await site.start()
         self.proxy_port = _bound_port(self._proxy_runner, port)
 

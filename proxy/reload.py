@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from proxy.cache_key import KeyRules
 from proxy.config import ConfigError, Settings
 from proxy.logs import configure
-from proxy.warming import warmer_config
+from proxy.warming import adaptive_concurrency, resource_guard, warmer_config
 from warmer.pacing import AdaptiveConcurrency, ResourceGuard
 from warmer.schedule_store import ScheduleStateError
 
@@ -212,19 +212,45 @@ async def reload_settings(proxy: Warmproxy, load: Callable[[], Settings]) -> Rel
     return result
 
 
-async def _reload(proxy: Warmproxy, load: Callable[[], Settings]) -> ReloadResult:
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What a reload would change: the settings in force, those it would put
+    in force (the new file's, restart-only settings left as they are), and
+    the names of what changes live and of what needs a restart."""
+
+    old: Settings
+    effective: Settings
+    applied: list[str]
+    restart_required: list[str]
+
+
+def read_changes(proxy: Warmproxy, load: Callable[[], Settings]) -> Changes:
+    """The settings ``load`` reads, against ``proxy``'s; ReloadRefused with
+    check-config's lines when they are not valid (nothing is changed)."""
     try:
         new = load()
     except ConfigError as exc:
         raise ReloadRefused(str(exc).splitlines()) from None
     old = proxy.settings
     applied, restart_required = split_changes(changed_settings(old, new))
-    if not applied:
-        return ReloadResult([], restart_required)
-    effective = effective_settings(old, new, restart_required)
+    effective = effective_settings(old, new, restart_required) if applied else old
+    return Changes(old, effective, applied, restart_required)
 
+
+def reconfigure_logging(old: Settings, new: Settings) -> None:
+    """Logging as ``new`` says, when it says otherwise than ``old``."""
+    if (new.logging.level, new.logging.format) != (old.logging.level, old.logging.format):
+        configure(new.logging.level, new.logging.format)
+
+
+async def _reload(proxy: Warmproxy, load: Callable[[], Settings]) -> ReloadResult:
+    changes = read_changes(proxy, load)
+    if not changes.applied:
+        return ReloadResult([], changes.restart_required)
     async with proxy.warmer.schedule_lock:
-        return await _apply(proxy, old, effective, applied, restart_required)
+        return await _apply(
+            proxy, changes.old, changes.effective, changes.applied, changes.restart_required
+        )
 
 
 async def _apply(
@@ -277,11 +303,7 @@ async def _apply(
     if rules is not proxy.rules:
         proxy.use_rules(rules)
     proxy.observe_traffic(effective.tracking.enabled)
-    if (effective.logging.level, effective.logging.format) != (
-        old.logging.level,
-        old.logging.format,
-    ):
-        configure(effective.logging.level, effective.logging.format)
+    reconfigure_logging(old, effective)
     proxy.settings = effective
 
     if had_predictor is None and warmer.predictor is not None:
@@ -303,20 +325,8 @@ def _pacing(
         n.latency_target,
         n.error_rate_limit,
     ):
-        adaptive = (
-            AdaptiveConcurrency(
-                max_limit=n.parallelism,
-                latency_target=n.latency_target,
-                error_rate_limit=n.error_rate_limit,
-            )
-            if n.adaptive
-            else None
-        )
+        adaptive = adaptive_concurrency(n)
     guard = executor.guard
     if (o.max_cpu_percent, o.max_memory) != (n.max_cpu_percent, n.max_memory):
-        guard = (
-            ResourceGuard(n.max_cpu_percent or None, n.max_memory or None)
-            if n.max_cpu_percent or n.max_memory
-            else None
-        )
+        guard = resource_guard(n)
     return adaptive, guard

@@ -15,7 +15,7 @@ from urllib.parse import quote, urlsplit
 
 from proxy.cache import Cache
 from proxy.cache_key import check_path_glob, glob_literal_prefix, path_glob_matcher
-from proxy.config import Settings
+from proxy.config import ExecutionSettings, Settings
 from proxy.filler import Filler
 from proxy.fleet_counts import FleetCounts
 from proxy.fleet_runs import FleetRuns
@@ -49,6 +49,24 @@ MAX_TARGET_CHARS = 8190
 def _key_of(rules: ForwardingRules, url: str, host: str) -> str:
     """The cache key of a warm target ``url`` for ``host`` ("": the default one)."""
     return rules.cache_key(url, host or rules.default_host)
+
+
+def adaptive_concurrency(ex: ExecutionSettings) -> AdaptiveConcurrency | None:
+    """The executor's limit that adapts to the origin, as ``[execution]`` says (None: fixed)."""
+    if not ex.adaptive:
+        return None
+    return AdaptiveConcurrency(
+        max_limit=ex.parallelism,
+        latency_target=ex.latency_target,
+        error_rate_limit=ex.error_rate_limit,
+    )
+
+
+def resource_guard(ex: ExecutionSettings) -> ResourceGuard | None:
+    """The CPU/memory guard ``[execution]`` asks for (None: none)."""
+    if not (ex.max_cpu_percent or ex.max_memory):
+        return None
+    return ResourceGuard(ex.max_cpu_percent or None, ex.max_memory or None)
 
 
 def build_warmer(
@@ -91,20 +109,8 @@ def build_warmer(
         retry_base_delay=ex.retry_base_delay,
         retry_max_delay=ex.retry_max_delay,
         rate_limit=ex.rate_limit,
-        adaptive=(
-            AdaptiveConcurrency(
-                max_limit=ex.parallelism,
-                latency_target=ex.latency_target,
-                error_rate_limit=ex.error_rate_limit,
-            )
-            if ex.adaptive
-            else None
-        ),
-        guard=(
-            ResourceGuard(ex.max_cpu_percent or None, ex.max_memory or None)
-            if ex.max_cpu_percent or ex.max_memory
-            else None
-        ),
+        adaptive=adaptive_concurrency(ex),
+        guard=resource_guard(ex),
         max_queue=ex.max_queue,
         clock=now,
         sleep=now.sleep,

@@ -45,7 +45,7 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
 from typing import TYPE_CHECKING
 
-from proxy.config import ConfigError, Settings, parse_hostport
+from proxy.config import Settings, parse_hostport
 
 if TYPE_CHECKING:
     from proxy.app import Warmproxy
@@ -136,36 +136,23 @@ async def reload_worker(proxy: Warmproxy, load: Callable[[], Settings]) -> Reloa
     """A reload in a worker other than the primary: the settings its proxy
     port uses (cache keys, logging); the warmer's are the primary's."""
     from proxy.cache_key import KeyRules
-    from proxy.logs import configure
-    from proxy.reload import (
-        ReloadRefused,
-        ReloadResult,
-        changed_settings,
-        effective_settings,
-        split_changes,
-    )
+    from proxy.reload import ReloadRefused, ReloadResult, read_changes, reconfigure_logging
 
     try:
-        new = load()
-    except ConfigError as exc:
+        changes = read_changes(proxy, load)
+    except ReloadRefused as exc:
         log.error("reload refused, nothing changed: warmproxy: %s", exc)
-        raise ReloadRefused(str(exc).splitlines()) from None
-    old = proxy.settings
-    applied, restart_required = split_changes(changed_settings(old, new))
-    if not applied:
-        return ReloadResult([], restart_required)
-    effective = effective_settings(old, new, restart_required)
+        raise
+    if not changes.applied:
+        return ReloadResult([], changes.restart_required)
+    old, effective = changes.old, changes.effective
     key_rules = KeyRules.from_settings(effective.cache)
     if key_rules != KeyRules.from_settings(old.cache):
         proxy.use_rules(proxy.rules.with_key_rules(key_rules))
-    if (effective.logging.level, effective.logging.format) != (
-        old.logging.level,
-        old.logging.format,
-    ):
-        configure(effective.logging.level, effective.logging.format)
+    reconfigure_logging(old, effective)
     proxy.settings = effective
-    log.info("reload: applied %s", ", ".join(applied))
-    return ReloadResult(applied, restart_required)
+    log.info("reload: applied %s", ", ".join(changes.applied))
+    return ReloadResult(changes.applied, changes.restart_required)
 
 
 # --------------------------------------------------------------- supervisor
