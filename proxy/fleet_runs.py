@@ -1113,7 +1113,10 @@ class FleetRuns:
         if self._live_replicas is not None:
             self._tasks.spawn(self._count_loop(), name="fleet runs: count replicas")
         failures = 0
-        while True:
+        # Not ``while True``: close() cancels this task, and a cancellation
+        # that lands as the awaited thing completes can be lost (Python 3.11's
+        # asyncio.wait_for swallows it; hence asyncio.timeout everywhere).
+        while not self._closed:
             try:
                 await self._poll()
             except REDIS_ERRORS as exc:
@@ -1128,7 +1131,8 @@ class FleetRuns:
             failures = 0
             self._refreshed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._refreshed.wait(), POLL_INTERVAL)
+                async with asyncio.timeout(POLL_INTERVAL):
+                    await self._refreshed.wait()
 
     async def _count_loop(self) -> None:
         assert self._live_replicas is not None

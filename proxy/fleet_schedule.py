@@ -323,7 +323,8 @@ class FleetSchedule:
             finally:
                 if pubsub is not None:
                     with contextlib.suppress(*REDIS_ERRORS):
-                        await asyncio.wait_for(pubsub.aclose(), self._timeout)
+                        async with asyncio.timeout(self._timeout):
+                            await pubsub.aclose()
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, RECONNECT_MAX_SECONDS)
 

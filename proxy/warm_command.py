@@ -196,7 +196,8 @@ async def _standalone(
         while not run.done.is_set():
             bar.update(run.progress.to_progress(warmer.now()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(run.done.wait(), POLL_SECONDS)
+                async with asyncio.timeout(POLL_SECONDS):
+                    await run.done.wait()
         status = run.progress.to_progress(warmer.now())
         bar.update(status)
     finally:

@@ -251,7 +251,8 @@ class WarmExecutor:
             while r.in_flight > 0 and asyncio.get_running_loop().time() < deadline:
                 self._slot_freed.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._slot_freed.wait(), 0.05)
+                    async with asyncio.timeout(0.05):
+                        await self._slot_freed.wait()
             r.pending.clear()
             self._finish_run(r, self._clock() if r.in_flight == 0 else now, "stopped")
         return runs
@@ -338,7 +339,8 @@ class WarmExecutor:
         while len(self.queue) or self.in_flight or self._fills:
             self._slot_freed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._slot_freed.wait(), 0.05)
+                async with asyncio.timeout(0.05):
+                    await self._slot_freed.wait()
 
     async def idle_in_flight(self, within: float) -> None:
         """Wait (at most ``within`` seconds) for in-flight fetches to end."""
@@ -346,7 +348,8 @@ class WarmExecutor:
         while (self.in_flight or self._fills) and asyncio.get_running_loop().time() < deadline:
             self._slot_freed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._slot_freed.wait(), 0.05)
+                async with asyncio.timeout(0.05):
+                    await self._slot_freed.wait()
 
     async def _wait_for_work(self) -> None:
         """Until something is pushed, or the first request held back (a retry's

@@ -623,7 +623,8 @@ class SqlSource:
             raise SourceError(f"source {self.name!r}: query failed: {_describe(exc)}") from None
         finally:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.close(), timeout=5)
+                async with asyncio.timeout(5):
+                    await conn.close()
         return columns, rows
 
 

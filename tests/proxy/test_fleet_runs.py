@@ -482,3 +482,21 @@ async def test_a_run_whose_starting_replica_died_adding_items_is_sealed_by_anoth
         assert (await finished(client, b, again["run_id"]))["status"] == "completed"
     finally:
         await ghost.aclose()
+
+
+async def test_the_poller_stops_when_cancelled_as_a_poll_is_asked_for(
+    redis_url: str, redis_prefix: str, origin: Origin, make_proxy: ProxyFactory
+) -> None:
+    # A replica's stop cancels the poller; an acknowledgement that ends a run
+    # asks for a poll at the same moment.  A wait that swallowed that
+    # cancellation kept the poller (and the stop) going forever.
+    a = await replica(make_proxy, origin, redis_url, redis_prefix, "a")
+    fleet = a.fleet_runs
+    await eventually(lambda: fleet._poller is not None)
+    poller = fleet._poller
+    assert poller is not None
+    await asyncio.sleep(0.1)  # between two polls, waiting to be asked
+    fleet._refreshed.set()
+    poller.cancel()
+    await asyncio.wait({poller}, timeout=5)
+    assert poller.cancelled()
