@@ -16,7 +16,9 @@ What the core owns:
   where its clients look (:class:`~warmer.audience.Audience`: host and
   variant);
 - booking each finished warm fetch: the ledger (per variant) and every
-  strategy's ``filled``.
+  strategy's ``filled``;
+- the strategies' one measure of what a warm displaces
+  (:class:`~warmer.precision.DisplacementCost`), fed once per event and fill.
 
 The queue order is :class:`~warmer.queue.WarmQueue`'s alone; the runners
 push what ``due`` returns into one.
@@ -33,7 +35,8 @@ from warmer.audience import Audience
 from warmer.config import WarmerConfig
 from warmer.ledger import EffectivenessLedger
 from warmer.model import FillReport, Observed, Reason, WarmRequest, variant_tag
-from warmer.predictive import Predictor
+from warmer.precision import DisplacementCost
+from warmer.predictive import OWN_SEQUENCE_KEYS, Predictor
 from warmer.strategies import MissReactive, PathFilter, RefreshAhead
 from warmer.tracker import UsageTracker
 
@@ -59,6 +62,15 @@ class Waking(Protocol):
     def next_wake(self) -> float:
         """The next time ``due`` must be asked at (``math.inf``: none)."""
         ...
+
+
+@runtime_checkable
+class Displacing(Protocol):
+    """A strategy that weighs what a warm displaces (:class:`DisplacementCost`)."""
+
+    displacement: DisplacementCost
+    #: False when the measure is shared and the core feeds it.
+    feeds_displacement: bool
 
 
 @runtime_checkable
@@ -90,7 +102,17 @@ def build_strategies(
     fleet counted (a view refreshed by a runner), added to this one's."""
     strategies: list[Strategy] = []
     r = config.reactive
+    p = config.predictive
     levels = config.levels
+    # What a warm displaces is one measure of the cache, whichever strategy
+    # asks: one instance for all of them, fed once per event and fill by the
+    # core; it follows as many lifetimes as the largest of their own would.
+    displacement = DisplacementCost(
+        max_keys=max(
+            r.max_tracked_keys if r.enabled else 1,
+            min(p.max_keys, OWN_SEQUENCE_KEYS) if p.enabled else 1,
+        )
+    )
     if r.enabled and r.refresh_ahead:
         strategies.append(
             RefreshAhead(
@@ -103,6 +125,7 @@ def build_strategies(
                 # window shorter than that (a short lifetime) would be
                 # missed as often as not.
                 lead=2 * TICK_SECONDS,
+                displacement=displacement,
             )
         )
     if r.enabled and r.auto_warm:
@@ -120,15 +143,16 @@ def build_strategies(
                 max_keys=r.max_tracked_keys,
                 priority=levels[len(levels) // 2],
                 min_precision=r.min_precision,
+                displacement=displacement,
             )
         )
-    p = config.predictive
     if p.enabled:
         strategies.append(
             Predictor(
                 replace(p, refresh_lead=2 * TICK_SECONDS, priority=p.priority or levels[-1]),
                 sequences=sequences if p.sequences else None,  # type: ignore[arg-type]
                 feed_sequences=sequences is None,
+                displacement=displacement,
             )
         )
     return strategies
@@ -165,6 +189,13 @@ class WarmerCore:
             *(s.observe for s in self.strategies),
             self.audience.observe,
         )
+        # The displacement measures shared by strategies, fed here once each
+        # (before the strategies read them).
+        shared: dict[int, DisplacementCost] = {}
+        for s in self.strategies:
+            if isinstance(s, Displacing) and not s.feeds_displacement:
+                shared.setdefault(id(s.displacement), s.displacement)
+        self._displacements = tuple(shared.values())
         # (due, the strategy if its budget is charged after the fan-out)
         self._dues = tuple((s.due, s if isinstance(s, Budgeted) else None) for s in self.strategies)
         self._wakers = tuple(s for s in self.strategies if isinstance(s, Waking))
@@ -173,6 +204,8 @@ class WarmerCore:
 
     def observe(self, event: Observed) -> None:
         """One access event; O(1) amortised, never awaits."""
+        for measure in self._displacements:
+            measure.observe(event.key, event.outcome, event.fresh_until, event.ts)
         for observe in self._observers:
             observe(event)
         ledger = self.ledger
@@ -298,6 +331,8 @@ class WarmerCore:
             url = request.url
             host = request.host
             fresh_until = report.fresh_until
+            for measure in self._displacements:
+                measure.filled(key, fresh_until, now)
             for strategy in self.strategies:
                 strategy.filled(key, url, host, now, fresh_until)
         return key

@@ -462,9 +462,12 @@ class Predictor:
         *,
         sequences: SequenceModel | None = None,
         feed_sequences: bool = True,
+        displacement: DisplacementCost | None = None,
     ) -> None:
         """``sequences``: a model shared with the usage analysis; then
-        ``feed_sequences=False`` when the analysis already feeds it every event."""
+        ``feed_sequences=False`` when the analysis already feeds it every event.
+        ``displacement``: the measure the warmer core feeds for every
+        strategy (None: one of its own, fed here)."""
         if config.prediction_window <= 0:
             raise ValueError("prediction_window must be positive")
         if config.max_keys < 1:
@@ -505,10 +508,10 @@ class Predictor:
         )
         # What a warm of a key no longer cached costs in hits on this cache
         # (the entry it displaces), measured from the events: a decision
-        # warms only when it is likelier to be used than that.  Fed from
-        # the events like the reactive strategies' (it follows the lifetimes
-        # of as many keys as the sequence model).
-        self.displacement = DisplacementCost(max_keys=own)
+        # warms only when it is likelier to be used than that.  Its own
+        # follows the lifetimes of as many keys as the sequence model.
+        self.feeds_displacement = displacement is None
+        self.displacement = displacement or DisplacementCost(max_keys=own)
         # Whether self.sequences is this model's own (its memory counted here).
         self._owns_sequences = sequences is None and self.sequences is not None
         # Names of at most this many characters in all fit max_name_bytes
@@ -647,7 +650,8 @@ class Predictor:
             self._early_drops *= _RATIO_DECAY
             if outcome not in _HIT_OUTCOMES:
                 self._early_drops += 1.0
-        self.displacement.observe(key, outcome, event.fresh_until, ts)
+        if self.feeds_displacement:
+            self.displacement.observe(key, outcome, event.fresh_until, ts)
         state.recent += 1.0
         state.trend += 1.0
         previous = state.last
@@ -710,7 +714,8 @@ class Predictor:
             self.threshold = self._rationed(self._tokens)
             if state is not None and not stored_one:
                 state.fetched()
-        self.displacement.filled(key, fresh_until, now)
+        if self.feeds_displacement:
+            self.displacement.filled(key, fresh_until, now)
         if state is None or fresh_until <= state.fresh_until:
             return
         state.fresh_until = fresh_until

@@ -119,10 +119,13 @@ class RefreshAhead:
         priority: str = "high",
         min_precision: float = DEFAULT_MIN_PRECISION,
         lead: float = 0.0,
+        displacement: DisplacementCost | None = None,
     ) -> None:
         """``lead``: a refresh is due at least this many seconds before the
         expiry (within the lifetime): a runner asking once a tick needs a
-        window of more than a tick to find it."""
+        window of more than a tick to find it.  ``displacement``: the
+        measure the warmer core feeds for every strategy (None: one of its
+        own, fed here)."""
         if not 0 < fraction < 1:
             raise ValueError("fraction must be between 0 and 1")
         if not lead >= 0:
@@ -134,7 +137,8 @@ class RefreshAhead:
         self._followed = _FollowedKeys(max_keys)
         self.min_precision = min_precision
         self.gate = PrecisionGate(min_precision)
-        self.displacement = DisplacementCost(max_keys=max_keys)
+        self.feeds_displacement = displacement is None
+        self.displacement = displacement or DisplacementCost(max_keys=max_keys)
         self.watch = WarmWatch(self.gate, max_open=max_keys, max_keys=max_keys)
 
     def observe(self, event: Observed) -> None:
@@ -145,7 +149,8 @@ class RefreshAhead:
         watch = self.watch
         if key in watch.open:
             watch.observe(key, outcome, fresh_until, event.ts)
-        self.displacement.observe(key, outcome, fresh_until, event.ts)
+        if self.feeds_displacement:
+            self.displacement.observe(key, outcome, fresh_until, event.ts)
         if fresh_until <= 0 or outcome not in _CACHED_OUTCOMES:
             return
         life = self._followed.keys.get(key)
@@ -172,7 +177,8 @@ class RefreshAhead:
         watch = self.watch
         if key in watch.open:
             watch.filled(key, fresh_until, now)
-        self.displacement.filled(key, fresh_until, now)
+        if self.feeds_displacement:
+            self.displacement.filled(key, fresh_until, now)
         self._followed.put(key, _Lifetime(url, host, now, fresh_until))
 
     def due(self, now: float) -> list[WarmRequest]:
@@ -244,14 +250,17 @@ class MissReactive:
         max_keys: int = 10_000,
         priority: str = "medium",
         min_precision: float = DEFAULT_MIN_PRECISION,
+        displacement: DisplacementCost | None = None,
     ) -> None:
+        """``displacement``: as :class:`RefreshAhead`'s."""
         self.threshold = threshold
         self.priority = priority
         self._misses = misses  # (key, now) -> misses within the window
         self._followed = _FollowedKeys(max_keys)
         self.min_precision = min_precision
         self.gate = PrecisionGate(min_precision)
-        self.displacement = DisplacementCost(max_keys=max_keys)
+        self.feeds_displacement = displacement is None
+        self.displacement = displacement or DisplacementCost(max_keys=max_keys)
         self.watch = WarmWatch(self.gate, max_open=max_keys, max_keys=max_keys)
 
     def observe(self, event: Observed) -> None:
@@ -260,7 +269,8 @@ class MissReactive:
         watch = self.watch
         if key in watch.open:
             watch.observe(key, event.outcome, event.fresh_until, event.ts)
-        self.displacement.observe(key, event.outcome, event.fresh_until, event.ts)
+        if self.feeds_displacement:
+            self.displacement.observe(key, event.outcome, event.fresh_until, event.ts)
         life = self._followed.keys.get(key)
         if event.outcome in _MISS_OUTCOMES:
             if life is None and self._misses(key, event.ts) <= self.threshold:
@@ -278,7 +288,8 @@ class MissReactive:
         watch = self.watch
         if key in watch.open:
             watch.filled(key, fresh_until, now)
-        self.displacement.filled(key, fresh_until, now)
+        if self.feeds_displacement:
+            self.displacement.filled(key, fresh_until, now)
         if fresh_until > 0 and key in self._followed.keys:
             self._follow(key, url, host, now, fresh_until)
 
