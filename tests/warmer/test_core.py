@@ -14,7 +14,7 @@ from proxy.warming import warmer_config
 from tests.warmer.events import Ev
 from warmer.audience import Audience, AudienceConfig
 from warmer.clock import ManualClock
-from warmer.core import WarmerCore
+from warmer.core import Displacing, WarmerCore, build_strategies, build_tracker
 from warmer.ledger import EffectivenessLedger
 from warmer.model import FillReport, Observed, WarmRequest
 from warmer.replay import ReplayContext, configured_factory, replay
@@ -197,3 +197,33 @@ def test_a_budgeted_strategy_is_charged_per_variant_it_was_fanned_out_to() -> No
         )
     assert fanned >= 20
     assert predictor.warm_fetches == fanned  # every variant fetched is charged
+
+
+def test_every_strategy_weighs_displacement_by_one_measure_the_core_feeds(
+    tmp_path: Path,
+) -> None:
+    """Refresh-ahead, miss-reactive and predictive share one measure of what
+    a warm displaces; the core feeds it once per event and per stored fill,
+    so a cache that drops fresh entries raises the cost every one of them
+    weighs its warms against."""
+    config = warmer_config(settings_for(tmp_path))
+    tracker = build_tracker(config)
+    strategies = build_strategies(config, tracker)
+    measures = {id(s.displacement) for s in strategies if isinstance(s, Displacing)}
+    assert len(strategies) == 3 and len(measures) == 1
+    measure = next(s.displacement for s in strategies if isinstance(s, Displacing))
+    core = WarmerCore(strategies, tracker=tracker)
+    # Every key stored for 300 s, then asked for again after 10 s and
+    # missed: the cache dropped it while fresh.
+    for n in range(50):
+        core.observe(Ev(ts=1000.0 + n, key=f"/k{n}", outcome="miss", fresh_until=1300.0 + n))
+    for n in range(50):
+        core.observe(Ev(ts=1100.0 + n, key=f"/k{n}", outcome="miss", fresh_until=1400.0 + n))
+    assert measure.cost == pytest.approx(50 / 100, abs=0.01)
+    # A stored warm fill is one more fill displacing an entry, counted once.
+    core.completed(
+        WarmRequest(url="/warm", host="shop"),
+        FillReport(status=200, stored=True, fresh_until=1500.0),
+        1200.0,
+    )
+    assert measure.cost == pytest.approx(50 / 101, abs=0.01)
