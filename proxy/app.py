@@ -199,6 +199,7 @@ class Warmproxy:
             timeout=settings.cache.redis_timeout,
             clock=self.clock,
             live_replicas=self._live_replicas,
+            metrics=self.metrics,
             fill_lock_seconds=(
                 lock_seconds(settings.proxy.connect_timeout, settings.proxy.read_timeout)
                 if settings.cache.fleet_fill_lock

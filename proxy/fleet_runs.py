@@ -27,6 +27,8 @@ With the Redis store a warm run started on any replica (``POST /start``,
   cut off) and is taken over with ``XAUTOCLAIM``.  Only such an item can be
   fetched twice (if its replica was still fetching it), and then the fleet's
   fill lock and the fresh entry make the second fill cheap.
+  An item taken over :data:`MAX_DELIVERIES` times without an outcome is
+  counted failed, not passed on again.
 - **Stop** (from any replica) sets the record's state and deletes the
   stream: nobody takes another item, and each replica drops what it holds at
   its next poll.  A replica that stops cleanly hands back what it held
@@ -62,6 +64,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
+from proxy.metrics import ProxyMetrics
 from proxy.redis_client import REDIS_ERRORS, RedisClient, redis_client
 from proxy.tasks import BackgroundTasks
 from warmer.executor import Run, WarmExecutor
@@ -103,6 +106,13 @@ REPLICA_COUNT_INTERVAL = 10.0
 #: whose record has not changed for this many seconds lost its feeder: a
 #: live replica seals it with what it holds, so it can end.
 ORPHAN_AFTER = 60.0
+#: Replicas an item is delivered to at most.  Each after the first took it
+#: over from one that stopped working while holding it (killed, frozen, cut
+#: off); an item that every one of them was holding when it went (a path
+#: whose response takes a replica down) is counted failed instead of being
+#: passed on to take the next one down too.  A clean stop's hand-back is a
+#: new delivery count: it is not held against the item.
+MAX_DELIVERIES = 3
 #: The longest stream entry read: anything bigger is not one of ours.
 MAX_ITEM_BYTES = 64 * 1024
 _BACKOFF_FIRST = 0.2
@@ -448,14 +458,17 @@ class FleetRuns:
         clock: Callable[[], float] = time.time,
         live_replicas: Callable[[], Awaitable[list[str]]] | None = None,
         fill_lock_seconds: float = 0.0,
+        metrics: ProxyMetrics | None = None,
     ) -> None:
         """``redis_url`` None: no fleet (memory store), every run is local.
         ``name``: this replica's consumer name.  ``live_replicas``: the names
         of the live replicas (heartbeats), for the rate limit while Redis
         fails and to seal a run whose starting replica died feeding it.
         ``fill_lock_seconds``: how long the fleet's fill lock lives (0: off),
-        see :func:`reclaim_idle`."""
+        see :func:`reclaim_idle`.  ``metrics``: where the items taken,
+        taken over, handed back and given up are counted."""
         self.name = name
+        self._metrics = metrics
         self._fill_lock_seconds = fill_lock_seconds
         self._prefix = prefix
         self._index = f"{prefix}{{fleet}}:runs"
@@ -862,6 +875,8 @@ class FleetRuns:
         except REDIS_ERRORS as exc:
             # They are reclaimed after the idle time instead.
             log.warning("handing back %d warm items failed: %s", len(share.held), exc)
+        else:
+            self._count("handed_back", len(share.held))
         share.held.clear()
         share.by_identity.clear()
         self._room_freed.set()
@@ -951,13 +966,58 @@ class FleetRuns:
             e for e in answer[1] if e is not None and e[1] is not None
         ]
         mine = [e for e in entries if _text(e[0]) not in share.held]
+        if not mine:
+            return mine
+        mine = await self._within_deliveries(share, mine)
         if mine:
             log.info(
                 "reclaimed %d warm items another replica left",
                 len(mine),
                 extra={"run_id": share.keys.id, "items": len(mine)},
             )
+            self._count("reclaimed", len(mine))
         return mine
+
+    async def _within_deliveries(
+        self, share: _Share, entries: list[tuple[bytes, dict[bytes, bytes]]]
+    ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """``entries`` just taken over, but those delivered more than
+        :data:`MAX_DELIVERIES` times: those are counted failed (see there)."""
+        assert self._client is not None
+        async with self._client.pipeline(transaction=False) as pipe:
+            for raw_id, _ in entries:
+                pipe.xpending_range(share.keys.items, GROUP, raw_id, raw_id, 1)
+            answers = await pipe.execute()
+        kept: list[tuple[bytes, dict[bytes, bytes]]] = []
+        for (raw_id, fields), pending in zip(entries, answers, strict=True):
+            deliveries = int(pending[0]["times_delivered"]) if pending else 0
+            if deliveries <= MAX_DELIVERIES:
+                kept.append((raw_id, fields))
+                continue
+            executor = self._executor
+            assert executor is not None
+            try:
+                url = decode_item(fields.get(b"w", b""), executor.levels).url
+            except ValueError:
+                url = "(item)"
+            reason = (
+                f"given up after {MAX_DELIVERIES} replicas took it and stopped before finishing it"
+            )
+            log.warning(
+                "warm item %s of fleet run %s %s",
+                url,
+                share.keys.id,
+                reason,
+                extra={"run_id": share.keys.id},
+            )
+            error = orjson.dumps([url, reason[:MAX_ERROR_CHARS], 0])
+            self._queue_ack(_Ack(share.keys, _text(raw_id), False, 0.0, error))
+            self._count("given_up", 1)
+        return kept
+
+    def _count(self, event: str, items: int) -> None:
+        if self._metrics is not None and items:
+            self._metrics.fleet_run_items.labels(event).inc(items)
 
     async def _touch(self, share: _Share) -> None:
         """Reset the idle time of what this replica holds: it is alive."""
@@ -984,6 +1044,7 @@ class FleetRuns:
             share.held[entry] = (request.identity, item)
             share.by_identity.setdefault(request.identity, []).append(entry)
             requests.append(request)
+        self._count("taken", len(requests))
         if requests:
             share.touched_at = asyncio.get_running_loop().time()
             executor.submit(requests, share.run)

@@ -483,6 +483,16 @@ class ProxyMetrics:
             ["outcome"],
             registry=r,
         )
+        # The fleet's warm runs (proxy.fleet_runs): items of a Redis Stream.
+        self.fleet_run_items = Counter(
+            "warmproxy_fleet_run_items_total",
+            "Items of the fleet's warm runs, by event: taken (by this replica, to fill), "
+            "reclaimed (taken over from a replica that stopped working while holding them), "
+            "handed_back (at a clean stop, for the others to take at once), given_up "
+            "(taken over too many times without an outcome: counted failed).",
+            ["event"],
+            registry=r,
+        )
         # The fleet's warming statistics (proxy.fleet_stats), summed on read.
         self.fleet_stats_up = Gauge(
             "warmproxy_fleet_stats_up",

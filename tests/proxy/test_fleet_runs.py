@@ -500,3 +500,64 @@ async def test_the_poller_stops_when_cancelled_as_a_poll_is_asked_for(
     poller.cancel()
     await asyncio.wait({poller}, timeout=5)
     assert poller.cancelled()
+
+
+async def test_an_item_every_holder_went_down_with_is_given_up_not_passed_on(
+    redis_url: str,
+    redis_prefix: str,
+    origin: Origin,
+    make_proxy: ProxyFactory,
+    client: aiohttp.ClientSession,
+) -> None:
+    # Three replicas in turn took /poison and went down holding it (a
+    # response that takes a replica down would do that); /fine was held by
+    # one that went down once.  The next replica takes /fine over and fills
+    # it, and counts /poison failed instead of being the fourth to take it.
+    origin.set("/poison", headers=CACHEABLE, body=b"ok")
+    origin.set("/fine", headers=CACHEABLE, body=b"ok")
+    run_id = "0123456789cd"
+    tag = f"{redis_prefix}{{run:{run_id}}}"
+    stream = f"{tag}:items"
+    now = time.time()
+    ghost = aioredis.Redis.from_url(redis_url)
+    try:
+        await ghost.hset(
+            f"{tag}:record",
+            mapping={
+                "strategy": "bulk",
+                "state": "running",
+                "total": 2,
+                "success": 0,
+                "failed": 0,
+                "seconds": 0,
+                "started_at": repr(now - 120),
+                "updated_at": repr(now - 120),
+                "sealed": 1,
+                "origin": "ghost",
+            },
+        )
+        await ghost.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        ids = {}
+        for path in ("/poison", "/fine"):
+            request = WarmRequest(url=path, host="", priority="high", reason=Reason.ON_DEMAND)
+            ids[path] = await ghost.xadd(stream, {"w": encode_item(request)})
+        await ghost.zadd(f"{redis_prefix}{{fleet}}:runs", {run_id: now - 120})
+        await ghost.xreadgroup(GROUP, "ghost-1", {stream: ">"}, count=2)  # delivery 1
+        # Taken over twice more (deliveries 2 and 3), left idle for a minute.
+        for holder in ("ghost-2", "ghost-3"):
+            await ghost.xclaim(stream, GROUP, holder, 0, [ids["/poison"]], idle=60_000)
+        await ghost.xclaim(stream, GROUP, "ghost-1", 0, [ids["/fine"]], idle=60_000)
+
+        b = await replica(make_proxy, origin, redis_url, redis_prefix, "b")
+        body = await finished(client, b, run_id, within=10)
+        assert body["progress"]["success"] == 1 and body["progress"]["failed"] == 1, body
+        assert any(
+            e["key"] == "/poison" and "given up after 3 replicas" in e["error"]
+            for e in body["errors"]
+        ), body
+        assert [s.path for s in origin.seen] == ["/fine"]
+        items = b.metrics.registry.get_sample_value
+        assert items("warmproxy_fleet_run_items_total", {"event": "given_up"}) == 1
+        assert items("warmproxy_fleet_run_items_total", {"event": "reclaimed"}) == 1
+    finally:
+        await ghost.aclose()
