@@ -94,6 +94,37 @@ def warmed(proxy: Warmproxy) -> int:
     return sum(proxy.warmer.executor.counters.warmed.values())
 
 
+async def ghost_run(
+    ghost: aioredis.Redis, prefix: str, run_id: str, paths: list[str], *, sealed: bool
+) -> dict[str, bytes]:
+    """A running run that a replica "ghost" started two minutes ago, with
+    ``paths`` as its items (written as FleetRuns writes them); their entry ids."""
+    tag = f"{prefix}{{run:{run_id}}}"
+    started = time.time() - 120
+    await ghost.hset(
+        f"{tag}:record",
+        mapping={
+            "strategy": "key",
+            "state": "running",
+            "total": len(paths),
+            "success": 0,
+            "failed": 0,
+            "seconds": 0,
+            "started_at": repr(started),
+            "updated_at": repr(started),
+            "sealed": int(sealed),
+            "origin": "ghost",
+        },
+    )
+    await ghost.xgroup_create(f"{tag}:items", GROUP, id="0", mkstream=True)
+    ids = {}
+    for path in paths:
+        request = WarmRequest(url=path, host="", priority="high", reason=Reason.ON_DEMAND)
+        ids[path] = await ghost.xadd(f"{tag}:items", {"w": encode_item(request)})
+    await ghost.zadd(f"{prefix}{{fleet}}:runs", {run_id: started})
+    return ids
+
+
 async def test_a_run_started_on_one_replica_is_worked_by_all_and_answered_by_any(
     redis_url: str,
     redis_prefix: str,
@@ -444,30 +475,9 @@ async def test_a_run_whose_starting_replica_died_adding_items_is_sealed_by_anoth
     # end, and it would hold off every other run (409).
     paths = serve_paths(origin, "/o/", 3)
     run_id = "0123456789ab"
-    tag = f"{redis_prefix}{{run:{run_id}}}"
-    now = time.time()
     ghost = aioredis.Redis.from_url(redis_url)
     try:
-        await ghost.hset(
-            f"{tag}:record",
-            mapping={
-                "strategy": "key",
-                "state": "running",
-                "total": 3,
-                "success": 0,
-                "failed": 0,
-                "seconds": 0,
-                "started_at": repr(now - 120),
-                "updated_at": repr(now - 120),
-                "sealed": 0,
-                "origin": "ghost",
-            },
-        )
-        await ghost.xgroup_create(f"{tag}:items", GROUP, id="0", mkstream=True)
-        for path in paths:
-            request = WarmRequest(url=path, host="", priority="high", reason=Reason.ON_DEMAND)
-            await ghost.xadd(f"{tag}:items", {"w": encode_item(request)})
-        await ghost.zadd(f"{redis_prefix}{{fleet}}:runs", {run_id: now - 120})
+        await ghost_run(ghost, redis_prefix, run_id, paths, sealed=False)
 
         b = await replica(make_proxy, origin, redis_url, redis_prefix, "b")
         body = await finished(client, b, run_id, within=10)
@@ -516,32 +526,10 @@ async def test_an_item_every_holder_went_down_with_is_given_up_not_passed_on(
     origin.set("/poison", headers=CACHEABLE, body=b"ok")
     origin.set("/fine", headers=CACHEABLE, body=b"ok")
     run_id = "0123456789cd"
-    tag = f"{redis_prefix}{{run:{run_id}}}"
-    stream = f"{tag}:items"
-    now = time.time()
+    stream = f"{redis_prefix}{{run:{run_id}}}:items"
     ghost = aioredis.Redis.from_url(redis_url)
     try:
-        await ghost.hset(
-            f"{tag}:record",
-            mapping={
-                "strategy": "bulk",
-                "state": "running",
-                "total": 2,
-                "success": 0,
-                "failed": 0,
-                "seconds": 0,
-                "started_at": repr(now - 120),
-                "updated_at": repr(now - 120),
-                "sealed": 1,
-                "origin": "ghost",
-            },
-        )
-        await ghost.xgroup_create(stream, GROUP, id="0", mkstream=True)
-        ids = {}
-        for path in ("/poison", "/fine"):
-            request = WarmRequest(url=path, host="", priority="high", reason=Reason.ON_DEMAND)
-            ids[path] = await ghost.xadd(stream, {"w": encode_item(request)})
-        await ghost.zadd(f"{redis_prefix}{{fleet}}:runs", {run_id: now - 120})
+        ids = await ghost_run(ghost, redis_prefix, run_id, ["/poison", "/fine"], sealed=True)
         await ghost.xreadgroup(GROUP, "ghost-1", {stream: ">"}, count=2)  # delivery 1
         # Taken over twice more (deliveries 2 and 3), left idle for a minute.
         for holder in ("ghost-2", "ghost-3"):
