@@ -38,6 +38,7 @@ import grp
 import os
 import pwd
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -232,6 +233,9 @@ class Result:
     # Server CPU time per request answered (None: not measured): unlike req/s,
     # it holds when other processes take turns on the server's core.
     cpu_us: float | None = None
+    # wrk's own CPU time per request (None: not measured): what the load takes
+    # of cores it shares with the server (--workers).
+    load_cpu_us: float | None = None
 
 
 NGINX_CONF = """\
@@ -457,6 +461,12 @@ def cpu_seconds(pid: int | None) -> float | None:
     return own + sum(cpu_seconds(int(child)) or 0.0 for child in children)
 
 
+def _children_cpu_seconds() -> float:
+    """User + system CPU seconds of the children this process has waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_wrk(
     args: argparse.Namespace, url: str, cpu: int | None, pin: bool, script: Path | None = None
 ) -> str:
@@ -512,14 +522,19 @@ def bench_one(
             script.write_text(ZIPF_WRK_SCRIPT.format(keys=ZIPF_KEYS, exponent=ZIPF_EXPONENT))
         print(f"running {target.server}/{target.store} {mix} ...", flush=True)
         cpu_before = cpu_seconds(target.pid)
+        load_before = _children_cpu_seconds()
         output = run_wrk(args, target.url, load_cpu, procs.pin, script)
+        load_seconds = _children_cpu_seconds() - load_before  # wrk, the one child waited for
         cpu_after = cpu_seconds(target.pid)
         rps, p50, p99, wrk_notes = parse_wrk(output)
-        cpu_us = None
+        cpu_us = load_cpu_us = None
         requests = _REQUESTS.search(output)
-        if cpu_before is not None and cpu_after is not None and requests:
-            cpu_us = (cpu_after - cpu_before) / max(1, int(requests.group(1))) * 1e6
-        return Result(target, rps, p50, p99, notes + wrk_notes, cpu_us)
+        if requests:
+            answered = max(1, int(requests.group(1)))
+            load_cpu_us = load_seconds / answered * 1e6
+            if cpu_before is not None and cpu_after is not None:
+                cpu_us = (cpu_after - cpu_before) / answered * 1e6
+        return Result(target, rps, p50, p99, notes + wrk_notes, cpu_us, load_cpu_us)
     finally:
         if redis_url is not None:
             clear_redis_prefix(redis_url)
@@ -637,6 +652,22 @@ def print_side_by_side(results: list[Result]) -> None:
             f"workers   (memory): 1 {one:>8.0f} req/s, 2 {two:>8.0f} req/s, 2/1 {two / one:.2f}"
             " (goal >= 1.7)"
         )
+        pair = next(
+            (r for r in results if r.target.server == "warmproxy" and r.target.store == (
+                f"memory/{WORKERS2}")),
+            None,
+        )  # fmt: skip
+        cores = os.cpu_count() or 1
+        if pair is not None and pair.cpu_us and pair.load_cpu_us:
+            # An upper bound: two workers can answer no more requests a second
+            # than the cores hold their CPU and wrk's per request (each worker
+            # is one thread: at most a core each).
+            most = min(2.0, cores / (1.0 + pair.load_cpu_us / pair.cpu_us)) * 1e6 / pair.cpu_us
+            lines.append(
+                f"workers   (memory): 2 workers at most {most:>8.0f} req/s here, 2/1 at most "
+                f"{most / one:.2f}: {cores} cores for wrk ({pair.load_cpu_us:.1f} µs/req) and "
+                f"the workers ({pair.cpu_us:.1f} µs/req)"
+            )
     if nginx_one and nginx_two:
         lines.append(
             f"workers   (nginx ): 1 {nginx_one:>8.0f} req/s, 2 {nginx_two:>8.0f} req/s, "
