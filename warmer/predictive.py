@@ -33,6 +33,13 @@ Decisions are taken at moments where warming can change the outcome:
   sized to follow as many keys as the model (a successor still cached is a
   free hint).
 
+A successor warm (sequence, neighbour) comes seconds before the request it
+predicts, the surest moment to warm.  So a refresh, revisit or daily/weekly
+warm of a key is worth only the share of its requests that no successor warm
+came before (measured per key): its confidence is scaled by it, and the
+budget goes to the just-in-time warms instead of refreshing entries ahead of
+a request that would be warmed anyway.
+
 A decision warms when its confidence is at least ``min_confidence``.  The
 budget (``max_warm_ratio`` warm fetches per user request) is a token bucket
 (:data:`BUDGET_BURST`): when it runs low the threshold rises above that floor,
@@ -89,6 +96,9 @@ REVISIT_AFTER: Final = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.
 SEASONAL_LEAD: Final = 0.25
 DAY: Final = 86_400.0
 WEEK: Final = 7 * DAY
+#: Weight of a key's latest request in the share of its requests that a
+#: successor warm came just before (a moving mean over its last few requests).
+FORESEEN_STEP: Final = 0.25
 #: Keys asked for fewer times than this get no revisit or seasonal decisions:
 #: a key seen once is asked again within a window ~1-3 % of the time on the
 #: traces measured, far below any useful confidence, and following every
@@ -238,6 +248,12 @@ class _Key:
     used: int = 0
     wasted: int = 0
     awaiting: int = 0  # the warm whose fetch awaits the next request (0: none)
+    # When a successor decision (sequence, neighbour) last warmed it (a free
+    # hint included), and the share of its requests that one came before
+    # since the request before (a moving mean, FORESEEN_STEP): the requests
+    # a successor warm catches anyway, which other warms of it need not.
+    hinted: float = -math.inf
+    foreseen: float = 0.0
     # Its warm requests as last made (a hint, a refresh): the same each time.
     hint: WarmRequest | None = None
     refresh: WarmRequest | None = None
@@ -655,6 +671,9 @@ class Predictor:
         state.recent += 1.0
         state.trend += 1.0
         previous = state.last
+        # Whether a successor warm came before this request (since the one before).
+        foreseen = state.hinted > previous
+        state.foreseen += FORESEEN_STEP * ((1.0 if foreseen else 0.0) - state.foreseen)
         state.last = ts
         count = state.count = state.count + 1
         if state.clients & 3 < 3 and client:
@@ -905,6 +924,18 @@ class Predictor:
                         self._seq = seq
                         decisions = self._compact()
                         limit = self._max_decisions - self._in_lanes
+            successor = not plain and kind[0] in "sn"
+            if not successor and kind[0] != "p":
+                # Worth only what no later warm would catch: a request that a
+                # successor warm (sequence, neighbour) comes just before finds
+                # the key warmed then, at the surest moment (a token spent
+                # seconds before the request, not a lifetime).  A warm now
+                # (a refresh, a revisit, a seasonal one) adds only the share
+                # of the key's requests that one did not come before.  On the
+                # rest its token buys, less surely and a lifetime early, a
+                # hit that warm would buy anyway; when the budget binds, it
+                # is a token missing where nothing else would warm.
+                confidence *= 1.0 - state.foreseen
             if confidence >= threshold and displaced > 0.0:
                 # Unless the key is still cached, the warm displaces another
                 # entry, which costs a hit the cache would have made; warm
@@ -921,6 +952,8 @@ class Predictor:
             else:
                 worth = confidence >= threshold
             if worth:
+                if successor:
+                    state.hinted = at
                 act = state.new_warm()
                 out.append(self._request(key, state, kind, confidence, at))
             else:

@@ -123,6 +123,40 @@ def test_steady_hot_keys_are_refreshed_at_expiry() -> None:
     assert refreshed >= 40
 
 
+def test_a_key_a_successor_warm_comes_before_is_not_refreshed_ahead() -> None:
+    # Each visitor asks for /list, then /item 2 s later: every request for
+    # /item comes just after a sequence warm of it, so refreshing it at
+    # expiry would spend a fetch on what that warm catches anyway; /list,
+    # which nothing comes before, is still refreshed.
+    predictor = Predictor(PredictiveConfig(enabled=True, prediction_window=TTL))
+    fresh: dict[str, float] = {}
+    refreshed = {"/list": 0, "/item": 0}
+
+    def serve(at: float) -> None:
+        for request in predictor.due(at):
+            if request.refresh or fresh.get(request.url, 0.0) <= at:
+                fresh[request.url] = at + TTL
+                predictor.filled(request.url, request.url, "shop", at, at + TTL)
+                if request.refresh and at > T0 + 10 * TTL:
+                    refreshed[request.url] += 1
+
+    def ask(at: float, key: str, client: str) -> None:
+        serve(at)
+        outcome = "hit" if fresh.get(key, 0.0) > at else "miss"
+        if outcome == "miss":
+            fresh[key] = at + TTL
+        predictor.observe(Ev(at, key, outcome=outcome, client=client, fresh_until=fresh[key]))
+
+    for i in range(1500):
+        ts = T0 + i * 20.0
+        ask(ts, "/list", f"visitor{i}")
+        ask(ts + 2.0, "/item", f"visitor{i}")
+    # After the first lifetimes (100 in all): /list refreshed at nearly
+    # every expiry, /item not once in ten.
+    assert refreshed["/list"] >= 50
+    assert refreshed["/item"] * 10 <= refreshed["/list"]
+
+
 def warm_with_budget(max_warm_ratio: float, retune: tuple[int, float] | None = None) -> Predictor:
     """Zipf-like traffic over 400 keys with 300 s lifetimes; warm fills instant.
     ``retune``: at that request, the budget becomes that ratio (a reload)."""
