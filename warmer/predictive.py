@@ -43,13 +43,14 @@ a request that would be warmed anyway.
 A decision warms when its confidence is at least ``min_confidence``.  The
 budget (``max_warm_ratio`` warm fetches per user request) is a token bucket
 (:data:`BUDGET_BURST`): when it runs low the threshold rises above that floor,
-so the last tokens go to the surest predictions, and over any stretch of
-traffic the fetches stay within the budget plus the bucket.  Whether a warmed
-entry is still cached when asked for is learned per cell, starting from its
-kind's measured rate (a cell new to the table borrows it).  A revisit chain
-stops at a step far below the floor (in a cell with enough evidence) until
-the key's next request, but for a sample that keeps the table learning: a
-long tail of rare URLs costs little.
+so the last tokens go to the surest predictions (decisions falling due at
+one instant share them out surest first, each seeing the tokens those before
+it took), and over any stretch of traffic the fetches stay within the budget
+plus the bucket.  Whether a warmed entry is still cached when asked for is
+learned per cell, starting from its kind's measured rate (a cell new to the
+table borrows it).  A revisit chain stops at a step far below the floor (in
+a cell with enough evidence) until the key's next request, but for a sample
+that keeps the table learning: a long tail of rare URLs costs little.
 
 Bounded memory (:meth:`Predictor.memory_bound`): at most ``max_keys`` keys
 are followed (least recently asked for forgotten first), none whose names
@@ -776,6 +777,10 @@ class Predictor:
         keys_get = self._keys.get
         lead = self.config.refresh_lead
         threshold = self.threshold
+        # The round's decisions, in time order, and of those the warms that
+        # cost a fetch: whether they are made waits for _share_tokens.
+        taken: list[tuple[float, _Key, list[float], str, float, bool]] = []
+        fetches: list[tuple[float, int]] = []
         cells_get = self.calibration.cells.get
         kinds_get = self.calibration.kinds.get
         log2 = math.log2
@@ -951,11 +956,20 @@ class Predictor:
                 worth = confidence >= cost
             else:
                 worth = confidence >= threshold
+            if worth and state.fresh_until <= at:
+                # The entry is believed gone (or at its expiry instant): a
+                # fetch, which the round's tokens are shared out to below.
+                fetches.append((confidence, len(taken)))
+            taken.append((at, state, counts, kind, confidence, worth))
+        self._seq = seq
+        if fetches:
+            self._share_tokens(fetches, taken)
+        for at, state, counts, kind, confidence, worth in taken:
             if worth:
-                if successor:
+                if kind[0] in "sn":  # a successor warm (sequence, neighbour)
                     state.hinted = at
                 act = state.new_warm()
-                out.append(self._request(key, state, kind, confidence, at))
+                out.append(self._request(state.key, state, kind, confidence, at))
             else:
                 act = 0
             # Await the outcome (decisions are taken in time order: a FIFO).
@@ -963,8 +977,37 @@ class Predictor:
             if len(pending) > max_pending:
                 # Resolve the oldest early rather than grow.
                 self._learn(*pending.popleft()[1:])
-        self._seq = seq
         return out
+
+    def _share_tokens(
+        self,
+        fetches: list[tuple[float, int]],
+        taken: list[tuple[float, _Key, list[float], str, float, bool]],
+    ) -> None:
+        """Share the tokens out among one round's warms that cost a fetch:
+        the surest first, each seeing the tokens those before it take.
+
+        The threshold is the budget's (:meth:`_rationed`) as tokens are
+        committed, not as they were when the round began: many decisions can
+        fall due at one instant (entries stored together expire together),
+        and judged all against the round's first threshold they would spend
+        past the reserve, in time order rather than by how sure they are.
+        (A fetch is charged when its fill is reported, after the round.)
+        ``fetches``: (confidence, index in ``taken``) of the warms that pass
+        the round's first threshold; those that do not get their share are
+        marked not worth warming in ``taken``.
+        """
+        tokens = self._tokens
+        threshold = self.threshold
+        if tokens - len(fetches) >= self._reserve:
+            return  # enough for all: the threshold stays at its floor
+        fetches.sort(key=_surest)
+        for confidence, i in fetches:
+            if confidence >= threshold:
+                tokens -= 1.0
+                threshold = self._rationed(tokens)
+            else:
+                taken[i] = (*taken[i][:5], False)
 
     def _rationed(self, tokens: float) -> float:
         """The confidence threshold with ``tokens`` left (see :data:`BUDGET_BURST`)."""
@@ -1430,6 +1473,11 @@ class Predictor:
 
 class ModelFileError(ValueError):
     """A saved model that cannot be used (damaged, another version or window)."""
+
+
+def _surest(fetch: tuple[float, int]) -> tuple[float, int]:
+    """The order a round's fetches get tokens in: the surest first, then in time order."""
+    return -fetch[0], fetch[1]
 
 
 def _when(item: tuple[float, int, str, str, int]) -> tuple[float, int]:

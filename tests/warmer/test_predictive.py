@@ -198,6 +198,28 @@ def test_the_warm_budget_raises_the_threshold() -> None:
     assert tight.warm_fetches / tight.requests < 0.04
 
 
+def test_entries_expiring_together_share_the_tokens_left_surest_first() -> None:
+    # 150 keys asked for a few times and one asked for sixty, all stored at
+    # once, so all expire at one instant; the busy key was planted last.
+    # The decisions of that instant get the tokens left, the surest first,
+    # each seeing what those before it took: the busy key's refresh is made,
+    # and the round spends no more than the tokens it began with.
+    predictor = Predictor(
+        PredictiveConfig(enabled=True, prediction_window=TTL, max_warm_ratio=0.02, sequences=False)
+    )
+    expiry = T0 + TTL
+    keys = [f"/few/{i}" for i in range(150)] + ["/busy"]
+    for i, key in enumerate(keys):
+        for j in range(60 if key == "/busy" else 6):
+            ts = T0 + 0.001 * (i + j / 100)
+            predictor.observe(Ev(ts, key, outcome="hit" if j else "miss", fresh_until=expiry))
+    tokens = predictor._tokens
+    assert tokens < len(keys)  # not enough for every refresh
+    refreshed = [r.url for r in predictor.due(expiry) if r.refresh]
+    assert "/busy" in refreshed
+    assert 0 < len(refreshed) <= tokens
+
+
 def test_a_reload_retunes_the_budget_and_keeps_what_was_learned() -> None:
     # Half the traffic with a free budget, then a reload to a tight one: from
     # then on the warm fetches keep to the new budget (plus its smaller
