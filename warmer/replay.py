@@ -736,6 +736,9 @@ class _Simulation:
         cache = self.cache
         entry = cache.get(key)
         if entry is not None and entry[_EXPIRY] > now and not request.refresh:
+            # The proxy's warm path looks the entry up, as a request does, and
+            # the store marks it most recently used: a hint keeps it cached.
+            cache.move_to_end(key)
             self.free_hints += 1
             self.core.completed(request, _ALREADY_FRESH, now)
             return

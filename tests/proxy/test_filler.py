@@ -87,3 +87,24 @@ async def test_warm_fill_for_the_public_host_is_hit_by_every_client(
         async with client.get(url(proxy, "/p"), headers={"Host": host}) as response:
             assert "hit" in response.headers["Cache-Status"]
     assert origin.count("/p") == 1
+
+
+async def test_a_warm_hint_keeps_a_cached_entry_from_eviction(origin, make_proxy, client) -> None:
+    # A warm of an entry still fresh fetches nothing, but its lookup marks
+    # the entry most recently used in the memory store, as a request would
+    # (the replay models hints the same way): the next fill evicts another.
+    proxy = await make_proxy(origin.url, cache={"store": "memory", "max_entries": 2})
+    for path in ("/a", "/b", "/c"):
+        origin.set(path, headers={"Cache-Control": "max-age=300"}, body=path.encode())
+    for path in ("/a", "/b"):
+        async with client.get(url(proxy, path)) as response:
+            await response.read()
+    hint = await proxy.filler.fill("/a", client_host(proxy), refresh=False)
+    assert hint.already_fresh
+    async with client.get(url(proxy, "/c")) as response:
+        await response.read()
+    async with client.get(url(proxy, "/a")) as response:
+        assert "hit" in response.headers["Cache-Status"]
+    async with client.get(url(proxy, "/b")) as response:
+        assert "miss" in response.headers["Cache-Status"]
+    assert (origin.count("/a"), origin.count("/b")) == (1, 2)

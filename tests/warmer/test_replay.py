@@ -135,6 +135,14 @@ def test_a_warm_hint_for_a_fresh_entry_is_free() -> None:
     assert s.filled_calls == []
 
 
+def test_a_warm_hint_marks_a_cached_entry_most_recently_used() -> None:
+    # The proxy's warm path looks a cached entry up as a request does, and
+    # the store marks it most recently used: hinted at 2, /a outlives /b.
+    result, s = run(rows((0, "/a"), (1, "/b"), (3, "/c"), (4, "/a"), (5, "/b")), [(2, warm("/a"))])
+    assert outcomes(s) == ["/a:miss", "/b:miss", "/c:miss", "/a:hit", "/b:miss"]
+    assert (result.warm_fetches, result.free_hints) == (0, 1)
+
+
 def test_at_its_expiry_instant_an_entry_can_still_be_refreshed() -> None:
     result, s = run(rows((0, "/a"), (10, "/a")), [(10, warm("/a", refresh=True))])
     assert outcomes(s) == ["/a:miss", "/a:hit"]
