@@ -97,9 +97,11 @@ REVISIT_AFTER: Final = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.
 SEASONAL_LEAD: Final = 0.25
 DAY: Final = 86_400.0
 WEEK: Final = 7 * DAY
-#: Weight of a key's latest request in the share of its requests that a
-#: successor warm came just before (a moving mean over its last few requests).
-FORESEEN_STEP: Final = 0.25
+#: The share of a key's requests that a successor warm came just before: a
+#: moving mean over its last few requests (each weighs 2**-FORESEEN_SHIFT),
+#: kept in fixed point out of FORESEEN_SCALE (a small int: no object per key).
+FORESEEN_SHIFT: Final = 2
+FORESEEN_SCALE: Final = 128
 #: Keys asked for fewer times than this get no revisit or seasonal decisions:
 #: a key seen once is asked again within a window ~1-3 % of the time on the
 #: traces measured, far below any useful confidence, and following every
@@ -249,12 +251,12 @@ class _Key:
     used: int = 0
     wasted: int = 0
     awaiting: int = 0  # the warm whose fetch awaits the next request (0: none)
-    # When a successor decision (sequence, neighbour) last warmed it (a free
-    # hint included), and the share of its requests that one came before
-    # since the request before (a moving mean, FORESEEN_STEP): the requests
-    # a successor warm catches anyway, which other warms of it need not.
-    hinted: float = -math.inf
-    foreseen: float = 0.0
+    # Whether a successor decision (sequence, neighbour) warmed it (a free
+    # hint included) since its last request, and the share of its requests
+    # that one came before (out of FORESEEN_SCALE): the requests a successor
+    # warm catches anyway, which other warms of it need not.
+    hinted: bool = False
+    foreseen: int = 0
     # Its warm requests as last made (a hint, a refresh): the same each time.
     hint: WarmRequest | None = None
     refresh: WarmRequest | None = None
@@ -673,8 +675,11 @@ class Predictor:
         state.trend += 1.0
         previous = state.last
         # Whether a successor warm came before this request (since the one before).
-        foreseen = state.hinted > previous
-        state.foreseen += FORESEEN_STEP * ((1.0 if foreseen else 0.0) - state.foreseen)
+        foreseen = state.foreseen
+        state.foreseen = foreseen + (
+            ((FORESEEN_SCALE if state.hinted else 0) - foreseen) >> FORESEEN_SHIFT
+        )
+        state.hinted = False
         state.last = ts
         count = state.count = state.count + 1
         if state.clients & 3 < 3 and client:
@@ -940,7 +945,7 @@ class Predictor:
                 # rest its token buys, less surely and a lifetime early, a
                 # hit that warm would buy anyway; when the budget binds, it
                 # is a token missing where nothing else would warm.
-                confidence *= 1.0 - state.foreseen
+                confidence *= 1.0 - state.foreseen / FORESEEN_SCALE
             if confidence >= threshold and displaced > 0.0:
                 # Unless the key is still cached, the warm displaces another
                 # entry, which costs a hit the cache would have made; warm
@@ -967,7 +972,7 @@ class Predictor:
         for at, state, counts, kind, confidence, worth in taken:
             if worth:
                 if kind[0] in "sn":  # a successor warm (sequence, neighbour)
-                    state.hinted = at
+                    state.hinted = True
                 act = state.new_warm()
                 out.append(self._request(state.key, state, kind, confidence, at))
             else:
