@@ -781,9 +781,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         continue
                     # The best round by each measure: the most req/s, the least CPU.
                     cpu_figures = [c for c in (held.cpu_us, result.cpu_us) if c is not None]
+                    load_figures = [
+                        c for c in (held.load_cpu_us, result.load_cpu_us) if c is not None
+                    ]
                     if result.rps > held.rps:
                         best[kind] = held = result
                     held.cpu_us = min(cpu_figures) if cpu_figures else None
+                    held.load_cpu_us = min(load_figures) if load_figures else None
             results = [best[kind] for kind in kinds if kind in best]
         finally:
             procs.stop_all()

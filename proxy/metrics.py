@@ -486,7 +486,8 @@ class ProxyMetrics:
         # The fleet's warm runs (proxy.fleet_runs): items of a Redis Stream.
         self.fleet_run_items = Counter(
             "warmproxy_fleet_run_items_total",
-            "Items of the fleet's warm runs, by event: taken (by this replica, to fill), "
+            "Items of the fleet's warm runs, by event: taken (by this replica, to fill; "
+            "the reclaimed ones included), "
             "reclaimed (taken over from a replica that stopped working while holding them), "
             "handed_back (at a clean stop, for the others to take at once), given_up "
             "(taken over too many times without an outcome: counted failed).",

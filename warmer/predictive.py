@@ -530,7 +530,9 @@ class Predictor:
         # warms only when it is likelier to be used than that.  Its own
         # follows the lifetimes of as many keys as the sequence model.
         self.feeds_displacement = displacement is None
-        self.displacement = displacement or DisplacementCost(max_keys=own)
+        self.displacement = (
+            displacement if displacement is not None else DisplacementCost(max_keys=own)
+        )
         # Whether self.sequences is this model's own (its memory counted here).
         self._owns_sequences = sequences is None and self.sequences is not None
         # Names of at most this many characters in all fit max_name_bytes

@@ -125,7 +125,8 @@ from warmer.ledger import EffectivenessLedger
 from warmer.markov import MarkovPrefetch
 from warmer.model import DEFAULT_PRIORITY_LEVELS, FillReport, Observed, Reason, WarmRequest
 from warmer.oracle import Foresight, PrefetchOracle, oracle_refresh
-from warmer.predictive import PredictiveConfig, Predictor
+from warmer.precision import DisplacementCost
+from warmer.predictive import OWN_SEQUENCE_KEYS, PredictiveConfig, Predictor
 from warmer.queue import WarmQueue
 from warmer.strategies import MissReactive, PathFilter, RefreshAhead
 from warmer.trace import TraceError, TraceRow, TraceSummary, key_path, read_trace, scan_trace
@@ -277,7 +278,9 @@ def _none(ctx: ReplayContext) -> list[ReplayStrategy]:
     return []
 
 
-def _reactive(ctx: ReplayContext) -> list[ReplayStrategy]:
+def _reactive(
+    ctx: ReplayContext, displacement: DisplacementCost | None = None
+) -> list[ReplayStrategy]:
     tracker = ctx.tracker
     window = ctx.reactive_window
     return [
@@ -286,17 +289,21 @@ def _reactive(ctx: ReplayContext) -> list[ReplayStrategy]:
             misses=lambda key, now: tracker.misses(key, window, now),
             max_keys=max(10_000, ctx.distinct_keys),
             priority="medium",
+            displacement=displacement,
         )
     ]
 
 
-def _refresh_ahead(ctx: ReplayContext) -> list[ReplayStrategy]:
+def _refresh_ahead(
+    ctx: ReplayContext, displacement: DisplacementCost | None = None
+) -> list[ReplayStrategy]:
     return [
         RefreshAhead(
             min_hits=REFRESH_MIN_HITS,
             fraction=REFRESH_FRACTION,
             max_keys=max(10_000, ctx.distinct_keys),
             priority="high",
+            displacement=displacement,
         )
     ]
 
@@ -305,7 +312,9 @@ def _scheduled_top(ctx: ReplayContext) -> list[ReplayStrategy]:
     return [ScheduledTop(ctx.tracker)]
 
 
-def _predictive(ctx: ReplayContext) -> list[ReplayStrategy]:
+def _predictive(
+    ctx: ReplayContext, displacement: DisplacementCost | None = None
+) -> list[ReplayStrategy]:
     defaults = PredictiveConfig()
     return [
         Predictor(
@@ -318,7 +327,8 @@ def _predictive(ctx: ReplayContext) -> list[ReplayStrategy]:
                     if math.isinf(ctx.max_warm_ratio)
                     else ctx.max_warm_ratio
                 ),
-            )
+            ),
+            displacement=displacement,
         )
     ]
 
@@ -328,7 +338,17 @@ def _markov(ctx: ReplayContext) -> list[ReplayStrategy]:
 
 
 def _all(ctx: ReplayContext) -> list[ReplayStrategy]:
-    return [*_refresh_ahead(ctx), *_reactive(ctx), *_scheduled_top(ctx), *_predictive(ctx)]
+    # As build_strategies builds them live: one measure of what a warm
+    # displaces for all of them, which the core feeds.
+    shared = DisplacementCost(
+        max_keys=max(10_000, ctx.distinct_keys, min(PredictiveConfig().max_keys, OWN_SEQUENCE_KEYS))
+    )
+    return [
+        *_refresh_ahead(ctx, shared),
+        *_reactive(ctx, shared),
+        *_scheduled_top(ctx),
+        *_predictive(ctx, shared),
+    ]
 
 
 def configured_factory(config: WarmerConfig) -> StrategyFactory:

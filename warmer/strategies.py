@@ -138,7 +138,9 @@ class RefreshAhead:
         self.min_precision = min_precision
         self.gate = PrecisionGate(min_precision)
         self.feeds_displacement = displacement is None
-        self.displacement = displacement or DisplacementCost(max_keys=max_keys)
+        self.displacement = (
+            displacement if displacement is not None else DisplacementCost(max_keys=max_keys)
+        )
         self.watch = WarmWatch(self.gate, max_open=max_keys, max_keys=max_keys)
 
     def observe(self, event: Observed) -> None:
@@ -260,7 +262,9 @@ class MissReactive:
         self.min_precision = min_precision
         self.gate = PrecisionGate(min_precision)
         self.feeds_displacement = displacement is None
-        self.displacement = displacement or DisplacementCost(max_keys=max_keys)
+        self.displacement = (
+            displacement if displacement is not None else DisplacementCost(max_keys=max_keys)
+        )
         self.watch = WarmWatch(self.gate, max_open=max_keys, max_keys=max_keys)
 
     def observe(self, event: Observed) -> None:

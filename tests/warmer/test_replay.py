@@ -16,9 +16,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from warmer.core import Displacing
 from warmer.model import Observed, Reason, WarmRequest
 from warmer.replay import (
     REFRESH_FRACTION,
+    STRATEGIES,
     STRATEGY_NAMES,
     CacheSize,
     ReplayContext,
@@ -31,6 +33,7 @@ from warmer.replay import (
 )
 from warmer.strategies import RefreshAhead
 from warmer.trace import TraceError, TraceRow, key_path, read_trace, scan_trace
+from warmer.tracker import UsageTracker
 
 TRACES = Path(__file__).resolve().parents[3] / "shared" / "traces"
 WORLDCUP = TRACES / "worldcup98_day6_sample.csv"
@@ -241,6 +244,19 @@ def test_every_built_in_strategy_replays_and_the_ledger_agrees(name: str) -> Non
         assert result.warm_fetches == 0
     elif name != "predictive":  # the model decides whether to warm at all
         assert result.warm_fetches + result.free_hints > 0
+
+
+def test_all_weighs_displacement_by_one_measure_as_the_live_warmer_does() -> None:
+    # Replayed as build_strategies builds them live: refresh-ahead,
+    # miss-reactive and predictive share one measure, which the core feeds.
+    ctx = ReplayContext(
+        tracker=UsageTracker(windows=[3600.0]), ttl=60.0, capacity=40, distinct_keys=407
+    )
+    built = STRATEGIES["all"](ctx)
+    measures = {id(s.displacement) for s in built if isinstance(s, Displacing)}
+    assert len(measures) == 1
+    assert all(not s.feeds_displacement for s in built if isinstance(s, Displacing))
+    assert sum(isinstance(s, Displacing) for s in built) == 3
 
 
 def test_scheduled_top_fires_each_clock_hour() -> None:
