@@ -195,7 +195,10 @@ def test_analyze_prints_the_hot_data_report_of_a_trace(tmp_path: Path) -> None:
     assert {"patterns", "trends", "seasonality", "segments", "sequences"} <= set(report)
     # Two hours of data: no daily cycle can be claimed yet.
     assert report["seasonality"]["daily"]["insufficient_data"] is True
-    assert report["segments"]["distinct_clients"] == 9
+    # Nine clients, counted by a HyperLogLog whose hash is seeded per
+    # process: two of nine land in one of its 4,096 registers about one
+    # run in a hundred, and the estimate then reads 8.
+    assert report["segments"]["distinct_clients"] in (8, 9)
 
 
 def test_analyze_names_the_bad_line(tmp_path: Path) -> None:
