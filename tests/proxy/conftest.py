@@ -163,6 +163,17 @@ def control_url(proxy: Warmproxy, path: str) -> str:
     return f"http://127.0.0.1:{proxy.control_port}{path}"
 
 
+async def warming_call(
+    client: aiohttp.ClientSession, proxy: Warmproxy, method: str, path: str, body: Any = None
+) -> Any:
+    """The JSON answer of ``proxy``'s warming API at ``path``, asserting a 2xx."""
+    async with client.request(
+        method, control_url(proxy, f"/cache/warming/{path}"), json=body
+    ) as response:
+        assert response.status < 300, await response.text()
+        return await response.json()
+
+
 async def eventually(predicate: Callable[[], bool | Awaitable[bool]], within: float = 5.0) -> None:
     """Poll until ``predicate`` (a function or a coroutine function) holds,
     failing after ``within`` seconds."""

@@ -22,7 +22,7 @@ from redis.exceptions import ResponseError
 
 from proxy.app import Warmproxy
 from proxy.fleet_runs import GROUP, decode_item, encode_item, parse_record, reclaim_idle
-from tests.proxy.conftest import Origin, ProxyFactory, control_url, eventually, url
+from tests.proxy.conftest import Origin, ProxyFactory, control_url, eventually, url, warming_call
 from tests.redis_server import RedisServer
 from warmer.model import Reason, WarmRequest
 
@@ -64,16 +64,6 @@ async def replica(
     )
 
 
-async def call(
-    client: aiohttp.ClientSession, proxy: Warmproxy, method: str, path: str, body: Any = None
-) -> Any:
-    async with client.request(
-        method, control_url(proxy, f"/cache/warming/{path}"), json=body
-    ) as response:
-        assert response.status < 300, await response.text()
-        return await response.json()
-
-
 async def finished(
     client: aiohttp.ClientSession, proxy: Warmproxy, run_id: str, within: float = 20
 ) -> dict[str, Any]:
@@ -82,7 +72,7 @@ async def finished(
 
     async def ended() -> bool:
         nonlocal body
-        body = await call(client, proxy, "GET", f"progress?run_id={run_id}")
+        body = await warming_call(client, proxy, "GET", f"progress?run_id={run_id}")
         return bool(body["status"] != "running")
 
     await eventually(ended, within=within)
@@ -137,7 +127,7 @@ async def test_a_run_started_on_one_replica_is_worked_by_all_and_answered_by_any
         await replica(make_proxy, origin, redis_url, redis_prefix, n, parallelism=8)
         for n in ("a", "b", "c")
     ]
-    started = await call(client, a, "POST", "warm-key", {"urls": paths})
+    started = await warming_call(client, a, "POST", "warm-key", {"urls": paths})
     assert started["status"] == "running"
     assert started["progress"]["total_items"] == 600
 
@@ -158,9 +148,9 @@ async def test_a_run_started_on_one_replica_is_worked_by_all_and_answered_by_any
     assert sum(shares) == 600 and min(shares) > 0, shares
     # Every replica answers the same about it, status included.
     for proxy in (a, b):
-        again = await call(client, proxy, "GET", f"progress?run_id={started['run_id']}")
+        again = await warming_call(client, proxy, "GET", f"progress?run_id={started['run_id']}")
         assert again["progress"] == body["progress"]
-    status = await call(client, b, "GET", "status")
+    status = await warming_call(client, b, "GET", "status")
     assert status["run_id"] == started["run_id"] and status["status"] == "completed"
     # And a client finds the entries warm on any replica.
     async with client.get(url(b, paths[17])) as response:
@@ -177,7 +167,7 @@ async def test_failures_are_counted_once_with_their_errors_on_every_replica(
     good = serve_paths(origin, "/ok/", 20)
     origin.set("/broken", status=500)
     a, b = [await replica(make_proxy, origin, redis_url, redis_prefix, n) for n in ("a", "b")]
-    started = await call(client, a, "POST", "warm-key", {"urls": [*good, "/broken"]})
+    started = await warming_call(client, a, "POST", "warm-key", {"urls": [*good, "/broken"]})
     body = await finished(client, b, started["run_id"])
     assert body["status"] == "completed"  # some succeeded, as a local run says
     assert body["progress"]["success"] == 20 and body["progress"]["failed"] == 1
@@ -197,23 +187,23 @@ async def test_stop_on_any_replica_stops_the_run_everywhere(
         await replica(make_proxy, origin, redis_url, redis_prefix, n, parallelism=2)
         for n in ("a", "b", "c")
     ]
-    started = await call(client, a, "POST", "warm-key", {"urls": paths})
+    started = await warming_call(client, a, "POST", "warm-key", {"urls": paths})
     run_id = started["run_id"]
     # Under way on every replica.
     await eventually(lambda: all(p.warmer.executor.in_flight for p in (a, b, c)), within=5)
 
-    stopped = await call(client, b, "POST", "stop")
+    stopped = await warming_call(client, b, "POST", "stop")
     assert run_id in stopped["stopped"]
-    body = await call(client, c, "GET", f"progress?run_id={run_id}")
+    body = await warming_call(client, c, "GET", f"progress?run_id={run_id}")
     assert body["status"] == "stopped"
     # Every replica drops what it holds: nothing is fetched any more.
     await eventually(lambda: not any(p.warmer.executor.in_flight for p in (a, b, c)), within=5)
     fetched = len(origin.seen)
     await asyncio.sleep(1.0)
     assert len(origin.seen) == fetched < 100
-    assert (await call(client, a, "GET", "status"))["status"] == "stopped"
+    assert (await warming_call(client, a, "GET", "status"))["status"] == "stopped"
     # A new run may start on any replica now.
-    again = await call(client, c, "POST", "warm-key", {"url": paths[-1]})
+    again = await warming_call(client, c, "POST", "warm-key", {"url": paths[-1]})
     assert (await finished(client, a, again["run_id"]))["status"] == "completed"
 
 
@@ -237,12 +227,12 @@ async def test_a_second_run_conflicts_on_another_replica(
 
     await asyncio.gather(*(get(path) for path in paths))
     await eventually(lambda: a.warmer.tracker.totals().requests == 40)
-    started = await call(client, a, "POST", "start", {"strategy": "hot"})
+    started = await warming_call(client, a, "POST", "start", {"strategy": "hot"})
     async with client.post(
         control_url(b, "/cache/warming/start"), json={"strategy": "hot"}
     ) as response:
         assert response.status == 409, await response.text()
-    await call(client, b, "POST", "stop")
+    await warming_call(client, b, "POST", "stop")
     assert (await finished(client, a, started["run_id"]))["status"] == "stopped"
 
 
@@ -264,7 +254,7 @@ async def test_items_a_vanished_replica_held_are_reclaimed_and_filled_once(
     # A replica that takes items and then is gone: it never fetches nor acknowledges.
     ghost = aioredis.Redis.from_url(redis_url)
     try:
-        started = await call(client, a, "POST", "warm-key", {"urls": paths})
+        started = await warming_call(client, a, "POST", "warm-key", {"urls": paths})
         run_id = started["run_id"]
         stream = f"{redis_prefix}{{run:{run_id}}}:items"
         taken: list[Any] = []
@@ -306,7 +296,7 @@ async def test_the_rate_limit_is_the_fleets_not_each_replicas(
         for n in ("a", "b", "c")
     ]
     began = time.monotonic()
-    started = await call(client, a, "POST", "warm-key", {"urls": paths})
+    started = await warming_call(client, a, "POST", "warm-key", {"urls": paths})
     body = await finished(client, b, started["run_id"])
     seconds = time.monotonic() - began
     assert body["progress"]["success"] == 45
@@ -326,7 +316,7 @@ async def test_a_run_redis_cannot_take_runs_on_the_replica_alone(
     paths = serve_paths(origin, "/alone/", 5)
     a = await replica(make_proxy, origin, throwaway_redis.url, redis_prefix, "a")
     throwaway_redis.stop()
-    started = await call(client, a, "POST", "warm-key", {"urls": paths})
+    started = await warming_call(client, a, "POST", "warm-key", {"urls": paths})
     body = await finished(client, a, started["run_id"], within=10)
     # Every path fetched here (with the store down none is stored: failed).
     assert body["progress"]["total_items"] == 5
@@ -346,7 +336,7 @@ async def test_a_run_goes_on_after_redis_blips_with_every_item_counted_once(
         await replica(make_proxy, origin, throwaway_redis.url, redis_prefix, n, parallelism=4)
         for n in ("a", "b")
     ]
-    started = await call(client, a, "POST", "warm-key", {"urls": paths})
+    started = await warming_call(client, a, "POST", "warm-key", {"urls": paths})
     await eventually(lambda: len(origin.seen) >= 40, within=10)
     throwaway_redis.pause()  # unanswering, its data kept: a network blip
     try:
@@ -407,8 +397,8 @@ async def test_a_scheduled_run_counts_a_source_it_could_not_read_once_for_the_fl
             {"name": "gone", "source": {"type": "sitemap", "url": "/no-sitemap.xml"}},
         ],
     }
-    await call(client, a, "POST", "schedule", plan)
-    started = await call(client, a, "POST", "start", {"strategy": "proactive"})
+    await warming_call(client, a, "POST", "schedule", plan)
+    started = await warming_call(client, a, "POST", "start", {"strategy": "proactive"})
     body = await finished(client, b, started["run_id"])
     assert body["status"] == "completed"
     assert body["progress"]["total_items"] == 6
@@ -426,7 +416,7 @@ async def test_a_run_lost_with_a_redis_restarted_empty_ends_as_failed(
 ) -> None:
     paths = serve_paths(origin, "/lost/", 200, delay=0.05)
     a = await replica(make_proxy, origin, throwaway_redis.url, redis_prefix, "a", parallelism=2)
-    started = await call(client, a, "POST", "warm-key", {"urls": paths})
+    started = await warming_call(client, a, "POST", "warm-key", {"urls": paths})
     await eventually(lambda: len(origin.seen) >= 4, within=5)
     throwaway_redis.stop()
     throwaway_redis.start()  # empty: the run's stream and record are gone
@@ -434,7 +424,7 @@ async def test_a_run_lost_with_a_redis_restarted_empty_ends_as_failed(
     assert body["status"] == "failed"
     assert body["errors"][0]["error"] == "the run's record is gone from Redis"
     # Nothing waits on it: a new run starts and completes.
-    again = await call(client, a, "POST", "warm-key", {"url": "/lost/199"})
+    again = await warming_call(client, a, "POST", "warm-key", {"url": "/lost/199"})
     assert (await finished(client, a, again["run_id"]))["status"] == "completed"
 
 
@@ -453,7 +443,7 @@ async def test_a_replica_stopping_cleanly_hands_its_items_back_at_once(
     # Items are taken over from a replica that vanished only after this long:
     # far longer than the run has to finish in below.
     assert b.fleet_runs.reclaim_idle >= 20
-    started = await call(client, a, "POST", "warm-key", {"urls": paths})
+    started = await warming_call(client, a, "POST", "warm-key", {"urls": paths})
     await eventually(lambda: warmed(b) >= 10, within=10)
     await b.stop()  # what B holds goes back; what it was fetching it finishes
     body = await finished(client, a, started["run_id"], within=15)
@@ -488,7 +478,7 @@ async def test_a_run_whose_starting_replica_died_adding_items_is_sealed_by_anoth
         assert any("replica ghost stopped" in e["error"] for e in body["errors"]), body
         assert {s.path for s in origin.seen} == set(paths)
         # ... and it no longer holds off another run.
-        again = await call(client, b, "POST", "warm-key", {"urls": paths[:1]})
+        again = await warming_call(client, b, "POST", "warm-key", {"urls": paths[:1]})
         assert (await finished(client, b, again["run_id"]))["status"] == "completed"
     finally:
         await ghost.aclose()

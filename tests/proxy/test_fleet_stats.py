@@ -25,7 +25,7 @@ from proxy.fleet_stats import (
     encode,
     sum_warming,
 )
-from tests.proxy.conftest import Origin, ProxyFactory, control_url, eventually, url
+from tests.proxy.conftest import Origin, ProxyFactory, eventually, url, warming_call
 from tests.redis_server import RedisServer
 from warmer.ledger import EffectivenessLedger, LedgerCounters
 
@@ -55,25 +55,15 @@ async def replica(
     )
 
 
-async def call(
-    client: aiohttp.ClientSession, proxy: Warmproxy, method: str, path: str, body: Any = None
-) -> Any:
-    async with client.request(
-        method, control_url(proxy, f"/cache/warming/{path}"), json=body
-    ) as response:
-        assert response.status < 300, await response.text()
-        return await response.json()
-
-
 async def stats(client: aiohttp.ClientSession, proxy: Warmproxy) -> Any:
-    return await call(client, proxy, "GET", "stats")
+    return await warming_call(client, proxy, "GET", "stats")
 
 
 async def warm(client: aiohttp.ClientSession, proxy: Warmproxy, *paths: str) -> None:
-    run = await call(client, proxy, "POST", "warm-key", {"urls": list(paths)})
+    run = await warming_call(client, proxy, "POST", "warm-key", {"urls": list(paths)})
 
     async def done() -> bool:
-        body = await call(client, proxy, "GET", f"progress?run_id={run['run_id']}")
+        body = await warming_call(client, proxy, "GET", f"progress?run_id={run['run_id']}")
         return bool(body["status"] != "running")
 
     await eventually(done, within=10)
@@ -167,7 +157,7 @@ async def test_a_stopped_replicas_figures_stay_until_they_expire(
     assert body["cost_benefit"]["items_warmed"] == 1
     assert body["replicas"]["b"]["this_replica"] is False
     # B is gone from the live replicas, its figures are not.
-    status = await call(client, a, "GET", "status")
+    status = await warming_call(client, a, "GET", "status")
     assert [r["id"] for r in status["replicas"]] == ["a"]
 
     key = f"{redis_prefix}{{fleet}}:stats:b"
@@ -210,7 +200,7 @@ async def test_with_redis_down_stats_answer_this_replicas_own_figures(
     own = together["replicas"]["a"]["cost_benefit"]["items_warmed"]
 
     throwaway_redis.stop()
-    body = await stats(client, a)  # 200: call() checks
+    body = await stats(client, a)  # 200: warming_call() checks
     assert body["fleet"]["scope"] == "replica"
     assert "unavailable" in body["fleet"]["unavailable"]
     assert body["fleet"]["replicas"] == 1
