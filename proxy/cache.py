@@ -173,6 +173,28 @@ class Cache:
             return Lookup(None, vary_miss=True)
         return Lookup(item)
 
+    async def touch(self, key: str, request_headers: HeaderSource) -> CacheEntry | None:
+        """The fresh-or-not entry this request would be answered with, looked
+        up so that the store counts it used: what keeps a key cached under
+        eviction without fetching it (warmer.retention).
+
+        With Redis the lookup reads past the in-process tier, so Redis itself
+        sees the read (under an LRU ``maxmemory-policy`` a read updates the
+        key's access time).  With the memory store the lookup makes the
+        entry most recently used, and the touch goes to the store's listener
+        too, so with ``--workers`` every worker's copy keeps it.
+        """
+        entry = (await self.lookup(key, request_headers, from_store=True)).entry
+        local = self._local
+        if entry is not None and not self._remote and local is not None:
+            keys = [key]
+            index = local.get_nowait(key)
+            if isinstance(index, VaryIndex):
+                values = policy.request_vary_values(index.names, request_headers)
+                keys.append(policy.variant_key(key, index.generation, values))
+            local.touch_nowait(keys)
+        return entry
+
     async def _by_coding(
         self, index: VaryIndex, values: tuple[str | None, ...], past_l1: bool = False
     ) -> CacheEntry | None:

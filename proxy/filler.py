@@ -172,6 +172,21 @@ class Filler:
         self._rules = rules
         self._warm_headers = {}
 
+    async def touch(
+        self, path_qs: str, host: str | None = None, *, headers: VariantHeaders = ()
+    ) -> CacheEntry | None:
+        """Look ``path_qs``'s entry up as a warm fill would, fetching nothing:
+        what keeps a kept key cached (warmer.retention; see
+        :meth:`Cache.touch`).  The entry when it is cached and fresh, else
+        None."""
+        host = host or self._rules.default_host
+        _, proxy_headers = self._warm_request_headers(host, headers)
+        key = self._rules.cache_key(path_qs, host)
+        entry = await self._cache.touch(key, proxy_headers)
+        if entry is not None and policy.fresh_enough(entry, self._clock(), {}):
+            return entry
+        return None
+
     async def fill(
         self,
         path_qs: str,

@@ -288,6 +288,15 @@ class _WarmerCollector(Collector):
             for strategy, count in sorted(values.items()):
                 family.add_metric([strategy], count)
             yield family
+        touches = CounterMetricFamily(
+            "warmproxy_warm_touches",
+            "Touches of kept keys (a lookup that keeps the entry cached; nothing fetched).",
+            labels=["strategy", "result"],
+        )
+        for result, values in (("kept", c.kept), ("gone", c.gone)):
+            for strategy, count in sorted(values.items()):
+                touches.add_metric([strategy, result], count)
+        yield touches
         depth = GaugeMetricFamily(
             "warmproxy_warm_queue_depth", "Warm requests waiting, by priority.", labels=["priority"]
         )

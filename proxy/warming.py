@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Final
 from urllib.parse import quote, urlsplit
 
 from proxy.cache import Cache
@@ -221,6 +222,9 @@ def fill_through(filler: Filler) -> Fill:
     """The warmer's fill: the proxy's own fill path (DESIGN rule 1)."""
 
     async def fill(request: WarmRequest, admit: Callable[[], Awaitable[None]]) -> FillReport:
+        if request.touch:
+            kept = await filler.touch(request.url, request.host or None, headers=request.headers)
+            return _KEPT if kept is not None else _GONE
         result = await filler.fill(
             request.url,
             request.host or None,
@@ -246,6 +250,10 @@ def fill_through(filler: Filler) -> Fill:
         )
 
     return fill
+
+
+_KEPT: Final = FillReport(already_fresh=True)
+_GONE: Final = FillReport(gone=True)
 
 
 def warm_target(target: str, allowed_hosts: set[str]) -> tuple[str, str]:
@@ -333,6 +341,7 @@ def warmer_config(settings: Settings, *, per_host: bool = False) -> WarmerConfig
             priority=p.priority or levels[-1],
             sequences=p.sequences,
             neighbours=p.neighbours,
+            retention=p.retention,
         ),
         retrain_schedule=p.retrain_schedule,
         monitoring=MonitoringConfig(

@@ -21,6 +21,8 @@ the supervisor's user can enter; every other worker connects to it.  Over it:
   and histograms grew by, and the primary adds it to its own, so ``/metrics``
   and ``/cache/warming/cache`` count every worker's requests (a second
   behind at most);
+- **touches**: keys a warmer's touch marked used (warmer.retention), so
+  every worker's copy of the store keeps what the warmer keeps cached;
 - **reloads**: the primary, once it has applied a reload, tells the others
   to read the configuration again.
 
@@ -103,6 +105,8 @@ class Kind(IntEnum):
     RESTORE = 7
     # Everything the sender holds has been sent (after its PUTs or RESTOREs).
     SYNCED = 8
+    # Keys a warmer's touch marked used (warmer.retention): every copy keeps them.
+    TOUCH = 9
 
 
 class FrameError(ValueError):
@@ -144,6 +148,29 @@ def parse_put(payload: bytes) -> tuple[str, StoredItem, float]:
     except (struct.error, UnicodeDecodeError, DecodeError) as exc:
         raise FrameError(f"malformed PUT: {exc}") from None
     return key, item, deadline
+
+
+#: Most keys one TOUCH frame names (a touch names a key and its variant).
+MAX_TOUCHED_KEYS = 64
+
+
+def touch_frame(keys: Sequence[str]) -> bytes:
+    return frame(Kind.TOUCH, orjson.dumps(list(keys[:MAX_TOUCHED_KEYS])))
+
+
+def parse_touch(payload: bytes) -> list[str]:
+    """The keys of a TOUCH payload; raises FrameError."""
+    try:
+        keys = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise FrameError("malformed TOUCH") from None
+    if (
+        not isinstance(keys, list)
+        or len(keys) > MAX_TOUCHED_KEYS
+        or not all(isinstance(k, str) for k in keys)
+    ):
+        raise FrameError("malformed TOUCH: not a list of at most 64 keys")
+    return keys
 
 
 def drop_frames(sender: str, drop: L1Drop) -> list[bytes]:
@@ -301,6 +328,10 @@ class _Relay(abc.ABC):
         if not self._applying:
             self._send_changes(drop_frames(self._name, L1Drop(keys=tuple(keys))))
 
+    def touched(self, keys: Sequence[str]) -> None:
+        if not self._applying:
+            self._send_changes([touch_frame(keys)], droppable=True)
+
     def dropped(self, keys: Sequence[str]) -> None:
         """The cache's DropListener (shared-store drops): the store hook tells them already."""
         return None
@@ -347,13 +378,15 @@ class _Relay(abc.ABC):
             log.info("sent the store to a worker", extra={"items": sent})
 
     def apply(self, kind: Kind, payload: bytes) -> None:
-        """Apply a PUT or DROP from another worker to this one's store."""
+        """Apply a PUT, DROP or TOUCH from another worker to this one's store."""
         store = self._store
         if store is None:
             return
         self._applying = True
         try:
-            if kind in (Kind.PUT, Kind.RESTORE):
+            if kind == Kind.TOUCH:
+                store.touch_nowait(parse_touch(payload))
+            elif kind in (Kind.PUT, Kind.RESTORE):
                 key, item, deadline = parse_put(payload)
                 if isinstance(item, CacheEntry):
                     item.prepare_wire()  # as the in-process tier keeps entries
@@ -458,9 +491,9 @@ class RelayHub(_Relay):
                 await writer.wait_closed()
 
     def _received(self, kind: Kind, payload: bytes, writer: asyncio.StreamWriter) -> None:
-        if kind in (Kind.PUT, Kind.DROP):
+        if kind in (Kind.PUT, Kind.DROP, Kind.TOUCH):
             self.apply(kind, payload)
-            self._broadcast([frame(kind, payload)], kind == Kind.PUT, skip=writer)
+            self._broadcast([frame(kind, payload)], kind != Kind.DROP, skip=writer)
         elif kind == Kind.RESTORE:
             self.apply(kind, payload)
         elif kind == Kind.SYNCED:
@@ -561,7 +594,7 @@ class RelayClient(_Relay):
                 while True:
                     kind, payload = await read_frame(reader)
                     try:
-                        if kind in (Kind.PUT, Kind.DROP):
+                        if kind in (Kind.PUT, Kind.DROP, Kind.TOUCH):
                             self.apply(kind, payload)
                         elif kind == Kind.SYNCED:
                             self.synced.set()

@@ -374,4 +374,5 @@ def _with(request: WarmRequest, host: str, headers: VariantHeaders) -> WarmReque
         refresh=request.refresh,
         source=request.source,
         headers=headers,
+        touch=request.touch,
     )

@@ -302,6 +302,8 @@ class WarmerCore:
         """A warm request is finished: book it, and let the strategies follow
         the lifetime it stored.  Returns the request's cache key."""
         key = self._key_of(request.url, request.host)
+        if request.touch:
+            return key  # nothing fetched, nothing stored: not a warm fill
         ledger = self.ledger
         if ledger is not None:
             # Each variant is its own entry: judged by whether *its* clients hit it.

@@ -14,6 +14,10 @@ Fetches are never cancelled half-way: a fetch that outlives its timeout is
 counted as failed, but goes on to its end in the background (bounded by the
 proxy's origin read timeout), because it may be the coalescing leader a
 client's request is waiting on, and its store write is all-or-nothing anyway.
+
+A *touch* (:attr:`warmer.model.WarmRequest.touch`) is no fetch: it is never
+queued, but looked up in order by the dispatcher, between batches, and
+counted apart (``kept``, ``gone``).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import logging
 import random
 import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +44,9 @@ log = logging.getLogger(__name__)
 
 GUARD_SAMPLE_SECONDS = 1.0
 FINISHED_RUNS_KEPT = 20
+#: Touches waiting to be looked up, at most (see WarmExecutor._touch_all).
+MAX_TOUCHES = 10_000
+_GONE = FillReport(gone=True)
 
 Identity = WarmIdentity
 
@@ -76,6 +83,9 @@ class ExecutorCounters:
     failed: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     retried: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     already_fresh: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+    # Touches (warmer.retention): entries kept, and entries found gone.
+    kept: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+    gone: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     fetch_seconds: float = 0.0  # summed over finished fetches
     fetches: int = 0
     bytes: int = 0
@@ -144,6 +154,12 @@ class WarmExecutor:
         # Fills running now, each with its timeout timer (None once timed out).
         self._fills: dict[asyncio.Task[FillReport], asyncio.TimerHandle | None] = {}
         self._last_guard_sample = 0.0
+        # Touches (warmer.retention) waiting: looked up one after another by
+        # the dispatcher, without the queue, task and timer of a fetch (they
+        # cost eight times the lookup itself: bench/touch_cost.py).  Past
+        # MAX_TOUCHES waiting, the oldest are dropped: a touch due long ago
+        # is the least useful.
+        self._touches: deque[WarmRequest] = deque(maxlen=MAX_TOUCHES)
 
     # ----------------------------------------------------------------- runs
 
@@ -179,6 +195,11 @@ class WarmExecutor:
         now = self._clock()
         taken = 0
         for request in requests:
+            if request.touch:
+                # A strategy's touch: never queued or fetched (see _touch_all).
+                self._touches.append(request)
+                taken += 1
+                continue
             identity = request.identity
             if run is not None:
                 if run.stopping or identity in run.pending:
@@ -318,6 +339,8 @@ class WarmExecutor:
         Fetches already started are left to finish (see the module docstring).
         """
         while True:
+            if self._touches:
+                await self._touch_all()
             await self._wait_for_resources()
             now = self._clock()
             batch = self.queue.pop_batch(now, self.batch_size)
@@ -333,6 +356,26 @@ class WarmExecutor:
                 if identity not in self._waiting:
                     continue  # dropped while it waited: its runs were stopped
                 self._spawn(request)
+
+    async def _touch_all(self) -> None:
+        """Look up every touch waiting, in order: each only marks its entry
+        used, so none is retried, rate-limited or counted as a fetch."""
+        touches = self._touches
+        counters = self.counters
+        while touches:
+            request = touches.popleft()
+            try:
+                report = await self._fill(request, self._admit)
+            except Exception as exc:  # a store fault: the entry is not kept this time
+                log.debug("touch of %s failed: %r", request.url, exc)
+                report = _GONE
+            reason = request.reason.value
+            (counters.kept if report.already_fresh else counters.gone)[reason] += 1
+            if self.on_result is not None:
+                try:
+                    self.on_result(request, report, 0.0)
+                except Exception:
+                    log.exception("warm result observer failed")
 
     async def idle(self) -> None:
         """Wait until nothing is queued or being fetched (for tests and the CLI)."""

@@ -61,6 +61,9 @@ class WarmRequest:
     # The variant to warm: the Vary'd request fields clients of the key send
     # (empty: the warmer's defaults are sent, see warmer.audience).
     headers: VariantHeaders = ()
+    # Only look the cached entry up (which keeps it cached: the store marks
+    # it used); never fetch, whether it is cached or not (warmer.retention).
+    touch: bool = False
 
     @property
     def label(self) -> str:
@@ -80,6 +83,7 @@ class FillReport:
     status: int = 0  # origin status; 0 when no response came
     stored: bool = False
     already_fresh: bool = False  # nothing fetched: a fresh entry was cached
+    gone: bool = False  # a touch found no fresh entry (nothing fetched)
     failure: str | None = None  # no response: the origin was unreachable or timed out
     not_stored: str | None = None  # why a response that came was not stored
     bytes: int = 0

@@ -17,6 +17,7 @@ Merging a push into an already queued request of the same identity:
 - reason: the reason of whichever push set the (higher) priority; on a tie the
   queued one stays;
 - ``refresh``: True if either asked for it;
+- ``touch``: True only if both asked for a touch (a fetch is never lost);
 - ``ttl``: the smaller of the TTLs given; None only when neither gave one;
 - ``not_before``: unchanged.  The first push decides when the entry is ready,
   so a request pushed again while it waits out a retry backoff (a reactive
@@ -311,6 +312,7 @@ def _merged(old: WarmRequest, new: WarmRequest, upgraded: bool) -> WarmRequest:
         priority=new.priority if upgraded else old.priority,
         reason=new.reason if upgraded else old.reason,
         refresh=old.refresh or new.refresh,
+        touch=old.touch and new.touch,
         ttl=min(ttls) if ttls else None,
     )
 

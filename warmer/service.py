@@ -377,7 +377,7 @@ class Warmer:
             t = self.tracker.totals()
             self._hits_before = (t.hits, t.misses)
         now = self._clock()
-        if not report.already_fresh:
+        if not (report.already_fresh or request.touch):  # a touch fetches nothing
             self.timeline.warm_fetch(now)
         self.core.completed(request, report, now, seconds)
 

@@ -77,7 +77,7 @@ def memory_cost(key: str, item: StoredItem) -> int:
 
 
 class StoreListener(Protocol):
-    """Told of every explicit write and delete (not of evictions or expiry):
+    """Told of every explicit write, delete and touch (not of evictions or expiry):
     how the worker relay (proxy/worker_relay.py) hands them to the other
     workers' stores.  Called synchronously; must never await or raise."""
 
@@ -87,6 +87,10 @@ class StoreListener(Protocol):
 
     def removed(self, keys: Sequence[str]) -> None:
         """``keys`` hold nothing now (deleted, or overwritten by an item not stored)."""
+        ...
+
+    def touched(self, keys: Sequence[str]) -> None:
+        """``keys`` were marked used to keep them cached (a warmer's touch)."""
         ...
 
 
@@ -184,6 +188,17 @@ class MemoryStore:
             return None
         self._items.move_to_end(key)
         return slot.item
+
+    def touch_nowait(self, keys: Sequence[str]) -> None:
+        """Mark the live items under ``keys`` most recently used, as a read
+        does, and tell the listener: a touch that keeps an entry cached
+        (warmer.retention) keeps it in every worker's copy of the store."""
+        items = self._items
+        for key in keys:
+            if key in items:
+                items.move_to_end(key)
+        if self.listener is not None and keys:
+            self.listener.touched(keys)
 
     def put_nowait(self, key: str, item: StoredItem, ttl: float) -> None:
         """Store ``item`` under ``key`` for ``ttl`` seconds, evicting as needed.

@@ -337,3 +337,36 @@ def test_a_glob_drop_takes_every_variant_of_matching_paths() -> None:
     assert apply_drop(l1, L1Drop(pattern="/a/*")) == 3
     assert [k for k in ("/a/1", "/a/1#vabc", "//host/a/2", "/b/1") if l1.get_nowait(k)] == ["/b/1"]
     assert apply_drop(l1, L1Drop(flush=True)) == 1
+
+
+async def test_a_warmers_touch_reaches_redis_past_the_in_process_tier(
+    make_proxy: ProxyFactory,
+    origin: Origin,
+    client: aiohttp.ClientSession,
+    redis_url: str,
+    redis_prefix: str,
+) -> None:
+    """Under an LRU ``maxmemory-policy`` Redis evicts by each key's idle
+    time; a touch that the in-process tier answered would leave Redis
+    thinking the entry unused.  The warmer's touch reads Redis itself."""
+    origin.set("/a", headers={"Cache-Control": "max-age=60"})
+    # An in-process tier that holds entries for longer than the wait below.
+    proxy = await make_proxy(
+        origin.url, cache=cache_section(redis_url, redis_prefix, "a", l1_ttl=30), proxy=PUBLIC
+    )
+    await get(client, proxy, "/a")
+    await get(client, proxy, "/a")  # a hit read from Redis, now in the in-process tier too
+    assert proxy.cache.peek(key(proxy, "/a")) is not None
+    redis = aioredis.from_url(redis_url)
+    try:
+        keys = [k async for k in redis.scan_iter(match=f"{redis_prefix}*") if b"/a" in k]
+        assert keys
+        await asyncio.sleep(2.2)
+        assert min([await redis.object("idletime", k) for k in keys]) >= 2
+        fetched = origin.count("/a")
+        assert await proxy.filler.touch("/a") is not None
+        # Read from Redis (its idle time reset), nothing fetched.
+        assert max([await redis.object("idletime", k) for k in keys]) == 0
+        assert origin.count("/a") == fetched
+    finally:
+        await redis.aclose()

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 
@@ -25,10 +26,14 @@ from proxy.worker_relay import (
     decode_events,
     encode_events,
     parse_put,
+    parse_touch,
     put_frame,
+    touch_frame,
 )
 from proxy.workers import WorkerRole
 from tests.proxy.conftest import Origin, control_url, eventually, key, url
+
+_FRAME_HEADER = 5  # the frame's length (4 bytes) and kind (1 byte)
 
 
 def _entry(body: bytes) -> CacheEntry:
@@ -188,6 +193,65 @@ async def test_two_workers_share_fills_counts_and_a_purge_of_what_one_holds(
 
         await eventually(counted)
         await eventually(lambda: primary.warmer.tracker.totals().requests == 2)
+    finally:
+        for worker in reversed(workers):
+            await worker.stop()
+
+
+def test_a_touch_names_its_keys_and_garbage_is_refused() -> None:
+    data = touch_frame(["/a", "/a#v1"])
+    assert data[_FRAME_HEADER:] and parse_touch(data[_FRAME_HEADER:]) == ["/a", "/a#v1"]
+    for garbage in (b"{", b'{"a": 1}', b"[1]", orjson.dumps(["k"] * 65)):
+        with pytest.raises(FrameError):
+            parse_touch(garbage)
+
+
+async def test_a_touch_in_one_worker_keeps_the_entry_in_every_workers_store(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """Two workers with a memory store of three entries each: the primary's
+    warmer keeps /a cached by touching it (warmer.retention); the other
+    worker, whose own clients never asked for /a again, keeps it too, and
+    evicts what was least recently used in every copy instead."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=request.path.encode(), headers={"Cache-Control": "max-age=60"})
+
+    for path in ("/a", "/b", "/c", "/d"):
+        origin.routes[path] = handler
+    relay = str(tmp_path / "relay.sock")
+    workers: list[Warmproxy] = []
+    try:
+        for index in (0, 1):
+            settings = load_settings(
+                None,
+                {
+                    "proxy": {"origin": origin.url, "listen": "127.0.0.1:0"},
+                    "control": {"listen": "127.0.0.1:0"},
+                    "state": {"dir": str(tmp_path / "state")},
+                    "cache": {"max_entries": 3},
+                },
+            )
+            worker = Warmproxy(settings, worker=WorkerRole(index, 2, relay))
+            await worker.start()
+            workers.append(worker)
+        primary, other = workers
+        async with aiohttp.ClientSession() as client:
+            for path in ("/a", "/b", "/c"):
+                async with client.get(url(other, path)) as response:
+                    await response.read()
+            await eventually(lambda: primary.cache.peek(key(primary, "/c")) is not None)
+            # The primary's warmer touches /a (a lookup; nothing fetched) ...
+            fetched = origin.count("/a")
+            assert await primary.filler.touch("/a") is not None
+            assert origin.count("/a") == fetched
+            # ... so /b is the least recently used everywhere: a fourth
+            # entry evicts it, and /a stays in the other worker's store.
+            async with client.get(url(primary, "/d")) as response:
+                await response.read()
+            await eventually(lambda: other.cache.peek(key(other, "/d")) is not None)
+        assert other.cache.peek(key(other, "/a")) is not None
+        assert other.cache.peek(key(other, "/b")) is None
     finally:
         for worker in reversed(workers):
             await worker.stop()

@@ -16,7 +16,7 @@ from proxy.warming import fill_through
 from tests.proxy.conftest import Origin, ProxyFactory, eventually
 from warmer.clock import ManualClock
 from warmer.executor import WarmExecutor
-from warmer.model import WarmRequest
+from warmer.model import Reason, WarmRequest
 from warmer.pacing import AdaptiveConcurrency, ResourceGuard
 
 CACHEABLE = {"Cache-Control": "public, max-age=60"}
@@ -279,3 +279,32 @@ async def test_warming_pauses_while_the_process_is_over_its_memory_limit(
     await asyncio.wait_for(run.done.wait(), 5)
     assert run.progress.success == 1
     assert not executor.paused
+
+
+async def test_touches_look_entries_up_and_never_fetch(
+    proxy: Warmproxy, origin: Origin, run_executor: Callable[..., WarmExecutor]
+) -> None:
+    """A strategy's touches (warmer.retention) keep what is cached and fetch
+    nothing for what is not: counted kept or gone, never as warm fetches,
+    and told to the result observer like any finished request."""
+    times: list[float] = []
+    arrivals(origin, times, "/t/")
+    seen: list[tuple[str, bool]] = []
+    executor = run_executor(
+        proxy, rate_limit=1.0, on_result=lambda r, report, s: seen.append((r.url, report.gone))
+    )
+    fill = executor.new_run("fill")
+    executor.submit([WarmRequest("/t/1")], fill)
+    executor.seal(fill)
+    await asyncio.wait_for(fill.done.wait(), 5)
+    assert len(times) == 1
+    touches = [WarmRequest(path, "low", Reason.PREDICTIVE, touch=True) for path in ("/t/1", "/t/2")]
+    # Touches take no place in the queue of fetches.
+    assert executor.submit(touches) == 2
+    assert len(executor.queue) == 0
+    await eventually(lambda: len(seen) == 3)
+    assert seen[1:] == [("/t/1", False), ("/t/2", True)]
+    assert executor.counters.kept == {"predictive": 1}
+    assert executor.counters.gone == {"predictive": 1}
+    assert len(times) == 1  # nothing fetched, and no rate-limit token waited for
+    assert executor.counters.fetches == 1
