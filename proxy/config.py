@@ -530,6 +530,10 @@ class PredictiveSettings(_Section):
     # block N+1), learned per URL template: a URL no client may have asked
     # for yet is fetched (a GET, within +-64 of the one asked for).
     neighbours: bool = True
+    # Keep the keys worth a cache slot cached under eviction: look them up
+    # between their requests (a touch, no fetch) while their request rate is
+    # above what a slot is worth (warmer/retention.py).
+    retention: bool = True
     # Keys followed: 550 to 700 bytes each with ordinary paths (about
     # 155 MB at the default, see docs/operations.md).
     max_keys: int = Field(200_000, ge=100)

@@ -80,6 +80,7 @@ from typing import Any, Final
 
 from warmer.model import Observed, Reason, WarmRequest
 from warmer.precision import DisplacementCost
+from warmer.retention import Retention
 from warmer.sequences import SequenceModel
 from warmer.strides import StrideModel, carry_step
 
@@ -212,6 +213,9 @@ class PredictiveConfig:
     #: With sequences, the next key of numbered walks (warmer.strides):
     #: it may be one no client has asked for yet.
     neighbours: bool = True
+    #: Keep the keys worth a cache slot cached (warmer.retention): touches,
+    #: which fetch nothing.
+    retention: bool = True
     #: Seconds before an entry's expiry its refresh is decided (the live
     #: proxy's tick; the replay decides at the instant of expiry).
     refresh_lead: float = 0.0
@@ -503,6 +507,8 @@ class Predictor:
         # expected requests in it.
         self._trend_per_window = self.window * _LN2 / (8 * self.window)
         self._age_scale = 8.0 / self.window
+        # A decayed count (half-life one window) over its mean life: a rate.
+        self._rate_per_count = _LN2 / self.window
         # Revisits, in seconds after a key's last request.
         self._revisit_offsets = tuple(after * self.window for after in REVISIT_AFTER)
         # Its own sequence model follows as many keys (and clients) as the
@@ -533,6 +539,7 @@ class Predictor:
         self.displacement = (
             displacement if displacement is not None else DisplacementCost(max_keys=own)
         )
+        self.retention = Retention(self.displacement) if config.retention else None
         # Whether self.sequences is this model's own (its memory counted here).
         self._owns_sequences = sequences is None and self.sequences is not None
         # Names of at most this many characters in all fit max_name_bytes
@@ -673,6 +680,16 @@ class Predictor:
                 self._early_drops += 1.0
         if self.feeds_displacement:
             self.displacement.observe(key, outcome, event.fresh_until, ts)
+        retention = self.retention
+        if retention is not None:
+            retention.observe(
+                key,
+                state.recent * self._rate_per_count,
+                state.last,
+                outcome in _HIT_OUTCOMES,
+                event.fresh_until,
+                ts,
+            )
         state.recent += 1.0
         state.trend += 1.0
         previous = state.last
@@ -771,7 +788,7 @@ class Predictor:
             self._resolve(now)
         if self._lanes_next <= now:
             self._drain_lanes(now)
-        out: list[WarmRequest] = []
+        out: list[WarmRequest] = self._touches(now) if self.retention is not None else []
         # A compaction replaces self._decisions with a new list holding every
         # decision still waiting: popping goes on from that one, so none is
         # taken twice.  (Each push here follows a pop, so the heap stays
@@ -985,6 +1002,28 @@ class Predictor:
                 # Resolve the oldest early rather than grow.
                 self._learn(*pending.popleft()[1:])
         return out
+
+    def _touches(self, now: float) -> list[WarmRequest]:
+        """The touches the retention asks for at ``now`` (warmer.retention)."""
+        assert self.retention is not None
+        keys = self._keys
+        priority = self.config.priority
+        out = []
+        for key in self.retention.due(now, self._rate_of):
+            state = keys[key]
+            out.append(
+                WarmRequest(state.url, priority, Reason.PREDICTIVE, host=state.host, touch=True)
+            )
+        return out
+
+    def _rate_of(self, key: str, now: float) -> tuple[float, float, float] | None:
+        """A followed key's rate at ``now`` (requests a second), last request
+        and freshness end, for the retention's decisions."""
+        state = self._keys.get(key)
+        if state is None:
+            return None
+        recent = state.recent * math.exp(self._recent_rate * (now - state.updated))
+        return recent * self._rate_per_count, state.last, state.fresh_until
 
     def _share_tokens(
         self,
@@ -1412,7 +1451,8 @@ class Predictor:
 
         ``fixed + K * (KEY + ASKED + 3B) + D * (DECISION + COMPACT)
         + P * (PENDING + KEY + B) + 200 * (RECENT + B) + CELLS * CELL
-        + POLLERS_KEPT * (POLLER + B) + L * (LIFETIME + B)``, plus
+        + POLLERS_KEPT * (POLLER + B) + L * (LIFETIME + B)
+        + R * (KEPT + B)``, plus
         the sequence model's ``memory_bound()`` when the model owns it (a
         shared one is counted by the usage analysis) and the numbered-walk
         model's (:meth:`warmer.strides.StrideModel.memory_bound`), where:
@@ -1421,7 +1461,8 @@ class Predictor:
           for their time; ``P`` = max(1024, K) awaiting their outcome;
           ``CELLS`` = 115,200, every cell the calibration table can have;
           ``L`` = min(K, 20,000) lifetimes followed to measure what a warm
-          displaces;
+          displaces; ``R`` = 65,536 keys kept cached with retention on
+          (:data:`warmer.retention.MAX_KEPT`), none with it off;
         - ``B`` = ``max_name_bytes``: the most the key, URL and host strings
           of a followed key take (longer ones are not followed).  ``3B`` a
           key: its own names, those of a key forgotten since the last
@@ -1431,7 +1472,8 @@ class Predictor:
         - ``KEY`` = 1024 (a followed key: map slot, state, its numbers and
           its two warm requests), ``ASKED`` = 256, ``DECISION`` = 256,
           ``COMPACT`` = 32 (a compaction's passing use), ``PENDING`` = 256,
-          ``RECENT`` = 256, ``CELL`` = 512, ``LIFETIME`` = 256, ``POLLER`` = 512 (a client
+          ``RECENT`` = 256, ``CELL`` = 512, ``LIFETIME`` = 256, ``KEPT`` = 256,
+          ``POLLER`` = 512 (a client
           followed for polling; its id is at most ``B``, its key's name is
           the followed key's): CPython 3.11 64-bit costs
           measured with tracemalloc, rounded up.
@@ -1460,6 +1502,8 @@ class Predictor:
             bound += self.strides.memory_bound()
         # The lifetimes the displacement measure follows: a key's name each.
         bound += self.displacement.max_keys * (_LIFETIME_BYTES + name)
+        if self.retention is not None:
+            bound += self.retention.memory_bound(name)
         return bound
 
     def describe(self) -> dict[str, Any]:
@@ -1472,6 +1516,7 @@ class Predictor:
             "warm_fetches": self.warm_fetches,
             "requests": self.requests,
             "memory_bound_bytes": self.memory_bound(),
+            **({"retention": self.retention.describe()} if self.retention is not None else {}),
         }
 
     def __len__(self) -> int:

@@ -28,7 +28,9 @@ compare with its table:
   evicting).  For a present entry it re-fetches in place (its LRU position
   kept, fresh until ``now + ttl``) when the request is a refresh or the
   entry is at its expiry instant; a warm request for an entry still fresh
-  costs nothing and changes nothing (a free hint);
+  fetches nothing and makes the entry most recently used, as the proxy's
+  lookup does (a free hint); a touch (:mod:`warmer.retention`) does the
+  same for a fresh entry and nothing for any other, never fetching;
 - precision is the share of warm-fetched lifetimes hit at least once before
   they were evicted, expired or replaced (those alive at the end of the
   trace count by whether they were hit).
@@ -466,6 +468,7 @@ class ReplayResult:
     warm_unused: int
     free_hints: int  # warm requests for entries already fresh: nothing fetched
     evictions: int
+    touches: int = 0  # touches that found a fresh entry and kept it (nothing fetched)
     #: Warm fetches per label (the reason, or ``scheduled:<source>``), as the ledger books them.
     warm_fetches_by_label: dict[str, int] = field(default_factory=dict)
     #: The ledger's precision (None without warm fetches); equal to :attr:`precision`.
@@ -520,6 +523,7 @@ class ReplayResult:
             "warm_used": self.warm_used,
             "warm_unused": self.warm_unused,
             "free_hints": self.free_hints,
+            "touches": self.touches,
             "origin_fetches": self.origin_fetches,
             "evictions": self.evictions,
             "warm_fetches_by_label": dict(sorted(self.warm_fetches_by_label.items())),
@@ -616,6 +620,7 @@ class _Simulation:
         self.warm_used = 0
         self.warm_unused = 0
         self.free_hints = 0
+        self.touches = 0
         self.evictions = 0
 
     # ----------------------------------------------------------------- run
@@ -705,6 +710,7 @@ class _Simulation:
             warm_unused=self.warm_unused,
             free_hints=self.free_hints,
             evictions=self.evictions,
+            touches=self.touches,
             warm_fetches_by_label={k: v.fetches for k, v in figures.by_label.items()},
             ledger_precision=figures.precision,
             seconds=seconds,
@@ -755,6 +761,15 @@ class _Simulation:
         key = request.url
         cache = self.cache
         entry = cache.get(key)
+        if request.touch:
+            # Looked up, never fetched: a fresh entry becomes most recently used.
+            if entry is not None and entry[_EXPIRY] > now:
+                cache.move_to_end(key)
+                self.touches += 1
+                self.core.completed(request, _ALREADY_FRESH, now)
+            else:
+                self.core.completed(request, _GONE, now)
+            return
         if entry is not None and entry[_EXPIRY] > now and not request.refresh:
             # The proxy's warm path looks the entry up, as a request does, and
             # the store marks it most recently used: a hint keeps it cached.
@@ -799,6 +814,7 @@ class _Simulation:
 
 
 _ALREADY_FRESH: Final = FillReport(already_fresh=True)
+_GONE: Final = FillReport(gone=True)
 
 
 def _resolve(spec: StrategySpec) -> tuple[str, StrategyFactory]:

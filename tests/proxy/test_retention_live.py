@@ -1,0 +1,78 @@
+"""Keeping a steadily asked-for page cached on the live proxy, as browsers meet it.
+
+A crawler walks through one-off pages fast enough that the memory store (a
+few dozen entries) evicts a page within about two seconds of its last use.
+A visitor's browser asks for one page every two and a half seconds: under
+LRU alone it would find it evicted every time.  The predictive model learns
+that the page is worth a cache slot (warmer.retention) and touches it
+between the visitor's requests, so the visitor's requests become hits, with
+no warm fetch of the page from the origin (a touch fetches nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from pathlib import Path
+
+import aiohttp
+
+from tests.proxy.conftest import ProxyFactory
+from tests.proxy.test_effectiveness_api import metrics_text
+from tests.proxy.test_predictive_live import get, visitor
+from tests.proxy.test_warming_api import sections
+from tests.variants import BROWSERS, VaryingOrigin
+
+HOT = "/en/products/kettle"
+
+
+async def test_a_page_asked_for_steadily_stays_cached_through_a_crawl(
+    varying_origin: VaryingOrigin, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    varying_origin.max_age = 3600
+    proxy = await make_proxy(
+        varying_origin.url,
+        **sections(
+            tmp_path,
+            # Each page is a Vary index and one variant: 20 pages.
+            cache={"max_entries": 40},
+            strategies={"predictive": {"enabled": True, "prediction_window": 60}},
+        ),
+    )
+    pages = itertools.count()
+    stop = asyncio.Event()
+
+    async def crawl() -> None:
+        async with visitor("127.0.0.20") as session:
+            while not stop.is_set():
+                await get(session, proxy, f"/en/catalogue/{next(pages)}", BROWSERS[2])
+                await asyncio.sleep(0.05)
+
+    crawler = asyncio.create_task(crawl())
+    statuses: list[str] = []
+    try:
+        async with visitor("127.0.0.10") as session:
+            for _ in range(10):
+                statuses.append(await get(session, proxy, HOT, BROWSERS[0]))
+                await asyncio.sleep(2.5)
+    finally:
+        stop.set()
+        await crawler
+    hits = [s.startswith("warmproxy; hit") for s in statuses]
+    # The crawl evicts the page between the visitor's requests at first ...
+    assert not any(hits[1:3]), statuses
+    # ... until the model keeps it: the visitor's last requests hit.
+    assert sum(hits[-4:]) >= 3, statuses
+    # (With strategies.predictive.retention = false every request misses.)
+    # Kept by touches, never fetched again by the warmer.
+    assert varying_origin.count(HOT, warm=True) == 0
+    async with aiohttp.ClientSession() as client:
+        metrics = await metrics_text(client, proxy)
+    kept = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("warmproxy_warm_touches_total")
+        and 'result="kept"' in line
+        and 'strategy="predictive"' in line
+    ]
+    assert kept and float(kept[0].split()[-1]) > 0, kept
