@@ -31,28 +31,12 @@ import tempfile
 import time
 from collections.abc import Sequence
 
+from observe_cost import entry_for  # the same 1 KiB entry the hits there are served
+
 from proxy.app import Warmproxy
 from proxy.config import load_settings
-from proxy.entry import CacheEntry
 from warmer.executor import WarmExecutor
 from warmer.model import FillReport, Reason, WarmRequest
-
-BODY = b"x" * 1024
-
-
-def entry_for(path: str, now: float) -> CacheEntry:
-    return CacheEntry(
-        url=path,
-        status=200,
-        headers=[("content-type", "text/plain"), ("cache-control", "public, max-age=3600")],
-        body=BODY,
-        born=now,
-        stored_at=now,
-        fresh_until=now + 3600.0,
-        stale_while_revalidate_until=now + 3600.0,
-        stale_if_error_until=now + 3600.0,
-        expires_at=now + 3600.0,
-    )
 
 
 async def through_executor(executor: WarmExecutor, paths: list[str]) -> float:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -135,11 +136,43 @@ def test_another_workers_counts_add_up_in_the_primary() -> None:
     assert count_growth(again, count_snapshot(worker)) == []
 
 
+@pytest.fixture
+async def two_workers(
+    origin: Origin, tmp_path: Path
+) -> AsyncIterator[Callable[..., Awaitable[tuple[Warmproxy, Warmproxy]]]]:
+    """Starts two workers in one loop, each on a port of its own (so a
+    request picks its worker), joined by the relay as ``serve --workers 2``
+    joins them; ``cache`` settings for both.  Stopped after the test."""
+    workers: list[Warmproxy] = []
+
+    async def start(**cache: Any) -> tuple[Warmproxy, Warmproxy]:
+        relay = str(tmp_path / "relay.sock")
+        for index in (0, 1):
+            settings = load_settings(
+                None,
+                {
+                    "proxy": {"origin": origin.url, "listen": "127.0.0.1:0"},
+                    "control": {"listen": "127.0.0.1:0"},
+                    "state": {"dir": str(tmp_path / "state")},
+                    "cache": cache,
+                },
+            )
+            worker = Warmproxy(settings, worker=WorkerRole(index, 2, relay))
+            await worker.start()
+            workers.append(worker)
+        return workers[0], workers[1]
+
+    yield start
+    for worker in reversed(workers):
+        await worker.stop()
+
+
 async def test_two_workers_share_fills_counts_and_a_purge_of_what_one_holds(
-    origin: Origin, client: aiohttp.ClientSession, tmp_path: Path
+    origin: Origin,
+    client: aiohttp.ClientSession,
+    two_workers: Callable[..., Awaitable[tuple[Warmproxy, Warmproxy]]],
 ) -> None:
-    """Two workers in one loop, each on a port of its own (so a request picks
-    its worker), joined by the relay as ``serve --workers 2`` joins them."""
+    """Fills, counts and a purge reach the other worker."""
 
     def cached(body: bytes) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
@@ -149,53 +182,35 @@ async def test_two_workers_share_fills_counts_and_a_purge_of_what_one_holds(
 
     origin.routes["/small"] = cached(b"small")
     origin.routes["/big/1"] = cached(b"x" * (MAX_RELAYED_ITEM_BYTES + 1))
-    relay = str(tmp_path / "relay.sock")
-    workers: list[Warmproxy] = []
-    try:
-        for index in (0, 1):
-            settings = load_settings(
-                None,
-                {
-                    "proxy": {"origin": origin.url, "listen": "127.0.0.1:0"},
-                    "control": {"listen": "127.0.0.1:0"},
-                    "state": {"dir": str(tmp_path / "state")},
-                },
-            )
-            worker = Warmproxy(settings, worker=WorkerRole(index, 2, relay))
-            await worker.start()
-            workers.append(worker)
-        primary, other = workers
+    primary, other = await two_workers()
 
-        for path in ("/small", "/big/1"):
-            async with client.get(url(other, path)) as response:
-                assert response.status == 200
-                await response.read()
-        # The small fill reached the primary; the big one stayed where it was
-        # fetched, counted as not passed on.
-        await eventually(lambda: primary.cache.peek(key(primary, "/small")) is not None)
-        assert primary.cache.peek(key(primary, "/big/1")) is None
-        assert other.cache.peek(key(other, "/big/1")) is not None
-        skipped = other.metrics.registry.get_sample_value(
-            "warmproxy_worker_relay_skipped_total", {"what": "item"}
-        )
-        assert skipped == 1
-
-        # A purge by glob on the primary reaches what only the other holds.
-        async with client.post(
-            control_url(primary, "/cache/warming/purge"), json={"pattern": "/big/*"}
-        ) as response:
+    for path in ("/small", "/big/1"):
+        async with client.get(url(other, path)) as response:
             assert response.status == 200
-        await eventually(lambda: other.cache.peek(key(other, "/big/1")) is None)
+            await response.read()
+    # The small fill reached the primary; the big one stayed where it was
+    # fetched, counted as not passed on.
+    await eventually(lambda: primary.cache.peek(key(primary, "/small")) is not None)
+    assert primary.cache.peek(key(primary, "/big/1")) is None
+    assert other.cache.peek(key(other, "/big/1")) is not None
+    skipped = other.metrics.registry.get_sample_value(
+        "warmproxy_worker_relay_skipped_total", {"what": "item"}
+    )
+    assert skipped == 1
 
-        # The primary's counts and tracker include the other worker's requests.
-        def counted() -> bool:
-            return sum(primary.metrics.requests.values()) == 2
+    # A purge by glob on the primary reaches what only the other holds.
+    async with client.post(
+        control_url(primary, "/cache/warming/purge"), json={"pattern": "/big/*"}
+    ) as response:
+        assert response.status == 200
+    await eventually(lambda: other.cache.peek(key(other, "/big/1")) is None)
 
-        await eventually(counted)
-        await eventually(lambda: primary.warmer.tracker.totals().requests == 2)
-    finally:
-        for worker in reversed(workers):
-            await worker.stop()
+    # The primary's counts and tracker include the other worker's requests.
+    def counted() -> bool:
+        return sum(primary.metrics.requests.values()) == 2
+
+    await eventually(counted)
+    await eventually(lambda: primary.warmer.tracker.totals().requests == 2)
 
 
 def test_a_touch_names_its_keys_and_garbage_is_refused() -> None:
@@ -207,7 +222,9 @@ def test_a_touch_names_its_keys_and_garbage_is_refused() -> None:
 
 
 async def test_a_touch_in_one_worker_keeps_the_entry_in_every_workers_store(
-    origin: Origin, tmp_path: Path
+    origin: Origin,
+    client: aiohttp.ClientSession,
+    two_workers: Callable[..., Awaitable[tuple[Warmproxy, Warmproxy]]],
 ) -> None:
     """Two workers with a memory store of three entries each: the primary's
     warmer keeps /a cached by touching it (warmer.retention); the other
@@ -219,39 +236,19 @@ async def test_a_touch_in_one_worker_keeps_the_entry_in_every_workers_store(
 
     for path in ("/a", "/b", "/c", "/d"):
         origin.routes[path] = handler
-    relay = str(tmp_path / "relay.sock")
-    workers: list[Warmproxy] = []
-    try:
-        for index in (0, 1):
-            settings = load_settings(
-                None,
-                {
-                    "proxy": {"origin": origin.url, "listen": "127.0.0.1:0"},
-                    "control": {"listen": "127.0.0.1:0"},
-                    "state": {"dir": str(tmp_path / "state")},
-                    "cache": {"max_entries": 3},
-                },
-            )
-            worker = Warmproxy(settings, worker=WorkerRole(index, 2, relay))
-            await worker.start()
-            workers.append(worker)
-        primary, other = workers
-        async with aiohttp.ClientSession() as client:
-            for path in ("/a", "/b", "/c"):
-                async with client.get(url(other, path)) as response:
-                    await response.read()
-            await eventually(lambda: primary.cache.peek(key(primary, "/c")) is not None)
-            # The primary's warmer touches /a (a lookup; nothing fetched) ...
-            fetched = origin.count("/a")
-            assert await primary.filler.touch("/a") is not None
-            assert origin.count("/a") == fetched
-            # ... so /b is the least recently used everywhere: a fourth
-            # entry evicts it, and /a stays in the other worker's store.
-            async with client.get(url(primary, "/d")) as response:
-                await response.read()
-            await eventually(lambda: other.cache.peek(key(other, "/d")) is not None)
-        assert other.cache.peek(key(other, "/a")) is not None
-        assert other.cache.peek(key(other, "/b")) is None
-    finally:
-        for worker in reversed(workers):
-            await worker.stop()
+    primary, other = await two_workers(max_entries=3)
+    for path in ("/a", "/b", "/c"):
+        async with client.get(url(other, path)) as response:
+            await response.read()
+    await eventually(lambda: primary.cache.peek(key(primary, "/c")) is not None)
+    # The primary's warmer touches /a (a lookup; nothing fetched) ...
+    fetched = origin.count("/a")
+    assert await primary.filler.touch("/a") is not None
+    assert origin.count("/a") == fetched
+    # ... so /b is the least recently used everywhere: a fourth
+    # entry evicts it, and /a stays in the other worker's store.
+    async with client.get(url(primary, "/d")) as response:
+        await response.read()
+    await eventually(lambda: other.cache.peek(key(other, "/d")) is not None)
+    assert other.cache.peek(key(other, "/a")) is not None
+    assert other.cache.peek(key(other, "/b")) is None
