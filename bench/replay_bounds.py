@@ -28,6 +28,10 @@ command that repeats it:
   miss and changes nothing else, so it reaches ``none`` plus the whole
   budget: the ceiling for any strategy whose warm fetches save at most one
   miss each;
+- (d) with ``--ttl never``, ``keep-only optimum``: Belady's MIN, the
+  eviction order that knows the future: the ceiling for any policy that
+  only decides which entries stay cached, with no warm fetch (the
+  predictive model's touches, warmer.retention);
 - ``rate-oracle H θ``: refreshes when a Poisson process at the key's true
   rate (its requests in the ``H`` seconds around the expiry, future half
   included) asks within a TTL with probability ≥ θ: what a rate-based
@@ -45,6 +49,7 @@ replay goals are read against (docs/decisions.md).
 from __future__ import annotations
 
 import argparse
+import heapq
 import itertools
 import math
 import os
@@ -267,6 +272,34 @@ def per_key_at_budget(
 # -- printing ------------------------------------------------------------------------
 
 
+def keep_only_optimum(keys: Sequence[str], capacity: int) -> int:
+    """Hits of Belady's MIN on ``keys`` with room for ``capacity`` entries that
+    never expire: on a miss with the cache full, evict the entry whose next
+    request comes last.  No policy that only decides which entries stay
+    cached (the predictive model's touches, any eviction order), without a
+    warm fetch, makes more hits on the same cache."""
+    following: list[float] = [math.inf] * len(keys)
+    seen: dict[str, float] = {}
+    for i in range(len(keys) - 1, -1, -1):
+        following[i] = seen.get(keys[i], math.inf)
+        seen[keys[i]] = i
+    cached: dict[str, float] = {}  # key -> its next request
+    latest: list[tuple[float, str]] = []  # (-next request, key), stale items skipped
+    hits = 0
+    for i, key in enumerate(keys):
+        if key in cached:
+            hits += 1
+        elif len(cached) >= capacity:
+            while True:
+                negated, victim = heapq.heappop(latest)
+                if cached.get(victim) == -negated:
+                    del cached[victim]
+                    break
+        cached[key] = following[i]
+        heapq.heappush(latest, (-following[i], key))
+    return hits
+
+
 def cell(r: ReplayResult) -> str:
     precision = "-" if r.precision is None else f"{r.precision * 100:.1f} %"
     return f"{r.hit_ratio * 100:6.2f} % · {r.warm_fetches_per_request:.4f} · {precision}"
@@ -390,6 +423,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{replay_cmd} --strategies oracle-prefetch --max-warm-ratio {budget:g}",
         max_warm_ratio=budget,
     )
+
+    # (d) what keeping alone can reach: the optimal eviction order.
+    if math.isinf(ttl):
+        keys = [row[1] for row in read_trace(args.trace)]
+        optimum = keep_only_optimum(keys, capacity) / len(keys)
+        print(
+            f"  {'(d) keep-only optimum (Belady MIN)':<40}{optimum * 100:6.2f} % "
+            "(no warm fetch: which entries stay, chosen knowing the future)"
+        )
 
     windows = [float(w) for w in args.windows.split(",") if w.strip()]
     for window in windows:

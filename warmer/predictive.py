@@ -684,7 +684,7 @@ class Predictor:
         if retention is not None:
             retention.observe(
                 key,
-                state.recent * self._rate_per_count,
+                self._rate(state.recent, state.trend),
                 state.last,
                 outcome in _HIT_OUTCOMES,
                 event.fresh_until,
@@ -1022,8 +1022,19 @@ class Predictor:
         state = self._keys.get(key)
         if state is None:
             return None
-        recent = state.recent * math.exp(self._recent_rate * (now - state.updated))
-        return recent * self._rate_per_count, state.last, state.fresh_until
+        elapsed = now - state.updated
+        recent = state.recent * math.exp(self._recent_rate * elapsed)
+        trend = state.trend * math.exp(self._trend_rate * elapsed)
+        return self._rate(recent, trend), state.last, state.fresh_until
+
+    def _rate(self, recent: float, trend: float) -> float:
+        """A key's request rate (a second) from its decayed counts: the larger
+        of the last window's and the last eight windows'.  The short one
+        follows a burst; the long one a key asked for steadily but sparsely
+        (a few times a day), which one window alone counts as cooled
+        (measured: shop, entries that never expire, 20 % cache, +0.29 to
+        +2.05 points with the long one)."""
+        return max(recent, trend / 8.0) * self._rate_per_count
 
     def _share_tokens(
         self,
