@@ -20,7 +20,7 @@ import aiohttp
 from tests.proxy.conftest import ProxyFactory
 from tests.proxy.test_effectiveness_api import metrics_text
 from tests.proxy.test_predictive_live import get, visitor
-from tests.proxy.test_warming_api import sections
+from tests.proxy.test_warming_api import api, sections
 from tests.variants import BROWSERS, VaryingOrigin
 
 HOT = "/en/products/kettle"
@@ -68,6 +68,11 @@ async def test_a_page_asked_for_steadily_stays_cached_through_a_crawl(
     assert varying_origin.count(HOT, warm=True) == 0
     async with aiohttp.ClientSession() as client:
         metrics = await metrics_text(client, proxy)
+        status, stats = await api(client, proxy, "GET", "stats")
+    assert status == 200
+    kept_figures = stats["predictive"]["retention"]
+    # The visitor's hits after an eviction age without a request: rescued.
+    assert kept_figures["touches"] > 0 and kept_figures["rescued_hits"] >= 3, kept_figures
     kept = [
         line
         for line in metrics.splitlines()
