@@ -514,6 +514,8 @@ class LiveResult:
     late_mean: float  # scaled seconds the driver sent behind schedule, on average
     late_max: float
     events_dropped: int  # access events the warmer never saw (its buffer overflowed)
+    touches: int = 0  # touches that found their entry and kept it (nothing fetched)
+    touches_gone: int = 0  # touches that found their entry gone (evicted or stale)
 
     @property
     def hit_ratio(self) -> float:
@@ -554,6 +556,8 @@ class LiveResult:
             "late_mean": round(self.late_mean, 3),
             "late_max": round(self.late_max, 3),
             "events_dropped": self.events_dropped,
+            "touches": self.touches,
+            "touches_gone": self.touches_gone,
         }
 
 
@@ -712,6 +716,8 @@ async def run_strategy(
                 ledger.settle(math.inf)
                 precision = ledger.figures(clock()).precision
             dropped = proxy.hub.dropped
+            touches = sum(proxy.warmer.executor.counters.kept.values())
+            touches_gone = sum(proxy.warmer.executor.counters.gone.values())
             await proxy.stop()
             proxy = None
     finally:
@@ -737,6 +743,8 @@ async def run_strategy(
         late_mean=counts.late_total / counts.requests if counts.requests else 0.0,
         late_max=counts.late_max,
         events_dropped=dropped,
+        touches=touches,
+        touches_gone=touches_gone,
     )
 
 
@@ -868,6 +876,12 @@ def format_live_table(report: LiveReport) -> str:
             )
         if live.events_dropped:
             notes.append(f"{row.strategy}: {live.events_dropped:,} access events dropped")
+        if live.touches or row.simulated.touches:
+            notes.append(
+                f"{row.strategy}: {live.touches:,} touches kept a cached entry live "
+                f"({live.touches_gone:,} found it gone), {row.simulated.touches:,} in the "
+                "simulation"
+            )
     if notes:
         lines += ["", *notes]
     return "\n".join(lines)

@@ -372,6 +372,14 @@ class DisplacementCost:
         if outcome == "bypass":
             return
         was = fresh.get(key)
+        if was is not None and was[0] == fresh_until != math.inf:
+            # The lifetime it already follows: a request that waited for the
+            # same fill (collapsed), or another variant's (Vary) answered
+            # from that fill.  Nothing was dropped, nothing new stored.
+            # (Entries that never expire, in the replay, all end at
+            # infinity: no lifetime is told apart by its end there, and no
+            # request shares another's fill.)
+            return
         if was is not None and was[0] > ts and outcome == "miss":
             # Dropped while fresh: evicted (or purged).
             self._drops += 1.0

@@ -19,7 +19,8 @@ of requests with an idle time of ``T`` or more (first requests included).
 ``T`` is :attr:`~warmer.precision.DisplacementCost.scale`, measured from the
 requests that found their entry evicted.  A key's rate comes from its own
 decayed request counts (the predictor's: the larger of the last window's and
-the last eight windows'), capped by one over the time since its last request: a key idle for 1/μ is let go, so no key is held for more
+the last eight windows'), capped by one over the time since its last
+request: a key idle for 1/μ is let go, so no key is held for more
 than one hit's worth of slot time past its last request, and keys that
 cooled are not kept on an old rate.
 

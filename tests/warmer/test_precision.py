@@ -3,6 +3,8 @@ that judges each warm: on a virtual clock, no I/O."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -372,6 +374,31 @@ def test_early_drops_per_fill_are_the_cost_of_a_fill() -> None:
     assert cost.evicted("/k49", last + 60) == 1.0
     assert cost.break_even("/k49", last + 60) == pytest.approx(cost.cost)
     assert cost.evicted("/never-seen", last) == 1.0
+
+
+def test_requests_that_shared_a_fill_are_not_drops() -> None:
+    """Live, several browsers' requests for a key that missed wait for one
+    fetch (collapsed) or are answered from the entry it stored under another
+    variant: each is a "miss" event carrying that same lifetime.  None of
+    them found an entry evicted.  (Counted as drops, they made the eviction
+    age seconds long on a live YouTube replay whose evictions came after
+    about half an hour, and every displacement decision wrong with it.)"""
+    cost = DisplacementCost()
+    for n in range(200):
+        key = f"/k{n}"
+        stored = T0 + n + 3600.0
+        cost.observe(key, "miss", stored, T0 + n)
+        cost.observe(key, "miss", stored, T0 + n + 0.5)  # waited for that fetch
+        cost.observe(key, "hit", stored, T0 + n + 0.7)
+    assert cost.cost == 0.0
+    assert cost.scale == math.inf  # nothing was ever evicted
+    # Entries that never expire (the replay's ``--ttl never``) all end at
+    # infinity: a miss after one is a drop, the end tells nothing apart.
+    forever = DisplacementCost()
+    forever.observe("/k", "miss", math.inf, T0)
+    forever.observe("/k", "miss", math.inf, T0 + 60.0)
+    assert forever.cost == pytest.approx(0.5, rel=1e-3)
+    assert forever.scale == pytest.approx(60.0, rel=0.01)
 
 
 def test_the_cost_is_bounded_in_memory() -> None:
