@@ -2,7 +2,7 @@
 
 A crawler walks through one-off pages fast enough that the memory store (a
 few dozen entries) evicts a page within about two seconds of its last use.
-A visitor's browser asks for one page every two and a half seconds: under
+A visitor's browser asks for one page every 2.8 seconds: under
 LRU alone it would find it evicted every time.  The predictive model learns
 that the page is worth a cache slot (warmer.retention) and touches it
 between the visitor's requests, so the visitor's requests become hits, with
@@ -24,6 +24,10 @@ from tests.proxy.test_warming_api import api, sections
 from tests.variants import BROWSERS, VaryingOrigin
 
 HOT = "/en/products/kettle"
+#: Seconds between the visitor's requests: longer than the page lasts under
+#: the crawl, shorter than it lasts once touched (0.3 of it, plus at most the
+#: warmer's one-second tick, after each request).
+VISITS = 2.8
 
 
 async def test_a_page_asked_for_steadily_stays_cached_through_a_crawl(
@@ -34,27 +38,32 @@ async def test_a_page_asked_for_steadily_stays_cached_through_a_crawl(
         varying_origin.url,
         **sections(
             tmp_path,
-            # Each page is a Vary index and one variant: 20 pages.
+            # 40 responses (a page's Vary index does not count).
             cache={"max_entries": 40},
             strategies={"predictive": {"enabled": True, "prediction_window": 60}},
         ),
     )
-    pages = itertools.count()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
     stop = asyncio.Event()
 
     async def crawl() -> None:
+        # 20 new pages a second, on a schedule (not slower when requests
+        # take longer): the store evicts a page 2 s after its last use.
         async with visitor("127.0.0.20") as session:
-            while not stop.is_set():
-                await get(session, proxy, f"/en/catalogue/{next(pages)}", BROWSERS[2])
-                await asyncio.sleep(0.05)
+            for page in itertools.count():
+                if stop.is_set():
+                    return
+                await get(session, proxy, f"/en/catalogue/{page}", BROWSERS[2])
+                await asyncio.sleep(max(0.0, start + (page + 1) / 20 - loop.time()))
 
     crawler = asyncio.create_task(crawl())
     statuses: list[str] = []
     try:
         async with visitor("127.0.0.10") as session:
-            for _ in range(10):
+            for n in range(10):
                 statuses.append(await get(session, proxy, HOT, BROWSERS[0]))
-                await asyncio.sleep(2.5)
+                await asyncio.sleep(max(0.0, start + (n + 1) * VISITS - loop.time()))
     finally:
         stop.set()
         await crawler
