@@ -187,11 +187,14 @@ class Cache:
         entry = (await self.lookup(key, request_headers, from_store=True)).entry
         local = self._local
         if entry is not None and not self._remote and local is not None:
+            # The lookup made them most recently used here; the store tells
+            # the other workers' copies.  The variant is the one the lookup
+            # found (matched by coding, it may be another request's), under
+            # the key it was stored by (see put).
             keys = [key]
             index = local.get_nowait(key)
             if isinstance(index, VaryIndex):
-                values = policy.request_vary_values(index.names, request_headers)
-                keys.append(policy.variant_key(key, index.generation, values))
+                keys.append(policy.variant_key(key, index.generation, entry.vary_values))
             local.touch_nowait(keys)
         return entry
 

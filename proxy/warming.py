@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Final
 from urllib.parse import quote, urlsplit
 
 from proxy.cache import Cache
@@ -30,7 +29,7 @@ from warmer.clock import Clock, WallClock
 from warmer.config import MonitoringConfig, ReactiveConfig, WarmerConfig
 from warmer.core import build_tracker
 from warmer.executor import WarmExecutor
-from warmer.model import Fill, FillReport, WarmRequest
+from warmer.model import TOUCH_GONE, TOUCH_KEPT, Fill, FillReport, WarmRequest
 from warmer.pacing import AdaptiveConcurrency, ResourceGuard
 from warmer.predictive import PredictiveConfig
 from warmer.schedule_store import FileScheduleState, ScheduleState
@@ -224,7 +223,7 @@ def fill_through(filler: Filler) -> Fill:
     async def fill(request: WarmRequest, admit: Callable[[], Awaitable[None]]) -> FillReport:
         if request.touch:
             kept = await filler.touch(request.url, request.host or None, headers=request.headers)
-            return _KEPT if kept is not None else _GONE
+            return TOUCH_KEPT if kept is not None else TOUCH_GONE
         result = await filler.fill(
             request.url,
             request.host or None,
@@ -250,10 +249,6 @@ def fill_through(filler: Filler) -> Fill:
         )
 
     return fill
-
-
-_KEPT: Final = FillReport(already_fresh=True)
-_GONE: Final = FillReport(gone=True)
 
 
 def warm_target(target: str, allowed_hosts: set[str]) -> tuple[str, str]:

@@ -35,7 +35,7 @@ from typing import Any
 
 from aiolimiter import AsyncLimiter
 
-from warmer.model import Fill, FillReport, WarmIdentity, WarmRequest
+from warmer.model import TOUCH_GONE, Fill, FillReport, WarmIdentity, WarmRequest
 from warmer.pacing import AdaptiveConcurrency, ResourceGuard, backoff_delay
 from warmer.progress import RunProgress
 from warmer.queue import WarmQueue
@@ -46,7 +46,6 @@ GUARD_SAMPLE_SECONDS = 1.0
 FINISHED_RUNS_KEPT = 20
 #: Touches waiting to be looked up, at most (see WarmExecutor._touch_all).
 MAX_TOUCHES = 10_000
-_GONE = FillReport(gone=True)
 
 Identity = WarmIdentity
 
@@ -368,7 +367,7 @@ class WarmExecutor:
                 report = await self._fill(request, self._admit)
             except Exception as exc:  # a store fault: the entry is not kept this time
                 log.debug("touch of %s failed: %r", request.url, exc)
-                report = _GONE
+                report = TOUCH_GONE
             reason = request.reason.value
             (counters.kept if report.already_fresh else counters.gone)[reason] += 1
             if self.on_result is not None:

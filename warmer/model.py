@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Final, Protocol
 
 #: Priority names, highest first (``[execution] priority_levels``).
 DEFAULT_PRIORITY_LEVELS: tuple[str, ...] = ("high", "medium", "low")
@@ -168,3 +168,9 @@ def variant_tag(vary: tuple[str, ...], vary_values: tuple[str | None, ...]) -> s
         f"{name}={'' if value is None else value}"
         for name, value in zip(vary, vary_values, strict=True)
     )
+
+
+#: What a touch reports (:attr:`WarmRequest.touch`): the entry was cached and
+#: fresh, so it is kept; or there was nothing fresh to keep.  Nothing fetched.
+TOUCH_KEPT: Final = FillReport(already_fresh=True)
+TOUCH_GONE: Final = FillReport(gone=True)

@@ -125,7 +125,15 @@ from warmer.config import WarmerConfig
 from warmer.core import Strategy, Waking, WarmerCore, build_strategies, build_tracker
 from warmer.ledger import EffectivenessLedger
 from warmer.markov import MarkovPrefetch
-from warmer.model import DEFAULT_PRIORITY_LEVELS, FillReport, Observed, Reason, WarmRequest
+from warmer.model import (
+    DEFAULT_PRIORITY_LEVELS,
+    TOUCH_GONE,
+    TOUCH_KEPT,
+    FillReport,
+    Observed,
+    Reason,
+    WarmRequest,
+)
 from warmer.oracle import Foresight, PrefetchOracle, oracle_refresh
 from warmer.precision import DisplacementCost
 from warmer.predictive import OWN_SEQUENCE_KEYS, PredictiveConfig, Predictor
@@ -766,9 +774,9 @@ class _Simulation:
             if entry is not None and entry[_EXPIRY] > now:
                 cache.move_to_end(key)
                 self.touches += 1
-                self.core.completed(request, _ALREADY_FRESH, now)
+                self.core.completed(request, TOUCH_KEPT, now)
             else:
-                self.core.completed(request, _GONE, now)
+                self.core.completed(request, TOUCH_GONE, now)
             return
         if entry is not None and entry[_EXPIRY] > now and not request.refresh:
             # The proxy's warm path looks the entry up, as a request does, and
@@ -814,7 +822,6 @@ class _Simulation:
 
 
 _ALREADY_FRESH: Final = FillReport(already_fresh=True)
-_GONE: Final = FillReport(gone=True)
 
 
 def _resolve(spec: StrategySpec) -> tuple[str, StrategyFactory]:
