@@ -173,6 +173,22 @@ class Cache:
             return Lookup(None, vary_miss=True)
         return Lookup(item)
 
+    def answers(self, entry: CacheEntry, request_headers: HeaderSource) -> bool:
+        """Whether ``entry``, once stored, is what a lookup would answer this
+        request with by its Vary fields: they match (RFC 9111 §4.1), or, when
+        matching by coding, they differ only in an Accept-Encoding that
+        accepts the entry's coding (``policy.serves_by_coding``).  A request
+        that waited for another's fill shares it on the same terms
+        (proxy.filler), instead of fetching a variant the cache already holds."""
+        if not entry.vary:
+            return True
+        values = policy.request_vary_values(entry.vary, request_headers)
+        if values == entry.vary_values:
+            return True
+        if not self._match_coding or "accept-encoding" not in entry.vary:
+            return False
+        return policy.serves_by_coding(entry, values, entry.vary.index("accept-encoding"))
+
     async def touch(self, key: str, request_headers: HeaderSource) -> CacheEntry | None:
         """The fresh-or-not entry this request would be answered with, looked
         up so that the store counts it used: what keeps a key cached under

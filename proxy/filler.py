@@ -297,7 +297,7 @@ class Filler:
             if (
                 entry is not None
                 and result.shareable
-                and policy.vary_matches(entry, request_headers)
+                and self._cache.answers(entry, request_headers)
             ):
                 # Reuse it only as the rules allow reusing a stored response:
                 # a no-cache or already stale one is revalidated for this

@@ -19,6 +19,7 @@ header sets instead of a bare HTTP client's defaults.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -206,6 +207,8 @@ class VaryingOrigin:
     # Freshness lifetime of every answer, and per path where a test shortens it.
     max_age: int = 300
     max_ages: dict[str, int] = field(default_factory=dict)
+    # Seconds the answer to a path takes, where a test needs fetches in flight.
+    delays: dict[str, float] = field(default_factory=dict)
     _runner: web.ServerRunner | None = None
 
     async def start(self) -> None:
@@ -223,6 +226,9 @@ class VaryingOrigin:
         self.seen.append(Request(request.method, request.path_qs, request.headers))
         if request.method not in ("GET", "HEAD"):
             return web.Response(status=405, headers={"Allow": "GET, HEAD"})
+        delay = self.delays.get(request.path)
+        if delay:
+            await asyncio.sleep(delay)
         asset = request.path.startswith(ASSET_PREFIX)
         language = None if asset else preferred_language(request.headers.get("Accept-Language"))
         body = render(request.path, language)

@@ -154,6 +154,28 @@ async def test_an_asset_warmed_once_serves_every_browser_with_that_encoding(
     assert varying_origin.count("/assets/app.css") == 2
 
 
+async def test_a_browser_waiting_for_another_browsers_fill_shares_it_by_coding(
+    varying_origin: VaryingOrigin, shop: Warmproxy, client: aiohttp.ClientSession
+) -> None:
+    """Safari asks while Chrome's fetch is in flight: the cache would answer
+    Safari from Chrome's gzip variant once stored, so the waiting request
+    shares that fill instead of fetching the same asset again."""
+    varying_origin.delays["/assets/app.css"] = 0.3
+    chrome = asyncio.create_task(fetch(client, url(shop, "/assets/app.css"), CHROME))
+    await eventually(lambda: varying_origin.count("/assets/app.css") == 1)
+    safari = await fetch(client, url(shop, "/assets/app.css"), SAFARI)
+    first = await chrome
+    assert varying_origin.count("/assets/app.css") == 1
+    assert "collapsed" in safari.cache_status, safari.cache_status
+    assert safari.headers["Content-Encoding"] == "gzip"
+    assert safari.body == first.body
+    assert safari.body.startswith(b"/* /assets/app.css */")
+    # A client that accepts no coding still gets its own fetch.
+    curl = await fetch(client, url(shop, "/assets/app.css"), CURL)
+    assert "Content-Encoding" not in curl.headers
+    assert varying_origin.count("/assets/app.css") == 2
+
+
 async def test_fill_through_sends_the_requests_variant_and_reports_it(
     varying_origin: VaryingOrigin, shop: Warmproxy, client: aiohttp.ClientSession
 ) -> None:
