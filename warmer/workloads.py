@@ -41,8 +41,10 @@ import math
 import operator
 import random
 import zlib
+from array import array
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -139,7 +141,8 @@ class _Zipf:
 
     def __init__(self, n: int, s: float) -> None:
         self.n = n
-        self.cum = list(itertools.accumulate((r + 1) ** -s for r in range(n)))
+        self.weights = [(r + 1) ** -s for r in range(n)]
+        self.cum = list(itertools.accumulate(self.weights))
 
     def draw(self, rng: random.Random) -> int:
         return min(bisect.bisect_right(self.cum, rng.random() * self.cum[-1]), self.n - 1)
@@ -525,14 +528,41 @@ def dashboards(scale: int = 150_000, *, seed: int = 0, duration: float = 5 * DAY
     return _finish(raw, scale, (300, 20_000), MONDAY + duration)
 
 
+@dataclass(frozen=True, slots=True)
+class LongTailHour:
+    """What drew one hour of :func:`long_tail`'s requests: each of its
+    ``count`` requests, independently, falls at a uniform time in
+    ``[begin, begin + span)`` on item ``order[rank]`` with probability
+    ``zipf[rank]`` (the Zipf share, summing to 0.85), or is for new item
+    ``id`` with probability ``share`` (summing to 0.15), at a uniform time
+    from ``max(born, begin)`` on.  Given these, an hour's requests do not
+    depend on any earlier request: what an online policy could know at best
+    (``bench/online_bound.py``)."""
+
+    begin: float
+    span: float
+    count: int
+    order: array[int]
+    zipf: Sequence[float]
+    new: tuple[tuple[int, float, float], ...]  # (id, born, share)
+
+
+LONG_TAIL_NEW_SHARE: Final = 0.15
+
+
 def long_tail(
-    scale: int = 200_000, *, seed: int = 0, duration: float = 2 * DAY, keys: int = 250_000
+    scale: int = 200_000,
+    *,
+    seed: int = 0,
+    duration: float = 2 * DAY,
+    keys: int = 250_000,
+    model: list[LongTailHour] | None = None,
 ) -> list[TraceRow]:
     """A long-tail catalogue under capacity pressure: 85 % of requests Zipf
     (exponent 0.8) over ``keys`` items (``/item/ID``) whose popularity drifts
     (every hour ranks trade places with nearby ones), 15 % for items added
     each hour (``keys`` / 2,000 an hour) whose interest decays over 6-24 h; a
-    day-shaped rate."""
+    day-shaped rate.  ``model``: appended each hour's :class:`LongTailHour`."""
     _check(scale, duration)
     if keys < 1000:
         raise ValueError(f"keys must be at least 1000, got {keys!r}")
@@ -545,6 +575,9 @@ def long_tail(
     rate = _consumer_rate(MONDAY)
     counts = _apportion(scale, [rate((h + 0.5) * HOUR) * spans[h] for h in range(hours)])
     per_hour_new = max(1, keys // 2000)
+    zipf_shares: Sequence[float] = ()
+    if model is not None:
+        zipf_shares = [(1.0 - LONG_TAIL_NEW_SHARE) * w / zipf.cum[-1] for w in zipf.weights]
     # New items: (id, born, decay seconds, appeal).
     fresh: deque[tuple[int, float, float, float]] = deque()
     next_id = keys
@@ -563,7 +596,7 @@ def long_tail(
             next_id += 1
         while begin - fresh[0][1] > 4 * DAY:
             fresh.popleft()
-        new = sum(1 for _ in range(count) if rng.random() < 0.15)
+        new = sum(1 for _ in range(count) if rng.random() < LONG_TAIL_NEW_SHARE)
         for rank in zipf.many(rng, count - new):
             append(
                 (begin + rng.uniform(0, span), f"/item/{order[rank]}", f"c{rng.randrange(clients)}")
@@ -571,6 +604,21 @@ def long_tail(
         # Interest in a new item: from its arrival on, decaying.
         out = [f for f in fresh if f[1] < begin + span]
         interest = [a * math.exp(-max(0.0, begin - b) / d) for _, b, d, a in out]
+        if model is not None:
+            norm = sum(interest)
+            model.append(
+                LongTailHour(
+                    begin,
+                    span,
+                    count,
+                    array("i", order),
+                    zipf_shares,
+                    tuple(
+                        (f[0], f[1], LONG_TAIL_NEW_SHARE * w / norm)
+                        for f, w in zip(out, interest, strict=True)
+                    ),
+                )
+            )
         for i, b, _, _ in rng.choices(out, weights=interest, k=new):
             t = max(b, begin)
             append(

@@ -6,6 +6,7 @@ import itertools
 import math
 import re
 import statistics
+from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from functools import cache
@@ -14,9 +15,20 @@ from pathlib import Path
 import orjson
 import pytest
 
+from bench.online_bound import used_warm_bound
 from warmer.replay import replay
 from warmer.trace import TraceRow, read_trace
-from warmer.workloads import DAY, HOUR, MONDAY, T0, WORKLOADS, generate, write_csv
+from warmer.workloads import (
+    DAY,
+    HOUR,
+    MONDAY,
+    T0,
+    WORKLOADS,
+    LongTailHour,
+    generate,
+    long_tail,
+    write_csv,
+)
 
 SMALL = 4_000
 
@@ -221,3 +233,53 @@ def test_warmproxy_replay_wants_a_file_or_a_kind(capsys: pytest.CaptureFixture[s
     assert "--synthetic" in capsys.readouterr().err
     assert main(["replay", "trace.csv", "--synthetic", "shop"]) == 2
     assert "one of them" in capsys.readouterr().err
+
+
+def test_long_tail_tells_the_model_that_drew_each_hour_without_changing_the_trace() -> None:
+    model: list[LongTailHour] = []
+    trace = long_tail(30_000, seed=3, model=model)
+    assert trace == rows("long-tail", 30_000, 3)
+    assert sum(hour.count for hour in model) == len(trace)
+    for hour in model:
+        # Every request is for some item: the shares of an hour sum to one.
+        assert sum(hour.zipf) + sum(share for _, _, share in hour.new) == pytest.approx(1.0)
+        inside = sum(1 for r in trace if hour.begin <= r[0] < hour.begin + hour.span)
+        assert inside == hour.count
+    # The model's expected requests per item are what the trace holds.
+    expected: Counter[str] = Counter()
+    for hour in model:
+        for rank, item in enumerate(hour.order[:200]):
+            expected[f"/item/{item}"] += hour.count * hour.zipf[rank]
+        for item, _, share in hour.new:
+            expected[f"/item/{item}"] += hour.count * share
+    seen = Counter(r[1] for r in trace)
+    for key, count in expected.most_common(10):
+        assert abs(seen[key] - count) < 4 * math.sqrt(count) + 2, (key, seen[key], count)
+
+
+def test_the_online_bound_is_the_model_at_its_simplest() -> None:
+    one = LongTailHour(0.0, 3600.0, 100, array("i", [0]), [1.0], ())
+    used = 1.0 - (1.0 - 300.0 / 3600.0) ** 100  # a warm is used unless no request comes
+    assert used_warm_bound([one], 300.0, 10.0) == pytest.approx(10 * used)
+    # No more used warms than requests, however many warms.
+    assert used_warm_bound([one], 300.0, 1e9) == pytest.approx(100.0)
+    assert used_warm_bound([one], 300.0, 0.0) == 0.0
+
+
+def test_no_online_policy_gains_half_of_oracle_prefetch_on_long_tail_at_300_s() -> None:
+    """What bench/online_bound.py shows: the bound is above what predictive
+    reaches, and below half of what oracle-prefetch gains at the same budget."""
+    model: list[LongTailHour] = []
+    trace = long_tail(15_000, seed=1, model=model)
+    bound = 100.0 * used_warm_bound(model, 300.0, 0.2 * len(trace)) / len(trace)
+    distinct = len({r[1] for r in trace})
+    none = replay(trace, "none", capacity=distinct // 20, ttl=300.0)
+    unbounded = replay(trace, "none", capacity=distinct, ttl=300.0)
+    capacity = 100.0 * (unbounded.hits - none.hits) / len(trace)
+    predictive = replay(
+        trace, "predictive", capacity=distinct // 20, ttl=300.0, distinct_keys=distinct
+    )
+    gain = 100.0 * (predictive.hits - none.hits) / len(trace)
+    assert gain <= capacity + bound
+    # oracle-prefetch gains the whole budget there (20 points): half is 10.
+    assert capacity + bound < 10.0
