@@ -17,7 +17,15 @@ Times are the process's CPU time (best of ``--repeat``), printed side by
 side with the ratio; beside them the CPU a hit costs on this machine is
 what ``bench/hit_path.py`` measures (about 24 µs a hit, wall clock, one core).
 
+With ``--redis-url`` it also stores ``--redis-keys`` entries of
+``--body-bytes`` each in that Redis (under a prefix of its own, deleted
+afterwards) and touches each through ``Filler.touch``, which reads only the
+entry's head, beside a full lookup past the in-process tier (what a touch
+read before): the bytes Redis sent per touch (its ``total_net_output_bytes``,
+so other clients of that Redis add to it) and the wall time per touch.
+
     .venv/bin/python bench/touch_cost.py [--keys 20000] [--repeat 3]
+        [--redis-url redis://127.0.0.1:6379/0 --redis-keys 1000 --body-bytes 65536]
 
 It prints figures and asserts nothing.
 """
@@ -27,10 +35,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
+import redis.asyncio
+from multidict import CIMultiDict
 from observe_cost import entry_for  # the same 1 KiB entry the hits there are served
 
 from proxy.app import Warmproxy
@@ -97,10 +109,65 @@ async def measure(keys: int, repeat: int, state_dir: str) -> tuple[float, float]
     return best_lookup / keys * 1e6, best_executor / keys * 1e6
 
 
+async def measure_redis(
+    url: str, keys: int, body_bytes: int, state_dir: str
+) -> dict[str, tuple[float, float]]:
+    """Per touch, (bytes Redis sent, wall µs): by head and by full lookup."""
+    prefix = f"warmproxy-touch-bench-{os.getpid()}:"
+    settings = load_settings(
+        None,
+        {
+            "proxy": {"origin": "http://127.0.0.1:9", "listen": "127.0.0.1:0"},
+            "control": {"listen": "127.0.0.1:0"},
+            "state": {"dir": state_dir},
+            "cache": {"store": "redis", "redis_url": url, "redis_prefix": prefix},
+        },
+    )
+    proxy = Warmproxy(settings)
+    client = redis.asyncio.from_url(url)
+    now = time.time()
+    paths = [f"/bench/{n}" for n in range(keys)]
+    body = b"x" * body_bytes
+    headers = CIMultiDict({"Host": proxy.rules.default_host})
+    out: dict[str, tuple[float, float]] = {}
+    try:
+        for path in paths:
+            entry = replace(entry_for(path, now), body=body)
+            assert await proxy.cache.put(
+                proxy.rules.cache_key(path, proxy.rules.default_host), entry
+            )
+
+        async def by_head(path: str) -> None:
+            assert await proxy.filler.touch(path) is not None
+
+        async def by_lookup(path: str) -> None:
+            key = proxy.rules.cache_key(path, proxy.rules.default_host)
+            assert (await proxy.cache.lookup(key, headers, from_store=True)).entry is not None
+
+        for name, touch in (("head", by_head), ("lookup", by_lookup)):
+            sent = (await client.info("stats"))["total_net_output_bytes"]
+            started = time.perf_counter()
+            for path in paths:
+                await touch(path)
+            seconds = time.perf_counter() - started
+            sent = (await client.info("stats"))["total_net_output_bytes"] - sent
+            out[name] = (sent / keys, seconds / keys * 1e6)
+    finally:
+        doomed = [k async for k in client.scan_iter(match=prefix + "*", count=1000)]
+        for i in range(0, len(doomed), 500):
+            await client.unlink(*doomed[i : i + 500])
+        await client.aclose()
+        await proxy.cache.store.close()
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--redis-url", default=None)
+    parser.add_argument("--redis-keys", type=int, default=1000)
+    parser.add_argument("--body-bytes", type=int, default=65536)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as state_dir:
         lookup, through_executor = asyncio.run(measure(args.keys, args.repeat, state_dir))
@@ -110,6 +177,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"  through the warm executor  {through_executor:7.2f}  ({through_executor / lookup:.1f}x)"
     )
+    if args.redis_url is not None:
+        with tempfile.TemporaryDirectory() as state_dir:
+            redis_figures = asyncio.run(
+                measure_redis(args.redis_url, args.redis_keys, args.body_bytes, state_dir)
+            )
+        print(f"touches of {args.redis_keys:,} entries of {args.body_bytes:,} body bytes in Redis")
+        for name, label in (("head", "Filler.touch (head read)"), ("lookup", "full lookup")):
+            sent, micros = redis_figures[name]
+            print(
+                f"  {label:<26} {sent:>9,.0f} bytes sent by Redis, {micros:7.1f} µs wall per touch"
+            )
     return 0
 
 

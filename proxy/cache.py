@@ -11,7 +11,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
@@ -140,35 +140,43 @@ class Cache:
             item = None if past_l1 else self.peek(key)
             if item is None and self._remote:
                 item = await self._get_remote(key)
-            if isinstance(item, VaryIndex):
-                values = policy.request_vary_values(item.names, request_headers)
-                get = self._get_remote if past_l1 else self._get
-                variant = await get(policy.variant_key(key, item.generation, values))
-                exact = (
-                    variant
-                    if isinstance(variant, CacheEntry) and variant.vary_values == values
-                    else None
-                )
-                if exact is not None and (
-                    not self._match_coding or exact.fresh_until > self._clock()
-                ):
-                    return Lookup(exact)
-                if self._match_coding and "accept-encoding" in item.names:
-                    # The exact variant is missing or stale: another variant
-                    # of an acceptable coding may be fresh (one a warm fetch
-                    # or another browser stored), and a fresh answer beats
-                    # revalidating a stale one.  The stale exact variant is
-                    # kept for revalidation when none is fresher.
-                    found = await self._by_coding(item, values, past_l1)
-                    if found is not None and (
-                        exact is None or found.fresh_until > exact.fresh_until
-                    ):
-                        return Lookup(found)
-                if exact is not None:
-                    return Lookup(exact)
-                return Lookup(None, vary_miss=True)
+            return await self._select(
+                key, item, request_headers, self._get_remote if past_l1 else self._get
+            )
         except StoreError:
             return Lookup(None)
+
+    async def _select(
+        self,
+        key: str,
+        item: StoredItem | None,
+        request_headers: HeaderSource,
+        get: Callable[[str], Awaitable[StoredItem | None]],
+    ) -> Lookup:
+        """What answers this request, given ``item``, what ``key`` holds:
+        itself, or through its Vary index the variant ``get`` reads."""
+        if isinstance(item, VaryIndex):
+            values = policy.request_vary_values(item.names, request_headers)
+            variant = await get(policy.variant_key(key, item.generation, values))
+            exact = (
+                variant
+                if isinstance(variant, CacheEntry) and variant.vary_values == values
+                else None
+            )
+            if exact is not None and (not self._match_coding or exact.fresh_until > self._clock()):
+                return Lookup(exact)
+            if self._match_coding and "accept-encoding" in item.names:
+                # The exact variant is missing or stale: another variant
+                # of an acceptable coding may be fresh (one a warm fetch
+                # or another browser stored), and a fresh answer beats
+                # revalidating a stale one.  The stale exact variant is
+                # kept for revalidation when none is fresher.
+                found = await self._by_coding(item, values, get)
+                if found is not None and (exact is None or found.fresh_until > exact.fresh_until):
+                    return Lookup(found)
+            if exact is not None:
+                return Lookup(exact)
+            return Lookup(None, vary_miss=True)
         if item is not None and not policy.vary_matches(item, request_headers):
             return Lookup(None, vary_miss=True)
         return Lookup(item)
@@ -190,19 +198,29 @@ class Cache:
         return policy.serves_by_coding(entry, values, entry.vary.index("accept-encoding"))
 
     async def touch(self, key: str, request_headers: HeaderSource) -> CacheEntry | None:
-        """The fresh-or-not entry this request would be answered with, looked
+        """The entry this request would be answered with, fresh or not, looked
         up so that the store counts it used: what keeps a key cached under
         eviction without fetching it (warmer.retention).
 
-        With Redis the lookup reads past the in-process tier, so Redis itself
-        sees the read (under an LRU ``maxmemory-policy`` a read updates the
-        key's access time).  With the memory store the lookup makes the
-        entry most recently used, and the touch goes to the store's listener
-        too, so with ``--workers`` every worker's copy keeps it.
+        With Redis the lookup reads Redis itself, past the in-process tier
+        (under an LRU or LFU ``maxmemory-policy`` a read is what counts as a
+        use), and only the heads of the index and the variant: the entry
+        returned has its body left out (empty), for its freshness only.
+        With the memory store the lookup makes the entry most recently used,
+        and the touch goes to the store's listener too, so with
+        ``--workers`` every worker's copy keeps it.
         """
-        entry = (await self.lookup(key, request_headers, from_store=True)).entry
+        if self._remote:
+            if not self.healthy:
+                return None
+            try:
+                item = await self._head_remote(key)
+                return (await self._select(key, item, request_headers, self._head_remote)).entry
+            except StoreError:
+                return None
+        entry = (await self.lookup(key, request_headers)).entry
         local = self._local
-        if entry is not None and not self._remote and local is not None:
+        if entry is not None and local is not None:
             # The lookup made them most recently used here; the store tells
             # the other workers' copies.  The variant is the one the lookup
             # found (matched by coding, it may be another request's), under
@@ -214,15 +232,28 @@ class Cache:
             local.touch_nowait(keys)
         return entry
 
+    async def _head_remote(self, key: str) -> StoredItem | None:
+        """``key``'s item from the out-of-process store, its body left out
+        (``CacheStore.head``); never mirrored into L1."""
+        try:
+            item = await self.store.head(key)
+        except StoreError as exc:
+            self._failed("head", exc)
+            raise
+        self._succeeded()
+        return item
+
     async def _by_coding(
-        self, index: VaryIndex, values: tuple[str | None, ...], past_l1: bool = False
+        self,
+        index: VaryIndex,
+        values: tuple[str | None, ...],
+        get: Callable[[str], Awaitable[StoredItem | None]],
     ) -> CacheEntry | None:
         """A stored variant that differs from the request only in Accept-Encoding
         and whose content-coding the request accepts (``policy.serves_by_coding``):
         the freshest of the newest :data:`CODING_CANDIDATES` variants."""
         at = index.names.index("accept-encoding")
         best: CacheEntry | None = None
-        get = self._get_remote if past_l1 else self._get
         for vkey in index.variant_keys[-CODING_CANDIDATES:][::-1]:
             variant = await get(vkey)
             if (

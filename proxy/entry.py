@@ -252,6 +252,26 @@ def encode(item: StoredItem) -> bytes:
     return _HEAD.pack(_MAGIC, FORMAT_VERSION, len(meta_bytes)) + meta_bytes + body
 
 
+def head_length(data: bytes) -> int:
+    """Bytes of an encoded item before its body: what :func:`decode_head`
+    needs (``data`` need only hold the fixed-size head); raises
+    :class:`DecodeError` on foreign bytes."""
+    if len(data) < _HEAD.size:
+        raise DecodeError("too short")
+    magic, version, meta_len = _HEAD.unpack_from(data)
+    if magic != _MAGIC or version != FORMAT_VERSION:
+        raise DecodeError(f"unknown format {magic!r} v{version}")
+    return _HEAD.size + int(meta_len)
+
+
+def decode_head(data: bytes) -> StoredItem:
+    """:func:`decode` of an item's first :func:`head_length` bytes or more,
+    the body left out: a :class:`CacheEntry`'s ``body`` is empty.  What a
+    store reads to learn whether an entry is there and fresh without
+    transferring its body; never to be served or stored."""
+    return decode(data[: head_length(data)])
+
+
 def decode(data: bytes) -> StoredItem:
     """Inverse of :func:`encode`; raises :class:`DecodeError` on foreign bytes."""
     if len(data) < _HEAD.size:

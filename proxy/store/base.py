@@ -43,6 +43,13 @@ class CacheStore(Protocol):
         """The item under ``key``, or None.  Raises StoreError on failure."""
         ...
 
+    async def head(self, key: str) -> StoredItem | None:
+        """The item under ``key``, or None, read like :meth:`get` (it counts
+        as a use where the store evicts the least recently used), but a
+        store out of process leaves an entry's body out (``body`` empty)
+        rather than transfer it.  Raises StoreError."""
+        ...
+
     async def put(self, key: str, item: StoredItem, ttl: float) -> None:
         """Store ``item`` for ``ttl`` seconds (> 0), indexing its tags.  Raises StoreError."""
         ...

@@ -314,6 +314,10 @@ class MemoryStore:
     async def get(self, key: str) -> StoredItem | None:
         return self.get_nowait(key)
 
+    async def head(self, key: str) -> StoredItem | None:
+        # In process nothing is transferred: the item itself.
+        return self.get_nowait(key)
+
     async def put(self, key: str, item: StoredItem, ttl: float) -> None:
         self.put_nowait(key, item, ttl)
 

@@ -46,7 +46,15 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from proxy.entry import CacheEntry, DecodeError, StoredItem, decode, encode
+from proxy.entry import (
+    CacheEntry,
+    DecodeError,
+    StoredItem,
+    decode,
+    decode_head,
+    encode,
+    head_length,
+)
 from proxy.redis_client import REDIS_ERRORS, RedisClient, redis_client, scan_batches
 from proxy.store.base import StoreError, StoreStats
 
@@ -57,6 +65,9 @@ log = logging.getLogger(__name__)
 _BACKEND_ERRORS = REDIS_ERRORS
 
 _SCAN_COUNT = 500
+#: Bytes a head read (:meth:`RedisStore.head`) asks for first: an entry's
+#: metadata is its URL, header fields and a few numbers, rarely past 4 KiB.
+_HEAD_READ = 4096
 # Most distinct keys per batched GET: big enough to amortize redis-py's
 # per-command cost, small enough that one reply never stalls the loop or Redis.
 _MAX_BATCH_KEYS = 256
@@ -346,6 +357,32 @@ class RedisStore:
         except DecodeError as exc:
             await self._drop_foreign(key, str(exc))
             return None
+
+    async def head(self, key: str) -> StoredItem | None:
+        """The item under ``key`` with an entry's body left out, read with
+        GETRANGE: its head first (:data:`_HEAD_READ` bytes, where the
+        metadata of nearly every entry ends), the rest of the metadata in a
+        second read only when it is longer.  Redis counts the read as a use
+        of the key (its LRU/LFU), as a GET would; foreign bytes read as a miss."""
+        full = self._key(key)
+        try:
+            data = _as_bytes(await self._client.getrange(full, 0, _HEAD_READ - 1))
+            if not data:
+                return None  # no such key (Redis reads it as the empty string)
+            length = head_length(data)
+            if length > len(data):
+                data = _as_bytes(await self._client.getrange(full, 0, length - 1))
+            return decode_head(data)
+        except DecodeError as exc:
+            await self._drop_foreign(key, str(exc))
+            return None
+        except ResponseError as exc:
+            if not str(exc).startswith("WRONGTYPE"):
+                raise StoreError(f"redis GETRANGE failed: {exc}") from exc
+            await self._drop_foreign(key, str(exc))
+            return None
+        except _BACKEND_ERRORS as exc:
+            raise StoreError(f"redis GETRANGE failed: {exc}") from exc
 
     async def _fetch(self, keys: list[str]) -> list[_Reply]:
         """What a GET of each of ``keys`` would answer, in one round trip.

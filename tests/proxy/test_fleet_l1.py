@@ -34,6 +34,8 @@ L1_TTL = 30.0
 PROPAGATION_BOUND = 5.0
 # Replicas behind one load balancer: clients ask for one public host.
 PUBLIC = {"public_host": "shop.example"}
+#: A body large enough that reading it whole shows in Redis's traffic.
+BIG = bytes(range(256)) * 1024
 
 
 def cache_section(redis_url: str, prefix: str, name: str, **more: Any) -> dict[str, Any]:
@@ -349,7 +351,7 @@ async def test_a_warmers_touch_reaches_redis_past_the_in_process_tier(
     """Under an LRU ``maxmemory-policy`` Redis evicts by each key's idle
     time; a touch that the in-process tier answered would leave Redis
     thinking the entry unused.  The warmer's touch reads Redis itself."""
-    origin.set("/a", headers={"Cache-Control": "max-age=60"})
+    origin.set("/a", headers={"Cache-Control": "max-age=60"}, body=BIG)
     # An in-process tier that holds entries for longer than the wait below.
     proxy = await make_proxy(
         origin.url, cache=cache_section(redis_url, redis_prefix, "a", l1_ttl=30), proxy=PUBLIC
@@ -364,9 +366,23 @@ async def test_a_warmers_touch_reaches_redis_past_the_in_process_tier(
         await asyncio.sleep(2.2)
         assert min([await redis.object("idletime", k) for k in keys]) >= 2
         fetched = origin.count("/a")
-        assert await proxy.filler.touch("/a") is not None
+        sent_before = (await redis.info("stats"))["total_net_output_bytes"]
+        touched = await proxy.filler.touch("/a")
+        sent = (await redis.info("stats"))["total_net_output_bytes"] - sent_before
+        assert touched is not None
         # Read from Redis (its idle time reset), nothing fetched.
         assert max([await redis.object("idletime", k) for k in keys]) == 0
         assert origin.count("/a") == fetched
+        # Only the entry's head came over, not its body.
+        assert sent < len(BIG) // 4, sent
+        # What clients get is still the whole entry, from the in-process tier
+        # and, once it is dropped there, from Redis.
+        body, _ = await get(client, proxy, "/a")
+        assert body == BIG
+        local = proxy.cache._local
+        assert local is not None
+        apply_drop(local, L1Drop(flush=True))
+        body, status = await get(client, proxy, "/a")
+        assert body == BIG and "hit" in status
     finally:
         await redis.aclose()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
@@ -150,6 +150,39 @@ async def test_vary_index_round_trip(subject: Subject) -> None:
     got = await subject.store.get("/products/1")
     assert got == index
     assert isinstance(got, VaryIndex)
+
+
+async def test_head_is_the_item_with_an_entrys_body_left_out_out_of_process(
+    subject: Subject,
+) -> None:
+    entry = make_entry(body=b"x" * (MAX_ENTRY_BYTES // 2))
+    await subject.store.put("/big", entry, 60)
+    got = await subject.store.head("/big")
+    assert isinstance(got, CacheEntry)
+    assert replace(got, body=entry.body) == entry
+    if subject.kind != "memory":
+        assert got.body == b""
+    index = VaryIndex(
+        names=("accept-encoding",),
+        generation="g-1",
+        expires_at=1_700_000_500.0,
+        variant_keys=["/big#vg-1:0"],
+    )
+    await subject.store.put("/indexed", index, 60)
+    assert await subject.store.head("/indexed") == index
+    assert await subject.store.head("/never/stored") is None
+    # A head read leaves the item whole for the next get.
+    assert await subject.store.get("/big") == entry
+
+
+async def test_head_of_an_entry_whose_metadata_is_longer_than_a_first_read(
+    subject: Subject,
+) -> None:
+    entry = replace(make_entry(), headers=[("x-long", "v" * 20_000), ("x-after", "end")])
+    await subject.store.put("/long", entry, 60)
+    got = await subject.store.head("/long")
+    assert isinstance(got, CacheEntry)
+    assert replace(got, body=entry.body) == entry
 
 
 async def test_overwrite_replaces_the_item(subject: Subject) -> None:

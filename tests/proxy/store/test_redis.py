@@ -151,6 +151,26 @@ async def test_undecodable_value_is_a_miss_and_is_deleted(
     assert store.undecodable == 1
 
 
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"garbage",
+        b"WP\x00\x00\x00\x00\x02{}",  # another format version
+        b"WP\x01\x00\x00\x00\x05{bad}",  # this version, broken metadata
+        encode(make_entry())[:20],  # cut short
+    ],
+)
+async def test_undecodable_value_read_by_its_head_is_a_miss_and_is_deleted(
+    store: RedisStore, raw: aioredis.Redis, redis_prefix: str, garbage: bytes
+) -> None:
+    await raw.set(redis_prefix + "/k", garbage)
+    assert await store.head("/k") is None
+    assert await raw.exists(redis_prefix + "/k") == 0
+    await raw.hset(redis_prefix + "/h", mapping={"a": "1"})
+    assert await store.head("/h") is None
+    assert await raw.exists(redis_prefix + "/h") == 0
+
+
 async def test_value_of_another_type_is_a_miss_and_is_replaced(
     store: RedisStore, raw: aioredis.Redis, redis_prefix: str
 ) -> None:
@@ -262,6 +282,8 @@ async def test_redis_down_at_construction_does_not_raise_and_ops_raise_store_err
     try:
         with pytest.raises(StoreError):
             await store.get("/k")
+        with pytest.raises(StoreError):
+            await store.head("/k")
         with pytest.raises(StoreError):
             await store.put("/k", make_entry(), 60)
         with pytest.raises(StoreError):
