@@ -246,6 +246,7 @@ def fill_through(filler: Filler) -> Fill:
             fresh_until=entry.fresh_until if entry is not None and result.stored else 0.0,
             vary=cached.vary if cached is not None else (),
             vary_values=cached.vary_values if cached is not None else (),
+            coding=cached.coding if cached is not None and "accept-encoding" in cached.vary else "",
         )
 
     return fill

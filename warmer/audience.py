@@ -60,6 +60,33 @@ DECAY_AT: Final = 1024
 Variant = tuple[tuple[str, ...], tuple[str | None, ...]]
 
 
+def one_entry(
+    vary: tuple[str, ...],
+    values: tuple[str | None, ...],
+    coding: str,
+    other_vary: tuple[str, ...],
+    other_values: tuple[str | None, ...],
+    other_coding: str,
+    *,
+    match_coding: bool = True,
+) -> bool:
+    """Whether two requests' variants (the Vary names of the entry that
+    answered or stored each, their values, its content-coding) are one entry
+    of the cache: the same values, or, where the cache matches
+    Accept-Encoding by coding, the same but for Accept-Encoding and answered
+    in the same coding.  Requests that do not vary are all one entry."""
+    if values == other_values and vary == other_vary:
+        return True
+    if not match_coding or vary != other_vary or "accept-encoding" not in vary:
+        return False
+    at = vary.index("accept-encoding")
+    return (
+        coding == other_coding
+        and values[:at] == other_values[:at]
+        and values[at + 1 :] == other_values[at + 1 :]
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class AudienceConfig:
     """How many variants and hosts of a key are kept warm."""
@@ -210,7 +237,7 @@ class Audience:
     def _variant_class(self, variant: Variant, coding: str) -> object:
         """What one entry serves: the variant itself, or, where the cache matches
         Accept-Encoding by coding, the variant with its Accept-Encoding value
-        replaced by the coding that answered it."""
+        replaced by the coding that answered it (as :func:`one_entry`)."""
         names, values = variant
         if not self.config.match_coding or "accept-encoding" not in names:
             return variant

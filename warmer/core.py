@@ -111,7 +111,8 @@ def build_strategies(
         max_keys=max(
             r.max_tracked_keys if r.enabled else 1,
             min(p.max_keys, OWN_SEQUENCE_KEYS) if p.enabled else 1,
-        )
+        ),
+        match_coding=config.audience.match_coding,
     )
     if r.enabled and r.refresh_ahead:
         strategies.append(
@@ -205,7 +206,15 @@ class WarmerCore:
     def observe(self, event: Observed) -> None:
         """One access event; O(1) amortised, never awaits."""
         for measure in self._displacements:
-            measure.observe(event.key, event.outcome, event.fresh_until, event.ts)
+            measure.observe(
+                event.key,
+                event.outcome,
+                event.fresh_until,
+                event.ts,
+                event.vary,
+                event.vary_values,
+                event.coding,
+            )
         for observe in self._observers:
             observe(event)
         ledger = self.ledger
@@ -334,7 +343,9 @@ class WarmerCore:
             host = request.host
             fresh_until = report.fresh_until
             for measure in self._displacements:
-                measure.filled(key, fresh_until, now)
+                measure.filled(
+                    key, fresh_until, now, report.vary, report.vary_values, report.coding
+                )
             for strategy in self.strategies:
                 strategy.filled(key, url, host, now, fresh_until)
         return key

@@ -92,6 +92,8 @@ class FillReport:
     # normalized values of them: which variant the fill stored.
     vary: tuple[str, ...] = ()
     vary_values: tuple[str | None, ...] = ()
+    # Its content-coding ("" none) when it varies on Accept-Encoding.
+    coding: str = ""
 
     @property
     def retryable(self) -> bool:

@@ -64,6 +64,8 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Final
 
+from warmer.audience import one_entry
+
 __all__ = [
     "DEFAULT_MIN_PRECISION",
     "LAST_NONE",
@@ -327,6 +329,11 @@ class PrecisionGate:
         return len(self._classes)
 
 
+# A followed lifetime: its freshness end, the last request or fill, and the
+# variant of that request or fill (Vary names, values, content-coding).
+_Followed = tuple[float, float, tuple[str, ...], tuple[str | None, ...], str]
+
+
 class DisplacementCost:
     """What a warm fetch costs in hits on this cache, measured from the events.
 
@@ -349,11 +356,17 @@ class DisplacementCost:
     a catalogue far larger than that the cost is underestimated.
     """
 
-    def __init__(self, *, max_keys: int = 10_000, horizon: float = 20_000.0) -> None:
+    def __init__(
+        self, *, max_keys: int = 10_000, horizon: float = 20_000.0, match_coding: bool = True
+    ) -> None:
         self.max_keys = max_keys
         self._keep = 1.0 - 1.0 / horizon
-        # key -> (freshness end, last request or fill)
-        self._fresh: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        # Whether the cache answers a request from a variant stored for
+        # another Accept-Encoding of an accepted coding (one_entry).
+        self._match_coding = match_coding
+        # key -> (freshness end, last request or fill, and the variant of
+        # that request or fill: the Vary names, values and coding)
+        self._fresh: OrderedDict[str, _Followed] = OrderedDict()
         self._fills = 0.0
         self._drops = 0.0
         # Mean (over the last thousand or so) of log(seconds) from an evicted
@@ -361,12 +374,23 @@ class DisplacementCost:
         self._log_gap = 0.0
         self._gaps = 0
 
-    def observe(self, key: str, outcome: str, fresh_until: float, ts: float) -> None:
-        """A user request: a hit, or a miss that stored (or refreshed) an entry."""
+    def observe(
+        self,
+        key: str,
+        outcome: str,
+        fresh_until: float,
+        ts: float,
+        vary: tuple[str, ...] = (),
+        vary_values: tuple[str | None, ...] = (),
+        coding: str = "",
+    ) -> None:
+        """A user request: a hit, or a miss that stored (or refreshed) an
+        entry; ``vary``, ``vary_values``, ``coding``: the variant of the
+        entry that answered or that it stored (the access event's)."""
         fresh = self._fresh
         if outcome == "hit":
             if fresh_until > 0.0:
-                fresh[key] = (fresh_until, ts)
+                fresh[key] = (fresh_until, ts, vary, vary_values, coding)
                 fresh.move_to_end(key)
             return
         if outcome == "bypass":
@@ -380,8 +404,24 @@ class DisplacementCost:
             # infinity: no lifetime is told apart by its end there, and no
             # request shares another's fill.)
             return
-        if was is not None and was[0] > ts and outcome == "miss":
-            # Dropped while fresh: evicted (or purged).
+        if (
+            was is not None
+            and was[0] > ts
+            and outcome == "miss"
+            and one_entry(
+                was[2],
+                was[3],
+                was[4],
+                vary,
+                vary_values,
+                coding,
+                match_coding=self._match_coding,
+            )
+        ):
+            # Dropped while fresh: evicted (or purged).  A miss of another
+            # variant is not (a browser whose Accept-Language no request
+            # had before misses while the others' entry is fresh); nor, then,
+            # is it seen when the followed variant is the other one.
             self._drops += 1.0
             gap = math.log(max(ts - was[1], 1e-3))
             if self._gaps == 0:
@@ -391,14 +431,22 @@ class DisplacementCost:
             # larger one down when below): about where evictions happen.
             self._log_gap += GAP_STEP * (GAP_QUANTILE - (1.0 if gap < self._log_gap else 0.0))
         if fresh_until > 0.0:
-            self._fill(key, fresh_until, ts)
+            self._fill(key, fresh_until, ts, vary, vary_values, coding)
         elif was is not None:
             del fresh[key]  # not stored: nothing of it is cached
 
-    def filled(self, key: str, fresh_until: float, now: float) -> None:
-        """A warm fill stored an entry."""
+    def filled(
+        self,
+        key: str,
+        fresh_until: float,
+        now: float,
+        vary: tuple[str, ...] = (),
+        vary_values: tuple[str | None, ...] = (),
+        coding: str = "",
+    ) -> None:
+        """A warm fill stored an entry (of that variant)."""
         if fresh_until > 0.0:
-            self._fill(key, fresh_until, now)
+            self._fill(key, fresh_until, now, vary, vary_values, coding)
 
     @property
     def cost(self) -> float:
@@ -438,12 +486,20 @@ class DisplacementCost:
         """
         return self.cost * self.evicted(key, now)
 
-    def _fill(self, key: str, fresh_until: float, now: float) -> None:
+    def _fill(
+        self,
+        key: str,
+        fresh_until: float,
+        now: float,
+        vary: tuple[str, ...],
+        vary_values: tuple[str | None, ...],
+        coding: str,
+    ) -> None:
         keep = self._keep
         self._fills = self._fills * keep + 1.0
         self._drops *= keep
         fresh = self._fresh
-        fresh[key] = (fresh_until, now)
+        fresh[key] = (fresh_until, now, vary, vary_values, coding)
         fresh.move_to_end(key)
         if len(fresh) > self.max_keys:
             fresh.popitem(last=False)

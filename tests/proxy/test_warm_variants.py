@@ -5,6 +5,7 @@ compressing app, and the access events say which variant answered."""
 from __future__ import annotations
 
 import asyncio
+import math
 from pathlib import Path
 from typing import Any
 
@@ -365,6 +366,42 @@ async def test_events_name_the_coding_that_answered(
         (Outcome.HIT, "gzip"),  # Safari served Chrome's gzip entry
         (Outcome.MISS, ""),  # curl accepts no coding: the identity variant
     ]
+
+
+async def test_a_browser_missing_its_own_language_is_no_eviction_to_the_warmer(
+    varying_origin: VaryingOrigin,
+    make_proxy: ProxyFactory,
+    client: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """Pages vary on Accept-Language: each browser's first request misses
+    while another's entry is fresh, though nothing was evicted.  The
+    warmer's measure of what a warm fill displaces (which sets how sure
+    refresh-ahead, reactive and predictive must be before they warm, and
+    what keeping touches) must not count those misses, and must still
+    count an entry evicted while fresh."""
+    proxy = await make_proxy(varying_origin.url, **sections(tmp_path, cache={"max_entries": 12}))
+    refresh_ahead = proxy.warmer.refresh_ahead
+    assert refresh_ahead is not None
+    displacement = refresh_ahead.displacement
+    pages = [f"/page/{n}" for n in range(4)]
+    for agent in (CHROME, SAFARI, FIREFOX):
+        # A second apart: each fill's freshness ends at another second.
+        await asyncio.sleep(1.05)
+        for path in pages:
+            assert not (await fetch(client, url(proxy, path), agent)).hit
+    assert (await fetch(client, url(proxy, pages[0]), CHROME)).hit
+    proxy.hub.drain()
+    assert displacement.cost == 0.0
+    assert displacement.scale == math.inf
+    # Twelve other pages push every entry out of the cache, fresh as they are.
+    for n in range(4, 16):
+        await fetch(client, url(proxy, f"/page/{n}"), CHROME)
+    await asyncio.sleep(1.05)
+    assert not (await fetch(client, url(proxy, pages[0]), CHROME)).hit
+    proxy.hub.drain()
+    assert displacement.cost > 0.0
+    assert 1.0 < displacement.scale < 10.0
 
 
 async def test_exact_accept_encoding_matching_is_a_setting(

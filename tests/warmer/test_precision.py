@@ -401,6 +401,46 @@ def test_requests_that_shared_a_fill_are_not_drops() -> None:
     assert forever.scale == pytest.approx(60.0, rel=0.01)
 
 
+PAGE = ("accept-encoding", "accept-language")
+CHROME_EN = ("br,deflate,gzip,zstd", "en-us,en;q=0.9")
+SAFARI_EN = ("br,deflate,gzip", "en-us,en;q=0.9")
+FIREFOX_DE = ("br,deflate,gzip,zstd", "de,en-us;q=0.7,en;q=0.3")
+
+
+def test_a_miss_of_another_variant_is_no_drop() -> None:
+    """A page that varies on Accept-Language has an entry per language: a
+    German browser's first request misses while the English entry is
+    fresh, though nothing was evicted.  Counted as drops, such misses (one
+    per new Accept-Language, seconds after the first fill) made the
+    eviction age about a second and the cost of a fill two thirds of a hit
+    on a proxy that had evicted nothing."""
+    cost = DisplacementCost()
+    for n in range(200):
+        key = f"/page/{n}"
+        cost.observe(key, "miss", T0 + n + 300.0, T0 + n, PAGE, CHROME_EN, "gzip")
+        cost.observe(key, "miss", T0 + n + 302.0, T0 + n + 2.0, PAGE, FIREFOX_DE, "gzip")
+        cost.observe(key, "hit", T0 + n + 300.0, T0 + n + 3.0, PAGE, CHROME_EN, "gzip")
+    assert cost.cost == 0.0
+    assert cost.scale == math.inf
+    # Safari's Accept-Encoding differs but accepts the gzip entry: one entry,
+    # so its miss while that entry should be fresh is an eviction...
+    cost.observe("/page/0", "miss", T0 + 1000.0, T0 + 200.0, PAGE, SAFARI_EN, "gzip")
+    assert cost.cost > 0.0
+    assert cost.scale == pytest.approx(197.0, rel=0.01)
+    # ...unless the cache matches Accept-Encoding exactly: another entry.
+    exact = DisplacementCost(match_coding=False)
+    exact.observe("/page/0", "miss", T0 + 300.0, T0, PAGE, CHROME_EN, "gzip")
+    exact.observe("/page/0", "miss", T0 + 310.0, T0 + 10.0, PAGE, SAFARI_EN, "gzip")
+    assert exact.cost == 0.0
+    # A warm fill's variant counts as a request's does.
+    warm = DisplacementCost()
+    warm.filled("/page/0", T0 + 300.0, T0, PAGE, CHROME_EN, "gzip")
+    warm.observe("/page/0", "miss", T0 + 320.0, T0 + 20.0, PAGE, FIREFOX_DE, "gzip")
+    assert warm.cost == 0.0
+    warm.observe("/page/0", "miss", T0 + 340.0, T0 + 40.0, PAGE, FIREFOX_DE, "gzip")
+    assert warm.cost > 0.0
+
+
 def test_the_cost_is_bounded_in_memory() -> None:
     cost = DisplacementCost(max_keys=100)
     for n in range(10_000):
