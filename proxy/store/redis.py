@@ -371,7 +371,13 @@ class RedisStore:
                 return None  # no such key (Redis reads it as the empty string)
             length = head_length(data)
             if length > len(data):
+                first = data
                 data = _as_bytes(await self._client.getrange(full, 0, length - 1))
+                if data != first and (len(data) < length or head_length(data) != length):
+                    # Replaced between the two reads: a miss, and not
+                    # foreign (the next read sees the new item whole).  A
+                    # value that read the same twice is just cut short.
+                    return None
             return decode_head(data)
         except DecodeError as exc:
             await self._drop_foreign(key, str(exc))

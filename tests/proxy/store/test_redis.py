@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 
 import pytest
 import redis.asyncio as aioredis
@@ -169,6 +170,36 @@ async def test_undecodable_value_read_by_its_head_is_a_miss_and_is_deleted(
     await raw.hset(redis_prefix + "/h", mapping={"a": "1"})
     assert await store.head("/h") is None
     assert await raw.exists(redis_prefix + "/h") == 0
+
+
+async def test_an_entry_replaced_between_two_head_reads_is_a_miss_and_is_kept(
+    store: RedisStore, raw: aioredis.Redis, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Metadata past the first read takes a second; should another replica
+    store the key in between, what came is two items' halves: a miss, not
+    a foreign value to delete."""
+    first = replace(make_entry(), headers=[("x-long", "v" * 20_000)])
+    second = replace(make_entry(), headers=[("x-long", "w" * 30_000)])
+    await store.put("/k", first, 60)
+    client = store.client
+    real = client.getrange
+    reads = 0
+
+    async def getrange(name: str, start: int, end: int) -> bytes:
+        nonlocal reads
+        reads += 1
+        if reads == 2:
+            await store.put("/k", second, 60)
+        return await real(name, start, end)
+
+    monkeypatch.setattr(client, "getrange", getrange)
+    assert await store.head("/k") is None
+    assert reads == 2
+    monkeypatch.setattr(client, "getrange", real)
+    got = await store.head("/k")
+    assert isinstance(got, CacheEntry)
+    assert replace(got, body=second.body) == second
+    assert store.undecodable == 0
 
 
 async def test_value_of_another_type_is_a_miss_and_is_replaced(
