@@ -60,6 +60,21 @@ DECAY_AT: Final = 1024
 Variant = tuple[tuple[str, ...], tuple[str | None, ...]]
 
 
+def variant_class(variant: Variant, coding: str, *, match_coding: bool) -> object:
+    """What one entry of the cache serves, for a request whose variant is
+    ``variant`` (the Vary names of the entry that answered or stored it and
+    this request's values of them) and that entry's content-coding
+    ``coding``: the variant itself, or, where the cache matches
+    Accept-Encoding by coding (``match_coding``), the variant with its
+    Accept-Encoding value replaced by the coding that answered it.
+    Requests that do not vary are all one."""
+    names, values = variant
+    if not match_coding or "accept-encoding" not in names:
+        return variant
+    at = names.index("accept-encoding")
+    return (names, (*values[:at], _Coding(coding), *values[at + 1 :]))
+
+
 def one_entry(
     vary: tuple[str, ...],
     values: tuple[str | None, ...],
@@ -70,20 +85,12 @@ def one_entry(
     *,
     match_coding: bool = True,
 ) -> bool:
-    """Whether two requests' variants (the Vary names of the entry that
-    answered or stored each, their values, its content-coding) are one entry
-    of the cache: the same values, or, where the cache matches
-    Accept-Encoding by coding, the same but for Accept-Encoding and answered
-    in the same coding.  Requests that do not vary are all one entry."""
+    """Whether two requests' variants are one entry of the cache (of the
+    same :func:`variant_class`)."""
     if values == other_values and vary == other_vary:
         return True
-    if not match_coding or vary != other_vary or "accept-encoding" not in vary:
-        return False
-    at = vary.index("accept-encoding")
-    return (
-        coding == other_coding
-        and values[:at] == other_values[:at]
-        and values[at + 1 :] == other_values[at + 1 :]
+    return variant_class((vary, values), coding, match_coding=match_coding) == variant_class(
+        (other_vary, other_values), other_coding, match_coding=match_coding
     )
 
 
@@ -237,12 +244,8 @@ class Audience:
     def _variant_class(self, variant: Variant, coding: str) -> object:
         """What one entry serves: the variant itself, or, where the cache matches
         Accept-Encoding by coding, the variant with its Accept-Encoding value
-        replaced by the coding that answered it (as :func:`one_entry`)."""
-        names, values = variant
-        if not self.config.match_coding or "accept-encoding" not in names:
-            return variant
-        at = names.index("accept-encoding")
-        return (names, (*values[:at], _Coding(coding), *values[at + 1 :]))
+        replaced by the coding that answered it (:func:`variant_class`)."""
+        return variant_class(variant, coding, match_coding=self.config.match_coding)
 
     def _count_host(self, url: str, host: str, client: str) -> None:
         paths = self._path_hosts
