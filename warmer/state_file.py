@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -63,14 +64,25 @@ class StateFile:
 
     def _write(self, document: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        # Synced before the rename: else a crash soon after can leave the
-        # new name pointing at an empty or partial file (delayed allocation).
-        with open(tmp, "wb") as f:
-            f.write(orjson.dumps(document))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        # A temporary name of its own: a save still running in its thread
+        # when another starts (a periodic save cancelled by the shutdown's,
+        # whose thread cannot be stopped) must neither truncate the other's
+        # file nor find it renamed away.
+        fd, name = tempfile.mkstemp(
+            dir=self.path.parent, prefix=self.path.name + ".", suffix=".tmp"
+        )
+        try:
+            # Synced before the rename: else a crash soon after can leave the
+            # new name pointing at an empty or partial file (delayed allocation).
+            with open(fd, "wb") as f:
+                f.write(orjson.dumps(document))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(name, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+            raise
 
     def _set_aside(self, why: str) -> None:
         bad = self.path.with_name(self.path.name + ".bad")
