@@ -132,17 +132,17 @@ async def test_stats_bytes_are_the_stored_value_sizes(store: RedisStore) -> None
 # -- foreign values ----------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "garbage",
-    [
-        b"",
-        b"garbage",
-        b"WP\x00\x00\x00\x00\x02{}",  # another format version
-        b"WP\x01\x00\x00\x00\x05{bad}",  # this version, broken metadata
-        b"WP\x01\x00\x00\x00\x02{}",  # this version, fields missing
-        encode(make_entry())[:20],  # cut short
-    ],
-)
+GARBAGE = [
+    b"",
+    b"garbage",
+    b"WP\x00\x00\x00\x00\x02{}",  # another format version
+    b"WP\x01\x00\x00\x00\x05{bad}",  # this version, broken metadata
+    b"WP\x01\x00\x00\x00\x02{}",  # this version, fields missing
+    encode(make_entry())[:20],  # cut short
+]
+
+
+@pytest.mark.parametrize("garbage", GARBAGE)
 async def test_undecodable_value_is_a_miss_and_is_deleted(
     store: RedisStore, raw: aioredis.Redis, redis_prefix: str, garbage: bytes
 ) -> None:
@@ -152,15 +152,8 @@ async def test_undecodable_value_is_a_miss_and_is_deleted(
     assert store.undecodable == 1
 
 
-@pytest.mark.parametrize(
-    "garbage",
-    [
-        b"garbage",
-        b"WP\x00\x00\x00\x00\x02{}",  # another format version
-        b"WP\x01\x00\x00\x00\x05{bad}",  # this version, broken metadata
-        encode(make_entry())[:20],  # cut short
-    ],
-)
+# An empty value reads as no key at all to a head read (GETRANGE): get drops it.
+@pytest.mark.parametrize("garbage", [g for g in GARBAGE if g])
 async def test_undecodable_value_read_by_its_head_is_a_miss_and_is_deleted(
     store: RedisStore, raw: aioredis.Redis, redis_prefix: str, garbage: bytes
 ) -> None:
