@@ -420,8 +420,9 @@ class DisplacementCost:
         ):
             # Dropped while fresh: evicted (or purged).  A miss of another
             # variant is not (a browser whose Accept-Language no request
-            # had before misses while the others' entry is fresh); nor, then,
-            # is it seen when the followed variant is the other one.
+            # had before misses while the others' entry is fresh).  Only
+            # the variant last asked for is followed, so the eviction of
+            # another goes unseen: the cost is underestimated, never made up.
             self._drops += 1.0
             gap = math.log(max(ts - was[1], 1e-3))
             if self._gaps == 0:
