@@ -108,41 +108,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{'requests':>9} {'cache':>6} {'none %':>7} {'capacity':>9} {'used ≤':>7} "
         f"{'bound':>7} {'pred':>7} {'o-pf':>7} {'½ o-pf':>7}"
     )
-    for scale in (int(s) for s in args.scales.split(",")):
-        model: list[LongTailHour] = []
-        rows = long_tail(scale, seed=args.seed, model=model)
-        # oracle-prefetch reads the trace's future from its file.
-        folder = tempfile.TemporaryDirectory(prefix="online-bound-")
-        path = Path(folder.name) / "long-tail.csv"
-        write_csv(path, rows)
-        distinct = len({r[1] for r in rows})
-        used = used_warm_bound(model, args.ttl, args.budget * scale)
-        unbounded = replay(rows, "none", capacity=distinct, ttl=args.ttl).hits
-        for size in args.cache_sizes.split(","):
-            capacity = CacheSize.parse(size).capacity(distinct)
-            results = {
-                name: replay(
-                    rows,
-                    name,
-                    capacity=capacity,
-                    ttl=args.ttl,
-                    distinct_keys=distinct,
-                    path=path,
-                    max_warm_ratio=args.budget,
+    # oracle-prefetch reads the trace's future from its file.
+    with tempfile.TemporaryDirectory(prefix="online-bound-") as folder:
+        for scale in (int(s) for s in args.scales.split(",")):
+            model: list[LongTailHour] = []
+            rows = long_tail(scale, seed=args.seed, model=model)
+            path = Path(folder) / f"long-tail-{scale}.csv"
+            write_csv(path, rows)
+            distinct = len({r[1] for r in rows})
+            used = used_warm_bound(model, args.ttl, args.budget * scale)
+            unbounded = replay(rows, "none", capacity=distinct, ttl=args.ttl).hits
+            for size in args.cache_sizes.split(","):
+                capacity = CacheSize.parse(size).capacity(distinct)
+                results = {
+                    name: replay(
+                        rows,
+                        name,
+                        capacity=capacity,
+                        ttl=args.ttl,
+                        distinct_keys=distinct,
+                        path=path,
+                        max_warm_ratio=args.budget,
+                    )
+                    for name in ("none", "predictive", "oracle-prefetch")
+                }
+                none = results["none"]
+                capacity_gain = 100.0 * (unbounded - none.hits) / scale
+                bound = capacity_gain + 100.0 * used / scale
+                pred = 100.0 * (results["predictive"].hits - none.hits) / scale
+                opf = 100.0 * (results["oracle-prefetch"].hits - none.hits) / scale
+                print(
+                    f"{scale:>9,} {size:>6} {100.0 * none.hit_ratio:>7.2f} {capacity_gain:>+9.2f} "
+                    f"{100.0 * used / scale:>+7.2f} {bound:>+7.2f} {pred:>+7.2f} {opf:>+7.2f} "
+                    f"{opf / 2:>+7.2f}"
                 )
-                for name in ("none", "predictive", "oracle-prefetch")
-            }
-            none = results["none"]
-            capacity_gain = 100.0 * (unbounded - none.hits) / scale
-            bound = capacity_gain + 100.0 * used / scale
-            pred = 100.0 * (results["predictive"].hits - none.hits) / scale
-            opf = 100.0 * (results["oracle-prefetch"].hits - none.hits) / scale
-            print(
-                f"{scale:>9,} {size:>6} {100.0 * none.hit_ratio:>7.2f} {capacity_gain:>+9.2f} "
-                f"{100.0 * used / scale:>+7.2f} {bound:>+7.2f} {pred:>+7.2f} {opf:>+7.2f} "
-                f"{opf / 2:>+7.2f}"
-            )
-        folder.cleanup()
     return 0
 
 

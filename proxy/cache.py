@@ -109,12 +109,7 @@ class Cache:
 
     async def _get_remote(self, key: str) -> StoredItem | None:
         """``key`` from the out-of-process store, mirrored into L1."""
-        try:
-            item = await self.store.get(key)
-        except StoreError as exc:
-            self._failed("get", exc)
-            raise
-        self._succeeded()
+        item = await self._read_store(self.store.get, key, "get")
         if item is not None and self._local is not None and self._l1_ttl > 0:
             ttl = min(self._l1_ttl, item.expires_at - self._clock())
             if ttl > 0:
@@ -235,10 +230,16 @@ class Cache:
     async def _head_remote(self, key: str) -> StoredItem | None:
         """``key``'s item from the out-of-process store, its body left out
         (``CacheStore.head``); never mirrored into L1."""
+        return await self._read_store(self.store.head, key, "head")
+
+    async def _read_store(
+        self, read: Callable[[str], Awaitable[StoredItem | None]], key: str, operation: str
+    ) -> StoredItem | None:
+        """``read(key)``, its failure or success counted in the store's health."""
         try:
-            item = await self.store.head(key)
+            item = await read(key)
         except StoreError as exc:
-            self._failed("head", exc)
+            self._failed(operation, exc)
             raise
         self._succeeded()
         return item

@@ -206,15 +206,7 @@ class WarmerCore:
     def observe(self, event: Observed) -> None:
         """One access event; O(1) amortised, never awaits."""
         for measure in self._displacements:
-            measure.observe(
-                event.key,
-                event.outcome,
-                event.fresh_until,
-                event.ts,
-                event.vary,
-                event.vary_values,
-                event.coding,
-            )
+            measure.observe(event)
         for observe in self._observers:
             observe(event)
         ledger = self.ledger

@@ -65,6 +65,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from warmer.audience import one_entry
+from warmer.model import Observed
 
 __all__ = [
     "DEFAULT_MIN_PRECISION",
@@ -374,23 +375,17 @@ class DisplacementCost:
         self._log_gap = 0.0
         self._gaps = 0
 
-    def observe(
-        self,
-        key: str,
-        outcome: str,
-        fresh_until: float,
-        ts: float,
-        vary: tuple[str, ...] = (),
-        vary_values: tuple[str | None, ...] = (),
-        coding: str = "",
-    ) -> None:
+    def observe(self, event: Observed) -> None:
         """A user request: a hit, or a miss that stored (or refreshed) an
-        entry; ``vary``, ``vary_values``, ``coding``: the variant of the
-        entry that answered or that it stored (the access event's)."""
+        entry, of the variant the event names."""
+        key = event.key
+        outcome = event.outcome
+        fresh_until = event.fresh_until
+        ts = event.ts
         fresh = self._fresh
         if outcome == "hit":
             if fresh_until > 0.0:
-                fresh[key] = (fresh_until, ts, vary, vary_values, coding)
+                fresh[key] = (fresh_until, ts, event.vary, event.vary_values, event.coding)
                 fresh.move_to_end(key)
             return
         if outcome == "bypass":
@@ -404,18 +399,13 @@ class DisplacementCost:
             # infinity: no lifetime is told apart by its end there, and no
             # request shares another's fill.)
             return
+        vary, vary_values, coding = event.vary, event.vary_values, event.coding
         if (
             was is not None
             and was[0] > ts
             and outcome == "miss"
             and one_entry(
-                was[2],
-                was[3],
-                was[4],
-                vary,
-                vary_values,
-                coding,
-                match_coding=self._match_coding,
+                was[2], was[3], was[4], vary, vary_values, coding, match_coding=self._match_coding
             )
         ):
             # Dropped while fresh: evicted (or purged).  A miss of another

@@ -682,7 +682,7 @@ class Predictor:
             if outcome not in _HIT_OUTCOMES:
                 self._early_drops += 1.0
         if self.feeds_displacement:
-            self.displacement.observe(key, outcome, event.fresh_until, ts)
+            self.displacement.observe(event)
         retention = self.retention
         if retention is not None:
             retention.observe(

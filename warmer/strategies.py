@@ -152,7 +152,7 @@ class RefreshAhead:
         if key in watch.open:
             watch.observe(key, outcome, fresh_until, event.ts)
         if self.feeds_displacement:
-            self.displacement.observe(key, outcome, fresh_until, event.ts)
+            self.displacement.observe(event)
         if fresh_until <= 0 or outcome not in _CACHED_OUTCOMES:
             return
         life = self._followed.keys.get(key)
@@ -274,7 +274,7 @@ class MissReactive:
         if key in watch.open:
             watch.observe(key, event.outcome, event.fresh_until, event.ts)
         if self.feeds_displacement:
-            self.displacement.observe(key, event.outcome, event.fresh_until, event.ts)
+            self.displacement.observe(event)
         life = self._followed.keys.get(key)
         if event.outcome in _MISS_OUTCOMES:
             if life is None and self._misses(key, event.ts) <= self.threshold:

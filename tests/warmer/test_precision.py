@@ -10,6 +10,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from proxy.config import ConfigError, load_settings
+from proxy.observe import AccessEvent
 from proxy.warming import warmer_config
 from warmer.config import ReactiveConfig
 from warmer.core import build_strategies, build_tracker
@@ -344,12 +345,42 @@ def test_the_watch_is_bounded_and_judges_each_warm_at_most_once(
 # -- the displacement cost -------------------------------------------------------
 
 
+def seen(
+    cost: DisplacementCost,
+    key: str,
+    outcome: str,
+    fresh_until: float,
+    ts: float,
+    vary: tuple[str, ...] = (),
+    vary_values: tuple[str | None, ...] = (),
+    coding: str = "",
+) -> None:
+    """``cost`` observes a user request for ``key``, as the proxy's event tells it."""
+    cost.observe(
+        AccessEvent(
+            ts=ts,
+            key=key,
+            url=key,
+            method="GET",
+            outcome=outcome,
+            status=200,
+            latency=0.0,
+            bytes=0,
+            client="",
+            fresh_until=fresh_until,
+            vary=vary,
+            vary_values=vary_values,
+            coding=coding,
+        )
+    )
+
+
 def test_no_fresh_entry_dropped_costs_nothing() -> None:
     cost = DisplacementCost()
     for n in range(1000):
         key = f"/k{n % 50}"
         # Each key asked every 50 s, entries fresh 30 s: misses after expiry.
-        cost.observe(key, "miss", T0 + n + 30.0, T0 + n)
+        seen(cost, key, "miss", T0 + n + 30.0, T0 + n)
     assert cost.cost == 0.0
     assert cost.break_even("/k1", T0 + 5000) == 0.0  # nothing was ever evicted
 
@@ -362,7 +393,7 @@ def test_early_drops_per_fill_are_the_cost_of_a_fill() -> None:
         # is fresh for 100 s, so the miss after it finds the key dropped
         # while fresh (the cache evicted it): half the fills cost a hit.
         lifetime = 40.0 if (n // 50) % 2 == 0 else 100.0
-        cost.observe(key, "miss", T0 + n + lifetime, T0 + n)
+        seen(cost, key, "miss", T0 + n + lifetime, T0 + n)
     assert cost.cost == pytest.approx(0.5, abs=0.02)
     # Evicted keys were asked for again 50 s after their last request: a key
     # asked for 10 s ago is likely still cached (a warm refreshes it in
@@ -387,16 +418,16 @@ def test_requests_that_shared_a_fill_are_not_drops() -> None:
     for n in range(200):
         key = f"/k{n}"
         stored = T0 + n + 3600.0
-        cost.observe(key, "miss", stored, T0 + n)
-        cost.observe(key, "miss", stored, T0 + n + 0.5)  # waited for that fetch
-        cost.observe(key, "hit", stored, T0 + n + 0.7)
+        seen(cost, key, "miss", stored, T0 + n)
+        seen(cost, key, "miss", stored, T0 + n + 0.5)  # waited for that fetch
+        seen(cost, key, "hit", stored, T0 + n + 0.7)
     assert cost.cost == 0.0
     assert cost.scale == math.inf  # nothing was ever evicted
     # Entries that never expire (the replay's ``--ttl never``) all end at
     # infinity: a miss after one is a drop, the end tells nothing apart.
     forever = DisplacementCost()
-    forever.observe("/k", "miss", math.inf, T0)
-    forever.observe("/k", "miss", math.inf, T0 + 60.0)
+    seen(forever, "/k", "miss", math.inf, T0)
+    seen(forever, "/k", "miss", math.inf, T0 + 60.0)
     assert forever.cost == pytest.approx(0.5, rel=1e-3)
     assert forever.scale == pytest.approx(60.0, rel=0.01)
 
@@ -417,34 +448,34 @@ def test_a_miss_of_another_variant_is_no_drop() -> None:
     cost = DisplacementCost()
     for n in range(200):
         key = f"/page/{n}"
-        cost.observe(key, "miss", T0 + n + 300.0, T0 + n, PAGE, CHROME_EN, "gzip")
-        cost.observe(key, "miss", T0 + n + 302.0, T0 + n + 2.0, PAGE, FIREFOX_DE, "gzip")
-        cost.observe(key, "hit", T0 + n + 300.0, T0 + n + 3.0, PAGE, CHROME_EN, "gzip")
+        seen(cost, key, "miss", T0 + n + 300.0, T0 + n, PAGE, CHROME_EN, "gzip")
+        seen(cost, key, "miss", T0 + n + 302.0, T0 + n + 2.0, PAGE, FIREFOX_DE, "gzip")
+        seen(cost, key, "hit", T0 + n + 300.0, T0 + n + 3.0, PAGE, CHROME_EN, "gzip")
     assert cost.cost == 0.0
     assert cost.scale == math.inf
     # Safari's Accept-Encoding differs but accepts the gzip entry: one entry,
     # so its miss while that entry should be fresh is an eviction...
-    cost.observe("/page/0", "miss", T0 + 1000.0, T0 + 200.0, PAGE, SAFARI_EN, "gzip")
+    seen(cost, "/page/0", "miss", T0 + 1000.0, T0 + 200.0, PAGE, SAFARI_EN, "gzip")
     assert cost.cost > 0.0
     assert cost.scale == pytest.approx(197.0, rel=0.01)
     # ...unless the cache matches Accept-Encoding exactly: another entry.
     exact = DisplacementCost(match_coding=False)
-    exact.observe("/page/0", "miss", T0 + 300.0, T0, PAGE, CHROME_EN, "gzip")
-    exact.observe("/page/0", "miss", T0 + 310.0, T0 + 10.0, PAGE, SAFARI_EN, "gzip")
+    seen(exact, "/page/0", "miss", T0 + 300.0, T0, PAGE, CHROME_EN, "gzip")
+    seen(exact, "/page/0", "miss", T0 + 310.0, T0 + 10.0, PAGE, SAFARI_EN, "gzip")
     assert exact.cost == 0.0
     # A warm fill's variant counts as a request's does.
     warm = DisplacementCost()
     warm.filled("/page/0", T0 + 300.0, T0, PAGE, CHROME_EN, "gzip")
-    warm.observe("/page/0", "miss", T0 + 320.0, T0 + 20.0, PAGE, FIREFOX_DE, "gzip")
+    seen(warm, "/page/0", "miss", T0 + 320.0, T0 + 20.0, PAGE, FIREFOX_DE, "gzip")
     assert warm.cost == 0.0
-    warm.observe("/page/0", "miss", T0 + 340.0, T0 + 40.0, PAGE, FIREFOX_DE, "gzip")
+    seen(warm, "/page/0", "miss", T0 + 340.0, T0 + 40.0, PAGE, FIREFOX_DE, "gzip")
     assert warm.cost > 0.0
 
 
 def test_the_cost_is_bounded_in_memory() -> None:
     cost = DisplacementCost(max_keys=100)
     for n in range(10_000):
-        cost.observe(f"/k{n}", "miss", T0 + n + 10, T0 + n)
+        seen(cost, f"/k{n}", "miss", T0 + n + 10, T0 + n)
         cost.filled(f"/w{n}", T0 + n + 10, T0 + n)
     assert len(cost._fresh) == 100
 
