@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 
+from tests.warmer.test_precision import seen
 from warmer.model import WarmRequest
 from warmer.precision import DisplacementCost
 from warmer.predictive import PredictiveConfig, Predictor
@@ -77,10 +78,10 @@ def test_one_off_keys_are_never_kept_and_a_key_that_cools_is_let_go() -> None:
     # Evictions seen: requests that found entries dropped after about 40 s.
     t = 0.0
     for i in range(200):
-        measure.observe(f"/gone/{i}", "miss", math.inf, t)
+        seen(measure, f"/gone/{i}", "miss", math.inf, t)
         t += 0.5
     for i in range(200):
-        measure.observe(f"/gone/{i}", "miss", math.inf, t)
+        seen(measure, f"/gone/{i}", "miss", math.inf, t)
         t += 0.5
     scale = measure.scale
     assert 20.0 < scale < 200.0
